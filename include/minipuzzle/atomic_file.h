@@ -1,0 +1,47 @@
+// Atomic file writes: write to a temporary file beside the target, fsync it,
+// rename it over the target, fsync the directory. A reader (or a resumed run)
+// sees either the old file, the complete new one, or nothing; never a
+// half-written file under the final name.
+#pragma once
+
+#include <cstddef>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+namespace minipuzzle {
+
+class AtomicFile {
+ public:
+  // Opens "<target>.tmp.<pid>.<n>" for writing. Throws InputError when the
+  // directory does not exist or is not writable.
+  explicit AtomicFile(std::filesystem::path target);
+  ~AtomicFile();  // removes the temporary file unless commit() succeeded
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, std::size_t size);
+  void write(const std::string& text) { write(text.data(), text.size()); }
+  std::size_t bytes_written() const { return written_; }
+
+  // fsync + rename + directory fsync. Throws std::runtime_error on I/O
+  // failure (full disk included); the target is then left untouched.
+  void commit();
+
+  const std::filesystem::path& target() const { return target_; }
+
+ private:
+  std::filesystem::path target_;
+  std::filesystem::path temp_;
+  std::FILE* file_ = nullptr;
+  std::size_t written_ = 0;
+  bool committed_ = false;
+};
+
+// Convenience: the whole content at once.
+void write_file_atomic(const std::filesystem::path& target, const std::string& content);
+
+// Reads a whole file; InputError naming the path when it cannot.
+std::string read_file(const std::filesystem::path& path);
+
+}  // namespace minipuzzle

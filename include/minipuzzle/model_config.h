@@ -1,0 +1,91 @@
+// ModelConfig: the one description of a Nemotron-H architecture, used by the
+// loaded model, a search candidate, a pruned model and an exported
+// config.json alike. Plain C++ (no LibTorch) so search/ builds without it.
+//
+// Reads Hub style (`hybrid_override_pattern`, `mamba_*` aliases) and
+// transformers-5 style (`layers_block_type`); always writes Hub style.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace minipuzzle {
+
+// The layer kinds of the hybrid pattern, by their Hub pattern character.
+enum class LayerType : char { Mamba = 'M', Attention = '*', Mlp = '-' };
+
+const char* layer_type_name(LayerType t);  // "mamba", "attention", "mlp"
+
+struct ModelConfig {
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  std::string pattern;  // one character per layer: M, *, -
+
+  int64_t intermediate_size = 0;  // MLP width
+
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 128;  // its own key: heads*head_dim may differ from hidden
+
+  int64_t mamba_num_heads = 0;
+  int64_t mamba_head_dim = 0;
+  int64_t ssm_state_size = 0;
+  int64_t n_groups = 1;
+  int64_t conv_kernel = 4;
+  int64_t chunk_size = 128;
+  int64_t expand = 2;  // informational upstream; d_inner is heads*head_dim
+  double time_step_min_limit = 0.0;
+  double time_step_max_limit = std::numeric_limits<double>::infinity();
+
+  bool use_conv_bias = true;
+  bool mamba_proj_bias = false;
+  bool attention_bias = false;
+  bool mlp_bias = false;
+  bool tie_word_embeddings = false;
+  double layer_norm_epsilon = 1e-5;
+
+  // Keys we do not interpret (token ids, dt init ranges, torch_dtype, ...),
+  // carried through so an exported config keeps them.
+  nlohmann::json extra = nlohmann::json::object();
+
+  // --- derived sizes ---
+  int64_t num_layers() const { return static_cast<int64_t>(pattern.size()); }
+  LayerType layer_type(int64_t layer) const { return static_cast<LayerType>(pattern.at(layer)); }
+  int64_t count(LayerType t) const;
+  int64_t mamba_d_inner() const { return mamba_num_heads * mamba_head_dim; }
+  int64_t mamba_conv_dim() const { return mamba_d_inner() + 2 * n_groups * ssm_state_size; }
+  // in_proj rows: [z: d_inner | xBC: conv_dim | dt: heads]
+  int64_t mamba_in_proj_dim() const { return mamba_d_inner() + mamba_conv_dim() + mamba_num_heads; }
+  int64_t attention_q_dim() const { return num_attention_heads * head_dim; }
+  int64_t attention_kv_dim() const { return num_key_value_heads * head_dim; }
+
+  // Throws InputError naming the offending key (prefixed by `source`).
+  void validate(const std::string& source = "config") const;
+
+  // Parses either style; validates. `source` names the file in messages.
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& source = "config");
+  // Parses JSON text, accepting the bare Infinity/NaN tokens Python writes.
+  static ModelConfig from_json_text(const std::string& text, const std::string& source);
+  // Reads DIR/config.json (or a path to a .json file).
+  static ModelConfig load(const std::filesystem::path& dir_or_file);
+
+  // Hub style, with `extra` merged in.
+  nlohmann::json to_json() const;
+  std::string to_json_text() const;  // pretty, Python-compatible (Infinity)
+  void save(const std::filesystem::path& dir) const;  // DIR/config.json, atomic
+
+  bool operator==(const ModelConfig& o) const;
+};
+
+// Parses JSON text the way Python's json module does: bare Infinity,
+// -Infinity and NaN outside strings are accepted (they become the strings
+// "Infinity", "-Infinity", "NaN", which the config reader understands).
+// Throws InputError "<source>: invalid JSON ..." on syntax errors.
+nlohmann::json parse_json_lenient(const std::string& text, const std::string& source);
+
+}  // namespace minipuzzle

@@ -1,0 +1,90 @@
+#include "minipuzzle/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "minipuzzle/errors.h"
+
+namespace minipuzzle {
+namespace fs = std::filesystem;
+
+namespace {
+std::atomic<unsigned> g_temp_counter{0};
+
+void fsync_directory(const fs::path& dir) {
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;  // best effort: some filesystems refuse directory fds
+  ::fsync(fd);
+  ::close(fd);
+}
+}  // namespace
+
+AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
+  fs::path dir = target_.parent_path();
+  if (!dir.empty() && !fs::is_directory(dir))
+    throw InputError("cannot write " + target_.string() + ": directory " + dir.string() +
+                     " does not exist");
+  temp_ = target_;
+  temp_ += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(g_temp_counter++);
+  file_ = std::fopen(temp_.c_str(), "wb");
+  if (!file_)
+    throw InputError("cannot write " + target_.string() + ": " + std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (file_) std::fclose(file_);
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove(temp_, ec);
+  }
+}
+
+void AtomicFile::write(const void* data, std::size_t size) {
+  if (size == 0) return;
+  if (std::fwrite(data, 1, size, file_) != size)
+    throw std::runtime_error("write failed for " + target_.string() + ": " + std::strerror(errno));
+  written_ += size;
+}
+
+void AtomicFile::commit() {
+  if (std::fflush(file_) != 0 || ::fsync(::fileno(file_)) != 0) {
+    int err = errno;
+    throw std::runtime_error("write failed for " + target_.string() + ": " + std::strerror(err));
+  }
+  if (std::fclose(file_) != 0) {
+    file_ = nullptr;
+    throw std::runtime_error("write failed for " + target_.string() + ": " + std::strerror(errno));
+  }
+  file_ = nullptr;
+  if (std::rename(temp_.c_str(), target_.c_str()) != 0)
+    throw std::runtime_error("cannot rename " + temp_.string() + " to " + target_.string() + ": " +
+                             std::strerror(errno));
+  committed_ = true;
+  fsync_directory(target_.parent_path());
+}
+
+void write_file_atomic(const fs::path& target, const std::string& content) {
+  AtomicFile f(target);
+  f.write(content);
+  f.commit();
+}
+
+std::string read_file(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw InputError(path.string() + ": file not found");
+  if (fs::is_directory(path, ec)) throw InputError(path.string() + ": is a directory, expected a file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path.string() + ": cannot open for reading");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace minipuzzle

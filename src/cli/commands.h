@@ -1,0 +1,18 @@
+// One function per `minipuzzle` command; each lives in cmd_<name>.cpp and
+// receives the arguments after the command name. Return: process exit code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace minipuzzle::cli {
+
+using Args = std::vector<std::string>;
+
+int cmd_inspect(const Args& args);     // architecture, parameters, memory
+int cmd_eval(const Args& args);        // LM loss / accuracy on a dataset
+int cmd_data_build(const Args& args);  // text files -> Megatron dataset
+int cmd_logits(const Args& args);      // test support: logits for token ids
+int cmd_convert(const Args& args);     // re-save a checkpoint Hub style
+
+}  // namespace minipuzzle::cli

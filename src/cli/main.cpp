@@ -1,0 +1,75 @@
+// `minipuzzle`: one binary, one command per pipeline step.
+// Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage.
+#include <c10/util/Exception.h>
+
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "commands.h"
+#include "minipuzzle/errors.h"
+
+namespace {
+
+using minipuzzle::cli::Args;
+
+struct CommandEntry {
+  const char* name;
+  int (*run)(const Args&);
+  const char* summary;
+};
+
+const CommandEntry kCommands[] = {
+    {"inspect", minipuzzle::cli::cmd_inspect, "architecture, parameters per layer type, memory at a precision"},
+    {"eval", minipuzzle::cli::cmd_eval, "LM loss, perplexity and next-token accuracy on a dataset"},
+    {"data build", minipuzzle::cli::cmd_data_build, "text files -> Megatron indexed dataset (byte tokens)"},
+    {"convert", minipuzzle::cli::cmd_convert, "re-save a checkpoint in Hub layout (names, shards, dtype)"},
+    {"logits", minipuzzle::cli::cmd_logits, "(test support) write a model's logits for token ids"},
+};
+
+void print_usage(std::ostream& os) {
+  os << "usage: minipuzzle <command> [options]   (minipuzzle <command> --help for details)\n\ncommands:\n";
+  for (const auto& c : kCommands) os << "  " << c.name << std::string(14 - std::strlen(c.name), ' ') << c.summary << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args rest(argv + 1, argv + argc);
+  if (rest.empty() || rest[0] == "--help" || rest[0] == "-h" || rest[0] == "help") {
+    print_usage(rest.empty() ? std::cerr : std::cout);
+    return rest.empty() ? 2 : 0;
+  }
+  const CommandEntry* found = nullptr;
+  size_t consumed = 0;
+  for (const auto& c : kCommands) {
+    std::string name = c.name;
+    size_t space = name.find(' ');
+    if (space == std::string::npos) {
+      if (rest[0] == name) { found = &c; consumed = 1; }
+    } else if (rest[0] == name.substr(0, space) && rest.size() > 1 && rest[1] == name.substr(space + 1)) {
+      found = &c;
+      consumed = 2;
+    }
+  }
+  if (!found) {
+    if (rest[0] == "data")
+      std::cerr << "minipuzzle data: expected a subcommand: build\n";
+    else
+      std::cerr << "minipuzzle: unknown command '" << rest[0] << "' (run minipuzzle --help)\n";
+    return 2;
+  }
+  Args args(rest.begin() + consumed, rest.end());
+  try {
+    return found->run(args);
+  } catch (const minipuzzle::InputError& e) {
+    std::cerr << "minipuzzle " << found->name << ": error: " << e.what() << "\n";
+    return 2;
+  } catch (const c10::Error& e) {
+    std::cerr << "minipuzzle " << found->name << ": failed: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "minipuzzle " << found->name << ": failed: " << e.what() << "\n";
+    return 1;
+  }
+}
