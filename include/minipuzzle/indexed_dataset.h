@@ -1,11 +1,16 @@
-// Megatron indexed datasets (`PREFIX.bin` + `PREFIX.idx`).
+// Megatron indexed datasets (`PREFIX.bin` + `PREFIX.idx`), as written by
+// Megatron-LM's megatron/core/datasets/indexed_dataset.py.
 //
 // .idx layout (little-endian): 9 bytes magic "MMIDIDX\0\0", uint64 version (1),
-// uint8 dtype code (1 u8, 2 i8, 3 i16, 4 i32, 5 i64, 6 f32, 7 f64, 8 u16),
-// uint64 sequence count S, uint64 document count D, then int32 lengths[S],
-// int64 byte pointers[S] into .bin, int64 document indices[D] (sequence
-// indices where documents start, first 0, last S). Arrays are unaligned in
-// the file: read them by copying, never by casting.
+// uint8 dtype code (1 u8, 2 i8, 3 i16, 4 i32, 5 i64, 6 f64, 7 f32, 8 u16;
+// Megatron's codes, note f64 before f32), uint64 sequence count S, uint64
+// document-index count D+1 (the number of entries of the array, not of
+// documents), then int32 lengths[S], int64 byte pointers[S] into .bin
+// (contiguous: pointer[i+1] = pointer[i] + lengths[i] * dtype size), int64
+// document indices[D+1] (sequence index where each document starts, first 0,
+// last S). Multimodal Megatron files append int8 modes[S]; the reader accepts
+// and ignores them. Arrays are unaligned in the file: read them by copying,
+// never by casting.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +21,11 @@
 
 namespace minipuzzle {
 
-enum class TokenDType : uint8_t { U8 = 1, I8 = 2, I16 = 3, I32 = 4, I64 = 5, F32 = 6, F64 = 7, U16 = 8 };
+enum class TokenDType : uint8_t { U8 = 1, I8 = 2, I16 = 3, I32 = 4, I64 = 5, F64 = 6, F32 = 7, U16 = 8 };
+// "uint8", "int8", "int16", "int32", "int64", "float64", "float32", "uint16" (numpy names).
+const char* token_dtype_name(TokenDType t);
+// Inverse of token_dtype_name for the integer dtypes; InputError otherwise.
+TokenDType token_dtype_from_name(const std::string& name);
 std::size_t token_dtype_size(TokenDType t);
 
 class IndexedDataset {
