@@ -1,0 +1,84 @@
+// Memory model: exact parameter counts per layer type and the bytes one
+// inference instance needs (weights, KV cache, Mamba SSM + conv state,
+// workspace), from a ModelConfig alone, so users can plan for a model they
+// have not downloaded. Plain C++ (no LibTorch).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "minipuzzle/model_config.h"
+
+namespace minipuzzle {
+
+// Storage formats. Bits per value include block scales: nvfp4 stores 16
+// 4-bit values with one fp8 scale, 4 + 8/16 = 4.5 bits.
+enum class Precision { Fp32, Bf16, Fp16, Fp8, Fp4, Nvfp4 };
+
+double precision_bits(Precision p);
+const char* precision_name(Precision p);  // "fp32", "bf16", ..., "nvfp4"
+// Throws InputError "<what>: unknown precision 'x'; expected ..." on bad text.
+Precision parse_precision(const std::string& text, const std::string& what = "precision");
+
+// "31.7GiB", "500MiB", "32GB", "1e9" (bytes) -> bytes. Binary (KiB, MiB, GiB,
+// TiB) and decimal (KB, MB, GB, TB) suffixes, case-insensitive.
+// Throws InputError naming `what` on bad text or a negative value.
+double parse_bytes(const std::string& text, const std::string& what = "size");
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+struct Deployment {
+  Precision weights = Precision::Bf16;
+  Precision kv_cache = Precision::Bf16;
+  Precision state = Precision::Bf16;  // Mamba SSM state and conv state
+  int64_t context = 8192;              // tokens per sequence held in the KV cache
+  int64_t batch = 1;                   // concurrent sequences
+  double workspace_bytes = 0;          // activations / allocator headroom, added as is
+
+  // Throws InputError when context or batch is not positive or workspace < 0.
+  void validate() const;
+};
+
+// Parameters of one layer, its pre-norm (hidden_size) included.
+int64_t mamba_layer_params(const ModelConfig& c);
+int64_t attention_layer_params(const ModelConfig& c);
+int64_t mlp_layer_params(const ModelConfig& c);
+int64_t layer_params(const ModelConfig& c, LayerType t);
+
+struct ParamCounts {
+  int64_t embeddings = 0;  // vocab x hidden
+  int64_t lm_head = 0;     // vocab x hidden (untied)
+  int64_t final_norm = 0;  // norm_f
+  int64_t per_mamba_layer = 0, per_attention_layer = 0, per_mlp_layer = 0;
+  int64_t mamba = 0, attention = 0, mlp = 0;  // totals over the layers of each type
+  int64_t total = 0;
+
+  int64_t non_embedding() const { return total - embeddings - lm_head; }
+};
+
+ParamCounts count_parameters(const ModelConfig& c);
+
+// Per-sequence state of one Mamba layer, in values: SSM H*P*N plus the conv
+// window (K-1)*conv_dim that decoding keeps.
+int64_t mamba_ssm_state_values(const ModelConfig& c);
+int64_t mamba_conv_state_values(const ModelConfig& c);
+// K and V of one attention layer for one token, in values.
+int64_t kv_values_per_token_per_layer(const ModelConfig& c);
+
+struct MemoryBreakdown {
+  double weights = 0;     // bytes
+  double kv_cache = 0;
+  double mamba_ssm = 0;
+  double mamba_conv = 0;
+  double workspace = 0;
+  double total = 0;
+
+  double state() const { return mamba_ssm + mamba_conv; }
+};
+
+// Every parameter (embeddings, lm_head and norms included) is stored at
+// `d.weights`; see memory_model.cpp for why this is what reproduces the
+// paper's numbers.
+MemoryBreakdown memory_breakdown(const ModelConfig& c, const Deployment& d);
+
+}  // namespace minipuzzle

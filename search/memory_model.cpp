@@ -1,0 +1,148 @@
+#include "minipuzzle/memory_model.h"
+
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+
+#include "minipuzzle/errors.h"
+
+namespace minipuzzle {
+
+// Which parameters are counted at the low weight precision: all of them.
+// The paper's figure for the published 47B (4-bit weights, FP8 KV, bf16
+// state, 1M context, batch 1) is 21.79 + 9.54 + 0.36 = 31.69 GiB:
+//   weights 46,791,554,816 params * 4 bits / 8 = 23.396e9 B = 21.79 GiB,
+//   KV      2 * 5 layers * 8 kv * 128 * 1e6 tokens * 1 B = 10.24e9 B = 9.54 GiB,
+//   state   45 * (256*64*256 + 3*20480) * 2 B = 0.383e9 B = 0.36 GiB.
+// Keeping embeddings + lm_head (2 * 131072 * 8192 = 2.15e9 params) in bf16
+// would add 2.15e9 * 1.5 B = 3.0 GiB (34.7 GiB, over the 31.7 budget), so the
+// paper counts every parameter, norms included (they are 0.1% of the bytes),
+// at the weight precision. The 56B the same way: 26.22 + 19.07 + 0.43 = 45.73.
+
+double precision_bits(Precision p) {
+  switch (p) {
+    case Precision::Fp32: return 32;
+    case Precision::Bf16: return 16;
+    case Precision::Fp16: return 16;
+    case Precision::Fp8: return 8;
+    case Precision::Fp4: return 4;
+    case Precision::Nvfp4: return 4.5;
+  }
+  return 0;
+}
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::Fp32: return "fp32";
+    case Precision::Bf16: return "bf16";
+    case Precision::Fp16: return "fp16";
+    case Precision::Fp8: return "fp8";
+    case Precision::Fp4: return "fp4";
+    case Precision::Nvfp4: return "nvfp4";
+  }
+  return "?";
+}
+
+Precision parse_precision(const std::string& text, const std::string& what) {
+  std::string s;
+  for (char ch : text) s.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(ch))));
+  for (Precision p : {Precision::Fp32, Precision::Bf16, Precision::Fp16, Precision::Fp8, Precision::Fp4,
+                      Precision::Nvfp4})
+    if (s == precision_name(p)) return p;
+  throw InputError(what + ": unknown precision '" + text + "'; expected bf16, fp16, fp32, fp8, fp4 or nvfp4");
+}
+
+double parse_bytes(const std::string& text, const std::string& what) {
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  double v = std::strtod(begin, &end);
+  if (end == begin || !std::isfinite(v) || v < 0)
+    throw InputError(what + ": '" + text + "' is not a size; expected e.g. 31.7GiB, 500MiB, 32GB or a byte count");
+  std::string unit;
+  for (const char* p = end; *p; ++p)
+    if (!std::isspace(static_cast<unsigned char>(*p))) unit.push_back(static_cast<char>(std::tolower(*p)));
+  struct Unit { const char* name; double scale; };
+  static const Unit units[] = {{"", 1},           {"b", 1},           {"kib", 1024.0},   {"mib", 1048576.0},
+                               {"gib", kGiB},     {"tib", kGiB * 1024}, {"kb", 1e3},     {"mb", 1e6},
+                               {"gb", 1e9},       {"tb", 1e12}};
+  for (const Unit& u : units)
+    if (unit == u.name) return v * u.scale;
+  throw InputError(what + ": unknown unit in '" + text + "'; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB");
+}
+
+void Deployment::validate() const {
+  if (context <= 0) throw InputError("context must be a positive number of tokens, got " + std::to_string(context));
+  if (batch <= 0) throw InputError("batch must be a positive number of sequences, got " + std::to_string(batch));
+  if (!(workspace_bytes >= 0) || !std::isfinite(workspace_bytes))
+    throw InputError("workspace must be a non-negative number of bytes");
+}
+
+int64_t mamba_layer_params(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, h = c.mamba_num_heads, inner = c.mamba_d_inner(), conv = c.mamba_conv_dim();
+  const int64_t in_proj = d * c.mamba_in_proj_dim();
+  const int64_t conv1d = conv * c.conv_kernel + (c.use_conv_bias ? conv : 0);
+  const int64_t per_head = 3 * h;  // A_log, D, dt_bias
+  const int64_t gated_norm = inner;
+  const int64_t out_proj = inner * d;
+  return d + in_proj + conv1d + per_head + gated_norm + out_proj;
+}
+
+int64_t attention_layer_params(const ModelConfig& c) {
+  const int64_t d = c.hidden_size;
+  return d + 2 * d * c.attention_q_dim() + 2 * d * c.attention_kv_dim();  // norm, q+o, k+v
+}
+
+int64_t mlp_layer_params(const ModelConfig& c) {
+  return c.hidden_size + 2 * c.hidden_size * c.intermediate_size;  // norm, up + down
+}
+
+int64_t layer_params(const ModelConfig& c, LayerType t) {
+  switch (t) {
+    case LayerType::Mamba: return mamba_layer_params(c);
+    case LayerType::Attention: return attention_layer_params(c);
+    case LayerType::Mlp: return mlp_layer_params(c);
+  }
+  return 0;
+}
+
+ParamCounts count_parameters(const ModelConfig& c) {
+  ParamCounts p;
+  p.embeddings = c.vocab_size * c.hidden_size;
+  p.lm_head = c.tie_word_embeddings ? 0 : c.vocab_size * c.hidden_size;
+  p.final_norm = c.hidden_size;
+  p.per_mamba_layer = mamba_layer_params(c);
+  p.per_attention_layer = attention_layer_params(c);
+  p.per_mlp_layer = mlp_layer_params(c);
+  p.mamba = c.count(LayerType::Mamba) * p.per_mamba_layer;
+  p.attention = c.count(LayerType::Attention) * p.per_attention_layer;
+  p.mlp = c.count(LayerType::Mlp) * p.per_mlp_layer;
+  p.total = p.embeddings + p.lm_head + p.final_norm + p.mamba + p.attention + p.mlp;
+  return p;
+}
+
+int64_t mamba_ssm_state_values(const ModelConfig& c) {
+  return c.mamba_num_heads * c.mamba_head_dim * c.ssm_state_size;
+}
+
+int64_t mamba_conv_state_values(const ModelConfig& c) { return (c.conv_kernel - 1) * c.mamba_conv_dim(); }
+
+int64_t kv_values_per_token_per_layer(const ModelConfig& c) { return 2 * c.num_key_value_heads * c.head_dim; }
+
+MemoryBreakdown memory_breakdown(const ModelConfig& c, const Deployment& d) {
+  d.validate();
+  const double w = precision_bits(d.weights) / 8, kv = precision_bits(d.kv_cache) / 8,
+               st = precision_bits(d.state) / 8;
+  const double seqs = static_cast<double>(d.batch);
+  const double mamba_layers = static_cast<double>(c.count(LayerType::Mamba));
+  MemoryBreakdown m;
+  m.weights = static_cast<double>(count_parameters(c).total) * w;
+  m.kv_cache = static_cast<double>(c.count(LayerType::Attention)) *
+               static_cast<double>(kv_values_per_token_per_layer(c)) * static_cast<double>(d.context) * seqs * kv;
+  m.mamba_ssm = mamba_layers * static_cast<double>(mamba_ssm_state_values(c)) * seqs * st;
+  m.mamba_conv = mamba_layers * static_cast<double>(mamba_conv_state_values(c)) * seqs * st;
+  m.workspace = d.workspace_bytes;
+  m.total = m.weights + m.kv_cache + m.mamba_ssm + m.mamba_conv + m.workspace;
+  return m;
+}
+
+}  // namespace minipuzzle

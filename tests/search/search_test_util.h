@@ -1,0 +1,50 @@
+// Shared by the search tests: the published configs and a tiny hand-checkable
+// one, and the paper's deployment.
+#pragma once
+
+#include <string>
+
+#include "minipuzzle/memory_model.h"
+#include "minipuzzle/model_config.h"
+
+namespace minipuzzle::test {
+
+inline ModelConfig reference_config(const std::string& name) {  // "8b", "47b", "56b"
+  return ModelConfig::load(std::string(MINIPUZZLE_SOURCE_DIR) + "/tests/search/configs/nemotron-h-" + name +
+                           ".config.json");
+}
+
+// D=64, V=100, "M*-M", Mamba 4 heads x 8, state 16, 2 groups, conv 4;
+// attention 4 heads / 2 kv x 16; FFN 128. Small enough to count by hand.
+inline ModelConfig tiny_config() {
+  ModelConfig c;
+  c.vocab_size = 100;
+  c.hidden_size = 64;
+  c.pattern = "M*-M";
+  c.intermediate_size = 128;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 16;
+  c.mamba_num_heads = 4;
+  c.mamba_head_dim = 8;
+  c.ssm_state_size = 16;
+  c.n_groups = 2;
+  c.conv_kernel = 4;
+  c.validate("tiny");
+  return c;
+}
+
+// The paper's setting: 4-bit weights, FP8 KV cache, bf16 state, 1M context, batch 1.
+inline Deployment paper_deployment() {
+  Deployment d;
+  d.weights = Precision::Fp4;
+  d.kv_cache = Precision::Fp8;
+  d.state = Precision::Bf16;
+  d.context = 1000000;
+  d.batch = 1;
+  return d;
+}
+
+inline double paper_budget() { return 31.7 * kGiB; }
+
+}  // namespace minipuzzle::test
