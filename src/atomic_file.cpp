@@ -70,6 +70,38 @@ void AtomicFile::commit() {
   fsync_directory(target_.parent_path());
 }
 
+AtomicDirectory::AtomicDirectory(fs::path target) : target_(std::move(target)) {
+  std::error_code ec;
+  if (target_.filename().empty()) target_ = target_.parent_path();
+  fs::path parent = fs::absolute(target_, ec).parent_path();
+  if (!fs::is_directory(parent, ec))
+    throw InputError("cannot write " + target_.string() + ": directory " + parent.string() + " does not exist");
+  if (fs::exists(target_, ec)) {
+    if (!fs::is_directory(target_, ec) || !fs::is_empty(target_, ec))
+      throw InputError(target_.string() + " already exists and is not empty; choose a new output directory");
+  }
+  temp_ = parent / ("." + target_.filename().string() + ".partial-" + std::to_string(::getpid()));
+  fs::remove_all(temp_, ec);
+  if (!fs::create_directory(temp_, ec))
+    throw InputError("cannot create " + temp_.string() + ": " + ec.message());
+}
+
+AtomicDirectory::~AtomicDirectory() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(temp_, ec);
+  }
+}
+
+void AtomicDirectory::commit() {
+  std::error_code ec;
+  if (fs::exists(target_, ec)) fs::remove(target_, ec);  // an empty directory (checked at construction)
+  fs::rename(temp_, target_, ec);
+  if (ec) throw std::runtime_error("cannot rename " + temp_.string() + " to " + target_.string() + ": " + ec.message());
+  committed_ = true;
+  fsync_directory(fs::absolute(target_).parent_path());
+}
+
 void write_file_atomic(const fs::path& target, const std::string& content) {
   AtomicFile f(target);
   f.write(content);

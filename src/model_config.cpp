@@ -90,13 +90,15 @@ bool get_bool(const json& j, std::initializer_list<const char*> keys, const std:
   return v->get<bool>();
 }
 
+// transformers 5 names ("linear_attention", "full_attention") and the older
+// Hub names ("mamba", "attention") both occur in the wild.
 char block_type_char(const std::string& name, const std::string& source, size_t index) {
-  if (name == "mamba") return 'M';
-  if (name == "attention") return '*';
+  if (name == "mamba" || name == "linear_attention") return 'M';
+  if (name == "attention" || name == "full_attention") return '*';
   if (name == "mlp") return '-';
   if (name == "moe") fail(source, "layers_block_type[" + std::to_string(index) + "] is \"moe\": MoE layers are not supported yet");
   fail(source, "layers_block_type[" + std::to_string(index) + "] is \"" + name +
-                   "\"; expected \"mamba\", \"attention\" or \"mlp\"");
+                   "\"; expected \"linear_attention\" (or \"mamba\"), \"full_attention\" (or \"attention\") or \"mlp\"");
 }
 
 // Every key the reader interprets; the rest goes to `extra`.
@@ -106,7 +108,7 @@ const std::set<std::string>& interpreted_keys() {
       "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
       "head_dim", "attention_head_dim", "mamba_num_heads", "mamba_head_dim", "ssm_state_size",
       "n_groups", "mamba_n_groups", "conv_kernel", "mamba_d_conv", "chunk_size",
-      "mamba_chunk_size", "expand", "mamba_expand", "time_step_limit", "mamba_dt_limit",
+      "mamba_chunk_size", "expand", "mamba_expand", "time_step_min", "mamba_dt_min",
       "use_conv_bias", "mamba_conv_bias", "mamba_proj_bias", "attention_bias", "mlp_bias",
       "tie_word_embeddings", "layer_norm_epsilon"};
   return keys;
@@ -155,8 +157,8 @@ void ModelConfig::validate(const std::string& source) const {
     if (mamba_num_heads % n_groups != 0)
       fail(source, "mamba_num_heads (" + std::to_string(mamba_num_heads) + ") must be a multiple of n_groups (" +
                        std::to_string(n_groups) + ")");
-    if (!(time_step_min_limit >= 0) || !(time_step_max_limit > time_step_min_limit))
-      fail(source, "time_step_limit must be [min, max] with 0 <= min < max");
+    if (!(time_step_min >= 0) || !std::isfinite(time_step_min))
+      fail(source, "time_step_min must be a finite number >= 0");
   }
   if (!(layer_norm_epsilon > 0) || !std::isfinite(layer_norm_epsilon))
     fail(source, "layer_norm_epsilon must be a positive number");
@@ -171,14 +173,15 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   // Layer kinds: Hub pattern string or transformers-5 list.
   auto pat = j.find("hybrid_override_pattern");
   auto blocks = j.find("layers_block_type");
-  if (pat != j.end() && pat->is_string()) {
-    c.pattern = pat->get<std::string>();
-  } else if (blocks != j.end() && blocks->is_array()) {
+  // transformers prefers layers_block_type when both are present; so do we.
+  if (blocks != j.end() && blocks->is_array()) {
     for (size_t i = 0; i < blocks->size(); ++i) {
       const json& b = (*blocks)[i];
       if (!b.is_string()) fail(source, "layers_block_type[" + std::to_string(i) + "] must be a string");
       c.pattern.push_back(block_type_char(b.get<std::string>(), source, i));
     }
+  } else if (pat != j.end() && pat->is_string()) {
+    c.pattern = pat->get<std::string>();
   } else {
     fail(source, "missing key \"hybrid_override_pattern\" (or \"layers_block_type\")");
   }
@@ -193,21 +196,19 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
 
   c.intermediate_size = get_int(j, {"intermediate_size"}, source, false, 0);
   c.num_attention_heads = get_int(j, {"num_attention_heads"}, source, false, 0);
-  c.num_key_value_heads = get_int(j, {"num_key_value_heads"}, source, false, c.num_attention_heads);
-  c.head_dim = get_int(j, {"head_dim", "attention_head_dim"}, source, false,
-                       c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 128);
+  // Defaults for absent keys are transformers' NemotronHConfig defaults (kv
+  // heads 8, head_dim 128, n_groups 8), so a sparse config means the same
+  // model to us and to transformers.
+  c.num_key_value_heads = get_int(j, {"num_key_value_heads"}, source, false, 8);
+  c.head_dim = get_int(j, {"head_dim", "attention_head_dim"}, source, false, 128);
   c.mamba_num_heads = get_int(j, {"mamba_num_heads"}, source, false, 0);
   c.mamba_head_dim = get_int(j, {"mamba_head_dim"}, source, false, 0);
   c.ssm_state_size = get_int(j, {"ssm_state_size"}, source, false, 0);
-  c.n_groups = get_int(j, {"n_groups", "mamba_n_groups"}, source, false, 1);
+  c.n_groups = get_int(j, {"n_groups", "mamba_n_groups"}, source, false, 8);
   c.conv_kernel = get_int(j, {"conv_kernel", "mamba_d_conv"}, source, false, 4);
   c.chunk_size = get_int(j, {"chunk_size", "mamba_chunk_size"}, source, false, 128);
   c.expand = get_int(j, {"expand", "mamba_expand"}, source, false, 2);
-  if (const json* lim = find_key(j, {"time_step_limit", "mamba_dt_limit"}, &key)) {
-    if (!lim->is_array() || lim->size() != 2) fail(source, "key \"" + key + "\" must be [min, max]");
-    c.time_step_min_limit = to_double((*lim)[0], key, source);
-    c.time_step_max_limit = to_double((*lim)[1], key, source);
-  }
+  c.time_step_min = get_double(j, {"time_step_min", "mamba_dt_min"}, source, 0.001);
   c.use_conv_bias = get_bool(j, {"use_conv_bias", "mamba_conv_bias"}, source, true);
   c.mamba_proj_bias = get_bool(j, {"mamba_proj_bias"}, source, false);
   c.attention_bias = get_bool(j, {"attention_bias"}, source, false);
@@ -215,13 +216,19 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.tie_word_embeddings = get_bool(j, {"tie_word_embeddings"}, source, false);
   c.layer_norm_epsilon = get_double(j, {"layer_norm_epsilon"}, source, 1e-5);
 
-  if (c.attention_bias || c.mlp_bias || c.mamba_proj_bias)
-    fail(source, "bias terms in projections (attention_bias/mlp_bias/mamba_proj_bias) are not supported");
+  // transformers builds the Mamba projections with `use_bias` (mamba_proj_bias
+  // is unused there) and the attention projections without bias.
+  if (c.attention_bias || c.mlp_bias || get_bool(j, {"use_bias"}, source, false))
+    fail(source, "bias terms in projections (attention_bias/mlp_bias/use_bias) are not supported");
   if (c.tie_word_embeddings)
     fail(source, "tie_word_embeddings=true is not supported: Nemotron-H has a separate lm_head");
   for (auto it = j.begin(); it != j.end(); ++it) {
     if (it.key() == "mlp_hidden_act" && it->is_string() && it->get<std::string>() != "relu2")
       fail(source, "mlp_hidden_act is \"" + it->get<std::string>() + "\"; only \"relu2\" is supported");
+    // time_step_limit is ignored by transformers' mixer (it clamps at
+    // time_step_min) and transformers 5 writes it with a tagged Infinity; we
+    // neither use nor rewrite it.
+    if (it.key() == "time_step_limit" || it.key() == "mamba_dt_limit") continue;
     if (!interpreted_keys().count(it.key())) c.extra[it.key()] = *it;
   }
   c.validate(source);
@@ -294,24 +301,14 @@ json ModelConfig::to_json() const {
   j["mlp_bias"] = mlp_bias;
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["layer_norm_epsilon"] = layer_norm_epsilon;
-  if (time_step_min_limit != 0.0 || std::isfinite(time_step_max_limit)) {
-    auto num = [](double d) -> json {
-      if (std::isinf(d)) return d > 0 ? "Infinity" : "-Infinity";
-      return d;
-    };
-    j["time_step_limit"] = json::array({num(time_step_min_limit), num(time_step_max_limit)});
-  }
+  j["time_step_min"] = time_step_min;
   return j;
 }
 
 std::string ModelConfig::to_json_text() const {
-  std::string text = to_json().dump(2);
-  // Python reads bare Infinity; write it that way rather than as a string.
-  for (const char* w : {"\"-Infinity\"", "\"Infinity\""}) {
-    std::string from = w, to = from.substr(1, from.size() - 2);
-    for (size_t p = text.find(from); p != std::string::npos; p = text.find(from, p)) text.replace(p, from.size(), to);
-  }
-  return text + "\n";
+  // Strict JSON: a bare Infinity read from a Python-written file stays the
+  // string "Infinity" (transformers 5 rejects bare non-finite numbers).
+  return to_json().dump(2) + "\n";
 }
 
 void ModelConfig::save(const fs::path& dir) const { write_file_atomic(dir / "config.json", to_json_text()); }

@@ -38,6 +38,26 @@ class AtomicFile {
   bool committed_ = false;
 };
 
+// A directory written as a whole: files go into a hidden sibling
+// ".<name>.partial-<pid>" and commit() renames it to the target. The target
+// must not exist or be an empty directory (InputError otherwise), so an
+// interrupted write never leaves a directory that looks complete.
+class AtomicDirectory {
+ public:
+  explicit AtomicDirectory(std::filesystem::path target);
+  ~AtomicDirectory();  // removes the partial directory unless committed
+  AtomicDirectory(const AtomicDirectory&) = delete;
+  AtomicDirectory& operator=(const AtomicDirectory&) = delete;
+  const std::filesystem::path& path() const { return temp_; }  // write here
+  const std::filesystem::path& target() const { return target_; }
+  void commit();
+
+ private:
+  std::filesystem::path target_;
+  std::filesystem::path temp_;
+  bool committed_ = false;
+};
+
 // Convenience: the whole content at once.
 void write_file_atomic(const std::filesystem::path& target, const std::string& content);
 

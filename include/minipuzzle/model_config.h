@@ -8,7 +8,6 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -39,8 +38,9 @@ struct ModelConfig {
   int64_t conv_kernel = 4;
   int64_t chunk_size = 128;
   int64_t expand = 2;  // informational upstream; d_inner is heads*head_dim
-  double time_step_min_limit = 0.0;
-  double time_step_max_limit = std::numeric_limits<double>::infinity();
+  // transformers' Mamba2 mixer clamps dt = softplus(dt + dt_bias) to
+  // [time_step_min, inf) (it ignores `time_step_limit`); we match it.
+  double time_step_min = 0.001;
 
   bool use_conv_bias = true;
   bool mamba_proj_bias = false;
@@ -76,7 +76,7 @@ struct ModelConfig {
 
   // Hub style, with `extra` merged in.
   nlohmann::json to_json() const;
-  std::string to_json_text() const;  // pretty, Python-compatible (Infinity)
+  std::string to_json_text() const;  // pretty, strict JSON
   void save(const std::filesystem::path& dir) const;  // DIR/config.json, atomic
 
   bool operator==(const ModelConfig& o) const;

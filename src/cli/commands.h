@@ -13,6 +13,6 @@ int cmd_inspect(const Args& args);     // architecture, parameters, memory
 int cmd_eval(const Args& args);        // LM loss / accuracy on a dataset
 int cmd_data_build(const Args& args);  // text files -> Megatron dataset
 int cmd_logits(const Args& args);      // test support: logits for token ids
-int cmd_convert(const Args& args);     // re-save a checkpoint Hub style
+int cmd_export(const Args& args);      // re-save a checkpoint Hub style (dtype, shards)
 
 }  // namespace minipuzzle::cli

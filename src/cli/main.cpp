@@ -23,7 +23,7 @@ const CommandEntry kCommands[] = {
     {"inspect", minipuzzle::cli::cmd_inspect, "architecture, parameters per layer type, memory at a precision"},
     {"eval", minipuzzle::cli::cmd_eval, "LM loss, perplexity and next-token accuracy on a dataset"},
     {"data build", minipuzzle::cli::cmd_data_build, "text files -> Megatron indexed dataset (byte tokens)"},
-    {"convert", minipuzzle::cli::cmd_convert, "re-save a checkpoint in Hub layout (names, shards, dtype)"},
+    {"export", minipuzzle::cli::cmd_export, "write a checkpoint in Hub layout that transformers loads (dtype, shards)"},
     {"logits", minipuzzle::cli::cmd_logits, "(test support) write a model's logits for token ids"},
 };
 

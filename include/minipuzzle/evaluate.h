@@ -1,0 +1,31 @@
+// Language-model quality of a model on a dataset: mean next-token
+// cross-entropy, perplexity, top-1 accuracy over consecutive windows.
+#pragma once
+
+#include <cstdint>
+
+#include "minipuzzle/hybrid_lm.h"
+#include "minipuzzle/indexed_dataset.h"
+
+namespace minipuzzle {
+
+struct EvalOptions {
+  int64_t seq_len = 2048;
+  int64_t batch = 1;
+  uint64_t max_tokens = 0;  // predicted tokens to use at most (0 = the whole dataset)
+};
+
+struct EvalResult {
+  double loss = 0;        // nats per token
+  double perplexity = 0;  // exp(loss)
+  double accuracy = 0;    // top-1 next-token accuracy
+  uint64_t tokens = 0;    // predicted tokens
+  uint64_t windows = 0;
+  double seconds = 0;
+};
+
+// Windows: sequential_windows(total, seq_len, max_tokens / seq_len) of the
+// flat token stream; InputError when the dataset is shorter than one window.
+EvalResult evaluate(HybridLM& model, const IndexedDataset& data, const EvalOptions& opt);
+
+}  // namespace minipuzzle

@@ -1,0 +1,43 @@
+// minipuzzle export DIR --out OUT [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/errors.h"
+
+namespace minipuzzle::cli {
+
+int cmd_export(const Args& args) {
+  const std::string usage = "minipuzzle export DIR --out OUT [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]";
+  po::options_description opts("options");
+  opts.add_options()
+      ("dir", po::value<std::string>(), "checkpoint directory to read (Hub or transformers-5 names)")
+      ("out", po::value<std::string>(), "output directory (must not exist, or be empty)")
+      ("dtype", po::value<std::string>()->default_value("bf16"), "weight dtype: bf16 | fp16 | fp32")
+      ("max-shard-size", po::value<std::string>()->default_value("5GB"), "largest shard (5GB = 5e9 bytes; GiB = 2^30)");
+  po::positional_options_description pos;
+  pos.add("dir", 1);
+  po::variables_map vm;
+  if (!parse_args(usage, args, opts, pos, vm)) return 0;
+  require(vm, "dir", usage);
+  require(vm, "out", usage);
+  auto dtype = parse_model_dtype(vm["dtype"].as<std::string>());
+  uint64_t shard = parse_byte_size(vm["max-shard-size"].as<std::string>());
+  const std::string out = vm["out"].as<std::string>();
+  std::error_code ec;
+  if (std::filesystem::exists(out, ec) && !std::filesystem::is_empty(out, ec))
+    throw InputError(out + " already exists and is not empty; choose a new output directory");
+
+  // Load in fp32 so the conversion to the export dtype rounds once.
+  auto model = load_model(vm["dir"].as<std::string>(), torch::kFloat32, torch::kCPU);
+  save_model(model, out, dtype, shard);
+  int64_t params = 0;
+  for (const auto& p : model->parameters()) params += p.numel();
+  std::cout << fmt::format("exported {} parameters ({}) to {}\n", params, vm["dtype"].as<std::string>(), out);
+  return 0;
+}
+
+}  // namespace minipuzzle::cli

@@ -1,0 +1,5 @@
+# Makes the helper module importable from the tests (pytest rootdir-independent).
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
