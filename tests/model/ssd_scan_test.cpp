@@ -48,7 +48,13 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{2, 21, 4, 8, 2, 8, 8},     // L not a multiple; G > 1
                       Shape{1, 5, 4, 4, 4, 16, 8},     // shorter than one chunk; G = H
                       Shape{2, 67, 6, 3, 3, 5, 16},    // odd sizes, several chunks
-                      Shape{1, 40, 8, 16, 1, 32, 40}));  // a single full chunk
+                      Shape{1, 40, 8, 16, 1, 32, 40}),  // a single full chunk
+    [](const ::testing::TestParamInfo<Shape>& i) {
+      const Shape& s = i.param;
+      return "b" + std::to_string(s.b) + "_L" + std::to_string(s.L) + "_H" + std::to_string(s.H) + "_P" +
+             std::to_string(s.P) + "_G" + std::to_string(s.G) + "_N" + std::to_string(s.N) + "_chunk" +
+             std::to_string(s.chunk);
+    });
 
 TEST(SsdScan, ChunkSizeDoesNotChangeTheResult) {
   Shape s{1, 50, 4, 8, 2, 8, 8};
