@@ -36,12 +36,13 @@ PY=${MINIPUZZLE_BASE_PYTHON:-python3}
 PYVER=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
 VENV=$CACHE/venv-py$PYVER
 REQ=$ROOT/tools/requirements.txt
-want=$(sha256sum "$REQ" | cut -d' ' -f1)
+CONSTRAINTS=$ROOT/tools/constraints.txt  # every transitive package, pinned
+want=$(cat "$REQ" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)
 have=$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
   log "creating/updating venv $VENV (torch, transformers: a few GB the first time)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ" -c "$CONSTRAINTS" >&2
   echo "$want" > "$VENV/.requirements.sha256"
 fi
 VPY=$VENV/bin/python
@@ -54,7 +55,7 @@ export CCACHE_BASEDIR=$ROOT
 export CCACHE_NOHASHDIR=1
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
 JOBS=${MINIPUZZLE_JOBS:-$(nproc)}
-if [ ! -f "$BUILD/build.ninja" ] || [ "$BUILD/CMakeCache.txt" -ot "$REQ" ]; then
+if [ ! -f "$BUILD/build.ninja" ] || [ "$BUILD/CMakeCache.txt" -ot "$REQ" ] || [ "$BUILD/CMakeCache.txt" -ot "$CONSTRAINTS" ]; then
   log "configuring $BUILD"
   cmake -S "$ROOT" -B "$BUILD" -G Ninja \
     -DCMAKE_BUILD_TYPE="$BUILD_TYPE" \

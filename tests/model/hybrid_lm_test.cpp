@@ -131,5 +131,7 @@ TEST(ModelOptions, ParsesDtypesAndRejectsUnknownOnes) {
   EXPECT_THROW(parse_model_dtype("int4"), InputError);
   EXPECT_EQ(parse_device("cpu"), torch::Device(torch::kCPU));
   EXPECT_THROW(parse_device("tpu"), InputError);
-  if (!torch::cuda::is_available()) EXPECT_THROW(parse_device("cuda"), InputError);
+  if (!torch::cuda::is_available()) {
+    EXPECT_THROW(parse_device("cuda"), InputError);
+  }
 }
