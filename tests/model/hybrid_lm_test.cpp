@@ -135,3 +135,18 @@ TEST(ModelOptions, ParsesDtypesAndRejectsUnknownOnes) {
     EXPECT_THROW(parse_device("cuda"), InputError);
   }
 }
+
+TEST(HybridLM, CudaForwardMatchesCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  HybridLM m(tiny_config("M*-M-"));
+  m->init_random(8);
+  torch::NoGradGuard ng;
+  auto tokens = torch::randint(0, 97, {2, 37}, torch::kInt64);
+  auto ref = m->forward(tokens);
+  m->to(torch::kCUDA);
+  auto gpu = m->forward(tokens.to(torch::kCUDA)).cpu();
+  EXPECT_LT((gpu - ref).abs().max().item<double>(), 1e-4);  // TF32 off by default in LibTorch matmuls
+  m->to(torch::kBFloat16);
+  auto low = m->forward(tokens.to(torch::kCUDA)).cpu();
+  EXPECT_LT(((low - ref).norm() / ref.norm()).item<double>(), 5e-2);
+}

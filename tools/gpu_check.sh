@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# GPU checks in one command, for a machine whose python3 already has torch
+# (the device machine): builds against that LibTorch in ./build-gpu and runs
+# every test there, the CUDA ones included (they skip on CPU-only machines).
+# Logs go to $OUT (the device tool's result folder) or ./gpu-out.
+#   device run:  bash tools/gpu_check.sh
+# Without the compiled Boost.Program_options (absent on the device image) the
+# CLI and the CLI-driven oracle tests are skipped; the model's CUDA-vs-CPU
+# parity test (model_test.HybridLM.CudaForwardMatchesCpu) still runs.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=${PYTHON:-python3}
+LOG=${OUT:-$ROOT/gpu-out}
+mkdir -p "$LOG"
+nvidia-smi > "$LOG/nvidia-smi.txt" 2>&1 || true
+cmake -S "$ROOT" -B "$ROOT/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+  -DMINIPUZZLE_PYTHON="$(command -v "$PY")" 2>&1 | tee "$LOG/configure.log" | tail -n 3
+cmake --build "$ROOT/build-gpu" -j "$(nproc)" 2>&1 | tee "$LOG/build.log" | tail -n 3
+cd "$ROOT/build-gpu"
+ctest --output-on-failure -j 4 2>&1 | tee "$LOG/ctest.log" | tail -n 20
