@@ -11,6 +11,11 @@ struct Shape {
   int64_t b, L, H, P, G, N, chunk;
 };
 
+void PrintTo(const Shape& s, std::ostream* os) {
+  *os << "b=" << s.b << " L=" << s.L << " H=" << s.H << " P=" << s.P << " G=" << s.G << " N=" << s.N
+      << " chunk=" << s.chunk;
+}
+
 struct Inputs {
   torch::Tensor x, dt, A, B, C, D;
 };
