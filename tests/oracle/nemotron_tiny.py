@@ -353,3 +353,16 @@ def safetensors_header(path) -> tuple[int, dict]:
     raw = Path(path).read_bytes()
     (n,) = struct.unpack_from("<Q", raw, 0)
     return n, json.loads(raw[8:8 + n].decode("utf-8"))
+
+
+def checkpoint_cache(models: dict, root: Path):
+    """get(spec_name, style="hub") -> checkpoint directory of models[spec_name]
+    in that style, written under `root` on first use and reused after."""
+    cache = {}
+
+    def get(name, style="hub"):
+        if (name, style) not in cache:
+            cache[(name, style)] = save_checkpoint(models[name], SPECS_BY_NAME[name], Path(root) / name / style, style)
+        return cache[(name, style)]
+
+    return get

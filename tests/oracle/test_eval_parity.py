@@ -59,15 +59,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def ckpt(models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    cache = {}
-
-    def get(name, style="hub"):
-        if (name, style) not in cache:
-            cache[(name, style)] = nt.save_checkpoint(models[name], nt.SPECS_BY_NAME[name], root / name / style, style)
-        return cache[(name, style)]
-
-    return get
+    return nt.checkpoint_cache(models, tmp_path_factory.mktemp("ckpt"))
 
 
 def test_data_build_tokens(dataset):

@@ -32,15 +32,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def src(models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("src")
-    cache = {}
-
-    def get(name, style="hub"):
-        if (name, style) not in cache:
-            cache[(name, style)] = nt.save_checkpoint(models[name], nt.SPECS_BY_NAME[name], root / name / style, style)
-        return cache[(name, style)]
-
-    return get
+    return nt.checkpoint_cache(models, tmp_path_factory.mktemp("src"))
 
 
 def read_export(out: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:

@@ -42,16 +42,7 @@ def models():
 @pytest.fixture(scope="module")
 def ckpts(models, tmp_path_factory):
     """ckpts[(spec_name, style)] -> checkpoint directory (made on first use)."""
-    root = tmp_path_factory.mktemp("ckpt")
-    cache = {}
-
-    def get(name, style):
-        key = (name, style)
-        if key not in cache:
-            cache[key] = nt.save_checkpoint(models[name], nt.SPECS_BY_NAME[name], root / name / style, style)
-        return cache[key]
-
-    return get
+    return nt.checkpoint_cache(models, tmp_path_factory.mktemp("ckpt"))
 
 
 def _ids(name, batch, length, seed=0):
