@@ -1,5 +1,11 @@
 #include "minipuzzle/atomic_file.h"
 
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -81,7 +87,7 @@ AtomicDirectory::AtomicDirectory(fs::path target) : target_(std::move(target)) {
       throw InputError(target_.string() + " already exists and is not empty; choose a new output directory");
   }
   temp_ = parent / ("." + target_.filename().string() + ".partial-" + std::to_string(::getpid()));
-  fs::remove_all(temp_, ec);
+  remove_tree(temp_);
   if (!fs::create_directory(temp_, ec))
     throw InputError("cannot create " + temp_.string() + ": " + ec.message());
 }
@@ -89,7 +95,7 @@ AtomicDirectory::AtomicDirectory(fs::path target) : target_(std::move(target)) {
 AtomicDirectory::~AtomicDirectory() {
   if (!committed_) {
     std::error_code ec;
-    fs::remove_all(temp_, ec);
+    remove_tree(temp_);
   }
 }
 
@@ -100,6 +106,19 @@ void AtomicDirectory::commit() {
   if (ec) throw std::runtime_error("cannot rename " + temp_.string() + " to " + target_.string() + ": " + ec.message());
   committed_ = true;
   fsync_directory(fs::absolute(target_).parent_path());
+}
+
+namespace {
+int remove_entry(const char* path, const struct stat*, int type, struct FTW*) {
+  return (type == FTW_DP ? ::rmdir(path) : ::unlink(path)) == 0 ? 0 : -1;
+}
+}  // namespace
+
+bool remove_tree(const fs::path& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return errno == ENOENT;
+  if (!S_ISDIR(st.st_mode)) return ::unlink(path.c_str()) == 0;
+  return ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0;
 }
 
 void write_file_atomic(const fs::path& target, const std::string& content) {

@@ -58,6 +58,14 @@ class AtomicDirectory {
   bool committed_ = false;
 };
 
+// Removes a file or a directory tree (not following symlinks); a missing path
+// is not an error. Returns false when something could not be removed. Use
+// this, not std::filesystem::remove_all: the LibTorch wheel's libtorch.so
+// exports its own copy of the std::filesystem functions, the dynamic linker
+// binds every torch-linked binary to it, and its remove_all crashes
+// (SIGSEGV) on a non-empty directory.
+bool remove_tree(const std::filesystem::path& path);
+
 // Convenience: the whole content at once.
 void write_file_atomic(const std::filesystem::path& target, const std::string& content);
 

@@ -11,7 +11,7 @@ using namespace minipuzzle;
 namespace {
 fs::path fresh_dir(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("mp_atomic_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  minipuzzle::remove_tree(d);
   fs::create_directories(d);
   return d;
 }

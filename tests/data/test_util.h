@@ -3,6 +3,8 @@
 #pragma once
 
 #include <gtest/gtest.h>
+
+#include "minipuzzle/atomic_file.h"
 #include <unistd.h>
 
 #include <cstring>
@@ -20,7 +22,7 @@ inline std::filesystem::path fresh_dir(const std::string& name) {
   auto dir = std::filesystem::temp_directory_path() /
              ("minipuzzle_data_" + name + "_" + info->test_suite_name() + "_" + info->name() + "_" +
               std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  minipuzzle::remove_tree(dir);
   std::filesystem::create_directories(dir);
   return dir;
 }

@@ -18,7 +18,7 @@ namespace {
 
 fs::path fresh_dir(const std::string& name) {
   fs::path d = fs::temp_directory_path() / ("mp_ckpt_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
+  minipuzzle::remove_tree(d);
   fs::create_directories(d);
   return d;
 }

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "minipuzzle/atomic_file.h"
+
 #include <filesystem>
 
 #include "minipuzzle/errors.h"
@@ -37,7 +39,7 @@ TEST(CandidatesJson, SavesAndLoadsAFile) {
   const SearchResult r = some_result();
   save_candidates(r, dir / "candidates.json");
   EXPECT_EQ(candidates_to_json(load_candidates(dir / "candidates.json")).dump(), candidates_to_json(r).dump());
-  std::filesystem::remove_all(dir);
+  minipuzzle::remove_tree(dir);
 }
 
 TEST(CandidatesJson, WrongFormatIsInputError) {
