@@ -3,6 +3,30 @@
 // Reads Hub names (`backbone.*`) and transformers-5 names (`model.*`);
 // writes Hub names with {"format": "pt"} metadata. Every tensor is checked
 // for presence, shape and dtype, with errors that name tensor and file.
+//
+// FP8 checkpoints (save_model with dtype torch::kFloat8_e4m3fn, `minipuzzle
+// export --dtype fp8`) use the layout of transformers' FineGrainedFP8
+// ("quant_method": "fp8", DeepSeek-V3 style) with one scale per output row:
+//   * every 2-D projection `<module>.weight` whose module name ends in `_proj`
+//     (Mamba in_proj/out_proj, attention q/k/v/o_proj, MLP up/down_proj) is
+//     stored as F8_E4M3 [rows, cols] plus `<module>.weight_scale_inv` F32
+//     [rows, 1]; weight = fp8 * weight_scale_inv, with
+//     weight_scale_inv = max_j |w[i, j]| / 448 (1 for an all-zero row) and
+//     fp8 = round-to-nearest-even(clamp(w / weight_scale_inv, +-448));
+//   * everything else stays BF16: embeddings and lm_head (the logits are the
+//     most sensitive to weight error, and transformers' FP8 loader keeps
+//     lm_head unquantized by default), norms, conv1d, A_log, D, dt_bias, biases;
+//   * config.json gets "torch_dtype": "bfloat16" and
+//     "quantization_config": {"quant_method": "fp8", "fmt": "e4m3",
+//     "activation_scheme": "dynamic", "weight_block_size": [1, K],
+//     "modules_to_not_convert": ["lm_head"]}, K = the widest quantized input,
+//     so a block is one whole row of every projection. bf16/fp16/fp32 exports
+//     carry no quantization_config (any that was read is dropped).
+// Per-row scales keep the error of a row at the FP8 rounding error of its own
+// largest values: |w - dequant(w)| <= 2^-4 |w| + 2^-10 scale per element.
+// The loader dequantizes (in fp32) into the model dtype; it accepts any 2-D
+// scale grid that tiles the weight exactly ([rows, 1] per row, [1, 1] per
+// tensor, or blocks such as [rows/128, cols/128]).
 #pragma once
 
 #include <torch/torch.h>
@@ -26,7 +50,28 @@ HybridLM load_model(const std::filesystem::path& dir, torch::ScalarType dtype = 
 void load_weights(HybridLM& model, const CheckpointFiles& files, const std::string& source);
 
 // Writes config.json + weights (Hub names, `dtype`) as one atomic directory.
+// `dtype` is kFloat32, kBFloat16, kFloat16, or kFloat8_e4m3fn for the FP8
+// layout above.
 void save_model(HybridLM& model, const std::filesystem::path& out_dir, torch::ScalarType dtype,
                 uint64_t max_shard_bytes = 5'000'000'000ULL);
+
+// --- FP8 (E4M3) with per-row scales ---
+constexpr double kFp8E4M3Max = 448.0;
+
+// True for the weights the FP8 layout quantizes: "<...>_proj.weight".
+bool is_fp8_projection(const std::string& hub_name);
+// "<module>.weight" -> "<module>.weight_scale_inv".
+std::string fp8_scale_name(const std::string& weight_name);
+
+struct Fp8Rows {
+  torch::Tensor values;     // float8_e4m3fn [rows, cols]
+  torch::Tensor scale_inv;  // float32 [rows, 1]
+};
+// Quantizes a 2-D tensor row by row (std::invalid_argument for other ranks
+// or non-finite values).
+Fp8Rows quantize_fp8_rows(const torch::Tensor& weight);
+// values * scale_inv in fp32, for any scale grid [R, C] that tiles
+// values [rows, cols] exactly (rows % R == 0, cols % C == 0).
+torch::Tensor dequantize_fp8(const torch::Tensor& values, const torch::Tensor& scale_inv);
 
 }  // namespace minipuzzle

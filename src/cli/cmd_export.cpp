@@ -1,4 +1,5 @@
-// minipuzzle export DIR --out OUT [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]
+// minipuzzle export DIR --out OUT [--dtype bf16|fp16|fp32|fp8] [--max-shard-size 5GB]
+// fp8: projections as F8_E4M3 with per-row scales, the rest bf16 (layout in checkpoint.h).
 #include <fmt/format.h>
 
 #include <iostream>
@@ -11,12 +12,12 @@
 namespace minipuzzle::cli {
 
 int cmd_export(const Args& args) {
-  const std::string usage = "minipuzzle export DIR --out OUT [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]";
+  const std::string usage = "minipuzzle export DIR --out OUT [--dtype bf16|fp16|fp32|fp8] [--max-shard-size 5GB]";
   po::options_description opts("options");
   opts.add_options()
       ("dir", po::value<std::string>(), "checkpoint directory to read (Hub or transformers-5 names)")
       ("out", po::value<std::string>(), "output directory (must not exist, or be empty)")
-      ("dtype", po::value<std::string>()->default_value("bf16"), "weight dtype: bf16 | fp16 | fp32")
+      ("dtype", po::value<std::string>()->default_value("bf16"), "weight dtype: bf16 | fp16 | fp32 | fp8 (E4M3 projections with per-row scales, the rest bf16)")
       ("max-shard-size", po::value<std::string>()->default_value("5GB"), "largest shard (5GB = 5e9 bytes; GiB = 2^30)");
   po::positional_options_description pos;
   pos.add("dir", 1);
@@ -24,7 +25,15 @@ int cmd_export(const Args& args) {
   if (!parse_args(usage, args, opts, pos, vm)) return 0;
   require(vm, "dir", usage);
   require(vm, "out", usage);
-  auto dtype = parse_model_dtype(vm["dtype"].as<std::string>());
+  const std::string dtype_arg = vm["dtype"].as<std::string>();
+  torch::ScalarType dtype = torch::kFloat8_e4m3fn;
+  if (dtype_arg != "fp8") {
+    try {
+      dtype = parse_model_dtype(dtype_arg);
+    } catch (const InputError&) {
+      throw InputError("unknown --dtype '" + dtype_arg + "'; expected bf16, fp16, fp32 or fp8");
+    }
+  }
   uint64_t shard = parse_byte_size(vm["max-shard-size"].as<std::string>());
   const std::string out = vm["out"].as<std::string>();
   std::error_code ec;
@@ -36,7 +45,7 @@ int cmd_export(const Args& args) {
   save_model(model, out, dtype, shard);
   int64_t params = 0;
   for (const auto& p : model->parameters()) params += p.numel();
-  std::cout << fmt::format("exported {} parameters ({}) to {}\n", params, vm["dtype"].as<std::string>(), out);
+  std::cout << fmt::format("exported {} parameters ({}) to {}\n", params, dtype_arg, out);
   return 0;
 }
 
