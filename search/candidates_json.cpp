@@ -46,7 +46,7 @@ std::vector<int64_t> indices(const json& j, const char* key, const std::string& 
 }
 
 json candidate_to_json(const Candidate& c) {
-  return {{"rank", c.rank},
+  json j = {{"rank", c.rank},
           {"proxy_score", c.proxy_score},
           {"layer_importance_kept", c.layer_importance_kept},
           {"width_factors",
@@ -57,6 +57,8 @@ json candidate_to_json(const Candidate& c) {
           {"dropped_layers", c.dropped_layers},
           {"params", params_to_json(c.params)},
           {"memory", memory_to_json(c.memory)}};
+  if (!c.measured.empty()) j["measured"] = c.measured;
+  return j;
 }
 
 Candidate candidate_from_json(const json& j, const std::string& source) {
@@ -81,6 +83,11 @@ Candidate candidate_from_json(const json& j, const std::string& source) {
                      std::to_string(c.config.num_layers()));
   c.params = params_from_json(field(j, "params", source), source + " params");
   c.memory = memory_from_json(field(j, "memory", source), source + " memory");
+  if (j.contains("measured")) {
+    const json& m = j["measured"];
+    if (!m.is_object()) throw InputError(source + ": key \"measured\" must be an object of numbers");
+    for (auto it = m.begin(); it != m.end(); ++it) c.measured[it.key()] = number(m, it.key().c_str(), source + " measured");
+  }
   return c;
 }
 

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,9 @@ struct Candidate {
   double layer_importance_kept = 0;  // sum of kept s_i / sum of s_i (widths ignored)
   double width_factor_mamba = 1, width_factor_attention = 1, width_factor_mlp = 1;  // w(type) above
   std::string why;
+  // Measured on data by `search --rank-data` (loss, accuracy, agreement, kl,
+  // tokens, proxy_rank); empty when the candidates were ranked by proxy only.
+  std::map<std::string, double> measured;
 };
 
 struct SearchResult {

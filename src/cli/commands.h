@@ -14,5 +14,8 @@ int cmd_eval(const Args& args);        // LM loss / accuracy on a dataset
 int cmd_data_build(const Args& args);  // text files -> Megatron dataset
 int cmd_logits(const Args& args);      // test support: logits for token ids
 int cmd_export(const Args& args);      // re-save a checkpoint Hub style (dtype, shards)
+int cmd_score(const Args& args);       // importance of layers, neurons, channels, heads
+int cmd_search(const Args& args);      // architectures that fit a memory budget, ranked
+int cmd_prune(const Args& args);       // slice a checkpoint to a candidate / --set widths
 
 }  // namespace minipuzzle::cli

@@ -23,7 +23,10 @@ const CommandEntry kCommands[] = {
     {"inspect", minipuzzle::cli::cmd_inspect, "architecture, parameters per layer type, memory at a precision"},
     {"eval", minipuzzle::cli::cmd_eval, "LM loss, perplexity and next-token accuracy on a dataset"},
     {"data build", minipuzzle::cli::cmd_data_build, "text files -> Megatron indexed dataset (byte tokens)"},
+    {"score", minipuzzle::cli::cmd_score, "importance of every layer, FFN neuron, channel and head on calibration data"},
     {"export", minipuzzle::cli::cmd_export, "write a checkpoint in Hub layout that transformers loads (dtype, shards)"},
+    {"search", minipuzzle::cli::cmd_search, "the best architectures under a memory budget (proxy score, optionally ranked on data)"},
+    {"prune", minipuzzle::cli::cmd_prune, "slice a checkpoint's layers and widths to a search candidate or --set sizes"},
     {"logits", minipuzzle::cli::cmd_logits, "(test support) write a model's logits for token ids"},
 };
 

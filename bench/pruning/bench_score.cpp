@@ -1,0 +1,122 @@
+// bench_score [--layers N] [--hidden D] [--seq-len L] [--batch B] [--batches K] [--device cpu|cuda]
+//             [--dtype fp32|bf16] [--meta key=value ...]
+//
+// Importance scoring cost on a random Nemotron-H-shaped model, against a
+// plain forward pass (embed -> layers -> norm_f -> lm_head) in the same run:
+//   stats_overhead   forward with the width-statistics observer / plain forward - 1
+//                    (target: <= 0.15)
+//   layer_scoring    the drop-one pass (full pass + one suffix pass per layer;
+//                    all metrics, and mse only, i.e. no LM head per dropped
+//                    layer) / plain forward, next to its ideal,
+//                    1 + (n-1)/2 forwards (one suffix per layer), and the naive
+//                    n + 1 full forwards
+// Prints one JSON object.
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "minipuzzle/layer_importance.h"
+#include "minipuzzle/width_statistics.h"
+
+using namespace minipuzzle;
+using nlohmann::json;
+
+namespace {
+
+template <class F>
+double median_seconds(int repeats, F&& f) {
+  std::vector<double> s;
+  for (int i = 0; i < repeats; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    f();
+    s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(s.begin(), s.end());
+  return s[s.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t layers = 12, hidden = 256, seq_len = 256, batch = 2, batches = 2;
+  std::string device_name = "cpu", dtype_name = "fp32";
+  json out = json::object();
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i], v = argv[i + 1];
+    if (a == "--layers") layers = std::stoll(v);
+    else if (a == "--hidden") hidden = std::stoll(v);
+    else if (a == "--seq-len") seq_len = std::stoll(v);
+    else if (a == "--batch") batch = std::stoll(v);
+    else if (a == "--batches") batches = std::stoll(v);
+    else if (a == "--device") device_name = v;
+    else if (a == "--dtype") dtype_name = v;
+    else if (a == "--meta") {
+      const auto eq = v.find('=');
+      out[v.substr(0, eq)] = eq == std::string::npos ? "" : v.substr(eq + 1);
+    } else {
+      std::cerr << "bench_score: unknown argument " << a << "\n";
+      return 2;
+    }
+  }
+  // The published pattern's mix (M and - alternate, * every ~8 layers), scaled down.
+  std::string pattern;
+  for (int64_t i = 0; i < layers; ++i) pattern += (i % 8 == 7) ? '*' : (i % 2 == 0 ? 'M' : '-');
+  const ModelConfig cfg = ModelConfig::from_json(
+      {{"vocab_size", 4096},           {"hidden_size", hidden},   {"hybrid_override_pattern", pattern},
+       {"intermediate_size", 4 * hidden}, {"num_attention_heads", 8}, {"num_key_value_heads", 2},
+       {"head_dim", hidden / 8},       {"mamba_num_heads", hidden / 16}, {"mamba_head_dim", 32},
+       {"ssm_state_size", 64},         {"n_groups", 2},           {"chunk_size", 64}},
+      "bench");
+  HybridLM model(cfg);
+  model->init_random(1);
+  model->to(parse_device(device_name), parse_model_dtype(dtype_name));
+  model->eval();
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(2);
+  std::vector<torch::Tensor> inputs, targets;
+  for (int64_t b = 0; b < batches; ++b) {
+    auto rows = torch::randint(0, cfg.vocab_size, {batch, seq_len + 1}, gen, torch::kInt64).to(model->device());
+    inputs.push_back(rows.narrow(1, 0, seq_len));
+    targets.push_back(rows.narrow(1, 1, seq_len));
+  }
+  auto sync = [&] {
+    if (model->device().is_cuda()) torch::cuda::synchronize();
+  };
+  auto forward_all = [&] {
+    for (auto& x : inputs) model->forward(x).sum().item<float>();
+    sync();
+  };
+  forward_all();  // warm-up
+  const int repeats = 5;
+  const double t_forward = median_seconds(repeats, forward_all);
+  WidthStatistics stats(model, Aggregation{});
+  model->observers().add(&stats);
+  const double t_stats = median_seconds(repeats, forward_all);
+  model->observers().remove(&stats);
+  auto layer_scoring = [&](LayerMetrics metrics) {
+    return median_seconds(3, [&] {
+      LayerImportance li(cfg, metrics);
+      for (std::size_t b = 0; b < inputs.size(); ++b) li.add_batch(model, inputs[b], targets[b]);
+      sync();
+    });
+  };
+  const double t_layers = layer_scoring(LayerMetrics{});
+  const double t_layers_mse = layer_scoring(LayerMetrics::parse("mse"));
+  const double tokens = static_cast<double>(batch * seq_len * batches);
+  const double ideal = 1.0 + (layers - 1) / 2.0;
+  out["model"] = {{"layers", layers}, {"pattern", pattern}, {"hidden", hidden}, {"vocab", cfg.vocab_size}};
+  out["run"] = {{"seq_len", seq_len}, {"batch", batch}, {"batches", batches}, {"device", device_name},
+                {"dtype", dtype_name}, {"threads", torch::get_num_threads()}};
+  out["forward_tokens_per_second"] = tokens / t_forward;
+  out["stats_tokens_per_second"] = tokens / t_stats;
+  out["stats_overhead"] = t_stats / t_forward - 1.0;
+  out["layer_scoring_tokens_per_second"] = tokens / t_layers;
+  out["layer_scoring_in_forwards"] = t_layers / t_forward;
+  out["layer_scoring_mse_only_in_forwards"] = t_layers_mse / t_forward;
+  out["layer_scoring_ideal_in_forwards"] = ideal;
+  out["layer_scoring_naive_in_forwards"] = static_cast<double>(layers + 1);
+  std::cout << out.dump(2) << "\n";
+  return 0;
+}

@@ -1,0 +1,41 @@
+// Ranking search candidates on data (the paper ranked its ~400 candidates
+// on validation tokens by next-token accuracy and agreement with the
+// parent): prune each candidate in memory, run it on the same windows as
+// the parent and measure
+//   loss       LM loss (nats/token)
+//   accuracy   next-token top-1 accuracy
+//   agreement  share of tokens where its greedy token equals the parent's
+//   kl         KL(parent || candidate), nats/token
+// then re-sort by `by` (agreement: highest first, ties accuracy; accuracy:
+// highest first; loss / kl: lowest first) and renumber the ranks. The
+// proxy rank is kept as measured["proxy_rank"].
+//
+// Cost: one parent pass (its final hidden states are cached: tokens x
+// hidden_size in the model dtype) plus one pass per candidate.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "minipuzzle/architecture_search.h"
+#include "minipuzzle/hybrid_lm.h"
+#include "minipuzzle/importance_scores.h"
+#include "minipuzzle/indexed_dataset.h"
+
+namespace minipuzzle {
+
+struct RankOptions {
+  uint64_t tokens = 1 << 20;  // predicted tokens (whole windows, from the dataset start)
+  int64_t seq_len = 2048;
+  int64_t batch = 1;
+  std::string by = "agreement";  // agreement | accuracy | loss | kl
+};
+
+// Throws InputError on an unknown `by`, a dataset shorter than one window,
+// or tokens below one window.
+void rank_candidates_on_data(HybridLM& parent, const ImportanceScores& scores, SearchResult& result,
+                             const IndexedDataset& data, const RankOptions& options,
+                             const std::function<void(int64_t done, int64_t total)>& on_candidate = {});
+
+}  // namespace minipuzzle

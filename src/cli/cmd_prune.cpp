@@ -1,0 +1,118 @@
+// minipuzzle prune DIR [--scores SCORES_DIR] (--candidate FILE[#RANK] | --set key=value ...) --out OUT
+//                  [--dtype fp32|bf16|fp16]
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "minipuzzle/candidates_json.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/errors.h"
+#include "minipuzzle/importance_scores.h"
+#include "minipuzzle/prune_model.h"
+#include "minipuzzle/prune_plan.h"
+#include "minipuzzle/tensor_bridge.h"
+
+namespace minipuzzle::cli {
+
+namespace {
+
+// "file.json#3" -> ("file.json", 3); no "#N" suffix -> rank 1.
+std::pair<std::string, int64_t> split_candidate(const std::string& spec) {
+  const auto hash = spec.rfind('#');
+  if (hash == std::string::npos) return {spec, 1};
+  const std::string rank = spec.substr(hash + 1);
+  if (rank.empty() || rank.size() > 9 || rank.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoll(rank) < 1)
+    throw InputError("--candidate " + spec + ": expected FILE or FILE#RANK with RANK >= 1");
+  return {spec.substr(0, hash), std::stoll(rank)};
+}
+
+// The dtype the parent's weights are stored in (lm_head.weight), when it is
+// one we write; else fp32.
+torch::ScalarType stored_dtype(const std::string& dir) {
+  CheckpointFiles files = CheckpointFiles::open(dir);
+  const auto* e = files.find("lm_head.weight");
+  if (!e) return torch::kFloat32;
+  switch (e->info->dtype) {
+    case DType::BF16: return torch::kBFloat16;
+    case DType::F16: return torch::kFloat16;
+    default: return torch::kFloat32;
+  }
+}
+
+const char* dtype_label(torch::ScalarType t) {
+  return t == torch::kBFloat16 ? "bf16" : t == torch::kFloat16 ? "fp16" : "fp32";
+}
+
+}  // namespace
+
+int cmd_prune(const Args& args) {
+  const std::string usage =
+      "minipuzzle prune DIR [--scores SCORES_DIR] (--candidate candidates.json[#RANK] | --set key=value ...) "
+      "--out OUT [--dtype fp32|bf16|fp16]";
+  po::options_description opts("options");
+  opts.add_options()
+      ("dir", po::value<std::string>(), "parent checkpoint directory")
+      ("scores", po::value<std::string>(),
+       "importance scores of DIR (from minipuzzle score); needed for every axis that is narrowed and for keep_*")
+      ("candidate", po::value<std::string>(),
+       "prune to a search candidate: candidates.json#RANK (RANK 1 = best, the default)")
+      ("set", po::value<std::vector<std::string>>()->multitoken()->composing(),
+       "prune by hand, key=value (repeatable): hidden_size, intermediate_size, num_attention_heads, "
+       "mamba_num_heads, mamba_head_dim, drop_layers=I,J,..., keep_mamba/keep_attention/keep_mlp=N")
+      ("out", po::value<std::string>(), "output checkpoint directory (must not exist, or be empty)")
+      ("dtype", po::value<std::string>(), "weight dtype of the output: fp32 | bf16 | fp16 (default: the parent's)");
+  po::positional_options_description pos;
+  pos.add("dir", 1);
+  po::variables_map vm;
+  if (!parse_args(usage, args, opts, pos, vm)) return 0;
+  require(vm, "dir", usage);
+  require(vm, "out", usage);
+  if (vm.count("candidate") == vm.count("set"))
+    throw InputError("give either --candidate FILE[#RANK] or --set key=value (not both, not neither); usage: " + usage);
+  const std::string dir = vm["dir"].as<std::string>();
+  const std::string out = vm["out"].as<std::string>();
+  std::error_code ec;
+  if (std::filesystem::exists(out, ec) && !std::filesystem::is_empty(out, ec))
+    throw InputError(out + " already exists and is not empty; choose a new output directory");
+
+  const ModelConfig parent_config = ModelConfig::load(dir);
+  ImportanceScores scores;
+  if (vm.count("scores")) scores = load_importance_for(vm["scores"].as<std::string>(), dir);
+
+  PrunePlan plan;
+  if (vm.count("candidate")) {
+    const auto [file, rank] = split_candidate(vm["candidate"].as<std::string>());
+    const SearchResult result = load_candidates(file);
+    const Candidate* chosen = nullptr;
+    for (const auto& c : result.candidates)
+      if (c.rank == rank) chosen = &c;
+    if (!chosen)
+      throw InputError(fmt::format("{}: no candidate of rank {} (it holds {} candidates)", file, rank,
+                                   result.candidates.size()));
+    plan = plan_from_scores(parent_config, scores, chosen->config, chosen->kept_layers);
+  } else {
+    plan = plan_from_set(parent_config, scores, vm["set"].as<std::vector<std::string>>());
+  }
+  // Keys we do not interpret (token ids, ...) carry over from the parent.
+  for (auto it = parent_config.extra.begin(); it != parent_config.extra.end(); ++it)
+    if (!plan.target.extra.contains(it.key())) plan.target.extra[it.key()] = it.value();
+
+  const torch::ScalarType dtype =
+      vm.count("dtype") ? parse_model_dtype(vm["dtype"].as<std::string>()) : stored_dtype(dir);
+  // fp32 so the slice is exact and the output dtype rounds once.
+  auto parent = load_model(dir, torch::kFloat32, torch::kCPU);
+  auto child = prune_model(parent, plan);
+  save_model(child, out, dtype);
+  int64_t before = 0, after = 0;
+  for (const auto& p : parent->parameters()) before += p.numel();
+  for (const auto& p : child->parameters()) after += p.numel();
+  std::cout << fmt::format("pruned {} -> {} parameters ({:.1f}%): {}\nwrote {} ({})\n", before, after,
+                           100.0 * static_cast<double>(after) / static_cast<double>(before),
+                           plan.summary(parent_config), out, dtype_label(dtype));
+  return 0;
+}
+
+}  // namespace minipuzzle::cli

@@ -1,0 +1,143 @@
+// minipuzzle search DIR (--scores SCORES_DIR | --uniform-scores) --budget SIZE --out candidates.json
+//   [deployment flags] [--space paper|depth|full] [--axis name=min:max:step ...] [--top-k K]
+//   [--rank-data PREFIX --rank-tokens N ...]
+#include <fmt/format.h>
+
+#include <iostream>
+#include <optional>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "minipuzzle/architecture_search.h"
+#include "minipuzzle/candidate_ranking.h"
+#include "minipuzzle/candidates_json.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/errors.h"
+#include "minipuzzle/importance_scores.h"
+#include "minipuzzle/progress.h"
+
+namespace minipuzzle::cli {
+
+int cmd_search(const Args& args) {
+  const std::string usage =
+      "minipuzzle search DIR (--scores SCORES_DIR | --uniform-scores) --budget SIZE --out candidates.json\n"
+      "       [--precision P] [--kv-precision P] [--state-precision P] [--context N] [--batch N] [--workspace SIZE]\n"
+      "       [--space paper|depth|full] [--axis name=min:max:step ...] [--max-depth-reduction R]\n"
+      "       [--max-width-reduction R] [--maximal-only] [--min-budget-use F] [--top-k K]\n"
+      "       [--rank-data PREFIX [--rank-tokens N] [--rank-seq-len N] [--rank-by agreement|accuracy|loss|kl]]";
+  po::options_description opts("options");
+  opts.add_options()
+      ("dir", po::value<std::string>(), "parent checkpoint directory, or a directory / file with config.json only")
+      ("scores", po::value<std::string>(), "scores directory from `minipuzzle score` on this parent")
+      ("uniform-scores", po::bool_switch(), "plan without scores: every layer counts the same, widths uninformative")
+      ("budget", po::value<std::string>(), "memory per inference instance, e.g. 31.7GiB")
+      ("out", po::value<std::string>(), "candidates file to write")
+      ("precision", po::value<std::string>()->default_value("bf16"), "weight precision: bf16, fp8, fp4, nvfp4")
+      ("kv-precision", po::value<std::string>()->default_value("bf16"), "KV cache precision")
+      ("state-precision", po::value<std::string>()->default_value("bf16"), "Mamba SSM and conv state precision")
+      ("context", po::value<int64_t>()->default_value(8192), "tokens per sequence in the KV cache")
+      ("batch", po::value<int64_t>()->default_value(1), "concurrent sequences")
+      ("workspace", po::value<std::string>()->default_value("0"), "extra bytes (activations, headroom)")
+      ("space", po::value<std::string>()->default_value("paper"),
+       "starting space: paper (layer counts x FFN 3/4..1 step 1024), depth (layer counts), full (every axis)")
+      ("axis", po::value<std::vector<std::string>>()->composing(),
+       "override one axis: mamba_layers|attention_layers|mlp_layers|ffn|hidden|mamba_heads|mamba_head_dim|"
+       "attention_heads = min:max[:step] or a value (repeatable)")
+      ("max-depth-reduction", po::value<double>()->default_value(1.0), "keep at least (1-R) of the layers")
+      ("max-width-reduction", po::value<double>()->default_value(1.0), "keep at least (1-R) of each width")
+      ("maximal-only", po::bool_switch(), "drop candidates that a one-step-larger neighbour dominates")
+      ("min-budget-use", po::value<double>()->default_value(0.0), "drop candidates using less of the budget")
+      ("top-k", po::value<int64_t>()->default_value(10), "candidates to keep")
+      ("rank-data", po::value<std::string>(), "dataset to rank the top K on (prunes each in memory)")
+      ("rank-tokens", po::value<uint64_t>()->default_value(1 << 20), "predicted tokens for ranking")
+      ("rank-seq-len", po::value<int64_t>()->default_value(2048), "window length for ranking")
+      ("rank-batch", po::value<int64_t>()->default_value(1), "windows per forward pass for ranking")
+      ("rank-by", po::value<std::string>()->default_value("agreement"), "agreement | accuracy | loss | kl")
+      ("dtype", po::value<std::string>()->default_value("fp32"), "compute dtype for ranking: fp32 | bf16 | fp16")
+      ("device", po::value<std::string>()->default_value("cpu"), "device for ranking: cpu | cuda | cuda:N");
+  po::positional_options_description pos;
+  pos.add("dir", 1);
+  po::variables_map vm;
+  if (!parse_args(usage, args, opts, pos, vm)) return 0;
+  require(vm, "dir", usage);
+  require(vm, "budget", usage);
+  require(vm, "out", usage);
+  const bool uniform = vm["uniform-scores"].as<bool>();
+  if (vm.count("scores") == uniform)
+    throw InputError("give exactly one of --scores SCORES_DIR and --uniform-scores");
+  if (uniform && vm.count("rank-data")) throw InputError("--rank-data needs --scores (pruning picks units by score)");
+
+  const std::string rank_by = vm["rank-by"].as<std::string>();
+  if (rank_by != "agreement" && rank_by != "accuracy" && rank_by != "loss" && rank_by != "kl")
+    throw InputError("--rank-by '" + rank_by + "': expected agreement, accuracy, loss or kl");
+  const std::string dir = vm["dir"].as<std::string>();
+  const ModelConfig parent = ModelConfig::load(dir);
+  std::optional<ImportanceScores> scores;
+  SearchImportance importance = SearchImportance::uniform(parent);
+  if (!uniform) {
+    scores = load_importance_for(vm["scores"].as<std::string>(), dir);
+    importance = scores->to_search_importance(parent);
+  }
+
+  SearchOptions so;
+  so.deployment.weights = parse_precision(vm["precision"].as<std::string>(), "--precision");
+  so.deployment.kv_cache = parse_precision(vm["kv-precision"].as<std::string>(), "--kv-precision");
+  so.deployment.state = parse_precision(vm["state-precision"].as<std::string>(), "--state-precision");
+  so.deployment.context = vm["context"].as<int64_t>();
+  so.deployment.batch = vm["batch"].as<int64_t>();
+  so.deployment.workspace_bytes = parse_bytes(vm["workspace"].as<std::string>(), "--workspace");
+  so.deployment.validate();
+  so.budget_bytes = parse_bytes(vm["budget"].as<std::string>(), "--budget");
+  so.top_k = vm["top-k"].as<int64_t>();
+
+  const std::string space_name = vm["space"].as<std::string>();
+  CandidateSpace space;
+  if (space_name == "paper") space = CandidateSpace::paper_grid(parent);
+  else if (space_name == "depth") space = CandidateSpace::depth_only(parent);
+  else if (space_name == "full") space = CandidateSpace::full(parent);
+  else throw InputError("--space '" + space_name + "': expected paper, depth or full");
+  if (vm.count("axis"))
+    for (const auto& a : vm["axis"].as<std::vector<std::string>>()) space.set_axis(a, parent);
+  space.max_depth_reduction = vm["max-depth-reduction"].as<double>();
+  space.max_width_reduction = vm["max-width-reduction"].as<double>();
+  space.maximal_only = vm["maximal-only"].as<bool>();
+  space.min_budget_use = vm["min-budget-use"].as<double>();
+  space.validate(parent);
+
+  SearchResult result = search_architectures(parent, importance, space, so);
+  std::cout << fmt::format("searched {} candidates, {} fit {:.2f} GiB; kept the top {}\n", result.evaluated,
+                           result.feasible, so.budget_bytes / kGiB, result.candidates.size());
+
+  if (vm.count("rank-data")) {
+    const RankOptions ro{vm["rank-tokens"].as<uint64_t>(), vm["rank-seq-len"].as<int64_t>(),
+                         vm["rank-batch"].as<int64_t>(), vm["rank-by"].as<std::string>()};
+    auto data = IndexedDataset::open(vm["rank-data"].as<std::string>());
+    auto model = load_model(dir, parse_model_dtype(vm["dtype"].as<std::string>()),
+                            parse_device(vm["device"].as<std::string>()));
+    Progress progress("rank", result.candidates.size(), "cand");
+    rank_candidates_on_data(model, *scores, result, *data, ro,
+                            [&](int64_t done, int64_t) { progress.update(static_cast<uint64_t>(done)); });
+  }
+  save_candidates(result, vm["out"].as<std::string>());
+
+  std::cout << fmt::format("{:>4}  {:>9}  {:>8}  {:>10}  {:<24}  {}\n", "rank", "memory", "params", "proxy",
+                           "layers M/*/-", vm.count("rank-data") ? "measured" : "widths");
+  for (const Candidate& c : result.candidates) {
+    const ModelConfig& k = c.config;
+    std::string extra =
+        c.measured.empty()
+            ? fmt::format("ffn {} hidden {} mamba {}x{} attn {}", k.intermediate_size, k.hidden_size,
+                          k.mamba_num_heads, k.mamba_head_dim, k.num_attention_heads)
+            : fmt::format("agree {:.4f} acc {:.4f} loss {:.4f} kl {:.4f}", c.measured.at("agreement"),
+                          c.measured.at("accuracy"), c.measured.at("loss"), c.measured.at("kl"));
+    std::cout << fmt::format("{:>4}  {:>6.2f}GiB  {:>7.3f}B  {:>10.6f}  {:<24}  {}\n", c.rank,
+                             c.memory.total / kGiB, c.params.total / 1e9, c.proxy_score,
+                             fmt::format("{}/{}/{}", k.count(LayerType::Mamba), k.count(LayerType::Attention),
+                                         k.count(LayerType::Mlp)),
+                             extra);
+  }
+  std::cout << "wrote " << vm["out"].as<std::string>() << "\n";
+  return 0;
+}
+
+}  // namespace minipuzzle::cli

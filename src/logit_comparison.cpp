@@ -1,0 +1,66 @@
+#include "minipuzzle/logit_comparison.h"
+
+#include <algorithm>
+
+namespace minipuzzle {
+
+LogitComparison& LogitComparison::operator+=(const LogitComparison& o) {
+  kl_sum += o.kl_sum;
+  ce_reference_sum += o.ce_reference_sum;
+  ce_other_sum += o.ce_other_sum;
+  other_correct += o.other_correct;
+  agree += o.agree;
+  tokens += o.tokens;
+  return *this;
+}
+
+LogitComparison compare_logits(HybridLM& reference, const torch::Tensor& normed_reference, HybridLM& other,
+                               const torch::Tensor& normed_other, const torch::Tensor& targets) {
+  torch::NoGradGuard no_grad;
+  const int64_t vocab = reference->config().vocab_size;
+  auto a = normed_reference.reshape({-1, normed_reference.size(-1)});
+  auto b = normed_other.reshape({-1, normed_other.size(-1)});
+  auto t = targets.reshape({-1});
+  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 24) / vocab);
+  LogitComparison r;
+  for (int64_t start = 0; start < a.size(0); start += rows) {
+    const int64_t len = std::min(rows, a.size(0) - start);
+    auto lp = torch::log_softmax(reference->lm_head(a.narrow(0, start, len)), -1);
+    auto lq = torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1);
+    auto tt = t.narrow(0, start, len);
+    r.kl_sum += (lp.exp() * (lp - lq)).sum().item<double>();
+    r.ce_reference_sum -= lp.gather(1, tt.unsqueeze(1)).sum().item<double>();
+    r.ce_other_sum -= lq.gather(1, tt.unsqueeze(1)).sum().item<double>();
+    auto greedy = lq.argmax(-1);
+    r.other_correct += static_cast<uint64_t>(greedy.eq(tt).sum().item<int64_t>());
+    r.agree += static_cast<uint64_t>(greedy.eq(lp.argmax(-1)).sum().item<int64_t>());
+    r.tokens += static_cast<uint64_t>(len);
+  }
+  return r;
+}
+
+LogitComparison compare_logits(const torch::Tensor& reference_logprobs, HybridLM& other,
+                               const torch::Tensor& normed_other, const torch::Tensor& targets) {
+  torch::NoGradGuard no_grad;
+  const int64_t vocab = reference_logprobs.size(-1);
+  auto b = normed_other.reshape({-1, normed_other.size(-1)});
+  auto t = targets.reshape({-1});
+  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 24) / vocab);
+  LogitComparison r;
+  for (int64_t start = 0; start < b.size(0); start += rows) {
+    const int64_t len = std::min(rows, b.size(0) - start);
+    auto lp = reference_logprobs.narrow(0, start, len);
+    auto lq = torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1);
+    auto tt = t.narrow(0, start, len);
+    r.kl_sum += (lp.exp() * (lp - lq)).sum().item<double>();
+    r.ce_reference_sum -= lp.gather(1, tt.unsqueeze(1)).sum().item<double>();
+    r.ce_other_sum -= lq.gather(1, tt.unsqueeze(1)).sum().item<double>();
+    auto greedy = lq.argmax(-1);
+    r.other_correct += static_cast<uint64_t>(greedy.eq(tt).sum().item<int64_t>());
+    r.agree += static_cast<uint64_t>(greedy.eq(lp.argmax(-1)).sum().item<int64_t>());
+    r.tokens += static_cast<uint64_t>(len);
+  }
+  return r;
+}
+
+}  // namespace minipuzzle

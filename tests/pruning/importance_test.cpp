@@ -1,0 +1,325 @@
+// Importance scoring: known answers on tiny random models.
+#include <gtest/gtest.h>
+
+#include "minipuzzle/atomic_file.h"
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <numeric>
+
+#include "../model/tiny_config.h"
+#include "minipuzzle/errors.h"
+#include "minipuzzle/importance_scores.h"
+#include "minipuzzle/indexed_dataset.h"
+#include "minipuzzle/layer_importance.h"
+#include "minipuzzle/score_importance.h"
+#include "minipuzzle/width_statistics.h"
+
+namespace minipuzzle {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::tiny_config;
+
+torch::Tensor param(HybridLM& m, const std::string& name) {
+  auto* p = m->named_parameters().find(name);
+  if (!p) throw std::logic_error("no parameter " + name);
+  return *p;
+}
+
+HybridLM tiny_model(const std::string& pattern = "M*-M-", uint64_t seed = 7) {
+  HybridLM m(tiny_config(pattern));
+  m->init_random(seed);
+  return m;
+}
+
+// A dataset of random tokens, removed with the fixture.
+class ImportanceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("mp_importance_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+    prefix_ = (dir_ / "calib").string();
+    IndexedDatasetBuilder b(prefix_, TokenDType::U16);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+    for (int d = 0; d < 8; ++d) {
+      auto t = torch::randint(0, 97, {100}, gen, torch::kInt64);
+      b.add_document(std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()));
+    }
+    b.finish();
+    data_ = IndexedDataset::open(prefix_);
+  }
+  void TearDown() override { minipuzzle::remove_tree(dir_); }
+
+  ScoreOptions options() const {
+    ScoreOptions o;
+    o.samples = 6;
+    o.seq_len = 16;
+    o.batch = 2;
+    o.seed = 11;
+    return o;
+  }
+
+  fs::path dir_;
+  std::string prefix_;
+  std::shared_ptr<IndexedDataset> data_;
+};
+
+int64_t argmin(const std::vector<float>& v) {
+  return std::min_element(v.begin(), v.end()) - v.begin();
+}
+
+TEST(Aggregation, SequenceMatchesHandComputedValues) {
+  // One sample, L = 3, two channels: (1, -2), (-3, 0), (2, 2).
+  auto v = torch::tensor({1.0, -2.0, -3.0, 0.0, 2.0, 2.0}, torch::kFloat64).reshape({1, 3, 2});
+  auto mean = aggregate_sequence(v, SeqAggregation::Mean);
+  auto l2 = aggregate_sequence(v, SeqAggregation::L2);
+  auto mx = aggregate_sequence(v, SeqAggregation::Max);
+  EXPECT_DOUBLE_EQ(mean[0][0].item<double>(), 2.0);  // (1+3+2)/3
+  EXPECT_DOUBLE_EQ(mean[0][1].item<double>(), 4.0 / 3.0);
+  EXPECT_DOUBLE_EQ(l2[0][0].item<double>(), std::sqrt(14.0));
+  EXPECT_DOUBLE_EQ(l2[0][1].item<double>(), std::sqrt(8.0));
+  EXPECT_DOUBLE_EQ(mx[0][0].item<double>(), 3.0);
+  EXPECT_DOUBLE_EQ(mx[0][1].item<double>(), 2.0);
+}
+
+TEST(Aggregation, BatchMatchesHandComputedValuesAcrossBatches) {
+  // Samples 1, 2 (first batch) and 4 (second batch), one channel.
+  BatchAccumulator acc;
+  acc.add(torch::tensor({{1.0}, {2.0}}, torch::kFloat64));
+  acc.add(torch::tensor({{4.0}}, torch::kFloat64));
+  EXPECT_EQ(acc.samples(), 3);
+  EXPECT_NEAR(acc.result(BatchAggregation::Mean)[0].item<double>(), 7.0 / 3.0, 1e-12);
+  EXPECT_NEAR(acc.result(BatchAggregation::L2)[0].item<double>(), std::sqrt(21.0), 1e-12);
+  // var = mean of squares - square of mean = 7 - 49/9 = 14/9.
+  EXPECT_NEAR(acc.result(BatchAggregation::Var)[0].item<double>(), 14.0 / 9.0, 1e-12);
+}
+
+TEST(Aggregation, ParsesOptionsAndRejectsUnknownOnes) {
+  EXPECT_EQ(Aggregation::parse("seq=mean,batch=l2").to_string(), "seq=mean,batch=l2");
+  EXPECT_EQ(Aggregation::parse("batch=var").to_string(), "seq=mean,batch=var");
+  EXPECT_EQ(Aggregation::parse("seq=max").to_string(), "seq=max,batch=l2");
+  EXPECT_THROW(Aggregation::parse("seq=median"), InputError);
+  EXPECT_THROW(Aggregation::parse("batch"), InputError);
+  EXPECT_THROW(LayerMetrics::parse("mse,ppl"), InputError);
+  EXPECT_THROW(LayerMetrics::parse(""), InputError);
+  EXPECT_EQ(LayerMetrics::parse("kl,bi").names(), (std::vector<std::string>{"kl", "bi"}));
+}
+
+TEST_F(ImportanceTest, ZeroedFfnNeuronScoresExactlyZeroAndLast) {
+  auto m = tiny_model();
+  torch::NoGradGuard ng;
+  param(m, "backbone.layers.2.mixer.up_proj.weight")[17].zero_();
+  auto s = score_importance(m, *data_, options());
+  ASSERT_EQ(s.ffn[2].size(), 48u);
+  EXPECT_EQ(s.ffn[2][17], 0.0f);
+  EXPECT_EQ(argmin(s.ffn[2]), 17);
+  for (std::size_t j = 0; j < s.ffn[2].size(); ++j)
+    if (j != 17) EXPECT_GT(s.ffn[2][j], 0.0f);
+}
+
+TEST_F(ImportanceTest, AttentionHeadWithZeroedOProjColumnsScoresZero) {
+  auto m = tiny_model();
+  torch::NoGradGuard ng;
+  const int64_t head = 2, hd = 12;
+  param(m, "backbone.layers.1.mixer.o_proj.weight").narrow(1, head * hd, hd).zero_();
+  auto s = score_importance(m, *data_, options());
+  ASSERT_EQ(s.attention_heads[1].size(), 4u);
+  EXPECT_EQ(s.attention_heads[1][head], 0.0f);
+  for (int64_t h = 0; h < 4; ++h)
+    if (h != head) EXPECT_GT(s.attention_heads[1][h], 0.0f);
+}
+
+TEST_F(ImportanceTest, LayerWithZeroedOutputHasZeroDropMseAndRanksLast) {
+  // One zeroed layer of each type in turn.
+  const std::pair<int64_t, const char*> cases[] = {
+      {0, "backbone.layers.0.mixer.out_proj.weight"},
+      {1, "backbone.layers.1.mixer.o_proj.weight"},
+      {2, "backbone.layers.2.mixer.down_proj.weight"}};
+  for (const auto& [layer, name] : cases) {
+    auto m = tiny_model();
+    {
+      torch::NoGradGuard ng;
+      param(m, name).zero_();
+    }
+    auto s = score_importance(m, *data_, options());
+    const auto& mse = s.layer.at("mse");
+    EXPECT_EQ(mse[layer], 0.0f) << name;
+    EXPECT_EQ(argmin(mse), layer) << name;
+    EXPECT_NEAR(s.layer.at("kl")[layer], 0.0f, 1e-7) << name;
+    EXPECT_NEAR(s.layer.at("loss")[layer], 0.0f, 1e-6) << name;
+    EXPECT_NEAR(s.layer.at("bi")[layer], 0.0f, 1e-6) << name;
+    for (std::size_t i = 0; i < mse.size(); ++i)
+      if (static_cast<int64_t>(i) != layer) EXPECT_GT(mse[i], 0.0f) << name << " layer " << i;
+  }
+}
+
+TEST_F(ImportanceTest, PermutingFfnNeuronsPermutesTheirScores) {
+  auto a = tiny_model();
+  auto b = tiny_model();
+  auto perm = torch::randperm(48, at::make_generator<at::CPUGeneratorImpl>(5), torch::kInt64);
+  {
+    torch::NoGradGuard ng;
+    auto up = param(b, "backbone.layers.4.mixer.up_proj.weight");
+    auto down = param(b, "backbone.layers.4.mixer.down_proj.weight");
+    up.copy_(up.index_select(0, perm));
+    down.copy_(down.index_select(1, perm));
+  }
+  auto sa = score_importance(a, *data_, options());
+  auto sb = score_importance(b, *data_, options());
+  for (int64_t j = 0; j < 48; ++j)
+    EXPECT_NEAR(sb.ffn[4][j], sa.ffn[4][perm[j].item<int64_t>()], 1e-5 * (1 + sa.ffn[4][perm[j].item<int64_t>()]));
+  // The function is unchanged, so layer scores agree too.
+  for (std::size_t i = 0; i < sa.layer.at("mse").size(); ++i)
+    EXPECT_NEAR(sa.layer.at("mse")[i], sb.layer.at("mse")[i], 1e-6);
+}
+
+TEST_F(ImportanceTest, CachedDropOneEqualsNaiveRecomputation) {
+  auto m = tiny_model("M*-M-*M");
+  auto o = options();
+  auto s = score_importance(m, *data_, o);
+  // Naive: for each layer, a full forward that skips it, on the same windows.
+  torch::NoGradGuard ng;
+  const auto starts = calibration_windows(*data_, o);
+  const int64_t n = m->config().num_layers();
+  std::vector<double> mse(n, 0.0), kl(n, 0.0), loss(n, 0.0);
+  double elements = 0, tokens = 0;
+  for (std::size_t i = 0; i < starts.size(); i += o.batch) {
+    std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + o.batch));
+    std::vector<torch::Tensor> rows;
+    for (uint64_t st : part) {
+      std::vector<int64_t> ids(o.seq_len + 1);
+      data_->read_flat(st, o.seq_len + 1, ids.data());
+      rows.push_back(torch::tensor(ids, torch::kInt64));
+    }
+    auto batch = torch::stack(rows);
+    auto in = batch.narrow(1, 0, o.seq_len), tg = batch.narrow(1, 1, o.seq_len).reshape({-1});
+    auto full = m->forward_hidden(in);
+    auto lp = torch::log_softmax(m->lm_head(full), -1).reshape({-1, 97});
+    for (int64_t l = 0; l < n; ++l) {
+      std::vector<bool> skip(n, false);
+      skip[l] = true;
+      auto dropped = m->final_norm(m->run_layers(m->embed(in), 0, n, skip));
+      auto lq = torch::log_softmax(m->lm_head(dropped), -1).reshape({-1, 97});
+      mse[l] += (dropped - full).square().sum().item<double>();
+      kl[l] += (lp.exp() * (lp - lq)).sum().item<double>();
+      loss[l] += (lp.gather(1, tg.unsqueeze(1)) - lq.gather(1, tg.unsqueeze(1))).sum().item<double>();
+    }
+    elements += full.numel();
+    tokens += in.numel();
+  }
+  for (int64_t l = 0; l < n; ++l) {
+    EXPECT_NEAR(s.layer.at("mse")[l], mse[l] / elements, 1e-6 * (1 + mse[l] / elements)) << l;
+    EXPECT_NEAR(s.layer.at("kl")[l], kl[l] / tokens, 1e-6 * (1 + kl[l] / tokens)) << l;
+    EXPECT_NEAR(s.layer.at("loss")[l], loss[l] / tokens, 1e-5) << l;
+  }
+}
+
+TEST_F(ImportanceTest, DeterministicForAFixedSeedAndSeedMatters) {
+  auto m = tiny_model();
+  auto a = score_importance(m, *data_, options());
+  auto b = score_importance(m, *data_, options());
+  EXPECT_EQ(a.layer, b.layer);
+  EXPECT_EQ(a.ffn, b.ffn);
+  EXPECT_EQ(a.hidden, b.hidden);
+  EXPECT_EQ(a.mamba_channels, b.mamba_channels);
+  auto o = options();
+  o.seed = 12;
+  auto c = score_importance(m, *data_, o);
+  EXPECT_NE(a.ffn, c.ffn);
+}
+
+TEST_F(ImportanceTest, MambaHeadScoresComeFromTheirChannels) {
+  auto m = tiny_model();
+  auto s = score_importance(m, *data_, options());
+  const auto& ch = s.mamba_channels[0];
+  ASSERT_EQ(ch.size(), 32u);  // 4 heads x 8
+  ASSERT_EQ(s.mamba_heads[0].size(), 4u);
+  ASSERT_EQ(s.mamba_head_channels[0].size(), 8u);
+  for (int h = 0; h < 4; ++h) {
+    double sq = 0;
+    for (int p = 0; p < 8; ++p) sq += ch[h * 8 + p] * ch[h * 8 + p];
+    EXPECT_NEAR(s.mamba_heads[0][h], std::sqrt(sq), 1e-5 * std::sqrt(sq));
+  }
+  // Zeroing the x rows of head 3 in in_proj (rows d_inner + 24..31) zeroes its score.
+  torch::NoGradGuard ng;
+  param(m, "backbone.layers.3.mixer.in_proj.weight").narrow(0, 32 + 24, 8).zero_();
+  auto z = score_importance(m, *data_, options());
+  EXPECT_EQ(z.mamba_heads[3][3], 0.0f);
+  EXPECT_EQ(argmin(z.mamba_heads[3]), 3);
+}
+
+TEST_F(ImportanceTest, HiddenChannelsSumEveryNormOutput) {
+  auto m = tiny_model();
+  auto s = score_importance(m, *data_, options());
+  ASSERT_EQ(s.hidden.size(), 32u);
+  // A norm weight of zero in channel 5 everywhere makes that channel silent.
+  torch::NoGradGuard ng;
+  for (auto& p : m->named_parameters())
+    if (p.key().find("norm") != std::string::npos && p.key().find("mixer.norm") == std::string::npos)
+      p.value()[5].zero_();
+  auto z = score_importance(m, *data_, options());
+  EXPECT_EQ(z.hidden[5], 0.0f);
+  EXPECT_EQ(argmin(z.hidden), 5);
+}
+
+TEST_F(ImportanceTest, DatasetShorterThanSamplesTimesSeqLenIsAnInputError) {
+  auto m = tiny_model();
+  auto o = options();
+  o.samples = 100;
+  o.seq_len = 16;  // 1600 > 800 tokens
+  EXPECT_THROW(score_importance(m, *data_, o), InputError);
+}
+
+TEST_F(ImportanceTest, TokenIdsOutsideTheVocabularyAreAnInputError) {
+  const std::string prefix = (dir_ / "big_ids").string();
+  {
+    IndexedDatasetBuilder b(prefix, TokenDType::U16);
+    b.add_document(std::vector<int64_t>(200, 500));
+    b.finish();
+  }
+  auto data = IndexedDataset::open(prefix);
+  auto m = tiny_model();
+  EXPECT_THROW(score_importance(m, *data, options()), InputError);
+}
+
+TEST_F(ImportanceTest, SavedScoresReadBackEqualAndRejectAnotherModel) {
+  auto m = tiny_model();
+  auto s = score_importance(m, *data_, options());
+  s.config_hash = config_fingerprint(m->config());
+  s.weights_hash = "0123456789abcdef";
+  save_importance(s, m->config(), dir_ / "scores");
+  auto r = load_importance(dir_ / "scores");
+  EXPECT_EQ(r.layer, s.layer);
+  EXPECT_EQ(r.ffn, s.ffn);
+  EXPECT_EQ(r.attention_heads, s.attention_heads);
+  EXPECT_EQ(r.mamba_channels, s.mamba_channels);
+  EXPECT_EQ(r.mamba_heads, s.mamba_heads);
+  EXPECT_EQ(r.mamba_head_channels, s.mamba_head_channels);
+  EXPECT_EQ(r.hidden, s.hidden);
+  EXPECT_EQ(r.weights_hash, s.weights_hash);
+  EXPECT_EQ(r.primary_layer_metric(), "mse");
+  // Another architecture: the hash and the lengths disagree.
+  EXPECT_THROW(r.validate(tiny_config("M*-M-M"), "scores"), InputError);
+  EXPECT_THROW(load_importance(dir_ / "nowhere"), InputError);
+}
+
+TEST_F(ImportanceTest, SearchImportanceAveragesTheLayersKeptFractions) {
+  auto m = tiny_model("M*-M-");
+  auto s = score_importance(m, *data_, options());
+  auto si = s.to_search_importance(m->config());
+  EXPECT_EQ(si.layer.size(), 5u);
+  // Keeping the top k of every MLP layer keeps, on average, what kept_fraction says.
+  for (int64_t k : {1, 7, 24, 48}) {
+    double mean = 0;
+    for (int64_t l : {2, 4}) {
+      std::vector<double> v(s.ffn[l].begin(), s.ffn[l].end());
+      mean += kept_fraction(v, 48, k) / 2;
+    }
+    EXPECT_NEAR(kept_fraction(si.ffn, 48, k), mean, 1e-9) << k;
+  }
+}
+
+}  // namespace
+}  // namespace minipuzzle
