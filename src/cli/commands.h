@@ -16,6 +16,7 @@ int cmd_logits(const Args& args);      // test support: logits for token ids
 int cmd_export(const Args& args);      // re-save a checkpoint Hub style (dtype, shards)
 int cmd_score(const Args& args);       // importance of layers, neurons, channels, heads
 int cmd_search(const Args& args);      // architectures that fit a memory budget, ranked
-int cmd_prune(const Args& args);       // slice a checkpoint to a candidate / --set widths
+int cmd_prune(const Args& args);
+int cmd_distill(const Args& args);     // teacher -> student logit distillation       // slice a checkpoint to a candidate / --set widths
 
 }  // namespace minipuzzle::cli

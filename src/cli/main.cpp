@@ -24,6 +24,7 @@ const CommandEntry kCommands[] = {
     {"eval", minipuzzle::cli::cmd_eval, "LM loss, perplexity and next-token accuracy on a dataset"},
     {"data build", minipuzzle::cli::cmd_data_build, "text files -> Megatron indexed dataset (byte tokens)"},
     {"score", minipuzzle::cli::cmd_score, "importance of every layer, FFN neuron, channel and head on calibration data"},
+    {"distill", minipuzzle::cli::cmd_distill, "train a (pruned) student on a teacher's logits; checkpoints, resume"},
     {"export", minipuzzle::cli::cmd_export, "write a checkpoint in Hub layout that transformers loads (dtype, shards)"},
     {"search", minipuzzle::cli::cmd_search, "the best architectures under a memory budget (proxy score, optionally ranked on data)"},
     {"prune", minipuzzle::cli::cmd_prune, "slice a checkpoint's layers and widths to a search candidate or --set sizes"},

@@ -1,0 +1,292 @@
+#include "minipuzzle/distill_trainer.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "minipuzzle/atomic_file.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/distill_report.h"
+#include "minipuzzle/errors.h"
+#include "minipuzzle/logit_comparison.h"
+#include "minipuzzle/token_batches.h"
+#include "minipuzzle/token_windows.h"
+#include "minipuzzle/window_order.h"
+
+namespace minipuzzle {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::atomic<bool>& distill_stop_flag() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+namespace {
+
+// The options that define the run: a resume with other values would not
+// continue the same run.
+json run_identity(const DistillOptions& o) {
+  return {{"teacher", o.teacher},
+          {"student", o.student},
+          {"data", o.data},
+          {"seq_len", o.seq_len},
+          {"micro_batch", o.micro_batch},
+          {"global_batch", o.global_batch},
+          {"steps", o.schedule.total_steps},
+          {"lr", o.schedule.lr},
+          {"min_lr", o.schedule.min_lr},
+          {"warmup", o.schedule.warmup_steps},
+          {"schedule", LrSchedule::kind_name(o.schedule.kind)},
+          {"decay_fraction", o.schedule.decay_fraction},
+          {"weight_decay", o.adamw.weight_decay},
+          {"beta1", o.adamw.beta1},
+          {"beta2", o.adamw.beta2},
+          {"eps", o.adamw.eps},
+          {"clip_grad", o.clip_grad},
+          {"kd_loss", kd_loss_name(o.kd.loss)},
+          {"temperature", o.kd.temperature},
+          {"ce_weight", o.kd.ce_weight},
+          {"seed", o.seed},
+          {"dtype", o.dtype}};
+}
+
+void validate(const DistillOptions& o) {
+  if (o.seq_len <= 0) throw InputError("--seq-len must be positive");
+  if (o.micro_batch <= 0 || o.global_batch <= 0) throw InputError("--micro-batch and --global-batch must be positive");
+  if (o.global_batch % o.micro_batch != 0)
+    throw InputError(fmt::format("--global-batch {} must be a multiple of --micro-batch {}", o.global_batch,
+                                 o.micro_batch));
+  o.schedule.validate();
+  if (o.eval_every < 0 || o.save_every < 0) throw InputError("--eval-every and --save-every must be >= 0");
+  if (o.keep_last < 1) throw InputError("--keep-last must be at least 1");
+  if (o.clip_grad < 0) throw InputError("--clip-grad must be >= 0");
+  if (!(o.adamw.beta1 >= 0 && o.adamw.beta1 < 1 && o.adamw.beta2 >= 0 && o.adamw.beta2 < 1))
+    throw InputError("--beta1 and --beta2 must be in [0, 1)");
+  if (o.adamw.weight_decay < 0) throw InputError("--weight-decay must be >= 0");
+  if (o.out.empty()) throw InputError("missing --out");
+}
+
+std::string step_name(int64_t step) { return fmt::format("step-{:08d}", step); }
+
+// Completed checkpoints, oldest first (partial ones are hidden directories).
+std::vector<fs::path> list_checkpoints(const fs::path& dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("step-", 0) == 0 && fs::exists(e.path() / "trainer_state.json")) out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+struct EvalMetrics {
+  double loss = 0, kl = 0, accuracy = 0, agreement = 0;
+  uint64_t tokens = 0;
+};
+
+EvalMetrics evaluate_against_teacher(HybridLM& teacher, HybridLM& student, const IndexedDataset& data,
+                                     int64_t seq_len, int64_t batch, uint64_t max_tokens) {
+  torch::NoGradGuard no_grad;
+  student->eval();
+  const auto starts = sequential_windows(data.total_tokens(), seq_len, std::max<uint64_t>(1, max_tokens / seq_len));
+  LogitComparison sum;
+  for (std::size_t i = 0; i < starts.size(); i += batch) {
+    std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + batch));
+    auto rows = gather_windows(data, part, seq_len, teacher->config().vocab_size).to(student->device());
+    auto in = rows.narrow(1, 0, seq_len), tg = rows.narrow(1, 1, seq_len);
+    sum += compare_logits(teacher, teacher->forward_hidden(in), student, student->forward_hidden(in), tg);
+  }
+  student->train();
+  const double n = static_cast<double>(sum.tokens);
+  return {sum.ce_other_sum / n, sum.kl_sum / n, sum.other_correct / n, sum.agree / n, sum.tokens};
+}
+
+}  // namespace
+
+DistillSummary run_distillation(const DistillOptions& o, const std::function<void(const DistillStatus&)>& on_step) {
+  validate(o);
+  const auto data = IndexedDataset::open(o.data);
+  const auto eval_data = IndexedDataset::open(o.eval_data.empty() ? o.data : o.eval_data);
+  const WindowOrder order(data->total_tokens(), o.seq_len, o.seed);
+  if (eval_data->total_tokens() < static_cast<uint64_t>(o.seq_len) + 1)
+    throw InputError(fmt::format("--eval-data {} has fewer than one window of --seq-len {} + 1 tokens",
+                                 eval_data->prefix(), o.seq_len));
+
+  // The run directory: a new one, or the one being resumed.
+  const fs::path ckpt_dir = o.out / "checkpoints";
+  const json identity = run_identity(o);
+  std::error_code ec;
+  auto existing = list_checkpoints(ckpt_dir);
+  if (!o.resume && (fs::exists(o.out / "run.json") || !existing.empty()))
+    throw InputError(fmt::format("{} already holds a distillation run; pass --resume to continue it or choose a "
+                                 "new --out",
+                                 o.out.string()));
+  if (o.resume && fs::exists(o.out / "run.json")) {
+    json before = json::parse(read_file(o.out / "run.json"), nullptr, false);
+    if (before.is_discarded() || before != identity) {
+      std::string diff;
+      if (!before.is_discarded())
+        for (const auto& [k, v] : identity.items())
+          if (!before.contains(k) || before[k] != v) diff += (diff.empty() ? "" : ", ") + k;
+      throw InputError(fmt::format("--resume: options differ from the run in {} ({})", o.out.string(),
+                                   diff.empty() ? "unreadable run.json" : diff));
+    }
+  }
+
+  const auto dtype = parse_model_dtype(o.dtype);
+  const auto device = parse_device(o.device);
+  HybridLM teacher = load_model(o.teacher, dtype, device);
+  teacher->eval();
+  for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+
+  DistillSummary summary;
+  int64_t start_step = 0;
+  WindowOrder::Position pos;
+  fs::path resume_from;
+  if (o.resume && !existing.empty()) resume_from = existing.back();
+  // Student weights: fp32 when training in fp32 (CPU); in bf16 the optimizer
+  // keeps fp32 masters and the model holds the rounded copy.
+  HybridLM student = load_model(resume_from.empty() ? fs::path(o.student) : resume_from, dtype, device);
+  if (student->config().vocab_size != teacher->config().vocab_size)
+    throw InputError(fmt::format("teacher vocab {} != student vocab {}: distillation needs the same tokenizer",
+                                 teacher->config().vocab_size, student->config().vocab_size));
+  student->train();
+  std::vector<std::pair<std::string, torch::Tensor>> named;
+  for (auto& p : student->named_parameters()) named.emplace_back(p.key(), p.value());
+  AdamW optimizer(named, o.adamw);
+
+  fs::create_directories(ckpt_dir, ec);
+  if (ec) throw InputError(fmt::format("cannot create {}: {}", ckpt_dir.string(), ec.message()));
+  std::vector<std::string> metric_lines;
+  uint64_t tokens = 0;  // trained tokens, across resumes
+  if (!resume_from.empty()) {
+    optimizer.load(resume_from / "optimizer.safetensors");
+    json st = json::parse(read_file(resume_from / "trainer_state.json"), nullptr, false);
+    if (st.is_discarded() || !st.contains("step") || !st.contains("epoch") || !st.contains("index"))
+      throw InputError(fmt::format("{}: unreadable trainer_state.json", resume_from.string()));
+    start_step = st["step"].get<int64_t>();
+    pos.epoch = st["epoch"].get<uint64_t>();
+    pos.index = st["index"].get<uint64_t>();
+    tokens = st.value("tokens", uint64_t{0});
+    // Keep the metrics up to the checkpoint: the resumed run rewrites the rest.
+    std::ifstream in(o.out / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      json j = json::parse(line, nullptr, false);
+      if (!j.is_discarded() && j.value("step", int64_t{0}) <= start_step) metric_lines.push_back(line);
+    }
+  }
+  write_file_atomic(o.out / "run.json", identity.dump(2) + "\n");
+  {
+    std::string kept;
+    for (const auto& l : metric_lines) kept += l + "\n";
+    write_file_atomic(o.out / "metrics.jsonl", kept);
+  }
+  std::ofstream metrics(o.out / "metrics.jsonl", std::ios::app);
+  auto log = [&](const json& j) { metrics << j.dump() << "\n" << std::flush; };
+
+  auto run_eval = [&](int64_t step) {
+    const EvalMetrics m = evaluate_against_teacher(teacher, student, *eval_data, o.seq_len, o.micro_batch,
+                                                   o.eval_tokens);
+    log({{"step", step}, {"eval", true}, {"loss", m.loss}, {"kl", m.kl}, {"accuracy", m.accuracy},
+         {"agreement", m.agreement}, {"tokens", m.tokens}});
+    return m;
+  };
+  auto save_checkpoint = [&](int64_t step) {
+    const fs::path target = ckpt_dir / step_name(step);
+    if (fs::exists(target / "trainer_state.json")) return target;  // already saved at this step
+    remove_tree(target);
+    AtomicDirectory dir(target);
+    save_model(student, dir.path(), torch::kFloat32);
+    optimizer.save(dir.path() / "optimizer.safetensors");
+    json st = {{"step", step}, {"epoch", pos.epoch}, {"index", pos.index}, {"tokens", tokens},
+               {"optimizer_steps", optimizer.steps()},
+               {"lr_next", o.schedule.at(step)}, {"note", "no other random state: the window order is keyed by seed"}};
+    write_file_atomic(dir.path() / "trainer_state.json", st.dump(2) + "\n");
+    dir.commit();
+    auto all = list_checkpoints(ckpt_dir);
+    for (std::size_t i = 0; i + static_cast<std::size_t>(o.keep_last) < all.size(); ++i) remove_tree(all[i]);
+    return target;
+  };
+
+  if (start_step == 0) summary.first_eval_loss = run_eval(0).loss;
+  const int64_t accum = o.global_batch / o.micro_batch;
+  const int64_t steps = o.schedule.total_steps;
+  const auto t0 = std::chrono::steady_clock::now();
+  const uint64_t tokens_at_start = tokens;
+  DistillStatus status;
+  status.steps = steps;
+  int64_t step = start_step;
+  for (; step < steps; ++step) {
+    const double lr = o.schedule.at(step);
+    double loss_sum = 0, kd_sum = 0, ce_sum = 0;
+    int64_t step_tokens = 0;
+    for (int64_t m = 0; m < accum; ++m) {
+      const auto starts = order.take(pos, o.micro_batch);
+      auto rows = gather_windows(*data, starts, o.seq_len, student->config().vocab_size).to(device);
+      auto in = rows.narrow(1, 0, o.seq_len), tg = rows.narrow(1, 1, o.seq_len);
+      torch::Tensor t_hidden;
+      {
+        torch::NoGradGuard no_grad;
+        t_hidden = teacher->forward_hidden(in);
+      }
+      auto s_hidden = student->forward_hidden(in);
+      KdResult r = kd_loss_online(student, s_hidden, teacher, t_hidden, tg, o.kd);
+      (r.loss / static_cast<double>(accum)).backward();
+      loss_sum += r.loss.item<double>() / accum;
+      kd_sum += r.kd_sum;
+      ce_sum += r.ce_sum;
+      step_tokens += r.tokens;
+    }
+    const double grad_norm = optimizer.clip_grad_norm(o.clip_grad);
+    optimizer.step(lr);
+    optimizer.zero_grad();
+    tokens += static_cast<uint64_t>(step_tokens);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    json rec = {{"step", step + 1},         {"loss", loss_sum},      {"kd", kd_sum / step_tokens},
+                {"ce", ce_sum / step_tokens}, {"lr", lr},            {"grad_norm", grad_norm},
+                {"tokens", tokens},         {"seconds", seconds},    {"tokens_per_second", (tokens - tokens_at_start) / std::max(seconds, 1e-9)}};
+    log(rec);
+    status.step = step + 1;
+    status.tokens = tokens;
+    status.loss = loss_sum;
+    status.lr = lr;
+    status.seconds = seconds;
+    status.tokens_per_second = (tokens - tokens_at_start) / std::max(seconds, 1e-9);
+    if (on_step) on_step(status);
+
+    const bool last = step + 1 == steps;
+    const bool stop = distill_stop_flag().load() || (o.stop_at_step > 0 && step + 1 >= o.stop_at_step);
+    if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && !last) run_eval(step + 1);
+    if (last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0))
+      summary.last_checkpoint = save_checkpoint(step + 1);
+    if (stop && !last) {
+      summary.interrupted = true;
+      ++step;
+      break;
+    }
+  }
+  summary.steps_done = step;
+  if (summary.interrupted) return summary;
+
+  const EvalMetrics final_eval = run_eval(steps);
+  summary.final_eval_loss = final_eval.loss;
+  summary.final_eval_kl = final_eval.kl;
+  metrics.close();
+  // The shippable student: weights in the dtype the student came in.
+  const fs::path final_dir = o.out / "final";
+  if (!fs::exists(final_dir / "config.json")) {
+    remove_tree(final_dir);
+    save_model(student, final_dir, dtype == torch::kFloat32 ? torch::kFloat32 : torch::kBFloat16);
+  }
+  summary.final_dir = final_dir;
+  write_distill_report(o.out);
+  return summary;
+}
+
+}  // namespace minipuzzle

@@ -1,0 +1,288 @@
+// The distillation loop and its parts: schedule, AdamW (against LibTorch's
+// own AdamW), the window order, and exact resume.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "../model/tiny_config.h"
+#include "minipuzzle/adamw.h"
+#include "minipuzzle/atomic_file.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/distill_trainer.h"
+#include "minipuzzle/errors.h"
+#include "minipuzzle/indexed_dataset.h"
+#include "minipuzzle/lr_schedule.h"
+#include "minipuzzle/window_order.h"
+
+namespace minipuzzle {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(LrSchedule, WarmupThenCosineToMinLr) {
+  LrSchedule s;
+  s.lr = 1.0;
+  s.min_lr = 0.1;
+  s.warmup_steps = 4;
+  s.total_steps = 14;
+  EXPECT_DOUBLE_EQ(s.at(0), 0.25);
+  EXPECT_DOUBLE_EQ(s.at(3), 1.0);
+  EXPECT_DOUBLE_EQ(s.at(4), 1.0);                        // cosine starts at the peak
+  EXPECT_NEAR(s.at(9), 0.1 + 0.45 * (1 + std::cos(M_PI * 0.5)), 1e-12);
+  EXPECT_NEAR(s.at(14), 0.1, 1e-12);
+  for (int64_t i = 4; i < 14; ++i) EXPECT_LE(s.at(i + 1), s.at(i));
+}
+
+TEST(LrSchedule, WsdHoldsThenDecaysLinearly) {
+  LrSchedule s;
+  s.kind = LrSchedule::Kind::Wsd;
+  s.lr = 2.0;
+  s.min_lr = 0.0;
+  s.total_steps = 10;
+  s.decay_fraction = 0.3;  // the last 3 steps decay
+  for (int64_t i = 0; i < 7; ++i) EXPECT_DOUBLE_EQ(s.at(i), 2.0) << i;
+  EXPECT_NEAR(s.at(7), 2.0 * 2 / 3, 1e-12);
+  EXPECT_NEAR(s.at(8), 2.0 / 3, 1e-12);
+  EXPECT_NEAR(s.at(9), 0.0, 1e-12);
+}
+
+TEST(LrSchedule, RejectsBadValues) {
+  LrSchedule s;
+  s.lr = 0;
+  EXPECT_THROW(s.validate(), InputError);
+  s = LrSchedule{};
+  s.warmup_steps = 5;
+  s.total_steps = 4;
+  EXPECT_THROW(s.validate(), InputError);
+  s = LrSchedule{};
+  s.min_lr = 1.0;
+  EXPECT_THROW(s.validate(), InputError);
+  EXPECT_THROW(LrSchedule::parse_kind("linear"), InputError);
+}
+
+TEST(AdamW, MatchesLibTorchAdamW) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
+  auto w0 = torch::randn({5, 3}, gen), b0 = torch::randn({5}, gen);
+  auto ours_w = w0.clone().requires_grad_(), ours_b = b0.clone().requires_grad_();
+  auto ref_w = w0.clone().requires_grad_(), ref_b = b0.clone().requires_grad_();
+  AdamWOptions o;
+  o.weight_decay = 0.1;
+  AdamW ours({{"layer.weight", ours_w}, {"layer.bias", ours_b}}, o);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<torch::Tensor>{ref_w},
+                      std::make_unique<torch::optim::AdamWOptions>(
+                          torch::optim::AdamWOptions(1e-2).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.1)));
+  groups.emplace_back(std::vector<torch::Tensor>{ref_b},
+                      std::make_unique<torch::optim::AdamWOptions>(
+                          torch::optim::AdamWOptions(1e-2).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.0)));
+  torch::optim::AdamW ref(groups);
+  for (int step = 0; step < 6; ++step) {
+    auto x = torch::randn({4, 3}, gen);
+    auto loss_ours = (torch::matmul(x, ours_w.t()) + ours_b).square().sum();
+    auto loss_ref = (torch::matmul(x, ref_w.t()) + ref_b).square().sum();
+    loss_ours.backward();
+    loss_ref.backward();
+    ours.step(1e-2);
+    ref.step();
+    ours.zero_grad();
+    ref.zero_grad();
+  }
+  EXPECT_TRUE(torch::allclose(ours_w, ref_w, 1e-6, 1e-7));
+  EXPECT_TRUE(torch::allclose(ours_b, ref_b, 1e-6, 1e-7));
+  EXPECT_FALSE(torch::allclose(ours_w, w0));
+}
+
+TEST(AdamW, ClipsTheGlobalNormAndSkipsDecayOnVectorsAndConv) {
+  EXPECT_TRUE(AdamW::decays("backbone.layers.0.mixer.in_proj.weight", torch::zeros({4, 4})));
+  EXPECT_FALSE(AdamW::decays("backbone.layers.0.mixer.conv1d.weight", torch::zeros({4, 1, 4})));
+  EXPECT_FALSE(AdamW::decays("backbone.layers.0.mixer.A_log", torch::zeros({4})));
+  auto p = torch::zeros({2}, torch::requires_grad());
+  AdamW opt({{"p", p}}, {});
+  (p * torch::tensor({3.0f, 4.0f})).sum().backward();
+  EXPECT_NEAR(opt.clip_grad_norm(1.0), 5.0, 1e-6);
+  EXPECT_NEAR(opt.grad_norm(), 1.0, 1e-5);
+}
+
+TEST(AdamW, StateRoundTripsExactlyAndRejectsAnotherModel) {
+  const fs::path dir = fs::temp_directory_path() / ("mp_adamw_" + std::to_string(::getpid()));
+  remove_tree(dir);
+  fs::create_directories(dir);
+  auto p = torch::randn({3, 2}).requires_grad_();
+  AdamW a({{"p", p}}, {});
+  (p * 2).sum().backward();
+  a.step(0.1);
+  a.save(dir / "opt.safetensors");
+  auto q = p.detach().clone().requires_grad_();
+  AdamW b({{"p", q}}, {});
+  b.load(dir / "opt.safetensors");
+  EXPECT_EQ(b.steps(), 1);
+  // One more identical step on both gives identical parameters.
+  a.zero_grad();
+  (p * 3).sum().backward();
+  (q * 3).sum().backward();
+  a.step(0.1);
+  b.step(0.1);
+  EXPECT_TRUE(torch::equal(p, q));
+  AdamW other({{"r", torch::zeros({3, 2}, torch::requires_grad())}}, {});
+  EXPECT_THROW(other.load(dir / "opt.safetensors"), InputError);
+  remove_tree(dir);
+}
+
+TEST(WindowOrder, EveryWindowOncePerEpochInAnOrderThatChanges) {
+  WindowOrder order(1000, 10, 7);  // (1000-1)/10 = 99 windows
+  ASSERT_EQ(order.windows(), 99u);
+  std::set<uint64_t> e0, e1;
+  std::vector<uint64_t> first0, first1;
+  for (uint64_t i = 0; i < 99; ++i) {
+    e0.insert(order.start(0, i));
+    e1.insert(order.start(1, i));
+    first0.push_back(order.start(0, i));
+    first1.push_back(order.start(1, i));
+  }
+  EXPECT_EQ(e0.size(), 99u);
+  EXPECT_EQ(e1, e0);
+  EXPECT_EQ(*e0.rbegin(), 980u);
+  EXPECT_NE(first0, first1);
+  EXPECT_EQ(WindowOrder(1000, 10, 7).start(0, 5), order.start(0, 5));
+  EXPECT_NE(WindowOrder(1000, 10, 8).start(0, 5) + WindowOrder(1000, 10, 8).start(0, 6),
+            order.start(0, 5) + order.start(0, 6));
+  WindowOrder::Position pos{0, 97};
+  auto three = order.take(pos, 3);
+  EXPECT_EQ(three[2], order.start(1, 0));
+  EXPECT_EQ(pos.epoch, 1u);
+  EXPECT_EQ(pos.index, 1u);
+  EXPECT_THROW(WindowOrder(5, 10, 1), InputError);
+}
+
+// Teacher and student checkpoints plus a dataset, in a temp directory.
+class DistillRun : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("mp_distill_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    remove_tree(dir_);
+    fs::create_directories(dir_);
+    HybridLM teacher(testing::tiny_config("M*-M-"));
+    teacher->init_random(3);
+    save_model(teacher, dir_ / "teacher", torch::kFloat32);
+    HybridLM student(testing::tiny_config("M-M-"));
+    student->init_random(4);
+    save_model(student, dir_ / "student", torch::kFloat32);
+    IndexedDatasetBuilder b((dir_ / "data").string(), TokenDType::U16);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+    for (int d = 0; d < 6; ++d) {
+      auto t = torch::randint(0, 97, {200}, gen, torch::kInt64);
+      b.add_document(std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()));
+    }
+    b.finish();
+  }
+  void TearDown() override { remove_tree(dir_); }
+
+  DistillOptions options(const std::string& out) const {
+    DistillOptions o;
+    o.teacher = (dir_ / "teacher").string();
+    o.student = (dir_ / "student").string();
+    o.data = (dir_ / "data").string();
+    o.out = dir_ / out;
+    o.seq_len = 16;
+    o.micro_batch = 2;
+    o.global_batch = 4;
+    o.schedule.lr = 3e-3;
+    o.schedule.min_lr = 3e-4;
+    o.schedule.warmup_steps = 2;
+    o.schedule.total_steps = 8;
+    o.eval_tokens = 128;
+    o.eval_every = 4;
+    o.save_every = 3;
+    return o;
+  }
+
+  static std::vector<std::string> step_lines(const fs::path& run) {
+    std::vector<std::string> out;
+    std::ifstream in(run / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      j.erase("seconds");
+      j.erase("tokens_per_second");
+      out.push_back(j.dump());
+    }
+    return out;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(DistillRun, LearnsTheTeacherAndWritesItsOutputs) {
+  auto o = options("run");
+  o.schedule.total_steps = 30;
+  o.save_every = 0;
+  const DistillSummary s = run_distillation(o);
+  EXPECT_FALSE(s.interrupted);
+  EXPECT_EQ(s.steps_done, 30);
+  EXPECT_LT(s.final_eval_kl, 0.9 * s.first_eval_loss + 1.0);  // sanity: finite
+  // KL to the teacher on held-out tokens falls.
+  std::vector<double> kl;
+  std::ifstream in(o.out / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.value("eval", false)) kl.push_back(j["kl"].get<double>());
+  }
+  ASSERT_GE(kl.size(), 2u);
+  EXPECT_LT(kl.back(), 0.8 * kl.front());
+  for (const char* f : {"run.json", "report.md", "loss.png", "eval.png", "final/config.json",
+                        "final/model.safetensors"})
+    EXPECT_TRUE(fs::exists(o.out / f)) << f;
+  HybridLM final_student = load_model(o.out / "final");
+  EXPECT_EQ(final_student->config().pattern, "M-M-");
+}
+
+TEST_F(DistillRun, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
+  auto full = options("full");
+  run_distillation(full);
+  auto part = options("part");
+  part.stop_at_step = 5;  // checkpoints at 3 (save_every) and 5 (the stop)
+  DistillSummary s1 = run_distillation(part);
+  EXPECT_TRUE(s1.interrupted);
+  EXPECT_EQ(s1.steps_done, 5);
+  part.stop_at_step = 0;
+  EXPECT_THROW(run_distillation(part), InputError);  // not without --resume
+  part.resume = true;
+  DistillSummary s2 = run_distillation(part);
+  EXPECT_FALSE(s2.interrupted);
+  EXPECT_EQ(step_lines(full.out), step_lines(part.out));
+  HybridLM a = load_model(full.out / "final"), b = load_model(part.out / "final");
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  // keep_last = 2: only the newest two checkpoints remain.
+  std::vector<std::string> kept;
+  for (const auto& e : fs::directory_iterator(part.out / "checkpoints")) kept.push_back(e.path().filename().string());
+  std::sort(kept.begin(), kept.end());
+  EXPECT_EQ(kept, (std::vector<std::string>{"step-00000006", "step-00000008"}));
+}
+
+TEST_F(DistillRun, ResumeWithOtherOptionsAndBadOptionsAreInputErrors) {
+  auto o = options("run");
+  o.stop_at_step = 2;
+  run_distillation(o);
+  o.stop_at_step = 0;
+  o.resume = true;
+  o.schedule.lr = 1e-2;
+  EXPECT_THROW(run_distillation(o), InputError);
+  auto bad = options("bad");
+  bad.global_batch = 3;
+  EXPECT_THROW(run_distillation(bad), InputError);
+  bad = options("bad");
+  bad.data = (dir_ / "missing").string();
+  EXPECT_THROW(run_distillation(bad), InputError);
+  bad = options("bad");
+  bad.seq_len = 5000;
+  EXPECT_THROW(run_distillation(bad), InputError);
+  EXPECT_FALSE(fs::exists(dir_ / "bad" / "checkpoints"));
+}
+
+}  // namespace
+}  // namespace minipuzzle

@@ -1,0 +1,110 @@
+"""`minipuzzle distill` end to end: prune a tiny HF-made teacher, distill the
+student, load the result in transformers; SIGINT saves a checkpoint and
+--resume finishes the run with the same losses; user errors exit 2."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nemotron_tiny as nt
+from test_score_search import write_dataset
+
+SPEC = nt.SPECS_BY_NAME["g2_state32"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    teacher = nt.save_checkpoint(nt.build_model(SPEC), SPEC, root / "teacher", "hub")
+    rng = np.random.default_rng(8)
+    data = write_dataset(root / "train", [rng.integers(0, SPEC.vocab, 900) for _ in range(6)])
+    student = root / "student"
+    nt.run_cli("prune", teacher, "--set", "drop_layers=1", "--out", student)
+    return {"root": root, "teacher": teacher, "student": student, "data": data}
+
+
+def distill_args(work, out, steps=6, *extra):
+    return ["distill", "--teacher", work["teacher"], "--student", work["student"], "--data", work["data"],
+            "--out", out, "--steps", steps, "--seq-len", 32, "--micro-batch", 2, "--global-batch", 4,
+            "--lr", "3e-3", "--min-lr", "3e-4", "--warmup", 1, "--eval-tokens", 128, "--save-every", 2, *extra]
+
+
+def step_losses(run: Path):
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        j = json.loads(line)
+        if not j.get("eval"):
+            out.append((j["step"], j["loss"], j["grad_norm"], j["tokens"]))
+    return out
+
+
+def test_distilled_student_loads_in_transformers(work, tmp_path):
+    run = tmp_path / "run"
+    nt.run_cli(*distill_args(work, run))
+    assert [s for s, *_ in step_losses(run)] == list(range(1, 7))
+    for f in ("report.md", "loss.png", "eval.png", "final/config.json"):
+        assert (run / f).exists(), f
+    model = nt.load_hf(run / "final")
+    ids = nt.random_tokens(SPEC.vocab, 2, 20, seed=4)
+    ours = nt.cli_logits(run / "final", ids, tmp_path / "lg")
+    torch.testing.assert_close(ours, nt.hf_logits(model, ids), rtol=0, atol=1e-4)
+
+
+def test_sigint_checkpoints_and_resume_matches(work, tmp_path):
+    full = tmp_path / "full"
+    nt.run_cli(*distill_args(work, full, 12))
+    part = tmp_path / "part"
+    cmd = [nt.minipuzzle_bin(), *[str(a) for a in distill_args(work, part, 12)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = part / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # interrupt once training has started
+        if metrics.exists() and any('"step":1,' in l or '"step": 1,' in l for l in metrics.read_text().splitlines()
+                                    if '"eval"' not in l):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    ckpts = sorted(p.name for p in (part / "checkpoints").iterdir())
+    assert ckpts and all(not n.startswith(".") for n in ckpts), ckpts
+    nt.run_cli(*distill_args(work, part, 12), "--resume")
+    assert step_losses(part) == step_losses(full)
+
+
+def test_user_errors(work, tmp_path):
+    cases = [
+        (["--global-batch", 3], "--global-batch"),
+        (["--loss", "kl_both"], "kl_both"),
+        (["--schedule", "linear"], "--schedule"),
+        (["--temperature", 0], "--temperature"),
+        (["--warmup", 100], "--warmup"),
+    ]
+    for extra, needle in cases:
+        out = tmp_path / "e"
+        r = nt.run_cli(*distill_args(work, out, 6, *extra), check=False)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+        assert not (out / "checkpoints").exists()
+    # A student with another vocabulary.
+    other = nt.SPECS_BY_NAME["m_a_f_g1"]
+    stranger = nt.save_checkpoint(nt.build_model(other), other, tmp_path / "stranger", "hub")
+    r = nt.run_cli("distill", "--teacher", work["teacher"], "--student", stranger, "--data", work["data"],
+                   "--out", tmp_path / "v", "--seq-len", 32, check=False)
+    assert r.returncode == 2 and "vocab" in r.stderr, r.stderr
+    # An existing run without --resume.
+    run = tmp_path / "r"
+    nt.run_cli(*distill_args(work, run, 2))
+    r = nt.run_cli(*distill_args(work, run, 2), check=False)
+    assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
