@@ -41,8 +41,10 @@ void write_distill_report(const std::filesystem::path& run_dir) {
   for (const auto& e : evals) {
     ev.series[0].x.push_back(e["step"].get<double>());
     ev.series[0].y.push_back(e["loss"].get<double>());
-    ev.series[1].x.push_back(e["step"].get<double>());
-    ev.series[1].y.push_back(e["kl"].get<double>());
+    if (e.contains("kl")) {  // absent when trained from a teacher cache without a teacher model
+      ev.series[1].x.push_back(e["step"].get<double>());
+      ev.series[1].y.push_back(e["kl"].get<double>());
+    }
   }
   if (!steps.empty()) plot::write_png(run_dir / "loss.png", loss);
   if (!evals.empty()) plot::write_png(run_dir / "eval.png", ev);
@@ -58,9 +60,11 @@ void write_distill_report(const std::filesystem::path& run_dir) {
     md << "## Evaluation\n\n| step | LM loss | KL to teacher | accuracy | agreement with teacher | tokens |\n"
           "|---|---|---|---|---|---|\n";
     for (const auto& e : evals)
-      md << fmt::format("| {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {} |\n", e["step"].get<int64_t>(),
-                        e["loss"].get<double>(), e["kl"].get<double>(), e["accuracy"].get<double>(),
-                        e["agreement"].get<double>(), e["tokens"].get<uint64_t>());
+      md << fmt::format("| {} | {:.4f} | {} | {:.4f} | {} | {} |\n", e["step"].get<int64_t>(),
+                        e["loss"].get<double>(), e.contains("kl") ? fmt::format("{:.4f}", e["kl"].get<double>()) : "-",
+                        e["accuracy"].get<double>(),
+                        e.contains("agreement") ? fmt::format("{:.4f}", e["agreement"].get<double>()) : "-",
+                        e["tokens"].get<uint64_t>());
     md << "\n![evaluation](eval.png)\n\n";
   }
   if (!steps.empty()) {

@@ -3,15 +3,20 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
+#include <optional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
+#include "minipuzzle/data_parallel.h"
 #include "minipuzzle/distill_report.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/logit_comparison.h"
+#include "minipuzzle/teacher_cache.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/token_windows.h"
 #include "minipuzzle/window_order.h"
@@ -31,6 +36,7 @@ namespace {
 // continue the same run.
 json run_identity(const DistillOptions& o) {
   return {{"teacher", o.teacher},
+          {"teacher_cache", o.teacher_cache},
           {"student", o.student},
           {"data", o.data},
           {"seq_len", o.seq_len},
@@ -68,6 +74,7 @@ void validate(const DistillOptions& o) {
     throw InputError("--beta1 and --beta2 must be in [0, 1)");
   if (o.adamw.weight_decay < 0) throw InputError("--weight-decay must be >= 0");
   if (o.out.empty()) throw InputError("missing --out");
+  if (o.teacher.empty() && o.teacher_cache.empty()) throw InputError("give --teacher, --teacher-cache or both");
 }
 
 std::string step_name(int64_t step) { return fmt::format("step-{:08d}", step); }
@@ -90,27 +97,43 @@ struct EvalMetrics {
   uint64_t tokens = 0;
 };
 
-EvalMetrics evaluate_against_teacher(HybridLM& teacher, HybridLM& student, const IndexedDataset& data,
-                                     int64_t seq_len, int64_t batch, uint64_t max_tokens) {
+// Each rank evaluates every world_size-th window; the sums are combined.
+// Without a teacher (offline cache only), KL and agreement are NaN.
+EvalMetrics evaluate_against_teacher(HybridLM* teacher, HybridLM& student, const IndexedDataset& data,
+                                     int64_t seq_len, int64_t batch, uint64_t max_tokens, DataParallel& dp) {
   torch::NoGradGuard no_grad;
   student->eval();
-  const auto starts = sequential_windows(data.total_tokens(), seq_len, std::max<uint64_t>(1, max_tokens / seq_len));
+  const auto all = sequential_windows(data.total_tokens(), seq_len, std::max<uint64_t>(1, max_tokens / seq_len));
+  std::vector<uint64_t> starts;
+  for (std::size_t i = static_cast<std::size_t>(dp.rank()); i < all.size(); i += dp.world_size()) starts.push_back(all[i]);
   LogitComparison sum;
   for (std::size_t i = 0; i < starts.size(); i += batch) {
     std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + batch));
-    auto rows = gather_windows(data, part, seq_len, teacher->config().vocab_size).to(student->device());
+    auto rows = gather_windows(data, part, seq_len, student->config().vocab_size).to(student->device());
     auto in = rows.narrow(1, 0, seq_len), tg = rows.narrow(1, 1, seq_len);
-    sum += compare_logits(teacher, teacher->forward_hidden(in), student, student->forward_hidden(in), tg);
+    auto s_hidden = student->forward_hidden(in);
+    if (teacher) {
+      sum += compare_logits(*teacher, (*teacher)->forward_hidden(in), student, s_hidden, tg);
+    } else {
+      // The student against itself: KL 0 and agreement 1 are discarded below.
+      sum += compare_logits(student, s_hidden, student, s_hidden, tg);
+    }
   }
   student->train();
-  const double n = static_cast<double>(sum.tokens);
-  return {sum.ce_other_sum / n, sum.kl_sum / n, sum.other_correct / n, sum.agree / n, sum.tokens};
+  std::vector<double> v = {sum.ce_other_sum, sum.kl_sum, static_cast<double>(sum.other_correct),
+                           static_cast<double>(sum.agree), static_cast<double>(sum.tokens)};
+  dp.all_reduce_sum(v);
+  const double n = v[4];
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  return {v[0] / n, teacher ? v[1] / n : nan, v[2] / n, teacher ? v[3] / n : nan, static_cast<uint64_t>(n)};
 }
 
 }  // namespace
 
 DistillSummary run_distillation(const DistillOptions& o, const std::function<void(const DistillStatus&)>& on_step) {
   validate(o);
+  const DistEnv env = DistEnv::from_environment();
+  const int64_t local_batch = data_parallel_local_batch(o.global_batch, o.micro_batch, env.world_size);
   const auto data = IndexedDataset::open(o.data);
   const auto eval_data = IndexedDataset::open(o.eval_data.empty() ? o.data : o.eval_data);
   const WindowOrder order(data->total_tokens(), o.seq_len, o.seed);
@@ -140,10 +163,25 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
   }
 
   const auto dtype = parse_model_dtype(o.dtype);
-  const auto device = parse_device(o.device);
-  HybridLM teacher = load_model(o.teacher, dtype, device);
-  teacher->eval();
-  for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+  torch::Device device = parse_device(o.device);
+  // One device per process: rank r of a node uses cuda:LOCAL_RANK.
+  if (device.is_cuda() && env.world_size > 1) device = torch::Device(torch::kCUDA, env.local_rank);
+  DataParallel dp(env, device);
+  // Every rank has checked the run directory before rank 0 writes into it.
+  dp.barrier();
+  std::optional<TeacherCache> cache;
+  if (!o.teacher_cache.empty()) {
+    cache = TeacherCache::open(o.teacher_cache);
+    if (std::abs(cache->temperature() - o.kd.temperature) > 1e-12)
+      throw InputError(fmt::format("--teacher-cache was written at temperature {}, this run uses --temperature {}",
+                                   cache->temperature(), o.kd.temperature));
+  }
+  HybridLM teacher{nullptr};
+  if (!o.teacher.empty()) {
+    teacher = load_model(o.teacher, dtype, device);
+    teacher->eval();
+    for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+  }
 
   DistillSummary summary;
   int64_t start_step = 0;
@@ -153,15 +191,29 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
   // Student weights: fp32 when training in fp32 (CPU); in bf16 the optimizer
   // keeps fp32 masters and the model holds the rounded copy.
   HybridLM student = load_model(resume_from.empty() ? fs::path(o.student) : resume_from, dtype, device);
-  if (student->config().vocab_size != teacher->config().vocab_size)
+  if (teacher && student->config().vocab_size != teacher->config().vocab_size)
     throw InputError(fmt::format("teacher vocab {} != student vocab {}: distillation needs the same tokenizer",
                                  teacher->config().vocab_size, student->config().vocab_size));
+  if (cache) {
+    cache->check_matches(student->config(), o.data, data->total_tokens(), o.seq_len, o.seed);
+    const uint64_t need = static_cast<uint64_t>(o.schedule.total_steps) * static_cast<uint64_t>(o.global_batch);
+    if (!cache->covers(need - 1))
+      throw InputError(fmt::format("--teacher-cache holds {} windows; {} steps x --global-batch {} need {}",
+                                   cache->windows(), o.schedule.total_steps, o.global_batch, need));
+  }
   student->train();
   std::vector<std::pair<std::string, torch::Tensor>> named;
-  for (auto& p : student->named_parameters()) named.emplace_back(p.key(), p.value());
+  std::vector<torch::Tensor> params;
+  for (auto& p : student->named_parameters()) {
+    named.emplace_back(p.key(), p.value());
+    params.push_back(p.value());
+  }
+  // Replicas start bit-identical (also after a resume, where every rank read
+  // the same checkpoint; the broadcast makes it exact regardless).
+  dp.broadcast_parameters(params);
   AdamW optimizer(named, o.adamw);
 
-  fs::create_directories(ckpt_dir, ec);
+  if (dp.is_root()) fs::create_directories(ckpt_dir, ec);
   if (ec) throw InputError(fmt::format("cannot create {}: {}", ckpt_dir.string(), ec.message()));
   std::vector<std::string> metric_lines;
   uint64_t tokens = 0;  // trained tokens, across resumes
@@ -181,25 +233,36 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
       if (!j.is_discarded() && j.value("step", int64_t{0}) <= start_step) metric_lines.push_back(line);
     }
   }
-  write_file_atomic(o.out / "run.json", identity.dump(2) + "\n");
-  {
+  // Only rank 0 writes files.
+  std::ofstream metrics;
+  if (dp.is_root()) {
+    write_file_atomic(o.out / "run.json", identity.dump(2) + "\n");
     std::string kept;
     for (const auto& l : metric_lines) kept += l + "\n";
     write_file_atomic(o.out / "metrics.jsonl", kept);
+    metrics.open(o.out / "metrics.jsonl", std::ios::app);
   }
-  std::ofstream metrics(o.out / "metrics.jsonl", std::ios::app);
-  auto log = [&](const json& j) { metrics << j.dump() << "\n" << std::flush; };
+  auto log = [&](const json& j) {
+    if (dp.is_root()) metrics << j.dump() << "\n" << std::flush;
+  };
 
   auto run_eval = [&](int64_t step) {
-    const EvalMetrics m = evaluate_against_teacher(teacher, student, *eval_data, o.seq_len, o.micro_batch,
-                                                   o.eval_tokens);
-    log({{"step", step}, {"eval", true}, {"loss", m.loss}, {"kl", m.kl}, {"accuracy", m.accuracy},
-         {"agreement", m.agreement}, {"tokens", m.tokens}});
+    const EvalMetrics m = evaluate_against_teacher(teacher ? &teacher : nullptr, student, *eval_data, o.seq_len,
+                                                   o.micro_batch, o.eval_tokens, dp);
+    json rec = {{"step", step}, {"eval", true}, {"loss", m.loss}, {"accuracy", m.accuracy}, {"tokens", m.tokens}};
+    if (teacher) {
+      rec["kl"] = m.kl;
+      rec["agreement"] = m.agreement;
+    }
+    log(rec);
     return m;
   };
   auto save_checkpoint = [&](int64_t step) {
     const fs::path target = ckpt_dir / step_name(step);
-    if (fs::exists(target / "trainer_state.json")) return target;  // already saved at this step
+    if (!dp.is_root() || fs::exists(target / "trainer_state.json")) {  // rank 0 writes; others wait
+      dp.barrier();
+      return target;
+    }
     remove_tree(target);
     AtomicDirectory dir(target);
     save_model(student, dir.path(), torch::kFloat32);
@@ -211,11 +274,12 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     dir.commit();
     auto all = list_checkpoints(ckpt_dir);
     for (std::size_t i = 0; i + static_cast<std::size_t>(o.keep_last) < all.size(); ++i) remove_tree(all[i]);
+    dp.barrier();
     return target;
   };
 
   if (start_step == 0) summary.first_eval_loss = run_eval(0).loss;
-  const int64_t accum = o.global_batch / o.micro_batch;
+  const int64_t accum = local_batch / o.micro_batch;  // micro-batches per rank and step
   const int64_t steps = o.schedule.total_steps;
   const auto t0 = std::chrono::steady_clock::now();
   const uint64_t tokens_at_start = tokens;
@@ -226,22 +290,44 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     const double lr = o.schedule.at(step);
     double loss_sum = 0, kd_sum = 0, ce_sum = 0;
     int64_t step_tokens = 0;
+    // Every rank advances through the same global list; each trains its slice.
+    const uint64_t first_window = pos.epoch * order.windows() + pos.index;  // the cache's numbering
+    const auto mine = data_parallel_slice(order.take(pos, o.global_batch), dp.rank(), dp.world_size());
     for (int64_t m = 0; m < accum; ++m) {
-      const auto starts = order.take(pos, o.micro_batch);
+      const std::vector<uint64_t> starts(mine.begin() + m * o.micro_batch, mine.begin() + (m + 1) * o.micro_batch);
       auto rows = gather_windows(*data, starts, o.seq_len, student->config().vocab_size).to(device);
       auto in = rows.narrow(1, 0, o.seq_len), tg = rows.narrow(1, 1, o.seq_len);
-      torch::Tensor t_hidden;
-      {
-        torch::NoGradGuard no_grad;
-        t_hidden = teacher->forward_hidden(in);
+      KdResult r;
+      if (cache) {
+        const uint64_t w = first_window + static_cast<uint64_t>(dp.rank() * local_batch + m * o.micro_batch);
+        const TeacherCache::Batch b = cache->batch(w, o.micro_batch);
+        if (b.starts != starts)
+          throw InputError(fmt::format("--teacher-cache windows {}.. do not match the training order (another "
+                                       "seed, seq-len or dataset?)",
+                                       w));
+        r = cached_kd_loss(student, student->forward_hidden(in), b, tg, o.kd);
+      } else {
+        torch::Tensor t_hidden;
+        {
+          torch::NoGradGuard no_grad;
+          t_hidden = teacher->forward_hidden(in);
+        }
+        r = kd_loss_online(student, student->forward_hidden(in), teacher, t_hidden, tg, o.kd);
       }
-      auto s_hidden = student->forward_hidden(in);
-      KdResult r = kd_loss_online(student, s_hidden, teacher, t_hidden, tg, o.kd);
       (r.loss / static_cast<double>(accum)).backward();
       loss_sum += r.loss.item<double>() / accum;
       kd_sum += r.kd_sum;
       ce_sum += r.ce_sum;
       step_tokens += r.tokens;
+    }
+    dp.all_reduce_gradients(params);  // the mean over ranks, before clipping
+    if (dp.active()) {
+      std::vector<double> sums = {loss_sum, kd_sum, ce_sum, static_cast<double>(step_tokens)};
+      dp.all_reduce_sum(sums);
+      loss_sum = sums[0] / dp.world_size();
+      kd_sum = sums[1];
+      ce_sum = sums[2];
+      step_tokens = static_cast<int64_t>(sums[3]);
     }
     const double grad_norm = optimizer.clip_grad_norm(o.clip_grad);
     optimizer.step(lr);
@@ -261,7 +347,9 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     if (on_step) on_step(status);
 
     const bool last = step + 1 == steps;
-    const bool stop = distill_stop_flag().load() || (o.stop_at_step > 0 && step + 1 >= o.stop_at_step);
+    // A signal to any rank stops all of them at the same step.
+    const bool stop = dp.all_reduce_max(distill_stop_flag().load() ? 1.0 : 0.0) > 0 ||
+                      (o.stop_at_step > 0 && step + 1 >= o.stop_at_step);
     if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && !last) run_eval(step + 1);
     if (last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0))
       summary.last_checkpoint = save_checkpoint(step + 1);
@@ -272,20 +360,26 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     }
   }
   summary.steps_done = step;
-  if (summary.interrupted) return summary;
+  if (summary.interrupted) {
+    dp.barrier();
+    return summary;
+  }
 
   const EvalMetrics final_eval = run_eval(steps);
   summary.final_eval_loss = final_eval.loss;
   summary.final_eval_kl = final_eval.kl;
-  metrics.close();
   // The shippable student: weights in the dtype the student came in.
   const fs::path final_dir = o.out / "final";
-  if (!fs::exists(final_dir / "config.json")) {
-    remove_tree(final_dir);
-    save_model(student, final_dir, dtype == torch::kFloat32 ? torch::kFloat32 : torch::kBFloat16);
+  if (dp.is_root()) {
+    metrics.close();
+    if (!fs::exists(final_dir / "config.json")) {
+      remove_tree(final_dir);
+      save_model(student, final_dir, dtype == torch::kFloat32 ? torch::kFloat32 : torch::kBFloat16);
+    }
+    write_distill_report(o.out);
   }
   summary.final_dir = final_dir;
-  write_distill_report(o.out);
+  dp.barrier();
   return summary;
 }
 

@@ -29,6 +29,11 @@ namespace minipuzzle {
 
 struct DistillOptions {
   std::string teacher, student, data, eval_data;
+  // Offline teacher (`minipuzzle teacher-logits`): top-k logits of the
+  // training windows. The teacher model is then optional: when given it is
+  // used only for evaluation (KL, agreement); without it evaluation reports
+  // the student's LM loss and accuracy only.
+  std::string teacher_cache;
   std::filesystem::path out;
   int64_t seq_len = 2048;
   int64_t micro_batch = 1;   // windows per forward/backward

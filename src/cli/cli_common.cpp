@@ -24,7 +24,10 @@ bool parse_args(const std::string& usage, const std::vector<std::string>& args,
 }
 
 void require(const po::variables_map& vm, const char* name, const std::string& usage) {
-  if (!vm.count(name)) throw InputError(std::string("missing ") + name + "; usage: " + usage);
+  // Errors are one line: the usage's first line is enough (--help has the rest).
+  if (!vm.count(name))
+    throw InputError(std::string("missing ") + name + "; usage: " + usage.substr(0, usage.find('\n')) +
+                     (usage.find('\n') == std::string::npos ? "" : " ... (see --help)"));
 }
 
 }  // namespace minipuzzle::cli

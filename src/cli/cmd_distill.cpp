@@ -18,7 +18,7 @@ void request_stop(int) { distill_stop_flag().store(true); }
 
 int cmd_distill(const Args& args) {
   const std::string usage =
-      "minipuzzle distill --teacher DIR --student DIR --data PREFIX --out RUN_DIR [--eval-data PREFIX]\n"
+      "minipuzzle distill (--teacher DIR | --teacher-cache DIR) --student DIR --data PREFIX --out RUN_DIR [--eval-data PREFIX]\n"
       "       [--steps N] [--seq-len N] [--micro-batch N] [--global-batch N] [--lr X] [--min-lr X] [--warmup N]\n"
       "       [--schedule cosine|wsd|constant] [--loss forward_kl|reverse_kl|jsd] [--temperature T] [--ce-weight W]\n"
       "       [--eval-every N] [--save-every N] [--keep-last N] [--resume]";
@@ -26,6 +26,7 @@ int cmd_distill(const Args& args) {
   opts.add_options()
       ("teacher", po::value<std::string>(), "teacher checkpoint directory")
       ("student", po::value<std::string>(), "student checkpoint directory (e.g. from `minipuzzle prune`)")
+      ("teacher-cache", po::value<std::string>(), "top-k teacher logits from `minipuzzle teacher-logits` (same --data, --seq-len, --seed)")
       ("data", po::value<std::string>(), "training dataset prefix")
       ("eval-data", po::value<std::string>(), "held-out dataset prefix (default: --data)")
       ("out", po::value<std::string>(), "run directory (metrics, checkpoints, final student, report)")
@@ -58,10 +59,12 @@ int cmd_distill(const Args& args) {
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_args(usage, args, opts, pos, vm)) return 0;
-  for (const char* k : {"teacher", "student", "data", "out"}) require(vm, k, usage);
+  for (const char* k : {"student", "data", "out"}) require(vm, k, usage);
+  if (!vm.count("teacher") && !vm.count("teacher-cache")) throw InputError("give --teacher, --teacher-cache or both");
 
   DistillOptions o;
-  o.teacher = vm["teacher"].as<std::string>();
+  if (vm.count("teacher")) o.teacher = vm["teacher"].as<std::string>();
+  if (vm.count("teacher-cache")) o.teacher_cache = vm["teacher-cache"].as<std::string>();
   o.student = vm["student"].as<std::string>();
   o.data = vm["data"].as<std::string>();
   if (vm.count("eval-data")) o.eval_data = vm["eval-data"].as<std::string>();

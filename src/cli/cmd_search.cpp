@@ -18,6 +18,14 @@
 
 namespace minipuzzle::cli {
 
+namespace {
+std::string human_count(double n) {
+  if (n >= 1e9) return fmt::format("{:.3f}B", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
+  return fmt::format("{:.1f}K", n / 1e3);
+}
+}  // namespace
+
 int cmd_search(const Args& args) {
   const std::string usage =
       "minipuzzle search DIR (--scores SCORES_DIR | --uniform-scores) --budget SIZE --out candidates.json\n"
@@ -105,8 +113,8 @@ int cmd_search(const Args& args) {
   space.validate(parent);
 
   SearchResult result = search_architectures(parent, importance, space, so);
-  std::cout << fmt::format("searched {} candidates, {} fit {:.2f} GiB; kept the top {}\n", result.evaluated,
-                           result.feasible, so.budget_bytes / kGiB, result.candidates.size());
+  std::cout << fmt::format("searched {} candidates, {} fit {}; kept the top {}\n", result.evaluated,
+                           result.feasible, format_bytes(so.budget_bytes), result.candidates.size());
 
   if (vm.count("rank-data")) {
     const RankOptions ro{vm["rank-tokens"].as<uint64_t>(), vm["rank-seq-len"].as<int64_t>(),
@@ -120,7 +128,7 @@ int cmd_search(const Args& args) {
   }
   save_candidates(result, vm["out"].as<std::string>());
 
-  std::cout << fmt::format("{:>4}  {:>9}  {:>8}  {:>10}  {:<24}  {}\n", "rank", "memory", "params", "proxy",
+  std::cout << fmt::format("{:>4}  {:>10}  {:>8}  {:>10}  {:<14}  {}\n", "rank", "memory", "params", "proxy",
                            "layers M/*/-", vm.count("rank-data") ? "measured" : "widths");
   for (const Candidate& c : result.candidates) {
     const ModelConfig& k = c.config;
@@ -130,8 +138,8 @@ int cmd_search(const Args& args) {
                           k.mamba_num_heads, k.mamba_head_dim, k.num_attention_heads)
             : fmt::format("agree {:.4f} acc {:.4f} loss {:.4f} kl {:.4f}", c.measured.at("agreement"),
                           c.measured.at("accuracy"), c.measured.at("loss"), c.measured.at("kl"));
-    std::cout << fmt::format("{:>4}  {:>6.2f}GiB  {:>7.3f}B  {:>10.6f}  {:<24}  {}\n", c.rank,
-                             c.memory.total / kGiB, c.params.total / 1e9, c.proxy_score,
+    std::cout << fmt::format("{:>4}  {:>10}  {:>8}  {:>10.6f}  {:<14}  {}\n", c.rank, format_bytes(c.memory.total),
+                             human_count(static_cast<double>(c.params.total)), c.proxy_score,
                              fmt::format("{}/{}/{}", k.count(LayerType::Mamba), k.count(LayerType::Attention),
                                          k.count(LayerType::Mlp)),
                              extra);

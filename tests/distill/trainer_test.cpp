@@ -16,6 +16,7 @@
 #include "minipuzzle/errors.h"
 #include "minipuzzle/indexed_dataset.h"
 #include "minipuzzle/lr_schedule.h"
+#include "minipuzzle/teacher_cache.h"
 #include "minipuzzle/window_order.h"
 
 namespace minipuzzle {
@@ -282,6 +283,49 @@ TEST_F(DistillRun, ResumeWithOtherOptionsAndBadOptionsAreInputErrors) {
   bad.seq_len = 5000;
   EXPECT_THROW(run_distillation(bad), InputError);
   EXPECT_FALSE(fs::exists(dir_ / "bad" / "checkpoints"));
+}
+
+TEST_F(DistillRun, TeacherCacheWithTheWholeVocabularyEqualsTheOnlineTeacher) {
+  auto online = options("online");
+  online.eval_every = 0;
+  run_distillation(online);
+  TeacherCacheOptions c;
+  c.teacher = dir_ / "teacher";
+  c.data = (dir_ / "data").string();
+  c.out = dir_ / "cache";
+  c.seq_len = online.seq_len;
+  c.seed = online.seed;
+  c.windows = static_cast<uint64_t>(online.schedule.total_steps * online.global_batch);
+  c.k = 97;  // every token: the k+1-bucket KL is the full KL
+  write_teacher_cache(c);
+  auto cached = options("cached");
+  cached.eval_every = 0;
+  cached.teacher_cache = (dir_ / "cache").string();
+  run_distillation(cached);  // the teacher model is still given: evaluation uses it
+  auto a = step_lines(online.out), b = step_lines(cached.out);
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    auto ja = nlohmann::json::parse(a[i]), jb = nlohmann::json::parse(b[i]);
+    EXPECT_NEAR(ja["loss"].get<double>(), jb["loss"].get<double>(), 1e-6 + 1e-4 * std::abs(ja["loss"].get<double>()))
+        << i;
+  }
+  // Without the teacher model: trains from the cache alone, evaluation without KL.
+  auto alone = options("alone");
+  alone.eval_every = 0;
+  alone.teacher.clear();
+  alone.teacher_cache = (dir_ / "cache").string();
+  const DistillSummary s = run_distillation(alone);
+  EXPECT_TRUE(std::isnan(s.final_eval_kl));
+  EXPECT_TRUE(fs::exists(alone.out / "report.md"));
+  // A cache too short for the run, or written at another temperature, is refused.
+  auto longer = options("longer");
+  longer.teacher_cache = (dir_ / "cache").string();
+  longer.schedule.total_steps = 100;
+  EXPECT_THROW(run_distillation(longer), InputError);
+  auto hotter = options("hotter");
+  hotter.teacher_cache = (dir_ / "cache").string();
+  hotter.kd.temperature = 2.0;
+  EXPECT_THROW(run_distillation(hotter), InputError);
 }
 
 }  // namespace

@@ -91,6 +91,8 @@ def test_user_errors(work, tmp_path):
         (["--temperature", 0], "--temperature"),
         (["--warmup", 100], "--warmup"),
     ]
+    r = nt.run_cli("distill", "--teacher", work["teacher"], "--out", tmp_path / "m", check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--student" in r.stderr, r.stderr
     for extra, needle in cases:
         out = tmp_path / "e"
         r = nt.run_cli(*distill_args(work, out, 6, *extra), check=False)
@@ -108,3 +110,36 @@ def test_user_errors(work, tmp_path):
     nt.run_cli(*distill_args(work, run, 2))
     r = nt.run_cli(*distill_args(work, run, 2), check=False)
     assert r.returncode == 2 and "--resume" in r.stderr, r.stderr
+
+
+def test_two_ranks_match_one_process(work, tmp_path):
+    """torchrun --no-python with 2 CPU ranks (Gloo): the same losses and final
+    weights as one process on the same global batch, up to float summation order."""
+    import shutil
+    import sys
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun not in the venv")
+    single = tmp_path / "single"
+    nt.run_cli(*distill_args(work, single, 4))
+    multi = tmp_path / "multi"
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(torchrun), "--no-python", "--nproc-per-node", "2", "--master-port", str(port), nt.minipuzzle_bin(),
+           *[str(a) for a in distill_args(work, multi, 4)]]
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = step_losses(single), step_losses(multi)
+    assert [s for s, *_ in a] == [s for s, *_ in b]
+    for (sa, la, ga, ta), (sb, lb, gb, tb) in zip(a, b):
+        assert ta == tb
+        assert abs(la - lb) <= 1e-5 * max(1.0, abs(la)), (sa, la, lb)
+        assert abs(ga - gb) <= 1e-4 * max(1.0, abs(ga)), (sa, ga, gb)
+    from safetensors.torch import load_file
+    wa, wb = load_file(str(single / "final" / "model.safetensors")), load_file(str(multi / "final" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)

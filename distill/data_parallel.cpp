@@ -1,0 +1,369 @@
+// Data-parallel collectives over c10d; see data_parallel.h for the contract.
+//
+// The torch wheel exports ProcessGroupGloo (libtorch_cpu.so) and
+// ProcessGroupNCCL (libtorch_cuda.so) with their headers, but the Gloo
+// headers ProcessGroupGloo.hpp includes are not shipped: distill/gloo_stub/
+// declares the few names it needs (see the README there).
+#include "minipuzzle/data_parallel.h"
+
+#define USE_C10D_GLOO 1
+#ifdef MINIPUZZLE_HAVE_NCCL
+#define USE_C10D_NCCL 1
+#endif
+
+#include <fmt/format.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+#ifdef MINIPUZZLE_HAVE_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <map>
+#include <stdexcept>
+#include <utility>
+
+#include "minipuzzle/errors.h"
+
+namespace minipuzzle {
+
+bool data_parallel_has_nccl() {
+#ifdef MINIPUZZLE_HAVE_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
+// --- environment -------------------------------------------------------------
+
+namespace {
+
+bool parse_int(const char* text, int& out) {
+  if (!text || !*text) return false;
+  errno = 0;
+  char* end = nullptr;
+  const long v = std::strtol(text, &end, 10);
+  if (errno || *end != '\0' || v < INT_MIN || v > INT_MAX) return false;
+  out = static_cast<int>(v);
+  return true;
+}
+
+}  // namespace
+
+DistEnv DistEnv::from_lookup(const std::function<const char*(const char*)>& get) {
+  auto set = [&](const char* name) {
+    const char* v = get(name);
+    return v != nullptr && *v != '\0';
+  };
+  auto read_int = [&](const char* name, int& out) {
+    if (!parse_int(get(name), out))
+      throw InputError(fmt::format("data-parallel: {}='{}' is not an integer", name, get(name)));
+  };
+  DistEnv env;
+  const char* source;
+  if (set("RANK") || set("WORLD_SIZE")) {
+    source = "torchrun";
+    if (!set("RANK") || !set("WORLD_SIZE"))
+      throw InputError("data-parallel: RANK and WORLD_SIZE must be set together (torchrun sets both)");
+    read_int("RANK", env.rank);
+    read_int("WORLD_SIZE", env.world_size);
+    env.local_rank = env.rank;
+    if (set("LOCAL_RANK")) read_int("LOCAL_RANK", env.local_rank);
+  } else if (set("SLURM_PROCID") || set("SLURM_NTASKS")) {
+    source = "SLURM";
+    if (!set("SLURM_PROCID") || !set("SLURM_NTASKS"))
+      throw InputError("data-parallel: SLURM_PROCID and SLURM_NTASKS must be set together (run under srun)");
+    read_int("SLURM_PROCID", env.rank);
+    read_int("SLURM_NTASKS", env.world_size);
+    env.local_rank = env.rank;
+    if (set("SLURM_LOCALID")) read_int("SLURM_LOCALID", env.local_rank);
+  } else {
+    return env;  // a single process
+  }
+  if (env.world_size < 1)
+    throw InputError(fmt::format("data-parallel: world size {} must be at least 1 ({})", env.world_size, source));
+  if (env.rank < 0 || env.rank >= env.world_size)
+    throw InputError(fmt::format("data-parallel: rank {} is outside world size {} ({})", env.rank, env.world_size,
+                                 source));
+  if (env.local_rank < 0 || env.local_rank >= env.world_size)
+    throw InputError(fmt::format("data-parallel: local rank {} is outside world size {} ({})", env.local_rank,
+                                 env.world_size, source));
+  if (set("TORCHELASTIC_USE_AGENT_STORE")) {
+    const std::string v = get("TORCHELASTIC_USE_AGENT_STORE");
+    env.agent_store = v == "True" || v == "true" || v == "1";
+    if (env.agent_store && set("TORCHELASTIC_RESTART_COUNT")) read_int("TORCHELASTIC_RESTART_COUNT", env.restart_count);
+  }
+  if (set("MASTER_ADDR")) env.master_addr = get("MASTER_ADDR");
+  if (set("MASTER_PORT")) {
+    read_int("MASTER_PORT", env.master_port);
+    if (env.master_port < 1 || env.master_port > 65535)
+      throw InputError(fmt::format("data-parallel: MASTER_PORT={} is not a TCP port (1..65535)", env.master_port));
+  }
+  if (env.world_size > 1 && (env.master_addr.empty() || env.master_port == 0))
+    throw InputError(fmt::format("data-parallel: world size {} needs MASTER_ADDR and MASTER_PORT (rank 0's host "
+                                 "and a free port){}",
+                                 env.world_size,
+                                 std::string(source) == "SLURM" ? "; export them in the job script" : ""));
+  return env;
+}
+
+DistEnv DistEnv::from_environment() {
+  return from_lookup([](const char* name) -> const char* { return std::getenv(name); });
+}
+
+// --- data split --------------------------------------------------------------
+
+std::vector<uint64_t> data_parallel_slice(const std::vector<uint64_t>& global, int rank, int world_size) {
+  if (world_size < 1 || rank < 0 || rank >= world_size)
+    throw InputError(fmt::format("data-parallel: rank {} outside world size {}", rank, world_size));
+  const auto n = global.size();
+  if (n % static_cast<std::size_t>(world_size) != 0)
+    throw InputError(fmt::format("data-parallel: {} windows per step do not split evenly over {} ranks; choose a "
+                                 "--global-batch that is a multiple of the number of processes",
+                                 n, world_size));
+  const std::size_t per = n / world_size;
+  return {global.begin() + rank * per, global.begin() + (rank + 1) * per};
+}
+
+int64_t data_parallel_local_batch(int64_t global_batch, int64_t micro_batch, int world_size) {
+  if (world_size < 1) throw InputError("data-parallel: world size must be at least 1");
+  if (micro_batch < 1 || global_batch % (static_cast<int64_t>(world_size) * micro_batch) != 0)
+    throw InputError(fmt::format("--global-batch {} must be a multiple of --micro-batch {} x {} processes",
+                                 global_batch, micro_batch, world_size));
+  return global_batch / world_size;
+}
+
+// --- the process group ---------------------------------------------------------
+
+struct DataParallel::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::string name;
+};
+
+namespace {
+
+// c10::Error's what() carries a C++ backtrace; users need the message.
+[[noreturn]] void rethrow(const char* op, int rank) {
+  try {
+    throw;
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(fmt::format("data-parallel {} failed on rank {}: {}", op, rank,
+                                         e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("data-parallel {} failed on rank {}: {}", op, rank, e.what()));
+  }
+}
+
+bool is_floating(torch::ScalarType t) { return c10::isFloatingType(t); }
+
+// The dtype a tensor travels in: fp32 for floating types narrower than fp32
+// (exact for broadcast, fp32 accumulation for allreduce), else its own.
+torch::ScalarType wire_dtype(torch::ScalarType t) {
+  if (is_floating(t) && c10::elementSize(t) < 4) return torch::kFloat32;
+  return t;
+}
+
+}  // namespace
+
+DataParallel::DataParallel(const DistEnv& env, torch::Device device, DataParallelOptions options)
+    : env_(env), options_(options), device_(device) {
+  if (env_.world_size < 1 || env_.rank < 0 || env_.rank >= env_.world_size)
+    throw InputError(fmt::format("data-parallel: rank {} outside world size {}", env_.rank, env_.world_size));
+  if (options_.bucket_bytes < 1) throw InputError("data-parallel: bucket_bytes must be positive");
+  if (env_.world_size == 1 && !options_.force_group) return;  // the cheap single-process path
+  if (device_.is_cuda() && !data_parallel_has_nccl())
+    throw InputError("data-parallel on CUDA needs NCCL, which this build was compiled without (nccl.h not found)");
+  auto impl = std::make_unique<Impl>();
+  try {
+    if (env_.world_size == 1) {
+      impl->store = c10::make_intrusive<c10d::HashStore>();
+    } else {
+      if (env_.master_addr.empty() || env_.master_port <= 0)
+        throw InputError("data-parallel: MASTER_ADDR and MASTER_PORT are needed for more than one process");
+      c10d::TCPStoreOptions so;
+      so.port = static_cast<std::uint16_t>(env_.master_port);
+      so.isServer = env_.rank == 0 && !env_.agent_store;
+      so.numWorkers = static_cast<std::size_t>(env_.world_size);
+      so.waitWorkers = true;
+      so.timeout = options_.timeout;
+      impl->store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so);
+      if (env_.agent_store)  // as torch.distributed does under torchrun
+        impl->store = c10::make_intrusive<c10d::PrefixStore>(fmt::format("/worker/attempt_{}", env_.restart_count),
+                                                             impl->store);
+    }
+    impl->store->setTimeout(options_.timeout);
+    if (device_.is_cuda()) {
+#ifdef MINIPUZZLE_HAVE_NCCL
+      if (device_.has_index()) c10::cuda::set_device(device_.index());
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = options_.timeout;
+      impl->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl->store, env_.rank, env_.world_size, opts);
+      impl->name = "nccl";
+#endif
+    } else {
+      // Binds to this host's address (GLOO_SOCKET_IFNAME picks an interface).
+      auto opts = c10d::ProcessGroupGloo::Options::create_default(options_.timeout);
+      opts->timeout = options_.timeout;
+      impl->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, env_.rank, env_.world_size, opts);
+      impl->name = "gloo";
+    }
+  } catch (const InputError&) {
+    throw;
+  } catch (...) {
+    rethrow("setup", env_.rank);
+  }
+  impl_ = std::move(impl);
+}
+
+DataParallel::~DataParallel() = default;
+
+std::string DataParallel::backend_name() const { return impl_ ? impl_->name : "none"; }
+
+namespace {
+
+// Consecutive tensors of one (device, wire dtype) in buckets of about
+// `bytes`; one flat buffer per bucket.
+struct Bucket {
+  std::vector<torch::Tensor> tensors;
+  torch::ScalarType wire;
+};
+
+std::vector<Bucket> make_buckets(const std::vector<torch::Tensor>& tensors, int64_t bytes) {
+  std::vector<Bucket> out;
+  int64_t fill = 0;
+  for (const auto& t : tensors) {
+    const auto wire = wire_dtype(t.scalar_type());
+    const int64_t size = t.numel() * static_cast<int64_t>(c10::elementSize(wire));
+    if (out.empty() || out.back().wire != wire || out.back().tensors.front().device() != t.device() ||
+        (fill > 0 && fill + size > bytes)) {
+      out.push_back({{}, wire});
+      fill = 0;
+    }
+    out.back().tensors.push_back(t);
+    fill += size;
+  }
+  return out;
+}
+
+torch::Tensor flatten(const Bucket& b, torch::Device device) {
+  std::vector<torch::Tensor> parts;
+  parts.reserve(b.tensors.size());
+  for (const auto& t : b.tensors) parts.push_back(t.detach().reshape({-1}).to(device, b.wire));
+  return torch::cat(parts);
+}
+
+void unflatten(const Bucket& b, const torch::Tensor& flat) {
+  int64_t off = 0;
+  for (const auto& t : b.tensors) {
+    const int64_t n = t.numel();
+    t.detach().copy_(flat.narrow(0, off, n).view(t.sizes()));  // casts back once
+    off += n;
+  }
+}
+
+}  // namespace
+
+void DataParallel::broadcast_parameters(std::vector<torch::Tensor>& params) {
+  if (!impl_) return;
+  torch::NoGradGuard no_grad;
+  try {
+    for (const auto& b : make_buckets(params, options_.bucket_bytes)) {
+      std::vector<torch::Tensor> flat{flatten(b, b.tensors.front().device())};
+      c10d::BroadcastOptions o;
+      o.rootRank = 0;
+      o.timeout = options_.timeout;
+      impl_->backend->broadcast(flat, o)->wait();
+      if (!is_root()) unflatten(b, flat[0]);
+    }
+  } catch (...) {
+    rethrow("broadcast_parameters", env_.rank);
+  }
+}
+
+void DataParallel::all_reduce_gradients(std::vector<torch::Tensor>& params) {
+  if (!impl_) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> grads;
+  for (auto& p : params) {
+    if (!p.requires_grad()) continue;
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    grads.push_back(p.grad());
+  }
+  const double scale = 1.0 / env_.world_size;
+  try {
+    for (const auto& b : make_buckets(grads, options_.bucket_bytes)) {
+      std::vector<torch::Tensor> flat{flatten(b, b.tensors.front().device())};
+      c10d::AllreduceOptions o;
+      o.reduceOp = c10d::ReduceOp::SUM;
+      o.timeout = options_.timeout;
+      impl_->backend->allreduce(flat, o)->wait();
+      flat[0].mul_(scale);
+      unflatten(b, flat[0]);
+    }
+  } catch (...) {
+    rethrow("all_reduce_gradients", env_.rank);
+  }
+}
+
+void DataParallel::all_reduce_sum(std::vector<double>& values) {
+  if (!impl_ || values.empty()) return;
+  try {
+    std::vector<torch::Tensor> t{
+        torch::tensor(values, torch::TensorOptions().dtype(torch::kFloat64)).to(device_)};
+    c10d::AllreduceOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    o.timeout = options_.timeout;
+    impl_->backend->allreduce(t, o)->wait();
+    auto cpu = t[0].cpu();
+    for (std::size_t i = 0; i < values.size(); ++i) values[i] = cpu[static_cast<int64_t>(i)].item<double>();
+  } catch (...) {
+    rethrow("all_reduce_sum", env_.rank);
+  }
+}
+
+double DataParallel::all_reduce_sum(double value) {
+  std::vector<double> v{value};
+  all_reduce_sum(v);
+  return v[0];
+}
+
+double DataParallel::all_reduce_max(double value) {
+  if (!impl_) return value;
+  try {
+    std::vector<torch::Tensor> t{torch::full({1}, value, torch::TensorOptions().dtype(torch::kFloat64)).to(device_)};
+    c10d::AllreduceOptions o;
+    o.reduceOp = c10d::ReduceOp::MAX;
+    o.timeout = options_.timeout;
+    impl_->backend->allreduce(t, o)->wait();
+    return t[0].cpu().item<double>();
+  } catch (...) {
+    rethrow("all_reduce_max", env_.rank);
+  }
+}
+
+// An allreduce of one number: works the same on Gloo and NCCL (NCCL's own
+// barrier needs to guess the device).
+void DataParallel::barrier() {
+  if (!impl_) return;
+  try {
+    std::vector<torch::Tensor> t{torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat32)).to(device_)};
+    c10d::AllreduceOptions o;
+    o.timeout = options_.timeout;
+    impl_->backend->allreduce(t, o)->wait();
+    if (device_.is_cuda()) t[0].cpu();  // wait for the stream
+  } catch (...) {
+    rethrow("barrier", env_.rank);
+  }
+}
+
+}  // namespace minipuzzle
