@@ -70,23 +70,11 @@ void write_importance_report(const ImportanceScores& s, const ModelConfig& c, co
   md << "\n|---|---|";
   for (std::size_t k = 0; k < s.layer.size(); ++k) md << "---|---|---|";
   md << "\n";
-  std::map<std::string, std::vector<int64_t>> rank, rank_type;
-  for (const auto& [metric, v] : s.layer) {
-    std::vector<int64_t> order(v.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return v[a] > v[b]; });
-    rank[metric].assign(v.size(), 0);
-    rank_type[metric].assign(v.size(), 0);
-    std::map<char, int64_t> seen;
-    for (std::size_t r = 0; r < order.size(); ++r) {
-      rank[metric][order[r]] = static_cast<int64_t>(r) + 1;
-      rank_type[metric][order[r]] = ++seen[c.pattern[order[r]]];
-    }
-  }
+  const LayerRanks ranks = layer_ranks(s, c);
   for (int64_t i = 0; i < c.num_layers(); ++i) {
     md << "| " << i << " | " << layer_type_name(c.layer_type(i)) << " |";
     for (const auto& [metric, v] : metrics)
-      md << fmt::format(" {:.4g} | {} | {} |", (*v)[i], rank[metric][i], rank_type[metric][i]);
+      md << fmt::format(" {:.4g} | {} | {} |", (*v)[i], ranks.overall.at(metric)[i], ranks.within_type.at(metric)[i]);
     md << "\n";
   }
 

@@ -175,6 +175,25 @@ CheckpointFingerprint checkpoint_fingerprint(const fs::path& dir) {
   return fp;
 }
 
+LayerRanks layer_ranks(const ImportanceScores& s, const ModelConfig& c) {
+  LayerRanks ranks;
+  for (const auto& [metric, v] : s.layer) {
+    std::vector<int64_t> order(v.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return v[a] > v[b]; });
+    auto& all = ranks.overall[metric];
+    auto& typed = ranks.within_type[metric];
+    all.assign(v.size(), 0);
+    typed.assign(v.size(), 0);
+    std::map<char, int64_t> seen;
+    for (std::size_t r = 0; r < order.size(); ++r) {
+      all[order[r]] = static_cast<int64_t>(r) + 1;
+      typed[order[r]] = ++seen[c.pattern[order[r]]];
+    }
+  }
+  return ranks;
+}
+
 void save_importance(const ImportanceScores& s, const ModelConfig& c, const fs::path& dir) {
   s.validate(c, "scores");
   std::error_code ec;
@@ -208,29 +227,16 @@ void save_importance(const ImportanceScores& s, const ModelConfig& c, const fs::
   json prov = json::parse(s.provenance_json, nullptr, false);
   j["measured"] = prov.is_discarded() ? json::object() : prov;
   j["config"] = c.to_json();
-  // Rank 1 = most important, per metric overall and within the layer's type.
-  std::map<std::string, std::vector<int64_t>> rank_all, rank_type;
-  for (const auto& [metric, v] : s.layer) {
-    std::vector<int64_t> order(v.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return v[a] > v[b]; });
-    auto& all = rank_all[metric];
-    auto& typed = rank_type[metric];
-    all.assign(v.size(), 0);
-    typed.assign(v.size(), 0);
-    std::map<char, int64_t> seen;
-    for (std::size_t r = 0; r < order.size(); ++r) {
-      all[order[r]] = static_cast<int64_t>(r) + 1;
-      typed[order[r]] = ++seen[c.pattern[order[r]]];
-    }
-  }
+  const LayerRanks ranks = layer_ranks(s, c);
+  auto& rank_all = ranks.overall;
+  auto& rank_type = ranks.within_type;
   json layers = json::array();
   for (int64_t i = 0; i < c.num_layers(); ++i) {
     json row = {{"layer", i}, {"type", std::string(1, c.pattern[i])}};
     for (const auto& [metric, v] : s.layer) {
       row[metric] = v[i];
-      row["rank_" + metric] = rank_all[metric][i];
-      row["rank_in_type_" + metric] = rank_type[metric][i];
+      row["rank_" + metric] = rank_all.at(metric)[i];
+      row["rank_in_type_" + metric] = rank_type.at(metric)[i];
     }
     layers.push_back(row);
   }

@@ -125,7 +125,6 @@ bool better(const Point& a, const Point& b) {
   return a.seq < b.seq;
 }
 
-std::string gib(double bytes) { return fmt::format("{:.2f}", bytes / kGiB); }
 
 Candidate build(const Prepared& p, const Point& pt, const Deployment& d) {
   const ModelConfig& parent = *p.parent;
@@ -166,7 +165,7 @@ std::string explain(const Candidate& c, const ModelConfig& parent, int64_t feasi
   change("Mamba heads", parent.mamba_num_heads, c.config.mamba_num_heads);
   change("Mamba head dim", parent.mamba_head_dim, c.config.mamba_head_dim);
   change("attention heads", parent.num_attention_heads, c.config.num_attention_heads);
-  return why + fmt::format("; {} of {} GiB", gib(c.memory.total), gib(budget));
+  return why + fmt::format("; {} of {}", format_bytes(c.memory.total), format_bytes(budget));
 }
 
 void check_inputs(const ModelConfig& parent, const SearchImportance& imp, const CandidateSpace& space,
@@ -241,14 +240,14 @@ SearchResult sweep(const Prepared& p, const CandidateSpace& space, const SearchO
     }
   }
   if (fitting == 0)
-    throw InputError(fmt::format("no candidate fits the budget of {} GiB: the smallest memory reachable in the "
-                                 "allowed space is {} GiB; raise the budget, lower the precisions or context, or "
+    throw InputError(fmt::format("no candidate fits the budget of {}: the smallest memory reachable in the "
+                                 "allowed space is {}; raise the budget, lower the precisions or context, or "
                                  "allow more depth/width reduction",
-                                 gib(o.budget_bytes), gib(r.min_memory_bytes)));
+                                 format_bytes(o.budget_bytes), format_bytes(r.min_memory_bytes)));
   if (r.feasible == 0)
-    throw InputError(fmt::format("no candidate uses at least {:.1f}% of the {} GiB budget (the largest that fits "
-                                 "uses {} GiB); lower min_budget_use",
-                                 100 * space.min_budget_use, gib(o.budget_bytes), gib(largest_fitting)));
+    throw InputError(fmt::format("no candidate uses at least {:.1f}% of the {} budget (the largest that fits "
+                                 "uses {}); lower min_budget_use",
+                                 100 * space.min_budget_use, format_bytes(o.budget_bytes), format_bytes(largest_fitting)));
   std::vector<Point> top;
   for (; !heap.empty(); heap.pop()) top.push_back(heap.top());
   std::sort(top.begin(), top.end(), better);

@@ -3,6 +3,8 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <fmt/format.h>
+#include <string>
 
 #include "minipuzzle/errors.h"
 
@@ -143,6 +145,13 @@ MemoryBreakdown memory_breakdown(const ModelConfig& c, const Deployment& d) {
   m.workspace = d.workspace_bytes;
   m.total = m.weights + m.kv_cache + m.mamba_ssm + m.mamba_conv + m.workspace;
   return m;
+}
+
+std::string format_bytes(double b) {
+  if (b >= kGiB) return fmt::format("{:.2f} GiB", b / kGiB);
+  if (b >= 1024.0 * 1024.0) return fmt::format("{:.1f} MiB", b / (1024.0 * 1024.0));
+  if (b >= 1024.0) return fmt::format("{:.1f} KiB", b / 1024.0);
+  return fmt::format("{:.0f} B", b);
 }
 
 }  // namespace minipuzzle

@@ -44,7 +44,7 @@ std::string grouped(int64_t v) {
   return v < 0 ? "-" + out : out;
 }
 
-std::string gib(double bytes) { return fmt::format("{:.2f} GiB", bytes / kGiB); }
+std::string gib(double bytes) { return format_bytes(bytes); }
 
 constexpr Precision kWeightPrecisions[] = {Precision::Bf16, Precision::Fp8, Precision::Fp4, Precision::Nvfp4};
 

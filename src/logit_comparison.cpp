@@ -4,6 +4,19 @@
 
 namespace minipuzzle {
 
+namespace {
+// One chunk of tokens: log-probabilities of both models [n, V], targets [n].
+void add_chunk(const torch::Tensor& lp, const torch::Tensor& lq, const torch::Tensor& tt, LogitComparison& r) {
+  r.kl_sum += (lp.exp() * (lp - lq)).sum().item<double>();
+  r.ce_reference_sum -= lp.gather(1, tt.unsqueeze(1)).sum().item<double>();
+  r.ce_other_sum -= lq.gather(1, tt.unsqueeze(1)).sum().item<double>();
+  auto greedy = lq.argmax(-1);
+  r.other_correct += static_cast<uint64_t>(greedy.eq(tt).sum().item<int64_t>());
+  r.agree += static_cast<uint64_t>(greedy.eq(lp.argmax(-1)).sum().item<int64_t>());
+  r.tokens += static_cast<uint64_t>(tt.numel());
+}
+}  // namespace
+
 LogitComparison& LogitComparison::operator+=(const LogitComparison& o) {
   kl_sum += o.kl_sum;
   ce_reference_sum += o.ce_reference_sum;
@@ -25,16 +38,8 @@ LogitComparison compare_logits(HybridLM& reference, const torch::Tensor& normed_
   LogitComparison r;
   for (int64_t start = 0; start < a.size(0); start += rows) {
     const int64_t len = std::min(rows, a.size(0) - start);
-    auto lp = torch::log_softmax(reference->lm_head(a.narrow(0, start, len)), -1);
-    auto lq = torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1);
-    auto tt = t.narrow(0, start, len);
-    r.kl_sum += (lp.exp() * (lp - lq)).sum().item<double>();
-    r.ce_reference_sum -= lp.gather(1, tt.unsqueeze(1)).sum().item<double>();
-    r.ce_other_sum -= lq.gather(1, tt.unsqueeze(1)).sum().item<double>();
-    auto greedy = lq.argmax(-1);
-    r.other_correct += static_cast<uint64_t>(greedy.eq(tt).sum().item<int64_t>());
-    r.agree += static_cast<uint64_t>(greedy.eq(lp.argmax(-1)).sum().item<int64_t>());
-    r.tokens += static_cast<uint64_t>(len);
+    add_chunk(torch::log_softmax(reference->lm_head(a.narrow(0, start, len)), -1),
+              torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1), t.narrow(0, start, len), r);
   }
   return r;
 }
@@ -49,16 +54,8 @@ LogitComparison compare_logits(const torch::Tensor& reference_logprobs, HybridLM
   LogitComparison r;
   for (int64_t start = 0; start < b.size(0); start += rows) {
     const int64_t len = std::min(rows, b.size(0) - start);
-    auto lp = reference_logprobs.narrow(0, start, len);
-    auto lq = torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1);
-    auto tt = t.narrow(0, start, len);
-    r.kl_sum += (lp.exp() * (lp - lq)).sum().item<double>();
-    r.ce_reference_sum -= lp.gather(1, tt.unsqueeze(1)).sum().item<double>();
-    r.ce_other_sum -= lq.gather(1, tt.unsqueeze(1)).sum().item<double>();
-    auto greedy = lq.argmax(-1);
-    r.other_correct += static_cast<uint64_t>(greedy.eq(tt).sum().item<int64_t>());
-    r.agree += static_cast<uint64_t>(greedy.eq(lp.argmax(-1)).sum().item<int64_t>());
-    r.tokens += static_cast<uint64_t>(len);
+    add_chunk(reference_logprobs.narrow(0, start, len),
+              torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1), t.narrow(0, start, len), r);
   }
   return r;
 }

@@ -35,7 +35,9 @@ def main() -> int:
 
     hf = NemotronHForCausalLM.from_pretrained(a.export, dtype=torch.float32).eval()
     with torch.no_grad():
-        hf_logits = hf(ids).logits.float()
+        # use_cache=False: transformers 5.17 fails to build a cache for a
+        # model without attention layers (pruning may drop them all).
+        hf_logits = hf(ids, use_cache=False).logits.float()
     with tempfile.TemporaryDirectory() as tmp:
         save_file({"input_ids": ids}, os.path.join(tmp, "ids.safetensors"))
         out = os.path.join(tmp, "logits.safetensors")

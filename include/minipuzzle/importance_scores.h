@@ -64,6 +64,13 @@ struct ImportanceScores {
   SearchImportance to_search_importance(const ModelConfig& config) const;
 };
 
+// Ranks of every layer per measured metric (1 = most important; ties: the
+// earlier layer), overall and within the layer's type.
+struct LayerRanks {
+  std::map<std::string, std::vector<int64_t>> overall, within_type;
+};
+LayerRanks layer_ranks(const ImportanceScores& scores, const ModelConfig& config);
+
 // Hash of the model config (canonical JSON) and of the weights (names,
 // dtypes, shapes and a sample of each tensor's bytes; not a cryptographic
 // hash, an identity check that costs milliseconds on a 100 GB checkpoint).

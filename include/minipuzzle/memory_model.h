@@ -27,6 +27,10 @@ double parse_bytes(const std::string& text, const std::string& what = "size");
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
+// "31.68 GiB", "812.4 MiB", "96.0 KiB", "512 B": readable for a 56B model and
+// a test-sized one alike.
+std::string format_bytes(double bytes);
+
 struct Deployment {
   Precision weights = Precision::Bf16;
   Precision kv_cache = Precision::Bf16;

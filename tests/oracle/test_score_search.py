@@ -212,7 +212,9 @@ def test_corrupt_scores_are_rejected(work, tmp_path):
 def test_search_infeasible_budget_names_the_smallest_memory(work, tmp_path):
     msg = expect_user_error(["search", work["ckpt"], "--scores", work["scores"], "--budget", "1KiB",
                              "--out", tmp_path / "c.json"], tmp_path / "c.json", must_contain=["smallest"])
-    assert "GiB" in msg or "MiB" in msg or "bytes" in msg
+    import re
+    m = re.search(r"smallest memory reachable in the allowed space is ([0-9.]+) (B|KiB|MiB|GiB)", msg)
+    assert m and float(m.group(1)) > 0, msg
 
 
 @pytest.mark.parametrize("extra,needle", [

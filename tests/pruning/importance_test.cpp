@@ -116,7 +116,9 @@ TEST_F(ImportanceTest, ZeroedFfnNeuronScoresExactlyZeroAndLast) {
   EXPECT_EQ(s.ffn[2][17], 0.0f);
   EXPECT_EQ(argmin(s.ffn[2]), 17);
   for (std::size_t j = 0; j < s.ffn[2].size(); ++j)
-    if (j != 17) EXPECT_GT(s.ffn[2][j], 0.0f);
+    if (j != 17) {
+      EXPECT_GT(s.ffn[2][j], 0.0f);
+    }
 }
 
 TEST_F(ImportanceTest, AttentionHeadWithZeroedOProjColumnsScoresZero) {
@@ -128,7 +130,9 @@ TEST_F(ImportanceTest, AttentionHeadWithZeroedOProjColumnsScoresZero) {
   ASSERT_EQ(s.attention_heads[1].size(), 4u);
   EXPECT_EQ(s.attention_heads[1][head], 0.0f);
   for (int64_t h = 0; h < 4; ++h)
-    if (h != head) EXPECT_GT(s.attention_heads[1][h], 0.0f);
+    if (h != head) {
+      EXPECT_GT(s.attention_heads[1][h], 0.0f);
+    }
 }
 
 TEST_F(ImportanceTest, LayerWithZeroedOutputHasZeroDropMseAndRanksLast) {
@@ -151,7 +155,9 @@ TEST_F(ImportanceTest, LayerWithZeroedOutputHasZeroDropMseAndRanksLast) {
     EXPECT_NEAR(s.layer.at("loss")[layer], 0.0f, 1e-6) << name;
     EXPECT_NEAR(s.layer.at("bi")[layer], 0.0f, 1e-6) << name;
     for (std::size_t i = 0; i < mse.size(); ++i)
-      if (static_cast<int64_t>(i) != layer) EXPECT_GT(mse[i], 0.0f) << name << " layer " << i;
+      if (static_cast<int64_t>(i) != layer) {
+        EXPECT_GT(mse[i], 0.0f) << name << " layer " << i;
+      }
   }
 }
 
