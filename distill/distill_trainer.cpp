@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -57,7 +59,9 @@ json run_identity(const DistillOptions& o) {
           {"temperature", o.kd.temperature},
           {"ce_weight", o.kd.ce_weight},
           {"seed", o.seed},
-          {"dtype", o.dtype}};
+          {"dtype", o.dtype},
+          {"mode", o.train_from_scratch ? "train" : "distill"},
+          {"world_size", DistEnv::from_environment().world_size}};
 }
 
 void validate(const DistillOptions& o) {
@@ -74,7 +78,31 @@ void validate(const DistillOptions& o) {
     throw InputError("--beta1 and --beta2 must be in [0, 1)");
   if (o.adamw.weight_decay < 0) throw InputError("--weight-decay must be >= 0");
   if (o.out.empty()) throw InputError("missing --out");
-  if (o.teacher.empty() && o.teacher_cache.empty()) throw InputError("give --teacher, --teacher-cache or both");
+  if (o.train_from_scratch && (!o.teacher.empty() || !o.teacher_cache.empty()))
+    throw InputError("train uses no teacher");
+  if (!o.train_from_scratch && o.teacher.empty() && o.teacher_cache.empty())
+    throw InputError("give --teacher, --teacher-cache or both");
+}
+
+// Peak resident memory of this process (CPU memory; GPU memory is not
+// tracked yet).
+uint64_t max_rss_bytes() {
+  struct rusage u;
+  if (::getrusage(RUSAGE_SELF, &u) != 0) return 0;
+  return static_cast<uint64_t>(u.ru_maxrss) * 1024;
+}
+
+// Plain next-token cross-entropy (train mode), reported in KdResult's fields
+// (kd_sum = 0; ce_sum = the loss sum).
+KdResult cross_entropy_loss(HybridLM& student, const torch::Tensor& normed, const torch::Tensor& targets) {
+  auto logits = student->lm_head(normed.reshape({-1, normed.size(-1)}));
+  auto t = targets.reshape({-1});
+  KdResult r;
+  r.loss = torch::nn::functional::cross_entropy(logits, t);
+  r.tokens = t.numel();
+  r.ce_sum = r.loss.item<double>() * static_cast<double>(r.tokens);
+  r.correct = logits.argmax(-1).eq(t).sum().item<int64_t>();
+  return r;
 }
 
 std::string step_name(int64_t step) { return fmt::format("step-{:08d}", step); }
@@ -137,6 +165,9 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
   const auto data = IndexedDataset::open(o.data);
   const auto eval_data = IndexedDataset::open(o.eval_data.empty() ? o.data : o.eval_data);
   const WindowOrder order(data->total_tokens(), o.seq_len, o.seed);
+  if (order.windows() < static_cast<uint64_t>(o.global_batch))
+    throw InputError(fmt::format("dataset {} holds {} windows of --seq-len {}, fewer than one --global-batch of {}",
+                                 data->prefix(), order.windows(), o.seq_len, o.global_batch));
   if (eval_data->total_tokens() < static_cast<uint64_t>(o.seq_len) + 1)
     throw InputError(fmt::format("--eval-data {} has fewer than one window of --seq-len {} + 1 tokens",
                                  eval_data->prefix(), o.seq_len));
@@ -298,7 +329,9 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
       auto rows = gather_windows(*data, starts, o.seq_len, student->config().vocab_size).to(device);
       auto in = rows.narrow(1, 0, o.seq_len), tg = rows.narrow(1, 1, o.seq_len);
       KdResult r;
-      if (cache) {
+      if (o.train_from_scratch) {
+        r = cross_entropy_loss(student, student->forward_hidden(in), tg);
+      } else if (cache) {
         const uint64_t w = first_window + static_cast<uint64_t>(dp.rank() * local_batch + m * o.micro_batch);
         const TeacherCache::Batch b = cache->batch(w, o.micro_batch);
         if (b.starts != starts)
@@ -334,7 +367,8 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     optimizer.zero_grad();
     tokens += static_cast<uint64_t>(step_tokens);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    json rec = {{"step", step + 1},         {"loss", loss_sum},      {"kd", kd_sum / step_tokens},
+    json rec = {{"max_rss_bytes", max_rss_bytes()},
+                {"step", step + 1},         {"loss", loss_sum},      {"kd", kd_sum / step_tokens},
                 {"ce", ce_sum / step_tokens}, {"lr", lr},            {"grad_norm", grad_norm},
                 {"tokens", tokens},         {"seconds", seconds},    {"tokens_per_second", (tokens - tokens_at_start) / std::max(seconds, 1e-9)}};
     log(rec);

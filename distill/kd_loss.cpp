@@ -10,10 +10,10 @@
 namespace minipuzzle {
 
 KdLoss parse_kd_loss(const std::string& name) {
-  if (name == "forward_kl") return KdLoss::ForwardKl;
-  if (name == "reverse_kl") return KdLoss::ReverseKl;
+  if (name == "forward_kl" || name == "fkl") return KdLoss::ForwardKl;
+  if (name == "reverse_kl" || name == "rkl") return KdLoss::ReverseKl;
   if (name == "jsd") return KdLoss::Jsd;
-  throw InputError("unknown distillation loss '" + name + "' (expected forward_kl, reverse_kl or jsd)");
+  throw InputError("unknown distillation loss '" + name + "' (expected forward_kl|fkl, reverse_kl|rkl or jsd)");
 }
 
 std::string kd_loss_name(KdLoss loss) {

@@ -51,6 +51,9 @@ struct DistillOptions {
   std::string device = "cpu";
   bool resume = false;
   int64_t stop_at_step = 0;  // > 0: stop after that step as if interrupted (tests, time-boxed runs)
+  // No teacher at all: plain next-token cross-entropy (`minipuzzle train`:
+  // a teacher, or a from-scratch baseline). teacher/teacher_cache must be empty.
+  bool train_from_scratch = false;
 };
 
 struct DistillStatus {

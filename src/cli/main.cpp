@@ -26,6 +26,7 @@ const CommandEntry kCommands[] = {
     {"score", minipuzzle::cli::cmd_score, "importance of every layer, FFN neuron, channel and head on calibration data"},
     {"distill", minipuzzle::cli::cmd_distill, "train a (pruned) student on a teacher's logits; checkpoints, resume"},
     {"teacher-logits", minipuzzle::cli::cmd_teacher_logits, "offline teacher: cache its top-k logits over the windows distill will read"},
+    {"train", minipuzzle::cli::cmd_train, "train a model on plain next-token loss (a teacher, or a from-scratch baseline)"},
     {"export", minipuzzle::cli::cmd_export, "write a checkpoint in Hub layout that transformers loads (dtype, shards)"},
     {"search", minipuzzle::cli::cmd_search, "the best architectures under a memory budget (proxy score, optionally ranked on data)"},
     {"prune", minipuzzle::cli::cmd_prune, "slice a checkpoint's layers and widths to a search candidate or --set sizes"},

@@ -209,6 +209,7 @@ class DistillRun : public ::testing::Test {
       auto j = nlohmann::json::parse(line);
       j.erase("seconds");
       j.erase("tokens_per_second");
+      j.erase("max_rss_bytes");
       out.push_back(j.dump());
     }
     return out;

@@ -1,0 +1,140 @@
+// The options and run of `minipuzzle distill` and `minipuzzle train`: one
+// loop (distill_trainer.h); train is distill with no teacher and plain
+// cross-entropy.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <csignal>
+#include <iostream>
+
+#include "cli_common.h"
+#include "commands.h"
+#include "training_command.h"
+#include "minipuzzle/distill_trainer.h"
+#include "minipuzzle/errors.h"
+#include "minipuzzle/progress.h"
+
+namespace minipuzzle::cli {
+
+namespace {
+void request_stop(int) { distill_stop_flag().store(true); }
+}  // namespace
+
+int run_training_command(const Args& args, bool from_scratch) {
+  const std::string usage =
+      from_scratch ? "minipuzzle train --student DIR --data PREFIX --out RUN_DIR [--eval-data PREFIX]\n"
+                   : "minipuzzle distill (--teacher DIR | --teacher-cache DIR) --student DIR --data PREFIX --out RUN_DIR [--eval-data PREFIX]\n"
+      "       [--steps N] [--seq-len N] [--micro-batch N] [--global-batch N] [--lr X] [--min-lr X] [--warmup N]\n"
+      "       [--schedule cosine|wsd|constant] [--loss forward_kl|reverse_kl|jsd] [--temperature T] [--ce-weight W]\n"
+      "       [--eval-every N] [--save-every N] [--keep-last N] [--resume]";
+  po::options_description opts("options");
+  opts.add_options()
+      ("teacher", po::value<std::string>(), "teacher checkpoint directory")
+      ("student", po::value<std::string>(), "model to train: a checkpoint directory (e.g. from `minipuzzle prune`, or `tools/make_tiny_model.py` for train)")
+      ("teacher-cache", po::value<std::string>(), "top-k teacher logits from `minipuzzle teacher-logits` (same --data, --seq-len, --seed)")
+      ("data", po::value<std::string>(), "training dataset prefix")
+      ("eval-data", po::value<std::string>(), "held-out dataset prefix (default: --data)")
+      ("val-data", po::value<std::string>(), "same as --eval-data")
+      ("out", po::value<std::string>(), "run directory (metrics, checkpoints, final student, report)")
+      ("steps", po::value<int64_t>()->default_value(1000), "optimizer steps")
+      ("tokens", po::value<uint64_t>(), "train on this many tokens instead: steps = ceil(N / (global-batch x seq-len))")
+      ("seq-len", po::value<int64_t>()->default_value(2048), "tokens per window")
+      ("micro-batch", po::value<int64_t>()->default_value(1), "windows per forward/backward")
+      ("global-batch", po::value<int64_t>()->default_value(8), "windows per optimizer step (gradient accumulation)")
+      ("lr", po::value<double>()->default_value(1e-4), "peak learning rate")
+      ("min-lr", po::value<double>()->default_value(1e-5), "final learning rate")
+      ("warmup", po::value<int64_t>()->default_value(0), "linear warmup steps")
+      ("schedule", po::value<std::string>()->default_value("cosine"), "cosine | wsd | constant")
+      ("decay-fraction", po::value<double>()->default_value(0.2), "wsd: share of the steps spent decaying")
+      ("weight-decay", po::value<double>()->default_value(0.1), "AdamW decoupled weight decay (matrices only)")
+      ("beta1", po::value<double>()->default_value(0.9), "AdamW beta1")
+      ("beta2", po::value<double>()->default_value(0.95), "AdamW beta2")
+      ("clip-grad", po::value<double>()->default_value(1.0), "global gradient-norm clip (0 = off)")
+      ("loss", po::value<std::string>()->default_value("forward_kl"), "forward_kl|fkl | reverse_kl|rkl | jsd")
+      ("temperature", po::value<double>()->default_value(1.0), "KD temperature")
+      ("ce-weight", po::value<double>()->default_value(0.0), "weight of the student's LM loss (0 = logits only)")
+      ("chunk-tokens", po::value<int64_t>()->default_value(0), "tokens per loss chunk (0 = ~2^24 logits)")
+      ("eval-every", po::value<int64_t>()->default_value(0), "evaluate every N steps (and always at start and end)")
+      ("eval-tokens", po::value<uint64_t>()->default_value(1 << 16), "held-out tokens per evaluation")
+      ("save-every", po::value<int64_t>()->default_value(0), "checkpoint every N steps (always at the end and on SIGINT/SIGTERM)")
+      ("keep-last", po::value<int64_t>()->default_value(2), "checkpoints kept")
+      ("seed", po::value<uint64_t>()->default_value(1234), "data order")
+      ("dtype", po::value<std::string>()->default_value("fp32"), "compute dtype: fp32 | bf16 (fp32 master weights)")
+      ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda | cuda:N")
+      ("resume", po::bool_switch(), "continue the run in --out from its last checkpoint")
+      ("stop-at-step", po::value<int64_t>()->default_value(0), "stop after this step as if interrupted (time-boxed runs, tests)");
+  po::positional_options_description pos;
+  po::variables_map vm;
+  if (!parse_args(usage, args, opts, pos, vm)) return 0;
+  for (const char* k : {"student", "data", "out"}) require(vm, k, usage);
+  if (from_scratch && (vm.count("teacher") || vm.count("teacher-cache")))
+    throw InputError("train takes no --teacher / --teacher-cache (use distill)");
+  if (!from_scratch && !vm.count("teacher") && !vm.count("teacher-cache"))
+    throw InputError("give --teacher, --teacher-cache or both");
+  if (vm.count("eval-data") && vm.count("val-data")) throw InputError("give --eval-data or --val-data, not both");
+
+  DistillOptions o;
+  if (vm.count("teacher")) o.teacher = vm["teacher"].as<std::string>();
+  if (vm.count("teacher-cache")) o.teacher_cache = vm["teacher-cache"].as<std::string>();
+  o.student = vm["student"].as<std::string>();
+  o.data = vm["data"].as<std::string>();
+  if (vm.count("eval-data")) o.eval_data = vm["eval-data"].as<std::string>();
+  if (vm.count("val-data")) o.eval_data = vm["val-data"].as<std::string>();
+  o.train_from_scratch = from_scratch;
+  o.out = vm["out"].as<std::string>();
+  o.seq_len = vm["seq-len"].as<int64_t>();
+  o.micro_batch = vm["micro-batch"].as<int64_t>();
+  o.global_batch = vm["global-batch"].as<int64_t>();
+  o.schedule.kind = LrSchedule::parse_kind(vm["schedule"].as<std::string>());
+  o.schedule.lr = vm["lr"].as<double>();
+  o.schedule.min_lr = vm["min-lr"].as<double>();
+  o.schedule.warmup_steps = vm["warmup"].as<int64_t>();
+  o.schedule.total_steps = vm["steps"].as<int64_t>();
+  if (vm.count("tokens")) {
+    if (vm["steps"].defaulted() == false) throw InputError("give --steps or --tokens, not both");
+    const uint64_t per_step = static_cast<uint64_t>(std::max<int64_t>(1, o.global_batch * o.seq_len));
+    o.schedule.total_steps = static_cast<int64_t>((vm["tokens"].as<uint64_t>() + per_step - 1) / per_step);
+    if (o.schedule.total_steps <= 0) throw InputError("--tokens must be positive");
+  }
+  o.schedule.decay_fraction = vm["decay-fraction"].as<double>();
+  o.adamw.weight_decay = vm["weight-decay"].as<double>();
+  o.adamw.beta1 = vm["beta1"].as<double>();
+  o.adamw.beta2 = vm["beta2"].as<double>();
+  o.clip_grad = vm["clip-grad"].as<double>();
+  o.kd.loss = parse_kd_loss(vm["loss"].as<std::string>());
+  o.kd.temperature = vm["temperature"].as<double>();
+  o.kd.ce_weight = vm["ce-weight"].as<double>();
+  o.kd.chunk_tokens = vm["chunk-tokens"].as<int64_t>();
+  if (!(o.kd.temperature > 0)) throw InputError("--temperature must be positive");
+  if (o.kd.ce_weight < 0) throw InputError("--ce-weight must be >= 0");
+  if (o.kd.chunk_tokens < 0) throw InputError("--chunk-tokens must be >= 0");
+  o.eval_every = vm["eval-every"].as<int64_t>();
+  o.eval_tokens = vm["eval-tokens"].as<uint64_t>();
+  o.save_every = vm["save-every"].as<int64_t>();
+  o.keep_last = vm["keep-last"].as<int64_t>();
+  o.seed = vm["seed"].as<uint64_t>();
+  o.dtype = vm["dtype"].as<std::string>();
+  o.device = vm["device"].as<std::string>();
+  o.resume = vm["resume"].as<bool>();
+  o.stop_at_step = vm["stop-at-step"].as<int64_t>();
+
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
+  DistillSummary s;
+  {
+    Progress progress(from_scratch ? "train" : "distill", static_cast<uint64_t>(o.schedule.total_steps), "step");
+    s = run_distillation(o, [&](const DistillStatus& st) { progress.update(static_cast<uint64_t>(st.step)); });
+  }
+  if (s.interrupted) {
+    std::cerr << fmt::format("minipuzzle {}: stopped after step {}; checkpoint {}; rerun with --resume\n",
+                             from_scratch ? "train" : "distill", s.steps_done, s.last_checkpoint.string());
+    return 130;
+  }
+  std::cout << fmt::format("{} {} steps; eval loss {:.4f}{}; model in {}; report {}\n",
+                           from_scratch ? "trained" : "distilled", s.steps_done, s.final_eval_loss,
+                           std::isnan(s.final_eval_kl) ? "" : fmt::format(" (KL to teacher {:.4f})", s.final_eval_kl),
+                           s.final_dir.string(), (o.out / "report.md").string());
+  return 0;
+}
+
+}  // namespace minipuzzle::cli
