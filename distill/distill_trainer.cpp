@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "minipuzzle/atomic_file.h"
+#include "minipuzzle/activation_checkpointing.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/data_parallel.h"
 #include "minipuzzle/distill_report.h"
@@ -329,8 +330,11 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
       auto rows = gather_windows(*data, starts, o.seq_len, student->config().vocab_size).to(device);
       auto in = rows.narrow(1, 0, o.seq_len), tg = rows.narrow(1, 1, o.seq_len);
       KdResult r;
+      auto student_hidden = [&] {
+        return o.activation_checkpointing ? forward_hidden_checkpointed(student, in) : student->forward_hidden(in);
+      };
       if (o.train_from_scratch) {
-        r = cross_entropy_loss(student, student->forward_hidden(in), tg);
+        r = cross_entropy_loss(student, student_hidden(), tg);
       } else if (cache) {
         const uint64_t w = first_window + static_cast<uint64_t>(dp.rank() * local_batch + m * o.micro_batch);
         const TeacherCache::Batch b = cache->batch(w, o.micro_batch);
@@ -338,14 +342,14 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
           throw InputError(fmt::format("--teacher-cache windows {}.. do not match the training order (another "
                                        "seed, seq-len or dataset?)",
                                        w));
-        r = cached_kd_loss(student, student->forward_hidden(in), b, tg, o.kd);
+        r = cached_kd_loss(student, student_hidden(), b, tg, o.kd);
       } else {
         torch::Tensor t_hidden;
         {
           torch::NoGradGuard no_grad;
           t_hidden = teacher->forward_hidden(in);
         }
-        r = kd_loss_online(student, student->forward_hidden(in), teacher, t_hidden, tg, o.kd);
+        r = kd_loss_online(student, student_hidden(), teacher, t_hidden, tg, o.kd);
       }
       (r.loss / static_cast<double>(accum)).backward();
       loss_sum += r.loss.item<double>() / accum;

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "../model/tiny_config.h"
+#include "minipuzzle/activation_checkpointing.h"
 #include "minipuzzle/adamw.h"
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
@@ -159,6 +160,29 @@ TEST(WindowOrder, EveryWindowOncePerEpochInAnOrderThatChanges) {
   EXPECT_THROW(WindowOrder(5, 10, 1), InputError);
 }
 
+TEST(ActivationCheckpointing, SameOutputAndGradientsAsThePlainForward) {
+  HybridLM m(testing::tiny_config("M*-M-*"));
+  m->init_random(9);
+  auto tokens = torch::randint(0, 97, {2, 19}, at::make_generator<at::CPUGeneratorImpl>(4), torch::kInt64);
+  auto plain = m->forward_hidden(tokens);
+  (plain.square().sum()).backward();
+  std::map<std::string, torch::Tensor> expected;
+  for (auto& p : m->named_parameters())  // lm_head is not part of forward_hidden
+    if (p.value().grad().defined()) expected[p.key()] = p.value().grad().clone();
+  ASSERT_EQ(expected.size() + 1, m->named_parameters().size());
+  for (auto& p : m->parameters())
+    if (p.grad().defined()) p.mutable_grad().zero_();
+  auto ckpt = forward_hidden_checkpointed(m, tokens);
+  EXPECT_TRUE(torch::equal(ckpt, plain));
+  (ckpt.square().sum()).backward();
+  for (auto& p : m->named_parameters()) {
+    if (!expected.count(p.key())) continue;
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    EXPECT_TRUE(torch::allclose(p.value().grad(), expected[p.key()], 1e-6, 1e-7)) << p.key();
+    EXPECT_GT(expected[p.key()].abs().sum().item<double>(), 0.0) << p.key();
+  }
+}
+
 // Teacher and student checkpoints plus a dataset, in a temp directory.
 class DistillRun : public ::testing::Test {
  protected:
@@ -264,6 +288,20 @@ TEST_F(DistillRun, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
   for (const auto& e : fs::directory_iterator(part.out / "checkpoints")) kept.push_back(e.path().filename().string());
   std::sort(kept.begin(), kept.end());
   EXPECT_EQ(kept, (std::vector<std::string>{"step-00000006", "step-00000008"}));
+}
+
+TEST_F(DistillRun, ActivationCheckpointingGivesTheSameRun) {
+  auto plain = options("plain");
+  run_distillation(plain);
+  auto ckpt = options("ckpt");
+  ckpt.activation_checkpointing = true;
+  run_distillation(ckpt);
+  auto a = step_lines(plain.out), b = step_lines(ckpt.out);
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    auto ja = nlohmann::json::parse(a[i]), jb = nlohmann::json::parse(b[i]);
+    EXPECT_NEAR(ja["loss"].get<double>(), jb["loss"].get<double>(), 1e-6 * std::abs(ja["loss"].get<double>())) << i;
+  }
 }
 
 TEST_F(DistillRun, ResumeWithOtherOptionsAndBadOptionsAreInputErrors) {
