@@ -6,6 +6,7 @@
 
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
+#include "checkpoint_test_util.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/tensor_bridge.h"
 #include "tiny_config.h"
@@ -16,12 +17,7 @@ using minipuzzle::testing::tiny_config;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("mp_ckpt_" + name + "_" + std::to_string(::getpid()));
-  minipuzzle::remove_tree(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path fresh_dir(const std::string& name) { return minipuzzle::testing::fresh_dir("mp_ckpt_", name); }
 
 // Writes `model`'s tensors with names passed through `rename` (or dropped
 // when it returns ""), optionally replacing one tensor.
@@ -43,14 +39,7 @@ void write_variant(HybridLM& model, const fs::path& dir, const std::function<std
 
 std::string same(const std::string& n) { return n; }
 
-void expect_input_error(const fs::path& dir, const std::string& needle) {
-  try {
-    load_model(dir);
-    FAIL() << "expected InputError with " << needle;
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+void expect_input_error(const fs::path& dir, const std::string& needle) { minipuzzle::testing::expect_load_error(dir, needle); }
 
 }  // namespace
 

@@ -9,6 +9,7 @@
 
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
+#include "checkpoint_test_util.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/tensor_bridge.h"
 #include "tiny_config.h"
@@ -19,12 +20,7 @@ using minipuzzle::testing::tiny_config;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("mp_fp8_" + name + "_" + std::to_string(::getpid()));
-  minipuzzle::remove_tree(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path fresh_dir(const std::string& name) { return minipuzzle::testing::fresh_dir("mp_fp8_", name); }
 
 // Per element, E4M3 rounding (3 mantissa bits, round to nearest) is off by at
 // most 2^-4 of the value for normals and 2^-10 (half the subnormal step
@@ -60,14 +56,7 @@ void rewrite(const fs::path& dir, const fs::path& out, const std::function<bool(
   write_safetensors(out / "model.safetensors", views);
 }
 
-void expect_input_error(const fs::path& dir, const std::string& needle) {
-  try {
-    load_model(dir);
-    FAIL() << "expected InputError with " << needle;
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+void expect_input_error(const fs::path& dir, const std::string& needle) { minipuzzle::testing::expect_load_error(dir, needle); }
 
 }  // namespace
 
