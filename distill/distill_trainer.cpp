@@ -37,7 +37,7 @@ namespace {
 
 // The options that define the run: a resume with other values would not
 // continue the same run.
-json run_identity(const DistillOptions& o) {
+json run_identity(const DistillOptions& o, int world_size) {
   return {{"teacher", o.teacher},
           {"teacher_cache", o.teacher_cache},
           {"student", o.student},
@@ -62,7 +62,7 @@ json run_identity(const DistillOptions& o) {
           {"seed", o.seed},
           {"dtype", o.dtype},
           {"mode", o.train_from_scratch ? "train" : "distill"},
-          {"world_size", DistEnv::from_environment().world_size}};
+          {"world_size", world_size}};
 }
 
 void validate(const DistillOptions& o) {
@@ -175,7 +175,7 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
 
   // The run directory: a new one, or the one being resumed.
   const fs::path ckpt_dir = o.out / "checkpoints";
-  const json identity = run_identity(o);
+  const json identity = run_identity(o, env.world_size);
   std::error_code ec;
   auto existing = list_checkpoints(ckpt_dir);
   if (!o.resume && (fs::exists(o.out / "run.json") || !existing.empty()))

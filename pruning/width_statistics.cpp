@@ -79,7 +79,7 @@ WidthStatistics::WidthStatistics(HybridLM& model, Aggregation aggregation)
     // [D, heads*hd] -> per head W_h [D, hd]; G_h = W_h^T W_h, so that
     // ||W_h o||^2 = o^T G_h o costs hd^2 per head and token instead of D*hd.
     auto wh = w->to(torch::kFloat64).reshape({cfg_.hidden_size, cfg_.num_attention_heads, cfg_.head_dim});
-    o_proj_gram_[i] = torch::einsum("dhk,dhj->hkj", {wh, wh});
+    o_proj_gram_[i] = torch::einsum("dhk,dhj->hkj", {wh, wh});  // on the model's device, as w
   }
 }
 
@@ -93,7 +93,7 @@ void WidthStatistics::observe(ObservePoint point, int64_t layer, const torch::Te
     case ObservePoint::MambaX: per_token = value; break;
     case ObservePoint::AttentionHeads: {
       auto o = value.to(torch::kFloat64);
-      const auto& g = o_proj_gram_.at(layer).to(o.device());
+      const auto& g = o_proj_gram_.at(layer);
       per_token = torch::einsum("blhk,hkj,blhj->blh", {o, g, o}).clamp_min(0.0).sqrt();
       break;
     }
