@@ -316,13 +316,13 @@ Image render(const LineChart& ch) {
   }
   for (std::size_t k = 0; k < ch.series.size(); ++k) {
     const Series& s = ch.series[k];
-    const bool markers = s.x.size() <= 60;
+    const bool markers = s.points_only || s.x.size() <= 60;
     int prev_x = 0, prev_y = 0;
     bool have_prev = false;
     for (std::size_t i = 0; i < s.x.size(); ++i) {
       if (!valid(s.x[i], s.y[i])) { have_prev = false; continue; }
       int cx = px(s.x[i]), cy = std::min(f.y_of(y, s.y[i]), f.y1 - 1);
-      if (have_prev) c.line(prev_x, prev_y, cx, cy, palette(k), 2);
+      if (have_prev && !s.points_only) c.line(prev_x, prev_y, cx, cy, palette(k), 2);
       if (markers) c.rect(cx - 1, cy - 1, cx + 3, cy + 3, palette(k));
       prev_x = cx, prev_y = cy, have_prev = true;
     }

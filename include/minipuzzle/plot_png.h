@@ -48,6 +48,7 @@ struct BarChart {
 struct Series {
   std::string name;  // legend entry
   std::vector<double> x, y;  // same length; non-finite points (and y <= 0 on log-y) break the line
+  bool points_only = false;  // a scatter: markers at every point, no connecting line
 };
 
 struct LineChart {

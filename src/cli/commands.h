@@ -16,9 +16,10 @@ int cmd_logits(const Args& args);      // test support: logits for token ids
 int cmd_export(const Args& args);      // re-save a checkpoint Hub style (dtype, shards)
 int cmd_score(const Args& args);       // importance of layers, neurons, channels, heads
 int cmd_search(const Args& args);      // architectures that fit a memory budget, ranked
-int cmd_prune(const Args& args);
-int cmd_distill(const Args& args);
-int cmd_train(const Args& args);       // the same loop with plain cross-entropy, no teacher     // teacher -> student logit distillation       // slice a checkpoint to a candidate / --set widths
+int cmd_prune(const Args& args);       // slice a checkpoint to a candidate / --set widths
+int cmd_distill(const Args& args);     // teacher -> student logit distillation
+int cmd_train(const Args& args);       // the same loop with plain cross-entropy, no teacher
 int cmd_teacher_logits(const Args& args);  // offline teacher: top-k logits cache for distill
+int cmd_compress(const Args& args);        // the whole chain from a YAML job, resumable
 
 }  // namespace minipuzzle::cli

@@ -20,6 +20,7 @@ struct CommandEntry {
 };
 
 const CommandEntry kCommands[] = {
+    {"compress", minipuzzle::cli::cmd_compress, "the whole chain from one YAML job: score, search, prune, distill, export, report"},
     {"inspect", minipuzzle::cli::cmd_inspect, "architecture, parameters per layer type, memory at a precision"},
     {"eval", minipuzzle::cli::cmd_eval, "LM loss, perplexity and next-token accuracy on a dataset"},
     {"data build", minipuzzle::cli::cmd_data_build, "text files -> Megatron indexed dataset (byte tokens)"},

@@ -147,6 +147,27 @@ TEST(Plot, BarsHaveTheirCategoryColours) {
   EXPECT_EQ(runs[3], palette(1));
 }
 
+// A scatter draws the markers only: the pixels between two distant points
+// stay unpainted, while the same series as a line paints them.
+TEST(Plot, PointsOnlySeriesDrawsNoConnectingLine) {
+  auto coloured = [](const Image& im) {
+    int n = 0;
+    for (int y = 0; y < im.height; ++y)
+      for (int x = 0; x < im.width; ++x) n += im.at(x, y) == palette(0);
+    return n;
+  };
+  LineChart ch;
+  ch.series = {Series{"candidates", {0, 1, 2}, {0, 1, 0}}};
+  ch.width = 400, ch.height = 300;
+  const int as_line = coloured(render(ch));
+  ch.series[0].points_only = true;
+  const int as_points = coloured(render(ch));
+  EXPECT_GT(as_points, 0);
+  // Three 4x4 markers (plus the legend swatch) against two long 2-px lines.
+  EXPECT_LT(as_points, 100);
+  EXPECT_GT(as_line, as_points + 300);
+}
+
 TEST(Plot, BadInputThrows) {
   BarChart b;
   b.values = {1, 2};

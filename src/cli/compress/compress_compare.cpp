@@ -1,0 +1,96 @@
+#include "compress_compare.h"
+
+#include <fmt/format.h>
+
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "minipuzzle/atomic_file.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/errors.h"
+#include "minipuzzle/indexed_dataset.h"
+#include "minipuzzle/logit_comparison.h"
+#include "minipuzzle/memory_model.h"
+#include "minipuzzle/memory_report.h"
+#include "minipuzzle/token_batches.h"
+#include "minipuzzle/token_windows.h"
+
+namespace minipuzzle::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+Deployment deployment_of(const CompressJob& j) {
+  Deployment d;
+  d.weights = parse_precision(j.search.precision, "search.precision");
+  d.kv_cache = parse_precision(j.search.kv_precision, "search.kv_precision");
+  d.state = parse_precision(j.search.state_precision, "search.state_precision");
+  d.context = j.search.context;
+  d.batch = j.search.batch;
+  d.workspace_bytes = parse_bytes(j.search.workspace, "search.workspace");
+  return d;
+}
+
+}  // namespace
+
+int compare_stage(const CompressJob& j, const CompressPaths& p) {
+  const int64_t w = picked_rank(p);
+  if (w == 0) throw InputError(p.pick.string() + " is missing; the pick stage has not run");
+  const int64_t seq_len = j.evaluate.seq_len > 0 ? j.evaluate.seq_len : j.distill.seq_len;
+  auto data = IndexedDataset::open(j.validation_data);
+  if (data->total_tokens() < static_cast<uint64_t>(seq_len) + 1)
+    throw InputError(fmt::format("data.validation {} has fewer than one window of {} + 1 tokens", j.validation_data, seq_len));
+  const auto starts = sequential_windows(data->total_tokens(), seq_len, std::max<uint64_t>(1, j.evaluate.tokens / seq_len));
+  const Deployment dep = deployment_of(j);
+  const auto dtype = parse_model_dtype(j.dtype);
+  const auto device = parse_device(j.device);
+
+  torch::NoGradGuard no_grad;
+  HybridLM teacher = load_model(j.teacher, dtype, device);
+  teacher->eval();
+  const int64_t vocab = teacher->config().vocab_size;
+  const std::vector<std::pair<std::string, fs::path>> models = {
+      {"teacher", j.teacher},
+      {fmt::format("pruned (rank {})", w), p.short_student(w)},
+      {"after short distill", p.short_run(w) / "final"},
+      {fmt::format("final (export, {})", j.export_.dtype), p.export_dir},
+  };
+  json rows = json::array();
+  for (const auto& [name, dir] : models) {
+    HybridLM m = name == "teacher" ? teacher : load_model(dir, dtype, device);
+    m->eval();
+    LogitComparison sum;
+    for (std::size_t i = 0; i < starts.size(); i += static_cast<std::size_t>(j.evaluate.batch)) {
+      std::vector<uint64_t> part(starts.begin() + i,
+                                 starts.begin() + std::min(starts.size(), i + static_cast<std::size_t>(j.evaluate.batch)));
+      auto rows_t = gather_windows(*data, part, seq_len, vocab).to(device);
+      auto inputs = rows_t.narrow(1, 0, seq_len), targets = rows_t.narrow(1, 1, seq_len);
+      auto th = teacher->forward_hidden(inputs);
+      sum += compare_logits(teacher, th, m, name == "teacher" ? th : m->forward_hidden(inputs), targets);
+    }
+    const double n = static_cast<double>(sum.tokens);
+    const ModelConfig& c = m->config();
+    rows.push_back({{"name", name},
+                    {"dir", dir.string()},
+                    {"params", count_parameters(c).total},
+                    {"memory_bytes", memory_breakdown(c, dep).total},
+                    {"loss", sum.ce_other_sum / n},
+                    {"accuracy", static_cast<double>(sum.other_correct) / n},
+                    {"agreement", static_cast<double>(sum.agree) / n},
+                    {"kl", sum.kl_sum / n},
+                    {"pattern", c.pattern}});
+    std::cout << fmt::format("compared {}: loss {:.4f}\n", name, sum.ce_other_sum / n) << std::flush;
+  }
+  json out = {{"data", j.validation_data},
+              {"tokens", static_cast<uint64_t>(starts.size()) * static_cast<uint64_t>(seq_len)},
+              {"seq_len", seq_len},
+              {"deployment", deployment_to_json(dep)},
+              {"budget_bytes", parse_bytes(j.search.budget, "search.budget")},
+              {"models", rows}};
+  write_file_atomic(p.compare, out.dump(2) + "\n");
+  return 0;
+}
+
+}  // namespace minipuzzle::cli

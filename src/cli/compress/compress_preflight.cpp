@@ -1,0 +1,240 @@
+#include "compress_preflight.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "compress_stages.h"
+#include "minipuzzle/atomic_file.h"
+#include "minipuzzle/candidates_json.h"
+#include "minipuzzle/errors.h"
+#include "minipuzzle/indexed_dataset.h"
+#include "minipuzzle/memory_model.h"
+#include "minipuzzle/safetensors.h"
+#include "minipuzzle/search_importance.h"
+
+namespace minipuzzle::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+SearchOptions search_options_of(const CompressJob& j) {
+  SearchOptions so;
+  so.deployment.weights = parse_precision(j.search.precision, "search.precision");
+  so.deployment.kv_cache = parse_precision(j.search.kv_precision, "search.kv_precision");
+  so.deployment.state = parse_precision(j.search.state_precision, "search.state_precision");
+  so.deployment.context = j.search.context;
+  so.deployment.batch = j.search.batch;
+  so.deployment.workspace_bytes = parse_bytes(j.search.workspace, "search.workspace");
+  so.deployment.validate();
+  so.budget_bytes = parse_bytes(j.search.budget, "search.budget");
+  so.top_k = j.search.top_k;
+  return so;
+}
+
+CandidateSpace search_space_of(const CompressJob& j, const ModelConfig& parent) {
+  CandidateSpace space = j.search.space == "paper" ? CandidateSpace::paper_grid(parent)
+                         : j.search.space == "depth" ? CandidateSpace::depth_only(parent)
+                                                      : CandidateSpace::full(parent);
+  for (const auto& [axis, value] : j.search.axes) {
+    try {
+      space.set_axis(axis + "=" + value, parent);
+    } catch (const InputError& e) {
+      throw InputError(fmt::format("search.axes.{}: {}", axis, e.what()));
+    }
+  }
+  space.max_depth_reduction = j.search.max_depth_reduction;
+  space.max_width_reduction = j.search.max_width_reduction;
+  space.maximal_only = j.search.maximal_only;
+  space.min_budget_use = j.search.min_budget_use;
+  space.validate(parent);
+  return space;
+}
+
+SearchResult feasibility_search(const CompressJob& j, const ModelConfig& parent) {
+  return search_architectures(parent, SearchImportance::uniform(parent), search_space_of(j, parent),
+                              search_options_of(j));
+}
+
+namespace {
+
+// Settings that change no output: a rerun may differ in them.
+bool result_neutral(const std::string& key) { return key.rfind("estimate.", 0) == 0; }
+
+}  // namespace
+
+void prepare_job_directory(const CompressJob& j) {
+  const ModelConfig parent = ModelConfig::load(j.teacher);
+  CheckpointFiles::open(j.teacher);  // weights present and readable, not just a config
+  IndexedDataset::open(j.train_data);
+  if (j.validation_data != j.train_data) IndexedDataset::open(j.validation_data);
+  feasibility_search(j, parent);
+
+  const CompressPaths p(j.out);
+  const json now = j.to_json();
+  std::error_code ec;
+  if (fs::exists(p.job_json, ec)) {
+    const json before = json::parse(read_file(p.job_json), nullptr, false);
+    if (before.is_discarded()) throw InputError(p.job_json.string() + ": unreadable; use a new out directory");
+    std::string diff;
+    for (const auto& [k, v] : now.items())
+      if (!result_neutral(k) && (!before.contains(k) || before[k] != v))
+        diff += fmt::format("{}{} (was {}, now {})", diff.empty() ? "" : ", ", k,
+                            before.contains(k) ? before[k].dump() : "unset", v.dump());
+    if (!diff.empty())
+      throw InputError(fmt::format("{} was started by a different job: {}; rerun with the same settings to resume, "
+                                   "or set a new out",
+                                   j.out, diff));
+    return;
+  }
+  if (fs::exists(p.out, ec) && !fs::is_empty(p.out, ec))
+    throw InputError(fmt::format("{} exists and is not a compress job directory (no job.json); set a new out", j.out));
+  fs::create_directories(p.out, ec);
+  if (ec) throw InputError(fmt::format("cannot create the job directory {}: {}", j.out, ec.message()));
+  write_file_atomic(p.job_json, now.dump(2) + "\n");
+}
+
+namespace {
+
+std::string human_time(double s) {
+  if (s < 90) return fmt::format("{:.0f} s", s);
+  if (s < 5400) return fmt::format("{:.1f} min", s / 60);
+  if (s < 2 * 86400) return fmt::format("{:.1f} h", s / 3600);
+  return fmt::format("{:.1f} days", s / 86400);
+}
+
+std::string tokens_text(double n) {
+  if (n >= 1e9) return fmt::format("{:.3g}B", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.3g}M", n / 1e6);
+  if (n >= 1e3) return fmt::format("{:.3g}K", n / 1e3);
+  return fmt::format("{:.0f}", n);
+}
+
+// Matmul FLOPs of one forward token: 2 per weight that multiplies (the
+// embedding lookup does not).
+double forward_flops(const ModelConfig& c) {
+  const ParamCounts pc = count_parameters(c);
+  return 2.0 * static_cast<double>(pc.total - pc.embeddings);
+}
+
+// The sustained FLOP/s assumed when the job does not say: measured orders of
+// magnitude, not promises (the dry run prints which one it used).
+double default_tflops(const CompressJob& j) {
+  if (j.device == "cpu") return 0.02;
+  return j.dtype == "bf16" ? 300.0 : 40.0;
+}
+
+std::string quote(const std::string& a) {
+  if (!a.empty() && a.find_first_of(" \t'\"#$&*?;|<>()[]{}\\`!") == std::string::npos) return a;
+  std::string q = "'";
+  for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+}  // namespace
+
+int print_dry_run(const CompressJob& job) {
+  CompressJob j = job;
+  if (j.train_data.empty()) j.train_data = "<data.train>";
+  if (j.validation_data.empty()) j.validation_data = j.train_data;
+  const ModelConfig parent = ModelConfig::load(j.teacher);
+  const CompressPaths p(j.out);
+  const SearchOptions so = search_options_of(j);
+  std::error_code ec;
+  const bool searched = fs::exists(p.candidates, ec);
+  const SearchResult result = searched ? load_candidates(p.candidates) : feasibility_search(j, parent);
+  const ParamCounts pp = count_parameters(parent);
+  const MemoryBreakdown pm = memory_breakdown(parent, so.deployment);
+
+  std::cout << fmt::format("compress plan (dry run): nothing is run or written\n");
+  std::cout << fmt::format("teacher {}: {} layers (M/*/- {}/{}/{}), {} parameters, {} at {} {}\n", j.teacher,
+                           parent.num_layers(), parent.count(LayerType::Mamba), parent.count(LayerType::Attention),
+                           parent.count(LayerType::Mlp), tokens_text(static_cast<double>(pp.total)), format_bytes(pm.total),
+                           j.search.precision, fmt::format("(context {}, batch {})", j.search.context, j.search.batch));
+  std::cout << fmt::format("budget {}: {} of {} candidates fit; the top {} ({}):\n", format_bytes(so.budget_bytes),
+                           result.feasible, result.evaluated, result.candidates.size(),
+                           searched ? "from search/candidates.json"
+                                    : "memory-only search with uniform scores; the real search ranks by importance");
+  std::cout << fmt::format("  {:>4}  {:>11}  {:>9}  {:>11}  {:>7}  {:>6}  {}\n", "rank", "memory", "params", "M/*/-",
+                           "FFN", "hidden", "weights + KV + state");
+  constexpr std::size_t kShown = 12;
+  for (const Candidate& c : result.candidates) {
+    if (static_cast<std::size_t>(c.rank) > kShown) {
+      std::cout << fmt::format("  ... {} more\n", result.candidates.size() - kShown);
+      break;
+    }
+    const ModelConfig& k = c.config;
+    std::cout << fmt::format("  {:>4}  {:>11}  {:>9}  {:>11}  {:>7}  {:>6}  {} + {} + {}\n", c.rank,
+                             format_bytes(c.memory.total), tokens_text(static_cast<double>(c.params.total)),
+                             fmt::format("{}/{}/{}", k.count(LayerType::Mamba), k.count(LayerType::Attention),
+                                         k.count(LayerType::Mlp)),
+                             k.intermediate_size, k.hidden_size, format_bytes(c.memory.weights),
+                             format_bytes(c.memory.kv_cache), format_bytes(c.memory.state()));
+  }
+
+  // FLOPs per stage (teacher forward Ft, mean candidate forward Fs).
+  const double ft = forward_flops(parent);
+  double fs_sum = 0;
+  for (const Candidate& c : result.candidates) fs_sum += forward_flops(c.config);
+  const double fs_mean = result.candidates.empty() ? ft : fs_sum / static_cast<double>(result.candidates.size());
+  const int64_t n_short = std::min<int64_t>(j.short_candidates, static_cast<int64_t>(result.candidates.size()));
+  const double L = static_cast<double>(parent.num_layers());
+  const double score_tokens = static_cast<double>(j.score.samples) * static_cast<double>(j.score.seq_len);
+  const bool head_metrics = j.score.layer_metrics.find("kl") != std::string::npos ||
+                            j.score.layer_metrics.find("loss") != std::string::npos;
+  const double head_flops = 2.0 * static_cast<double>(parent.vocab_size) * static_cast<double>(parent.hidden_size);
+  const double backward = j.distill.activation_checkpointing ? 4.0 : 3.0;  // x forward
+  auto distill_flops = [&](const CompressJob::DistillRun& r) {
+    const int64_t steps = j.steps_for(r.tokens);
+    const double tokens = static_cast<double>(steps) * static_cast<double>(j.distill.global_batch * j.distill.seq_len);
+    const double evals = 2.0 + (r.eval_every > 0 ? static_cast<double>(steps / r.eval_every) : 0.0);
+    return tokens * (ft + backward * fs_mean) + evals * static_cast<double>(j.distill.eval_tokens) * (ft + fs_mean);
+  };
+  const double tflops = j.estimate_tflops > 0 ? j.estimate_tflops : default_tflops(j);
+  struct Row {
+    std::string stage, tokens;
+    double flops;
+  };
+  const std::vector<Row> rows = {
+      {"score", tokens_text(score_tokens), score_tokens * (ft * (1.0 + L / 2.0) + (head_metrics ? L * head_flops : 0.0))},
+       {"search + rank", fmt::format("{} x {} models", tokens_text(static_cast<double>(j.rank.tokens)), result.candidates.size() + 1),
+       static_cast<double>(j.rank.tokens) * (ft + fs_sum)},
+      {"short distill", fmt::format("{} x {} runs", tokens_text(static_cast<double>(j.short_distill.tokens)), n_short),
+       static_cast<double>(n_short) * distill_flops(j.short_distill)},
+      {"long distill", tokens_text(static_cast<double>(j.long_distill.tokens)), distill_flops(j.long_distill)},
+      {"compare", fmt::format("{} x 4 models", tokens_text(static_cast<double>(j.evaluate.tokens))),
+       static_cast<double>(j.evaluate.tokens) * (4.0 * ft + 3.0 * fs_mean)},
+  };
+  std::cout << fmt::format("\nestimated compute at {} TFLOP/s sustained ({}):\n  {:<14} {:>20}  {:>14}  {:>10}\n", tflops,
+                           j.estimate_tflops > 0 ? "estimate.tflops" : "a default for " + j.device + "/" + j.dtype +
+                                                                           "; set estimate.tflops for your machine",
+                           "stage", "tokens", "FLOP", "time");
+  double total = 0;
+  for (const Row& r : rows) {
+    std::cout << fmt::format("  {:<14} {:>20}  {:>14.3g}  {:>10}\n", r.stage, r.tokens, r.flops,
+                             human_time(r.flops / (tflops * 1e12)));
+    total += r.flops;
+  }
+  std::cout << fmt::format("  {:<14} {:>20}  {:>14.3g}  {:>10}\n", "total", "", total,
+                           human_time(total / (tflops * 1e12)));
+
+  std::cout << fmt::format("\nstages (job directory {}):\n", j.out);
+  int i = 0;
+  for (const Stage& st : plan_stages(j)) {
+    std::string line = fmt::format("  {:>2}. {:<22} {:<6} ", ++i, st.name, st.done ? "done" : "to do");
+    if (st.argv.empty()) {
+      line += st.name == "pick" ? "lowest validation loss after the short distillation -> pick.json"
+              : st.name == "compare" ? "teacher / pruned / distilled / export on data.validation -> compare.json"
+                                     : "report.md with tables and plots";
+    } else {
+      line += "minipuzzle";
+      for (const auto& a : st.argv) line += " " + quote(a);
+    }
+    std::cout << line << "\n";
+  }
+  return 0;
+}
+
+}  // namespace minipuzzle::cli

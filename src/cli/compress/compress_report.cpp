@@ -1,0 +1,218 @@
+#include "compress_report.h"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "minipuzzle/atomic_file.h"
+#include "minipuzzle/candidates_json.h"
+#include "minipuzzle/memory_model.h"
+#include "minipuzzle/plot_png.h"
+
+namespace minipuzzle::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::vector<json> read_jsonl(const fs::path& file) {
+  std::vector<json> out;
+  std::ifstream in(file);
+  for (std::string line; std::getline(in, line);) {
+    json j = json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object()) out.push_back(std::move(j));
+  }
+  return out;
+}
+
+std::string count_text(double n) {
+  if (n >= 1e9) return fmt::format("{:.2f}B", n / 1e9);
+  if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
+  return fmt::format("{:.1f}K", n / 1e3);
+}
+
+std::string layers_text(const std::string& pattern) {
+  int m = 0, a = 0, f = 0;
+  for (char c : pattern) m += c == 'M', a += c == '*', f += c == '-';
+  return fmt::format("{}/{}/{}", m, a, f);
+}
+
+// Rows of the before/after table: model, layers, params, memory, loss, acc,
+// agreement, KL (text cells).
+std::vector<std::vector<std::string>> before_after_rows(const json& cmp) {
+  std::vector<std::vector<std::string>> rows;
+  const json& models = cmp.at("models");
+  const double teacher_loss = models.at(0).at("loss").get<double>();
+  for (const json& m : models) {
+    const double loss = m.at("loss").get<double>();
+    rows.push_back({m.at("name").get<std::string>(), layers_text(m.at("pattern").get<std::string>()),
+                    count_text(m.at("params").get<double>()), format_bytes(m.at("memory_bytes").get<double>()),
+                    fmt::format("{:.4f} ({:+.1f}%)", loss, 100.0 * (loss / teacher_loss - 1.0)),
+                    fmt::format("{:.4f}", m.at("accuracy").get<double>()),
+                    fmt::format("{:.4f}", m.at("agreement").get<double>()), fmt::format("{:.4f}", m.at("kl").get<double>())});
+  }
+  return rows;
+}
+
+const std::vector<std::string> kBeforeAfterHead = {"model",    "layers M/*/-", "params",    "memory",
+                                                   "val loss", "accuracy",     "agreement", "KL to teacher"};
+
+std::string md_table(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows) {
+  std::string s = "|";
+  for (const auto& h : head) s += " " + h + " |";
+  s += "\n|";
+  for (std::size_t i = 0; i < head.size(); ++i) s += "---|";
+  s += "\n";
+  for (const auto& r : rows) {
+    s += "|";
+    for (const auto& c : r) s += " " + c + " |";
+    s += "\n";
+  }
+  return s;
+}
+
+std::string deployment_text(const CompressJob& j) {
+  return fmt::format("weights {}, KV cache {}, Mamba state {}, context {}, batch {}", j.search.precision,
+                     j.search.kv_precision, j.search.state_precision, j.search.context, j.search.batch);
+}
+
+// Train-loss curve of a run (x = step) and its eval points.
+void add_run_series(plot::LineChart& ch, const fs::path& run, const std::string& name, bool with_eval) {
+  plot::Series train{name + (with_eval ? " train" : ""), {}, {}};
+  plot::Series eval{name + " eval", {}, {}};
+  for (const json& r : read_jsonl(run / "metrics.jsonl")) {
+    if (!r.contains("step") || !r.contains("loss")) continue;
+    plot::Series& s = r.value("eval", false) ? eval : train;
+    s.x.push_back(r["step"].get<double>());
+    s.y.push_back(r["loss"].get<double>());
+  }
+  ch.series.push_back(std::move(train));
+  if (with_eval) {
+    ch.series.push_back(std::move(eval));
+  }
+}
+
+}  // namespace
+
+void print_before_after(const CompressJob& j, const CompressPaths& p) {
+  const json cmp = json::parse(read_file(p.compare), nullptr, false);
+  if (cmp.is_discarded()) throw std::runtime_error(p.compare.string() + ": unreadable");
+  const auto rows = before_after_rows(cmp);
+  std::vector<std::size_t> width(kBeforeAfterHead.size());
+  for (std::size_t c = 0; c < width.size(); ++c) {
+    width[c] = kBeforeAfterHead[c].size();
+    for (const auto& r : rows) width[c] = std::max(width[c], r[c].size());
+  }
+  std::cout << fmt::format("\nbefore / after on {} held-out tokens of {} (memory: {})\n",
+                           cmp.at("tokens").get<uint64_t>(), cmp.at("data").get<std::string>(), deployment_text(j));
+  auto line = [&](const std::vector<std::string>& cells) {
+    std::string s;
+    for (std::size_t c = 0; c < cells.size(); ++c)
+      s += c == 0 ? fmt::format("{:<{}}", cells[c], width[c]) : fmt::format("  {:>{}}", cells[c], width[c]);
+    std::cout << s << "\n";
+  };
+  line(kBeforeAfterHead);
+  for (const auto& r : rows) line(r);
+  std::cout << fmt::format("\nshippable model: {}\nreport: {}\n", p.export_dir.string(), p.report.string());
+}
+
+int report_stage(const CompressJob& j, const CompressPaths& p) {
+  std::ostringstream md;
+  const json cmp = json::parse(read_file(p.compare), nullptr, false);
+  const SearchResult cands = load_candidates(p.candidates);
+  const json pick = json::parse(read_file(p.pick), nullptr, false);
+  const int64_t winner = picked_rank(p);
+
+  md << "# Compression report\n\n";
+  md << fmt::format("Teacher `{}`, budget **{}** per inference instance ({}). Shippable model: `export/` ({}).\n\n",
+                    j.teacher, j.search.budget, deployment_text(j), j.export_.dtype);
+  md << fmt::format("## Before / after\n\n{} held-out tokens of `{}` (windows of {}); loss in nats/token, "
+                    "the change against the teacher in brackets.\n\n",
+                    cmp.at("tokens").get<uint64_t>(), cmp.at("data").get<std::string>(), cmp.at("seq_len").get<int64_t>());
+  md << md_table(kBeforeAfterHead, before_after_rows(cmp)) << "\n";
+
+  // Stage times: the last "done" record of each stage.
+  std::map<std::string, double> seconds;
+  std::vector<std::string> order;
+  for (const json& r : read_jsonl(p.log))
+    if (r.value("status", "") == "done") {
+      const std::string s = r.value("stage", "");
+      if (!seconds.count(s)) order.push_back(s);
+      seconds[s] = r.value("seconds", 0.0);
+    }
+  std::vector<std::vector<std::string>> stage_rows;
+  double total = 0;
+  for (const auto& s : order) stage_rows.push_back({s, fmt::format("{:.1f}", seconds[s])}), total += seconds[s];
+  stage_rows.push_back({"**total**", fmt::format("{:.1f}", total)});
+  md << "## Stages\n\nWall time of each stage's last completed run (a resumed stage counts its last part only).\n\n"
+     << md_table({"stage", "seconds"}, stage_rows) << "\n";
+
+  md << "## Layer importance\n\nDrop-one metrics on the calibration windows (details: [scores/report.md](scores/report.md)).\n\n"
+     << "![layer importance](scores/layer_importance.png)\n\n";
+
+  md << fmt::format("## Candidates\n\n{} architectures searched, {} fit the budget; the top {} ranked on {} "
+                    "held-out tokens by {}.\n\n",
+                    cands.evaluated, cands.feasible, cands.candidates.size(), j.rank.tokens, j.rank.by);
+  std::map<int64_t, json> short_by_rank;
+  for (const json& c : pick.at("candidates")) short_by_rank[c.at("rank").get<int64_t>()] = c;
+  std::vector<std::vector<std::string>> crow;
+  plot::LineChart scatter;
+  scatter.title = "candidates: memory vs proxy score";
+  scatter.x_label = "memory (MiB)";
+  scatter.y_label = "proxy score";
+  scatter.series = {{"ranked only", {}, {}, true}, {"short-distilled", {}, {}, true}, {"winner", {}, {}, true}};
+  for (const Candidate& c : cands.candidates) {
+    const ModelConfig& k = c.config;
+    auto measured = [&](const char* key) {
+      return c.measured.count(key) ? fmt::format("{:.4f}", c.measured.at(key)) : std::string("-");
+    };
+    const bool distilled = short_by_rank.count(c.rank) > 0;
+    crow.push_back({std::to_string(c.rank), format_bytes(c.memory.total), count_text(static_cast<double>(c.params.total)),
+                    layers_text(k.pattern), std::to_string(k.intermediate_size), std::to_string(k.hidden_size),
+                    fmt::format("{}x{}", k.mamba_num_heads, k.mamba_head_dim), std::to_string(k.num_attention_heads),
+                    fmt::format("{:.4f}", c.proxy_score), measured("agreement"), measured("loss"),
+                    distilled ? fmt::format("{:.4f}", short_by_rank[c.rank].at("loss").get<double>()) : "-"});
+    const std::size_t series = c.rank == winner ? 2 : distilled ? 1 : 0;
+    scatter.series[series].x.push_back(c.memory.total / (1024.0 * 1024.0));
+    scatter.series[series].y.push_back(c.proxy_score);
+  }
+  md << md_table({"rank", "memory", "params", "layers M/*/-", "FFN", "hidden", "Mamba heads", "attn heads", "proxy",
+                  "agreement", "loss (pruned)", "loss after short distill"},
+                 crow)
+     << "\n![candidates](candidates.png)\n\n";
+  plot::write_png(p.out / "candidates.png", scatter);
+
+  plot::LineChart shorts;
+  shorts.title = "short distillation: training loss";
+  shorts.x_label = "step";
+  shorts.y_label = "nats/token";
+  for (const auto& [rank, rec] : short_by_rank) add_run_series(shorts, p.short_run(rank), fmt::format("rank {}", rank), false);
+  plot::write_png(p.out / "short_distill.png", shorts);
+  md << fmt::format("## Short distillation\n\nThe top {} candidates, {} tokens each; the winner is the lowest "
+                    "validation loss: **rank {}**.\n\n![short distillation](short_distill.png)\n\n",
+                    short_by_rank.size(), j.short_distill.tokens, winner);
+  for (const auto& [rank, rec] : short_by_rank)
+    md << fmt::format("- rank {}: validation loss {:.4f}, accuracy {:.4f} ([report](short/rank-{}/distill/report.md))\n",
+                      rank, rec.at("loss").get<double>(), rec.at("accuracy").get<double>(), rank);
+
+  plot::LineChart longc;
+  longc.title = "long distillation";
+  longc.x_label = "step";
+  longc.y_label = "nats/token";
+  add_run_series(longc, p.long_run, "loss", true);
+  plot::write_png(p.out / "long_distill.png", longc);
+  md << fmt::format("\n## Long distillation\n\nThe winner, {} more tokens ([report](long/report.md)).\n\n"
+                    "![long distillation](long_distill.png)\n\n",
+                    j.long_distill.tokens);
+  md << "## Reproduce\n\nEvery stage is a `minipuzzle` command; `minipuzzle compress JOB --dry-run` prints them. "
+        "The job's settings are in [job.json](job.json).\n";
+  write_file_atomic(p.report, md.str());
+  return 0;
+}
+
+}  // namespace minipuzzle::cli

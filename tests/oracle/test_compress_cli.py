@@ -1,0 +1,217 @@
+"""`minipuzzle compress JOB.yaml` end to end on a tiny HF-made teacher: the
+whole chain runs, the export loads in transformers with our logits, a job
+killed (SIGKILL) at random points and rerun ends with the same bytes as an
+uninterrupted run, --dry-run writes nothing, and bad jobs exit 2 with the key
+path."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nemotron_tiny as nt
+from test_score_search import write_dataset
+
+SPEC = nt.SPECS_BY_NAME["g2_state32"]
+REPO = Path(__file__).resolve().parents[2]
+
+JOB = """\
+# A tiny job: every stage runs in seconds on two cores.
+teacher: teacher
+out: {out}
+data:
+  train: train
+  validation: val
+score: {{samples: 8, seq_len: 32, batch: 4}}
+search:
+  budget: {budget}
+  precision: bf16
+  context: 32
+  space: full
+  max_width_reduction: 0.5
+  max_depth_reduction: 0.5
+  top_k: 4
+rank: {{tokens: 256, seq_len: 32, batch: 4}}
+distill: {{seq_len: 32, micro_batch: 2, global_batch: 4, eval_tokens: 128}}
+short_distill: {{candidates: 2, tokens: 768, lr: 3e-3, min_lr: 3e-4, warmup_steps: 1, save_every: 2}}
+long_distill: {{tokens: 1536, lr: 3e-3, min_lr: 3e-4, warmup_steps: 1, eval_every: 6, save_every: 3}}
+evaluate: {{tokens: 256, seq_len: 32, batch: 4}}
+"""
+
+
+def teacher_memory(teacher: Path) -> float:
+    r = nt.run_cli("inspect", teacher, "--json", "--precision", "bf16", "--context", 32)
+    return float(json.loads(r.stdout)["memory"]["total_bytes"])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compress")
+    nt.save_checkpoint(nt.build_model(SPEC), SPEC, root / "teacher", "hub")
+    rng = np.random.default_rng(11)
+    write_dataset(root / "train", [rng.integers(0, SPEC.vocab, 700) for _ in range(6)])
+    write_dataset(root / "val", [rng.integers(0, SPEC.vocab, 600) for _ in range(2)])
+    budget = f"{int(teacher_memory(root / 'teacher') * 0.75)}"
+    return {"root": root, "budget": budget}
+
+
+def write_job(work, name: str, out: str, budget=None) -> Path:
+    job = work["root"] / f"{name}.yaml"
+    job.write_text(JOB.format(out=out, budget=budget or work["budget"]))
+    return job
+
+
+def compress(job, *extra, check=True):
+    return nt.run_cli("compress", job, *extra, check=check, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def full_run(work):
+    job = write_job(work, "full", "runs/full")
+    r = compress(job)
+    return {"job": job, "out": work["root"] / "runs" / "full", "stdout": r.stdout}
+
+
+def test_the_chain_writes_every_stage_and_a_before_after_table(full_run):
+    out = full_run["out"]
+    for f in ("job.json", "scores/importance.json", "search/candidates.json", "short/rank-1/student/config.json",
+              "short/rank-2/distill/final/config.json", "pick.json", "long/final/config.json",
+              "export/config.json", "compare.json", "report.md", "candidates.png", "short_distill.png",
+              "long_distill.png"):
+        assert (out / f).exists(), f
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cmp = json.loads((out / "compare.json").read_text())
+    names = [m["name"] for m in cmp["models"]]
+    assert names[0] == "teacher" and names[-1].startswith("final (export")
+    teacher, pruned, final = cmp["models"][0], cmp["models"][1], cmp["models"][-1]
+    assert teacher["agreement"] == 1.0 and teacher["kl"] == pytest.approx(0, abs=1e-9)
+    assert final["params"] < teacher["params"]
+    assert final["memory_bytes"] <= float(json.loads((out / "job.json").read_text())["search.budget"])
+    # Distillation moved the student towards the teacher.
+    assert final["kl"] < pruned["kl"]
+    assert "before / after" in full_run["stdout"] and "final (export, bf16)" in full_run["stdout"]
+    report = (out / "report.md").read_text()
+    for section in ("## Before / after", "## Stages", "## Candidates", "## Short distillation", "## Long distillation"):
+        assert section in report
+    pick = json.loads((out / "pick.json").read_text())
+    losses = {c["rank"]: c["loss"] for c in pick["candidates"]}
+    assert len(losses) == 2 and losses[pick["winner_rank"]] == min(losses.values())
+
+
+def test_the_export_loads_in_transformers_with_our_logits(full_run, tmp_path):
+    export = full_run["out"] / "export"
+    model = nt.load_hf(export)
+    ids = nt.random_tokens(SPEC.vocab, 2, 24, seed=3)
+    ours = nt.cli_logits(export, ids, tmp_path)
+    torch.testing.assert_close(ours, nt.hf_logits(model, ids), rtol=0, atol=1e-4)
+
+
+def test_a_finished_job_reruns_as_a_no_op_and_dry_run_shows_it_done(full_run):
+    before = (full_run["out"] / "export" / "model.safetensors").stat().st_mtime_ns
+    r = compress(full_run["job"])
+    assert "== compress:" not in r.stdout and "before / after" in r.stdout
+    assert (full_run["out"] / "export" / "model.safetensors").stat().st_mtime_ns == before
+    d = compress(full_run["job"], "--dry-run")
+    assert d.stdout.count(" done ") >= 10 and "to do" not in d.stdout
+
+
+def test_sigkill_at_random_points_then_rerun_gives_the_same_model(work, full_run):
+    """Kill -9 anywhere (inside any stage) and rerun until it finishes: the
+    exported weights and the measured table equal the uninterrupted run's."""
+    seed = int(os.environ.get("MINIPUZZLE_CRASH_SEED", "20261123"))
+    kills = int(os.environ.get("MINIPUZZLE_COMPRESS_KILLS", "8"))
+    rng = random.Random(seed)
+    job = write_job(work, "killed", "runs/killed")
+    out = work["root"] / "runs" / "killed"
+    t0 = time.time()
+    compress(work["root"] / "full.yaml", "--dry-run")  # warm the page cache like the timed run
+    duration = max(5.0, float(sum(json.loads(l)["seconds"] for l in
+                                  (full_run["out"] / "compress.log.jsonl").read_text().splitlines()
+                                  if json.loads(l)["status"] == "done")))
+    killed_at = []
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    for _ in range(kills):
+        proc = subprocess.Popen([nt.minipuzzle_bin(), "compress", str(job)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=env)
+        # About `kills` kills span the whole run: each rerun resumes, so the
+        # kill points walk through every stage.
+        delay = rng.uniform(0.5, 2.0 * duration / kills)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        stderr = proc.stderr.read().decode()
+        proc.stderr.close()
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -9, f"seed {seed}: failed (rc {proc.returncode}) after {killed_at}: {stderr}"
+        log = out / "compress.log.jsonl"
+        stage = json.loads(log.read_text().splitlines()[-1])["stage"] if log.exists() else "(before any stage)"
+        killed_at.append((round(delay, 2), stage))
+    compress(job)
+    print(f"seed {seed}: killed at {killed_at} in {time.time() - t0:.0f} s")
+    assert len(killed_at) >= 2, f"seed {seed}: too few kills landed ({killed_at})"
+    a = (full_run["out"] / "export" / "model.safetensors").read_bytes()
+    b = (out / "export" / "model.safetensors").read_bytes()
+    assert a == b, f"seed {seed}: export differs after kills at {killed_at}"
+    ma = json.loads((full_run["out"] / "compare.json").read_text())["models"]
+    mb = json.loads((out / "compare.json").read_text())["models"]
+    assert [(m["loss"], m["kl"], m["params"]) for m in ma] == [(m["loss"], m["kl"], m["params"]) for m in mb]
+
+
+def test_dry_run_writes_nothing_and_prints_the_plan(work):
+    job = write_job(work, "dry", "runs/dry")
+    r = compress(job, "--dry-run")
+    assert not (work["root"] / "runs" / "dry").exists()
+    for text in ("candidates fit", "estimated compute", "minipuzzle score", "minipuzzle search", "minipuzzle prune",
+                 "minipuzzle distill", "minipuzzle export", "short distill rank-2", "long distill"):
+        assert text in r.stdout, text
+
+
+def test_the_paper_shaped_job_dry_runs_on_the_published_config():
+    r = nt.run_cli("compress", REPO / "examples" / "paper-56b" / "job.yaml", "--dry-run")
+    assert "31.70 GiB" in r.stdout  # the budget
+    assert "candidates fit" in r.stdout and "long distill" in r.stdout
+    assert "63B" in r.stdout and "7B x 3 runs" in r.stdout
+
+
+def expect_user_error(args, *must_contain):
+    r = nt.run_cli(*args, check=False)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for m in must_contain:
+        assert m in r.stderr, (m, r.stderr)
+    return r
+
+
+def test_bad_jobs_exit_2_with_the_key_path(work):
+    root = work["root"]
+    bad = root / "bad.yaml"
+    bad.write_text(JOB.format(out="runs/bad", budget=work["budget"]) + "search_space: full\n")
+    expect_user_error(["compress", bad], "search_space: unknown key")
+    bad.write_text(JOB.format(out="runs/bad", budget=work["budget"]).replace("top_k: 4", "top_k: four"))
+    expect_user_error(["compress", bad], "search.top_k: expected an integer")
+    expect_user_error(["compress", root / "missing.yaml"], "not found")
+    job = write_job(work, "tiny_budget", "runs/tiny", budget="1KiB")
+    expect_user_error(["compress", job], "smallest memory reachable")
+    assert not (root / "runs" / "tiny").exists()
+    expect_user_error(["compress", job, "--set", "score.samples=-1"], "--set: score.samples")
+    expect_user_error(["compress", job, "--set", "data.train=nowhere"], "nowhere")
+
+
+def test_rerunning_with_other_settings_is_refused(work, full_run):
+    r = expect_user_error(["compress", full_run["job"], "--set", "long_distill.tokens=3072"],
+                          "was started by a different job", "long_distill.tokens")
+    assert "(was 1536, now 3072)" in r.stderr
+    # Settings that change no result may differ.
+    compress(full_run["job"], "--set", "estimate.tflops=5")
