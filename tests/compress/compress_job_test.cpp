@@ -160,7 +160,9 @@ TEST(CompressJob, RecordedSettingsAreCompleteAndStable) {
   EXPECT_EQ(j.at("long_distill.tokens"), 1000000u);
   // Every documented key is recorded, so a rerun with any change is caught.
   for (const auto& [key, what] : compress_job_keys())
-    if (key != "search.axes.NAME") EXPECT_TRUE(j.contains(key)) << key;
+    if (key != "search.axes.NAME") {
+      EXPECT_TRUE(j.contains(key)) << key;
+    }
   EXPECT_EQ(parse(kMinimal, {"search.axes.ffn=64:128:32"}).to_json(), j);
 }
 

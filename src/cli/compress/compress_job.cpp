@@ -130,6 +130,13 @@ const std::vector<Field>& fields() {
                    [=](CompressJob& j, const std::string& t, const fs::path&) { ref(j) = to_count(key, t, lo); },
                    [=](const CompressJob& j) { return json(ref(const_cast<CompressJob&>(j))); }});
     };
+    auto seed = [&](std::string key, std::function<uint64_t&(CompressJob&)> ref) {
+      f.push_back({key, "a non-negative integer",
+                   [=](CompressJob& j, const std::string& t, const fs::path&) {
+                     ref(j) = static_cast<uint64_t>(to_int(key, t, 0, std::numeric_limits<int64_t>::max()));
+                   },
+                   [=](const CompressJob& j) { return json(ref(const_cast<CompressJob&>(j))); }});
+    };
     auto number = [&](std::string key, std::function<double&(CompressJob&)> ref, double lo, double hi, bool open) {
       f.push_back({key, "a number",
                    [=](CompressJob& j, const std::string& t, const fs::path&) { ref(j) = to_number(key, t, lo, hi, open); },
@@ -176,7 +183,7 @@ const std::vector<Field>& fields() {
     integer("score.samples", [](CompressJob& j) -> int64_t& { return j.score.samples; }, 1, 1 << 24);
     integer("score.seq_len", [](CompressJob& j) -> int64_t& { return j.score.seq_len; }, 1, kMaxSeq);
     integer("score.batch", [](CompressJob& j) -> int64_t& { return j.score.batch; }, 1, kMaxBatch);
-    count("score.seed", [](CompressJob& j) -> uint64_t& { return j.score.seed; }, 0);
+    seed("score.seed", [](CompressJob& j) -> uint64_t& { return j.score.seed; });
     text("score.aggregation", "seq=mean|l2|max,batch=mean|l2|var",
          [](CompressJob& j) -> std::string& { return j.score.aggregation; },
          [](const std::string&, const std::string& t) { return t; });
@@ -215,7 +222,7 @@ const std::vector<Field>& fields() {
     number("distill.weight_decay", [](CompressJob& j) -> double& { return j.distill.weight_decay; }, 0, 10, false);
     number("distill.clip_grad", [](CompressJob& j) -> double& { return j.distill.clip_grad; }, 0, 1e9, false);
     count("distill.eval_tokens", [](CompressJob& j) -> uint64_t& { return j.distill.eval_tokens; }, 1);
-    count("distill.seed", [](CompressJob& j) -> uint64_t& { return j.distill.seed; }, 0);
+    seed("distill.seed", [](CompressJob& j) -> uint64_t& { return j.distill.seed; });
     integer("distill.keep_last", [](CompressJob& j) -> int64_t& { return j.distill.keep_last; }, 1, 1000);
     boolean("distill.activation_checkpointing", [](CompressJob& j) -> bool& { return j.distill.activation_checkpointing; });
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -66,10 +67,21 @@ bool result_neutral(const std::string& key) { return key.rfind("estimate.", 0) =
 }  // namespace
 
 void prepare_job_directory(const CompressJob& j) {
-  const ModelConfig parent = ModelConfig::load(j.teacher);
-  CheckpointFiles::open(j.teacher);  // weights present and readable, not just a config
-  IndexedDataset::open(j.train_data);
-  if (j.validation_data != j.train_data) IndexedDataset::open(j.validation_data);
+  // Each input named by its job key, before any stage spends time.
+  auto check = [](const char* key, const std::function<void()>& open) {
+    try {
+      open();
+    } catch (const InputError& e) {
+      throw InputError(fmt::format("{}: {}", key, e.what()));
+    }
+  };
+  ModelConfig parent;
+  check("teacher", [&] {
+    parent = ModelConfig::load(j.teacher);
+    CheckpointFiles::open(j.teacher);  // weights present and readable, not just a config
+  });
+  check("data.train", [&] { IndexedDataset::open(j.train_data); });
+  check("data.validation", [&] { IndexedDataset::open(j.validation_data); });
   feasibility_search(j, parent);
 
   const CompressPaths p(j.out);
