@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <stdexcept>
 
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/activation_checkpointing.h"
@@ -247,6 +249,23 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
 
   if (dp.is_root()) fs::create_directories(ckpt_dir, ec);
   if (ec) throw InputError(fmt::format("cannot create {}: {}", ckpt_dir.string(), ec.message()));
+  // All but the newest --keep-last complete checkpoints.
+  auto remove_old_checkpoints = [&] {
+    auto all = list_checkpoints(ckpt_dir);
+    for (std::size_t i = 0; i + static_cast<std::size_t>(o.keep_last) < all.size(); ++i) {
+      // Hidden first (one rename), then removed: a kill midway never leaves a
+      // visible checkpoint with files missing; the next run removes the rest.
+      const fs::path doomed = ckpt_dir / fmt::format(".{}.partial-{}", all[i].filename().string(), ::getpid());
+      std::error_code rename_ec;
+      fs::rename(all[i], doomed, rename_ec);
+      remove_tree(rename_ec ? all[i] : doomed);
+    }
+  };
+  if (dp.is_root()) {  // what a killed run left: checkpoints half written or half removed, temporary files,
+    remove_stale_temporaries(ckpt_dir);  // checkpoints beyond --keep-last (killed before removing them)
+    remove_stale_temporaries(o.out);
+    remove_old_checkpoints();
+  }
   std::vector<std::string> metric_lines;
   uint64_t tokens = 0;  // trained tokens, across resumes
   if (!resume_from.empty()) {
@@ -259,10 +278,15 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     pos.index = st["index"].get<uint64_t>();
     tokens = st.value("tokens", uint64_t{0});
     // Keep the metrics up to the checkpoint: the resumed run rewrites the rest.
+    // The final evaluation runs again after the last step (a run killed after
+    // it but before its report), so its record goes too.
     std::ifstream in(o.out / "metrics.jsonl");
     for (std::string line; std::getline(in, line);) {
       json j = json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.value("step", int64_t{0}) <= start_step) metric_lines.push_back(line);
+      if (j.is_discarded() || !j.is_object()) continue;
+      const int64_t s = j.value("step", int64_t{0});
+      const bool final_eval = j.value("eval", false) && s == o.schedule.total_steps;
+      if (s <= start_step && !final_eval) metric_lines.push_back(line);
     }
   }
   // Only rank 0 writes files.
@@ -275,7 +299,10 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     metrics.open(o.out / "metrics.jsonl", std::ios::app);
   }
   auto log = [&](const json& j) {
-    if (dp.is_root()) metrics << j.dump() << "\n" << std::flush;
+    if (!dp.is_root()) return;
+    metrics << j.dump() << "\n" << std::flush;
+    // A full disk: stop here with the last checkpoint intact rather than train on without a record.
+    if (!metrics) throw std::runtime_error(fmt::format("write failed for {}", (o.out / "metrics.jsonl").string()));
   };
 
   auto run_eval = [&](int64_t step) {
@@ -304,8 +331,7 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
                {"lr_next", o.schedule.at(step)}, {"note", "no other random state: the window order is keyed by seed"}};
     write_file_atomic(dir.path() / "trainer_state.json", st.dump(2) + "\n");
     dir.commit();
-    auto all = list_checkpoints(ckpt_dir);
-    for (std::size_t i = 0; i + static_cast<std::size_t>(o.keep_last) < all.size(); ++i) remove_tree(all[i]);
+    remove_old_checkpoints();
     dp.barrier();
     return target;
   };

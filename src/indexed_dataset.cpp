@@ -323,6 +323,13 @@ void IndexedDatasetBuilder::finish() {
   if (m.finished) throw std::logic_error("IndexedDatasetBuilder: finish called twice");
   m.finished = true;
   // .bin first, .idx last: a reader that finds a new .idx also finds its .bin.
+  // An old .idx (a dataset being overwritten) goes once the new .bin is safely
+  // written and before it replaces the old one, so an interruption between the
+  // two renames leaves a .bin without .idx, never a .bin with another's .idx.
+  m.bin.flush();
+  std::error_code ec;
+  std::filesystem::remove(m.prefix + ".idx", ec);
+  if (ec) throw std::runtime_error("cannot replace " + m.prefix + ".idx: " + ec.message());
   m.bin.commit();
   const uint64_t S = m.lengths.size();
   const int64_t item = static_cast<int64_t>(token_dtype_size(m.dtype));

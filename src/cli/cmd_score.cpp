@@ -5,6 +5,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 #include "cli_common.h"
 #include "commands.h"
@@ -75,6 +76,8 @@ int cmd_score(const Args& args) {
     });
   }
   log.close();
+  // An ofstream fails quietly (a full disk included): check it, the scores dir must be whole.
+  if (log.fail()) throw std::runtime_error("write failed for " + (out.target() / "score.log.jsonl").string());
   scores.config_hash = fp.config_hash;
   scores.weights_hash = fp.weights_hash;
   {

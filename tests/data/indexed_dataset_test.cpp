@@ -1,5 +1,8 @@
 #include "minipuzzle/indexed_dataset.h"
 
+#include <sys/resource.h>
+
+#include <csignal>
 #include <limits>
 
 #include "minipuzzle/atomic_file.h"
@@ -155,6 +158,29 @@ TEST(IndexedDatasetBuilder, LeavesNoFilesWhenNotFinished) {
     b.add_document({1, 2});
   }
   EXPECT_TRUE(std::filesystem::is_empty(dir));
+}
+
+TEST(IndexedDatasetBuilder, OverwriteThatFailsNeverPairsTheNewBinWithTheOldIdx) {
+  auto dir = fresh_dir("overwrite");
+  const std::string prefix = build(dir, TokenDType::U16, {{1, 2, 3}});
+  {
+    // 3000 one-token documents: a 6 KB .bin that fits, a 60 KB .idx that does
+    // not (RLIMIT_FSIZE with SIGXFSZ ignored: write() fails as on a full disk).
+    IndexedDatasetBuilder b(prefix, TokenDType::U16);
+    for (int i = 0; i < 3000; ++i) b.add_document({7});
+    struct rlimit old {};
+    ::getrlimit(RLIMIT_FSIZE, &old);
+    auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim = old;
+    lim.rlim_cur = 16 << 10;
+    ::setrlimit(RLIMIT_FSIZE, &lim);
+    EXPECT_THROW(b.finish(), std::runtime_error);
+    ::setrlimit(RLIMIT_FSIZE, &old);
+    std::signal(SIGXFSZ, old_handler);
+  }
+  EXPECT_EQ(std::filesystem::file_size(prefix + ".bin"), 6000u);
+  EXPECT_FALSE(std::filesystem::exists(prefix + ".idx")) << "the old .idx now describes another .bin";
+  expect_input_error([&] { IndexedDataset::open(prefix); }, {".idx"});
 }
 
 TEST(IndexedDatasetBuilder, RejectsMissingOutputDirectory) {
