@@ -152,6 +152,18 @@ TEST(CompressJob, MalformedYamlAndSetSyntax) {
             std::string::npos);
 }
 
+// Found by fuzz_compress_job: invalid UTF-8 reached job.json, whose writer
+// throws a JSON type error (exit 1) instead of a clear input error.
+TEST(CompressJob, TextThatIsNotUtf8IsAnInputError) {
+  std::string bad = kMinimal;
+  bad.replace(bad.find("parent"), 3, "\xff\xfe\x80");
+  EXPECT_NE(error_of(bad).find("teacher: the value is not valid UTF-8"), std::string::npos) << error_of(bad);
+  EXPECT_NE(error_of(kMinimal, {"out=run\xed\xa0\x80"}).find("out: the value is not valid UTF-8"), std::string::npos);
+  EXPECT_NE(error_of(kMinimal, {"out=run\xc0\xaf"}).find("not valid UTF-8"), std::string::npos);
+  EXPECT_EQ(parse(kMinimal, {"out=r\xc3\xa9sultats/\xe2\x82\xac/\xf0\x9f\x98\x80"}).out,
+            "/home/me/r\xc3\xa9sultats/\xe2\x82\xac/\xf0\x9f\x98\x80");
+}
+
 TEST(CompressJob, RecordedSettingsAreCompleteAndStable) {
   const CompressJob a = parse(kMinimal, {"search.axes.ffn=64:128:32"});
   const auto j = a.to_json();

@@ -283,7 +283,26 @@ std::string known_under(const std::string& prefix) {
   return out;
 }
 
+// Job values end up in job.json and in command lines: text must be UTF-8
+// (no overlong forms, surrogates or code points past U+10FFFF).
+bool valid_utf8(const std::string& s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const std::size_t n = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xE ? 2 : (c >> 3) == 0x1E ? 3 : 4;
+    if (n == 4 || i + n >= s.size() || (n == 1 && c < 0xC2) || (n == 3 && c > 0xF4)) return false;
+    for (std::size_t k = 1; k <= n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
+    const auto c1 = n > 0 ? static_cast<unsigned char>(s[i + 1]) : 0;
+    if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 >= 0xA0) || (c == 0xF0 && c1 < 0x90) || (c == 0xF4 && c1 >= 0x90))
+      return false;
+    i += n + 1;
+  }
+  return true;
+}
+
 void set_key(CompressJob& job, const std::string& key, const std::string& value, const fs::path& base) {
+  if (!valid_utf8(key)) throw InputError("a key is not valid UTF-8");
+  if (!valid_utf8(value)) throw InputError(fmt::format("{}: the value is not valid UTF-8", key));
   if (key.rfind("search.axes.", 0) == 0) {
     const std::string axis = key.substr(12);
     if (!kAxisNames.count(axis))
