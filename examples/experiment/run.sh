@@ -26,6 +26,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 T_TOKENS=655360
 SEQ=256
 GB=8                                   # windows per optimizer step: 2048 tokens
+KD_LR=${KD_LR:-1e-3}                  # distillation peak LR (min = KD_LR / 10); see results.md, second pass
+KD_MIN_LR=${KD_MIN_LR:-1e-4}
 KD_STEPS=${KD_STEPS:-16}               # 16 x 2048 = 32768 tokens = 5% of T
 EVAL_TOKENS=${EVAL_TOKENS:-32768}
 TIMES=$WORK/timings.txt; : > "$TIMES"
@@ -90,7 +92,7 @@ COMMON=(--data "$TRAIN" --eval-data "$VAL" --seq-len "$SEQ" --micro-batch "$GB" 
 rm -rf "$WORK/runs"; mkdir -p "$WORK/runs"
 for name in importance random depth width memory; do
   timed "distill_$name" "$MP" distill --teacher "$TEACHER" --student "$WORK/students/$name" --out "$WORK/runs/$name" --steps "$KD_STEPS" \
-    "${COMMON[@]}" --lr 1e-3 --min-lr 1e-4 2>&1 | tail -n 2
+    "${COMMON[@]}" --lr "$KD_LR" --min-lr "$KD_MIN_LR" 2>&1 | tail -n 2
 done
 # EXTRA=1, beyond the 5% rule (not part of the success test): the importance student on 4x
 # the tokens, to show how far more distillation closes the gap at this scale (~12 min more here;
