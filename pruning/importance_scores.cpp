@@ -177,7 +177,8 @@ CheckpointFingerprint checkpoint_fingerprint(const fs::path& dir) {
 
 LayerRanks layer_ranks(const ImportanceScores& s, const ModelConfig& c) {
   LayerRanks ranks;
-  for (const auto& [metric, v] : s.layer) {
+  for (const auto& [metric, values] : s.layer) {
+    const std::vector<float>& v = values;  // C++17 lambdas cannot capture a structured binding (clang)
     std::vector<int64_t> order(v.size());
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return v[a] > v[b]; });
@@ -252,11 +253,16 @@ ImportanceScores load_importance(const fs::path& dir) {
     throw InputError(fmt::format("{}: expected importance.safetensors and importance.json (written by "
                                  "`minipuzzle score`)",
                                  dir.string()));
-  json j = json::parse(read_file(js), nullptr, false);
-  if (j.is_discarded() || !j.is_object() || j.value("format", "") != kFormat)
+  // Depth-limited parse; every key's type is checked before use (json::value
+  // would throw type_error, not InputError, on a key of the wrong type).
+  const json j = parse_json_lenient(read_file(js), js.string());
+  if (!j.is_object() || !j.contains("format") || j["format"] != kFormat)
     throw InputError(fmt::format("{}: not a minipuzzle importance file", js.string()));
-  if (j.value("version", 0) != kVersion)
-    throw InputError(fmt::format("{}: unsupported version {}", js.string(), j.value("version", 0)));
+  if (!j.contains("version") || j["version"] != kVersion)
+    throw InputError(fmt::format("{}: unsupported version {}", js.string(), j.contains("version") ? j["version"].dump() : "(none)"));
+  for (const char* key : {"config_hash", "weights_hash"})
+    if (j.contains(key) && !j[key].is_string())
+      throw InputError(fmt::format("{}: key '{}' must be a string", js.string(), key));
   if (!j.contains("config") || !j["config"].is_object())
     throw InputError(fmt::format("{}: missing key 'config'", js.string()));
   const ModelConfig c = ModelConfig::from_json(j["config"], js.string());

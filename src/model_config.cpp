@@ -123,6 +123,28 @@ void ModelConfig::validate(const std::string& source) const {
       fail(source, std::string("key \"") + key + "\" is " + std::to_string(v) + ", larger than the supported " +
                        std::to_string(max));
   };
+  // Every size is range-checked, also those of layer types the pattern lacks:
+  // derived sizes (d_inner, q_dim, in_proj) and parameter counts use them all.
+  auto in_range = [&](int64_t v, const char* key, int64_t max) {
+    if (v < 0) fail(source, std::string("key \"") + key + "\" must not be negative, got " + std::to_string(v));
+    if (v > max)
+      fail(source, std::string("key \"") + key + "\" is " + std::to_string(v) + ", larger than the supported " +
+                       std::to_string(max));
+  };
+  in_range(intermediate_size, "intermediate_size", kMaxDim);
+  in_range(num_attention_heads, "num_attention_heads", kMaxDim);
+  in_range(num_key_value_heads, "num_key_value_heads", kMaxDim);
+  in_range(head_dim, "head_dim", kMaxDim);
+  in_range(mamba_num_heads, "mamba_num_heads", kMaxDim);
+  in_range(mamba_head_dim, "mamba_head_dim", kMaxDim);
+  in_range(ssm_state_size, "ssm_state_size", kMaxDim);
+  in_range(n_groups, "n_groups", kMaxDim);
+  in_range(conv_kernel, "conv_kernel", 64);
+  in_range(chunk_size, "chunk_size", kMaxDim);
+  in_range(expand, "expand", kMaxDim);
+  in_range(attention_q_dim(), "num_attention_heads*head_dim", kMaxDim);
+  in_range(attention_kv_dim(), "num_key_value_heads*head_dim", kMaxDim);
+  in_range(mamba_in_proj_dim(), "mamba in_proj size", kMaxDim);
   positive(vocab_size, "vocab_size", kMaxVocab);
   positive(hidden_size, "hidden_size", kMaxDim);
   if (pattern.empty()) fail(source, "the layer pattern (hybrid_override_pattern) is empty");
@@ -256,8 +278,14 @@ nlohmann::json parse_json_lenient(const std::string& text, const std::string& so
     if (starts("NaN")) { out += "\"NaN\""; i += 2; continue; }
     out.push_back(ch);
   }
+  auto limit_depth = [&](int depth, json::parse_event_t event, json&) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+        depth >= kMaxJsonNesting)
+      throw InputError(source + ": JSON nested deeper than " + std::to_string(kMaxJsonNesting) + " levels");
+    return true;
+  };
   try {
-    return json::parse(out);
+    return json::parse(out, limit_depth);
   } catch (const json::exception& e) {
     throw InputError(source + ": invalid JSON (" + std::string(e.what()) + ")");
   }

@@ -18,6 +18,7 @@
 #include <string_view>
 
 #include "minipuzzle/errors.h"
+#include "minipuzzle/model_config.h"  // kMaxJsonNesting
 #include "minipuzzle/safetensors.h"
 
 namespace minipuzzle {
@@ -30,8 +31,10 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& sourc
                                  const std::string& what) {
   std::vector<std::set<std::string>> open_objects;
   std::string duplicate;
-  auto callback = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+  auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
     using E = nlohmann::json::parse_event_t;
+    if ((event == E::object_start || event == E::array_start) && depth >= kMaxJsonNesting)
+      throw InputError(fmt::format("{}: {} is nested deeper than {} levels", source, what, kMaxJsonNesting));
     if (event == E::object_start) {
       open_objects.emplace_back();
     } else if (event == E::object_end) {
@@ -45,7 +48,7 @@ nlohmann::json parse_json_strict(std::string_view text, const std::string& sourc
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text.begin(), text.end(), callback);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for numbers past double
     throw InputError(fmt::format("{}: {} is not valid JSON ({})", source, what, e.what()));
   }
   if (!duplicate.empty())

@@ -82,10 +82,16 @@ struct ModelConfig {
   bool operator==(const ModelConfig& o) const;
 };
 
+// JSON read from files is rejected when nested deeper than this: nlohmann
+// copies and writes documents recursively, so a hostile `[[[[...` would
+// overflow the stack later (our formats nest 4 levels; Hub configs about 5).
+constexpr int kMaxJsonNesting = 64;
+
 // Parses JSON text the way Python's json module does: bare Infinity,
 // -Infinity and NaN outside strings are accepted (they become the strings
 // "Infinity", "-Infinity", "NaN", which the config reader understands).
-// Throws InputError "<source>: invalid JSON ..." on syntax errors.
+// Throws InputError "<source>: invalid JSON ..." on syntax errors and on
+// nesting deeper than kMaxJsonNesting.
 nlohmann::json parse_json_lenient(const std::string& text, const std::string& source);
 
 }  // namespace minipuzzle

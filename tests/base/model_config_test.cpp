@@ -156,3 +156,44 @@ TEST(ModelConfig, ReadsThePublishedConfigs) {
     EXPECT_EQ(c.head_dim, 128) << name;
   }
 }
+
+// Found by fuzzing (tests/fuzz): sizes of a layer type the pattern lacks were
+// not range-checked, and derived sizes (mamba_d_inner, ...) overflowed int64.
+TEST(ModelConfig, RangeChecksSizesOfAbsentLayerTypes) {
+  json j = tiny_hub();
+  j["hybrid_override_pattern"] = "--";
+  j["num_hidden_layers"] = 2;
+  j["mamba_num_heads"] = int64_t{1} << 62;
+  j["mamba_head_dim"] = int64_t{1} << 62;
+  expect_error_mentions(j, "\"mamba_num_heads\" is 4611686018427387904, larger than the supported");
+  j = tiny_hub();
+  j["hybrid_override_pattern"] = "MM";
+  j["num_hidden_layers"] = 2;
+  j["head_dim"] = -1;
+  expect_error_mentions(j, "\"head_dim\" must not be negative");
+  j = tiny_hub();
+  j["hybrid_override_pattern"] = "--";
+  j["num_hidden_layers"] = 2;
+  j["mamba_num_heads"] = 1 << 21;
+  j["mamba_head_dim"] = 1 << 21;
+  expect_error_mentions(j, "\"mamba in_proj size\" is");
+  // Zero sizes for an absent type stay fine (an MLP-only model).
+  j = json{{"vocab_size", 8}, {"hidden_size", 4}, {"hybrid_override_pattern", "--"}, {"intermediate_size", 8}};
+  EXPECT_EQ(ModelConfig::from_json(j).num_layers(), 2);
+}
+
+// Found by fuzzing: a deeply nested value (kept in `extra`) overflowed the
+// stack when copied; parse_json_lenient limits nesting to kMaxJsonNesting.
+TEST(ModelConfig, RejectsDeeplyNestedJson) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  try {
+    ModelConfig::from_json_text("{\"vocab_size\": 8, \"x\": " + deep + "}", "config.json");
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("config.json: JSON nested deeper than 64 levels"), std::string::npos)
+        << e.what();
+  }
+  // 64 levels, the top-level object included, parse.
+  EXPECT_NO_THROW(minipuzzle::parse_json_lenient("{\"x\": " + std::string(63, '[') + std::string(63, ']') + "}", "x"));
+  EXPECT_THROW(minipuzzle::parse_json_lenient(std::string(65, '[') + std::string(65, ']'), "x"), InputError);
+}

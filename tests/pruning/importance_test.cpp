@@ -22,7 +22,10 @@ namespace fs = std::filesystem;
 using testing::tiny_config;
 
 torch::Tensor param(HybridLM& m, const std::string& name) {
-  auto* p = m->named_parameters().find(name);
+  // Keep the dict alive: find() points into it (ASan: heap-use-after-free
+  // when it was a temporary).
+  const auto params = m->named_parameters();
+  auto* p = params.find(name);
   if (!p) throw std::logic_error("no parameter " + name);
   return *p;
 }
@@ -309,6 +312,33 @@ TEST_F(ImportanceTest, SavedScoresReadBackEqualAndRejectAnotherModel) {
   // Another architecture: the hash and the lengths disagree.
   EXPECT_THROW(r.validate(tiny_config("M*-M-M"), "scores"), InputError);
   EXPECT_THROW(load_importance(dir_ / "nowhere"), InputError);
+}
+
+// Found by fuzzing (tests/fuzz): keys of the wrong type in importance.json
+// escaped as nlohmann type_error (exit 1) instead of InputError, and deep
+// nesting overflowed the stack.
+TEST_F(ImportanceTest, MalformedImportanceJsonIsAnInputError) {
+  auto m = tiny_model();
+  auto s = score_importance(m, *data_, options());
+  s.config_hash = config_fingerprint(m->config());
+  save_importance(s, m->config(), dir_ / "scores");
+  const std::string original = read_file(dir_ / "scores" / "importance.json");
+  auto with = [&](const char* key, const nlohmann::json& value) {
+    auto j = nlohmann::json::parse(original);
+    j[key] = value;
+    write_file_atomic(dir_ / "scores" / "importance.json", j.dump());
+  };
+  for (const auto& [key, value] : std::vector<std::pair<const char*, nlohmann::json>>{
+           {"format", 5}, {"version", "1"}, {"version", nullptr}, {"config_hash", 12}, {"weights_hash", false}}) {
+    with(key, value);
+    EXPECT_THROW(load_importance(dir_ / "scores"), InputError) << key << " = " << value.dump();
+  }
+  write_file_atomic(dir_ / "scores" / "importance.json",
+                    "{\"format\": \"minipuzzle-importance\", \"x\": " + std::string(100000, '[') +
+                        std::string(100000, ']') + "}");
+  EXPECT_THROW(load_importance(dir_ / "scores"), InputError);
+  write_file_atomic(dir_ / "scores" / "importance.json", original);
+  EXPECT_NO_THROW(load_importance(dir_ / "scores"));
 }
 
 TEST_F(ImportanceTest, SearchImportanceAveragesTheLayersKeptFractions) {

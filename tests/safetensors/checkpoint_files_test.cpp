@@ -231,5 +231,18 @@ TEST(ParseByteSize, JunkNegativeZeroAndFractionalBytesAreInputErrors) {
     EXPECT_TRUE(contains(test::input_error([&] { parse_byte_size(bad); }), "byte size")) << bad;
 }
 
+// Found by fuzzing (tests/fuzz): deep nesting in the index overflowed the stack.
+TEST_F(Checkpoint, DeeplyNestedIndexIsRejected) {
+  write_checkpoint_weights(dir_.path(), views(), 250);
+  write_index("{\"metadata\": " + std::string(100000, '[') + std::string(100000, ']') + ", \"weight_map\": {}}");
+  EXPECT_TRUE(contains(open_error(), "index is nested deeper than 64 levels"));
+}
+
+TEST_F(Checkpoint, IndexNumberPastTheDoubleRangeIsRejected) {
+  write_checkpoint_weights(dir_.path(), views(), 250);
+  write_index("{\"metadata\": {\"total_size\": 1e999}, \"weight_map\": {}}");
+  EXPECT_TRUE(contains(open_error(), "index is not valid JSON"));
+}
+
 }  // namespace
 }  // namespace minipuzzle

@@ -170,5 +170,23 @@ TEST_F(ReaderRule, FromMemoryAppliesTheSameRulesAndNamesTheSource) {
   EXPECT_TRUE(contains(msg, "fuzz-input: tensor \"x\" is not an object"));
 }
 
+// Found by fuzzing (tests/fuzz): nlohmann reports a number past the double
+// range as out_of_range, not parse_error, and it escaped as a non-InputError.
+TEST_F(ReaderRule, NumberPastTheDoubleRangeIsRejected) {
+  auto h = "{" + entry("a", "F32", "[1e9999]", "[0,4]") + "}";
+  EXPECT_TRUE(contains(open_error(test::image(h, "abcd")), "header is not valid JSON"));
+}
+
+// Found by fuzzing: a deeply nested header overflowed the stack (nlohmann
+// copies and dumps recursively); nesting is limited to kMaxJsonNesting.
+TEST_F(ReaderRule, DeeplyNestedHeaderIsRejected) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_TRUE(contains(open_error(test::image("{\"__metadata__\":" + deep + "}")), "nested deeper than 64"));
+  // 64 levels (the top-level object is level 1) are fine as far as nesting goes.
+  const std::string ok = std::string(62, '[') + std::string(62, ']');
+  EXPECT_TRUE(contains(open_error(test::image("{\"__metadata__\":{\"k\":" + ok + "}}")),
+                       "__metadata__ value of \"k\" is not a string"));
+}
+
 }  // namespace
 }  // namespace minipuzzle

@@ -60,5 +60,22 @@ TEST(CandidatesJson, KeptLayersThatDisagreeWithTheConfigAreInputError) {
   EXPECT_THROW(candidates_from_json(j, "x.json"), InputError);
 }
 
+// Found by fuzzing (tests/fuzz): deep nesting overflowed the stack when the
+// document was copied; load_candidates now rejects it while parsing.
+TEST(CandidatesJson, DeeplyNestedFileIsInputError) {
+  const auto dir = std::filesystem::temp_directory_path() / ("mp_candidates_deep_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  write_file_atomic(dir / "candidates.json",
+                    "{\"format\": \"minipuzzle-candidates\", \"x\": " + std::string(100000, '[') +
+                        std::string(100000, ']') + "}");
+  try {
+    load_candidates(dir / "candidates.json");
+    ADD_FAILURE() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("nested deeper than 64 levels"), std::string::npos) << e.what();
+  }
+  minipuzzle::remove_tree(dir);
+}
+
 }  // namespace
 }  // namespace minipuzzle
