@@ -5,6 +5,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "compress_preflight.h"
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
@@ -20,21 +21,6 @@ namespace minipuzzle::cli {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
-
-Deployment deployment_of(const CompressJob& j) {
-  Deployment d;
-  d.weights = parse_precision(j.search.precision, "search.precision");
-  d.kv_cache = parse_precision(j.search.kv_precision, "search.kv_precision");
-  d.state = parse_precision(j.search.state_precision, "search.state_precision");
-  d.context = j.search.context;
-  d.batch = j.search.batch;
-  d.workspace_bytes = parse_bytes(j.search.workspace, "search.workspace");
-  return d;
-}
-
-}  // namespace
-
 int compare_stage(const CompressJob& j, const CompressPaths& p) {
   const int64_t w = picked_rank(p);
   if (w == 0) throw InputError(p.pick.string() + " is missing; the pick stage has not run");
@@ -43,7 +29,7 @@ int compare_stage(const CompressJob& j, const CompressPaths& p) {
   if (data->total_tokens() < static_cast<uint64_t>(seq_len) + 1)
     throw InputError(fmt::format("data.validation {} has fewer than one window of {} + 1 tokens", j.validation_data, seq_len));
   const auto starts = sequential_windows(data->total_tokens(), seq_len, std::max<uint64_t>(1, j.evaluate.tokens / seq_len));
-  const Deployment dep = deployment_of(j);
+  const Deployment dep = search_options_of(j).deployment;
   const auto dtype = parse_model_dtype(j.dtype);
   const auto device = parse_device(j.device);
 
