@@ -117,20 +117,19 @@ const std::set<std::string>& interpreted_keys() {
 }  // namespace
 
 void ModelConfig::validate(const std::string& source) const {
-  auto positive = [&](int64_t v, const char* key, int64_t max) {
-    if (v <= 0) fail(source, std::string("key \"") + key + "\" must be positive, got " + std::to_string(v));
+  // Sizes in [lo, max] with lo 0 or 1; one message shape for every key.
+  auto bounded = [&](int64_t v, const char* key, int64_t lo, int64_t max) {
+    if (v < lo)
+      fail(source, std::string("key \"") + key + (lo > 0 ? "\" must be positive, got " : "\" must not be negative, got ") +
+                       std::to_string(v));
     if (v > max)
       fail(source, std::string("key \"") + key + "\" is " + std::to_string(v) + ", larger than the supported " +
                        std::to_string(max));
   };
+  auto positive = [&](int64_t v, const char* key, int64_t max) { bounded(v, key, 1, max); };
   // Every size is range-checked, also those of layer types the pattern lacks:
   // derived sizes (d_inner, q_dim, in_proj) and parameter counts use them all.
-  auto in_range = [&](int64_t v, const char* key, int64_t max) {
-    if (v < 0) fail(source, std::string("key \"") + key + "\" must not be negative, got " + std::to_string(v));
-    if (v > max)
-      fail(source, std::string("key \"") + key + "\" is " + std::to_string(v) + ", larger than the supported " +
-                       std::to_string(max));
-  };
+  auto in_range = [&](int64_t v, const char* key, int64_t max) { bounded(v, key, 0, max); };
   in_range(intermediate_size, "intermediate_size", kMaxDim);
   in_range(num_attention_heads, "num_attention_heads", kMaxDim);
   in_range(num_key_value_heads, "num_key_value_heads", kMaxDim);
