@@ -13,7 +13,7 @@
 # Outputs land in ${MINIPUZZLE_DEMO_DIR:-./demo-out}.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUILD=$("$ROOT/tools/setup.sh" | tail -n 1)
+BUILD=$("$ROOT/tools/setup.sh" minipuzzle | tail -n 1)
 MP=$BUILD/bin/minipuzzle
 PY=$(grep '^MINIPUZZLE_PYTHON:' "$BUILD/CMakeCache.txt" | cut -d= -f2)
 OUT=${MINIPUZZLE_DEMO_DIR:-$ROOT/demo-out}

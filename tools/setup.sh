@@ -7,6 +7,8 @@
 #   3. CMake configure against that venv's LibTorch, and the build
 #      (ccache, also under $MINIPUZZLE_CACHE, makes a fresh clone's build quick).
 # Prints the build directory on its last line.
+# usage: tools/setup.sh [TARGET...]   (default: every target; the demo builds
+#        only `minipuzzle`, which saves the tests' compile time)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,6 +67,8 @@ if [ ! -f "$BUILD/build.ninja" ] || [ "$BUILD/CMakeCache.txt" -ot "$REQ" ] || [ 
     -DMINIPUZZLE_PYTHON="$VPY" \
     ${MINIPUZZLE_CMAKE_ARGS:-} >&2
 fi
-log "building ($JOBS jobs)"
-cmake --build "$BUILD" -j "$JOBS" >&2
+TARGET_ARGS=()
+if (($#)); then TARGET_ARGS=(--target "$@"); fi
+log "building ($JOBS jobs${1:+: $*})"
+cmake --build "$BUILD" -j "$JOBS" ${TARGET_ARGS[@]+"${TARGET_ARGS[@]}"} >&2
 echo "$BUILD"

@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # README command 2: set up everything (idempotent) and run the whole test
-# suite: GoogleTest suites + Python oracle tests (transformers, safetensors).
-# GPU tests skip cleanly on machines without one.
+# suite: GoogleTest suites + Python oracle tests (transformers, safetensors),
+# then the torch-free part (config, safetensors, data, search, the fuzz seed
+# corpus) again under ASan + UBSan (tools/sanitize.sh --notorch: ~3 min cold
+# on 2 cores, seconds when built; MINIPUZZLE_SANITIZE=0 skips it).
+# GPU tests skip cleanly on machines without one. Extra arguments go to the
+# main ctest run (e.g. -R distill).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=$("$ROOT/tools/setup.sh" | tail -n 1)
-cd "$BUILD"
 JOBS=${MINIPUZZLE_TEST_JOBS:-$(nproc)}
-ctest --output-on-failure -j "$JOBS" "$@"
+rc=0
+(cd "$BUILD" && ctest --output-on-failure -j "$JOBS" "$@") || rc=$?
+if [ "${MINIPUZZLE_SANITIZE:-1}" != 0 ]; then
+  echo "[test] the torch-free suite under ASan + UBSan (tools/sanitize.sh --notorch)" >&2
+  "$ROOT/tools/sanitize.sh" --notorch || rc=$((rc ? rc : 1))
+fi
+exit "$rc"

@@ -222,7 +222,9 @@ def summarize(work: str, res: str) -> None:
       f"`minipuzzle train` on T = {meta['teacher_tokens']:,} byte tokens of transformers' model sources "
       f"(`examples/demo/make_teacher.sh`). Every student below is trained on the same "
       f"{meta['kd_tokens']:,} tokens = {100*meta['kd_tokens']/meta['teacher_tokens']:.1f}% of T "
-      f"({meta['steps']} steps x {meta['tokens_per_step']} tokens, same data order).\n")
+      f"({meta['steps']} steps x {meta['tokens_per_step']} tokens, same data order"
+      + (f", seed {meta['seed']}; distillation LR peak {meta['kd_lr']:g}, cosine to {meta['kd_min_lr']:g}, "
+         f"from-scratch arm LR 3e-3 to 3e-4" if "kd_lr" in meta else "") + ").\n")
     w(f"Evaluation: {meta['eval']['description']}. Unigram baseline on the same tokens: "
       f"loss {uni['loss']:.3f}, accuracy {uni['accuracy']:.3f}.\n")
     w("| arm | params (share) | layers | memory* | loss before | acc before | loss after | vs teacher | acc after | agreement | KL |")
@@ -252,8 +254,9 @@ def summarize(work: str, res: str) -> None:
           f"({100*main['loss_gap_vs_teacher']:+.1f}%)")
         w(f"- better than (a) the same architecture from scratch: **{'yes' if verdict['better_than_scratch'] else 'no'}**")
         w(f"- better than (b) random layers/channels + the same distillation: **{'yes' if verdict['better_than_random'] else 'no'}**\n")
-    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md")
-    if os.path.exists(notes):
+    # the commentary on the published run; EXPERIMENT_NOTES=none (or another file) for other runs
+    notes = os.environ.get("EXPERIMENT_NOTES", os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md"))
+    if notes != "none" and os.path.exists(notes):
         w(open(notes).read())
     open(os.path.join(res, "results.md"), "w").write("\n".join(L) + "\n")
     print(f"wrote {res}/results.md, results.json, *.png")

@@ -28,6 +28,7 @@ SEQ=256
 GB=8                                   # windows per optimizer step: 2048 tokens
 KD_LR=${KD_LR:-1e-3}                  # distillation peak LR (min = KD_LR / 10); see results.md, second pass
 KD_MIN_LR=${KD_MIN_LR:-1e-4}
+SEED=${SEED:-1234}                     # data order of every training run (distill/train --seed)
 KD_STEPS=${KD_STEPS:-16}               # 16 x 2048 = 32768 tokens = 5% of T
 EVAL_TOKENS=${EVAL_TOKENS:-32768}
 TIMES=$WORK/timings.txt; : > "$TIMES"
@@ -88,7 +89,7 @@ echo "random arm: $RANDOM_SET"
 
 step "6. distill each student on the same ${KD_STEPS} x ${GB} x ${SEQ} tokens; train (a) on them"
 COMMON=(--data "$TRAIN" --eval-data "$VAL" --seq-len "$SEQ" --micro-batch "$GB" --global-batch "$GB"
-        --warmup 2 --schedule cosine --eval-tokens "$EVAL_TOKENS" --seed 1234 --save-every 0 --dtype fp32)
+        --warmup 2 --schedule cosine --eval-tokens "$EVAL_TOKENS" --seed "$SEED" --save-every 0 --dtype fp32)
 rm -rf "$WORK/runs"; mkdir -p "$WORK/runs"
 for name in importance random depth width memory; do
   timed "distill_$name" "$MP" distill --teacher "$TEACHER" --student "$WORK/students/$name" --out "$WORK/runs/$name" --steps "$KD_STEPS" \
@@ -111,9 +112,9 @@ done
 "$MP" inspect "$TEACHER" --precision bf16 --context 4096 --json > "$WORK/teacher.inspect.json"
 echo "total $(( $(date +%s) - T0 ))" >> "$TIMES"
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-"$PY" - "$WORK" "$COMMIT" "$MP" "$TIMES" "$KD_STEPS" "$GB" "$SEQ" "$T_TOKENS" "$EVAL_TOKENS" "$RANDOM_SET" <<'EOF'
+"$PY" - "$WORK" "$COMMIT" "$MP" "$TIMES" "$KD_STEPS" "$GB" "$SEQ" "$T_TOKENS" "$EVAL_TOKENS" "$RANDOM_SET" "$KD_LR" "$KD_MIN_LR" "$SEED" <<'EOF'
 import json, sys, os, platform
-work, commit, mp, times, steps, gb, seq, T, ev, rset = sys.argv[1:]
+work, commit, mp, times, steps, gb, seq, T, ev, rset, kd_lr, kd_min_lr, seed = sys.argv[1:]
 steps, gb, seq, T, ev = map(int, (steps, gb, seq, T, ev))
 tim = {l.split()[0]: int(l.split()[1]) for l in open(times) if l.strip()}
 arms = [
@@ -129,7 +130,8 @@ if os.path.exists(os.path.join(work, "runs", "importance_x4")):
 meta = {"date": os.environ.get("EXPERIMENT_DATE", "2026-11-23"),
         "machine": os.environ.get("EXPERIMENT_MACHINE", f"{os.cpu_count()}-core CPU ({platform.machine()}), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"),
         "commit": commit, "minipuzzle": mp, "teacher": "examples/demo/teacher",
-        "teacher_tokens": T, "kd_tokens": steps * gb * seq, "steps": steps, "tokens_per_step": gb * seq,
+        "teacher_tokens": T, "kd_tokens": steps * gb * seq,
+        "kd_lr": float(kd_lr), "kd_min_lr": float(kd_min_lr), "seed": int(seed), "steps": steps, "tokens_per_step": gb * seq,
         "eval": {"tokens": ev, "seq_len": seq, "description":
                  f"`minipuzzle eval` / distill's evaluation on the first {ev:,} tokens of the held-out sample "
                  f"(a 512-byte slice from the middle of each of the 69 files under transformers/models/[x-z]*, "
