@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "minipuzzle/atomic_file.h"
+#include "minipuzzle/json_read_back.h"
 #include "minipuzzle/plot_png.h"
 
 namespace minipuzzle {
@@ -16,11 +17,11 @@ void write_distill_report(const std::filesystem::path& run_dir) {
   std::vector<json> steps, evals;
   std::ifstream in(run_dir / "metrics.jsonl");
   for (std::string line; std::getline(in, line);) {
-    json j = json::parse(line, nullptr, false);
+    json j = parse_json_read_back(line);
     if (j.is_discarded()) continue;
     (j.value("eval", false) ? evals : steps).push_back(j);
   }
-  json run = json::parse(read_file(run_dir / "run.json"), nullptr, false);
+  json run = parse_json_read_back(read_file(run_dir / "run.json"));
 
   plot::LineChart loss;
   loss.title = "training loss per step";

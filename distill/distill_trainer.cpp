@@ -20,6 +20,7 @@
 #include "minipuzzle/data_parallel.h"
 #include "minipuzzle/distill_report.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/json_read_back.h"
 #include "minipuzzle/logit_comparison.h"
 #include "minipuzzle/teacher_cache.h"
 #include "minipuzzle/token_batches.h"
@@ -185,7 +186,7 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
                                  "new --out",
                                  o.out.string()));
   if (o.resume && fs::exists(o.out / "run.json")) {
-    json before = json::parse(read_file(o.out / "run.json"), nullptr, false);
+    json before = parse_json_read_back(read_file(o.out / "run.json"));
     if (before.is_discarded() || before != identity) {
       std::string diff;
       if (!before.is_discarded())
@@ -270,8 +271,12 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
   uint64_t tokens = 0;  // trained tokens, across resumes
   if (!resume_from.empty()) {
     optimizer.load(resume_from / "optimizer.safetensors");
-    json st = json::parse(read_file(resume_from / "trainer_state.json"), nullptr, false);
-    if (st.is_discarded() || !st.contains("step") || !st.contains("epoch") || !st.contains("index"))
+    json st = parse_json_read_back(read_file(resume_from / "trainer_state.json"));
+    auto count = [&](const char* key) {
+      return st.contains(key) && st[key].is_number_integer() && st[key].get<int64_t>() >= 0;
+    };
+    if (!st.is_object() || !count("step") || !count("epoch") || !count("index") ||
+        (st.contains("tokens") && !count("tokens")))
       throw InputError(fmt::format("{}: unreadable trainer_state.json", resume_from.string()));
     start_step = st["step"].get<int64_t>();
     pos.epoch = st["epoch"].get<uint64_t>();
@@ -282,9 +287,12 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     // it but before its report), so its record goes too.
     std::ifstream in(o.out / "metrics.jsonl");
     for (std::string line; std::getline(in, line);) {
-      json j = json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.is_object()) continue;
-      const int64_t s = j.value("step", int64_t{0});
+      json j = parse_json_read_back(line);
+      // A line of the wrong shape is dropped, like an unparsable one (value() would throw).
+      if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer() ||
+          (j.contains("eval") && !j["eval"].is_boolean()))
+        continue;
+      const int64_t s = j["step"].get<int64_t>();
       const bool final_eval = j.value("eval", false) && s == o.schedule.total_steps;
       if (s <= start_step && !final_eval) metric_lines.push_back(line);
     }

@@ -11,6 +11,7 @@
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/model_config.h"
 #include "minipuzzle/indexed_dataset.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/window_order.h"
@@ -105,8 +106,9 @@ json shard_identity(const SafetensorsFile& f) {
   if (ver == md.end() || ver->second != std::to_string(kTeacherCacheVersion))
     throw InputError(fmt::format("{}: metadata \"version\" is not {}", f.path().string(), kTeacherCacheVersion));
   auto id = md.find("identity");
-  json j = id == md.end() ? json() : json::parse(id->second, nullptr, false);
-  if (j.is_discarded() || !j.is_object())
+  // Depth-limited parse: a hostile header cannot exhaust the stack (nlohmann destroys recursively).
+  json j = id == md.end() ? json() : parse_json_lenient(id->second, f.path().string() + ": metadata \"identity\"");
+  if (!j.is_object())
     throw InputError(fmt::format("{}: metadata \"identity\" is missing or not JSON", f.path().string()));
   return j;
 }
@@ -376,8 +378,8 @@ TeacherCache TeacherCache::open(const fs::path& dir) {
                                    dir.string()));
     throw InputError(fmt::format("teacher cache {} does not exist", dir.string()));
   }
-  json j = json::parse(read_file(path), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw InputError(fmt::format("{}: not a JSON object", where));
+  json j = parse_json_lenient(read_file(path), where);  // invalid or too deeply nested: InputError
+  if (!j.is_object()) throw InputError(fmt::format("{}: not a JSON object", where));
   if (need_str(j, "format", where) != kTeacherCacheFormat)
     throw InputError(fmt::format("{}: \"format\" is not \"{}\"", where, kTeacherCacheFormat));
   if (need_u64(j, "version", where) != static_cast<uint64_t>(kTeacherCacheVersion))

@@ -96,7 +96,8 @@ class TeacherCacheTest : public ::testing::Test {
 
   // Rewrites a shard with `edit` applied to copies of its tensors (same metadata).
   void edit_shard(const fs::path& file,
-                  const std::function<void(std::map<std::string, std::pair<TensorInfo, std::vector<uint8_t>>>&)>& f) {
+                  const std::function<void(std::map<std::string, std::pair<TensorInfo, std::vector<uint8_t>>>&)>& f,
+                  const std::function<void(std::map<std::string, std::string>&)>& edit_metadata = nullptr) {
     std::map<std::string, std::pair<TensorInfo, std::vector<uint8_t>>> t;
     std::map<std::string, std::string> md;
     {
@@ -106,6 +107,7 @@ class TeacherCacheTest : public ::testing::Test {
         t[info.name] = {info, std::vector<uint8_t>(sf->data(info), sf->data(info) + info.nbytes())};
     }
     f(t);
+    if (edit_metadata) edit_metadata(md);
     std::vector<TensorView> views;
     for (auto& [name, p] : t) views.push_back({name, p.first.dtype, p.first.shape, p.second.data(), p.second.size()});
     write_safetensors(file, views, md);
@@ -286,7 +288,21 @@ TEST_F(TeacherCacheTest, RefusesDamagedOrMismatchedCaches) {
     edit_cache_json(d, [](json& j) { j["shards"][1]["file"] = "shard-00001.safetensors"; });
     EXPECT_NO_THROW(TeacherCache::open(d));
     write_file_atomic(d / "cache.json", "{not json");
+    expect_input_error([&] { TeacherCache::open(d); }, "invalid JSON");
+    write_file_atomic(d / "cache.json", "[1, 2]");
     expect_input_error([&] { TeacherCache::open(d); }, "not a JSON object");
+    // Deep nesting would overflow the stack when the parsed value is destroyed.
+    write_file_atomic(d / "cache.json", std::string(200000, '[') + std::string(200000, ']'));
+    expect_input_error([&] { TeacherCache::open(d); }, "nested deeper than");
+  }
+  // A shard whose identity metadata is not JSON, or nested without bound.
+  {
+    const auto d = fresh("identity");
+    edit_shard(d / "shard-00001.safetensors", [](auto&) {}, [](auto& md) { md["identity"] = "{oops"; });
+    expect_input_error([&] { TeacherCache::open(d); }, "metadata \"identity\": invalid JSON");
+    edit_shard(d / "shard-00001.safetensors", [](auto&) {},
+               [](auto& md) { md["identity"] = std::string(200000, '[') + std::string(200000, ']'); });
+    expect_input_error([&] { TeacherCache::open(d); }, "nested deeper than");
   }
   // A truncated shard, a missing shard.
   {

@@ -324,6 +324,45 @@ TEST_F(DistillRun, ResumeWithOtherOptionsAndBadOptionsAreInputErrors) {
   EXPECT_FALSE(fs::exists(dir_ / "bad" / "checkpoints"));
 }
 
+// The run's own files, damaged or hand-edited, are read with outside-input
+// bounds: a wrong type or unbounded nesting is one InputError, not a crash.
+TEST_F(DistillRun, DamagedRunFilesOnResumeAreInputErrors) {
+  auto o = options("run");
+  o.stop_at_step = 2;
+  run_distillation(o);
+  o.stop_at_step = 0;
+  o.resume = true;
+  const fs::path state = o.out / "checkpoints" / "step-00000002" / "trainer_state.json";
+  ASSERT_TRUE(fs::exists(state));
+  const std::string good_state = read_file(state), good_run = read_file(o.out / "run.json");
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  auto expect_message = [&](const std::string& want) {
+    try {
+      run_distillation(o);
+      ADD_FAILURE() << "expected an InputError with " << want;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  write_file_atomic(o.out / "run.json", deep);
+  expect_message("unreadable run.json");
+  write_file_atomic(o.out / "run.json", good_run);
+  for (const std::string& bad : {deep, std::string(R"({"step": "2", "epoch": 0, "index": 0})"),
+                                 std::string(R"({"step": 2, "epoch": -1, "index": 0})"),
+                                 std::string(R"({"step": 2, "epoch": 0, "index": 0, "tokens": "x"})")}) {
+    write_file_atomic(state, bad);
+    expect_message("unreadable trainer_state.json");
+  }
+  // A metrics line of the wrong shape is dropped like an unparsable one; the run finishes.
+  write_file_atomic(state, good_state);
+  {
+    std::ofstream m(o.out / "metrics.jsonl", std::ios::app);
+    m << R"({"step": "1", "eval": 3})" << "\n" << deep << "\n";
+  }
+  const DistillSummary s = run_distillation(o);
+  EXPECT_EQ(s.steps_done, 8);
+}
+
 TEST_F(DistillRun, TeacherCacheWithTheWholeVocabularyEqualsTheOnlineTeacher) {
   auto online = options("online");
   online.eval_every = 0;
