@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Helpers of examples/experiment/run.sh (the venv's python: safetensors, numpy, matplotlib).
 
-  exp.py valsample SITE OUT_SRC_DIR     one 512-byte slice from the middle of every held-out file
+  exp.py valsample SITE OUT_SRC_DIR [LETTERS]
+                                        one 512-byte slice from the middle of every file of
+                                        transformers/models/[LETTERS]* (default xyz: the test sample)
+  exp.py final-loss RUN_DIR             the last evaluation's loss in RUN_DIR/metrics.jsonl
   exp.py randomize SCORES_IN SCORES_OUT SEED
                                         same scores files, every tensor replaced by uniform noise
                                         (hashes kept, so `prune` accepts them for the same parent)
@@ -11,6 +14,7 @@
   exp.py init-args CONFIG               tools/make_tiny_model.py arguments for this architecture
   exp.py unigram TRAIN_BIN VAL_BIN N    unigram (add-one) cross-entropy of the first N val targets
   exp.py summarize WORK RESULTS_DIR     results.json, results.md, PNG curves
+  exp.py aggregate OUT RESULTS_DIR...   mean and spread over seeds (results.md, results.json, seeds_loss.png)
 """
 import glob
 import json
@@ -24,8 +28,8 @@ import numpy as np
 SLICE = 512
 
 
-def valsample(site: str, out: str) -> None:
-    files = sorted(p for d in ("x", "y", "z") for p in glob.glob(os.path.join(site, "models", d + "*", "**", "*.py"), recursive=True))
+def valsample(site: str, out: str, letters: str = "xyz") -> None:
+    files = sorted(p for d in letters for p in glob.glob(os.path.join(site, "models", d + "*", "**", "*.py"), recursive=True))
     os.makedirs(out, exist_ok=True)
     n = 0
     for i, p in enumerate(files):
@@ -262,10 +266,114 @@ def summarize(work: str, res: str) -> None:
     print(f"wrote {res}/results.md, results.json, *.png")
 
 
+def aggregate(out: str, runs: list) -> None:
+    """Mean and spread over seeds of per-seed results.json files (run.sh with SEED=...)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    per = [json.load(open(os.path.join(r, "results.json"))) for r in runs]
+    metas = [json.load(open(os.path.join(r, "meta.json"))) for r in runs]
+    arms = [r["arm"] for r in per[0]["rows"]]
+    labels = {r["arm"]: r["label"] for r in per[0]["rows"]}
+    def col(arm, key):
+        vals = []
+        for p in per:
+            row = next(r for r in p["rows"] if r["arm"] == arm)
+            v = (row.get("after") or {}).get(key) if key != "gap" else row.get("loss_gap_vs_teacher")
+            if v is not None:
+                vals.append(v)
+        return vals
+    ms = lambda v: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
+    summary = {"seeds": [m["seed"] for m in metas], "arms": {}}
+    for a in arms:
+        summary["arms"][a] = {k: col(a, k) for k in ("loss", "gap", "accuracy", "agreement", "kl")}
+        row = next(r for r in per[0]["rows"] if r["arm"] == a)
+        summary["arms"][a].update(label=labels[a], params=row["params"], params_share=row["params_share"],
+                                  pattern=row["pattern"], memory_bytes=row["memory_bytes"])
+    imp, rnd, scr = (summary["arms"].get(k, {}).get("loss", []) for k in ("importance", "random", "scratch"))
+    tl = summary["arms"]["teacher"]["loss"][0]
+    verdict = {"within_3pct_of_teacher_mean": ms(imp)[0] / tl - 1 <= 0.03,
+               "seeds_within_3pct": sum(v / tl - 1 <= 0.03 for v in imp),
+               "seeds_better_than_random": sum(a < b for a, b in zip(imp, rnd)),
+               "seeds_better_than_scratch": sum(a < b for a, b in zip(imp, scr)), "n": len(imp)}
+    summary["success_test"] = verdict
+    summary["lr_selection"] = {m["seed"]: m.get("lr_selection", []) for m in metas}
+    summary["chosen"] = {m["seed"]: {"distill": m.get("kd_lr"), "scratch": m.get("scratch_lr")} for m in metas}
+    json.dump(summary, open(os.path.join(out, "results.json"), "w"), indent=1)
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    shown = [a for a in arms if a not in ("teacher", "scratch")]
+    for i, a in enumerate(shown):
+        v = summary["arms"][a]["loss"]
+        ax.scatter([i] * len(v), v, s=18, color="#3b75af", zorder=3)
+        ax.hlines(np.mean(v), i - 0.25, i + 0.25, color="k", lw=1.5)
+    ax.axhline(tl, color="k", ls="--", lw=1, label=f"(d) teacher {tl:.3f}")
+    ax.axhline(tl * 1.03, color="k", ls=":", lw=1, label="teacher + 3%")
+    ax.set_xticks(range(len(shown)), [textwrap.fill(labels[a], 18) for a in shown], fontsize=7)
+    ax.set_ylabel("held-out LM loss after training (nats/byte)")
+    ax.set_title(f"{len(per)} seeds per arm (dots), mean (bar); (a) from scratch is off the chart "
+                 f"({ms(scr)[0]:.2f})" if scr else f"{len(per)} seeds per arm")
+    ax.grid(axis="y", alpha=.3); ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout(); fig.savefig(os.path.join(out, "seeds_loss.png"), dpi=110); plt.close(fig)
+
+    L = []
+    w = L.append
+    m0 = metas[0]
+    w("# Compression experiment (CPU, small scale): every arm over several seeds\n")
+    w(f"Date {m0['date']}, machine: {m0['machine']}, commit `{m0['commit']}`. Reproduce: "
+      f"`examples/experiment/seeds.sh {' '.join(str(m['seed']) for m in metas)}` "
+      f"(each seed: `SEED=N examples/experiment/run.sh`; per-seed tables and curves in "
+      + ", ".join(f"[`{os.path.basename(r)}/`]({os.path.basename(r)}/results.md)" for r in runs) + ").\n")
+    w(f"Teacher: `examples/demo/teacher` (1.08M parameters, `{summary['arms']['teacher']['pattern']}`), trained on "
+      f"T = {m0['teacher_tokens']:,} byte tokens. Every student trains on {m0['kd_tokens']:,} tokens = "
+      f"{100 * m0['kd_tokens'] / m0['teacher_tokens']:.1f}% of T. A seed sets the data order of every run and the "
+      f"random arm's draw of layers and channels. Learning rates are chosen per seed on a dev sample (held-out "
+      f"files of transformers/models/[o-q]*), never on the evaluation sample: {m0['eval']['description']}.\n")
+    w(f"| arm | params (share) | layers | memory* | loss after, mean ± sd | vs teacher | acc | agreement | KL |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for a in arms:
+        x = summary["arms"][a]
+        l_, g_, ac, ag, kl = (ms(x[k]) if x[k] else None for k in ("loss", "gap", "accuracy", "agreement", "kl"))
+        gap = "—" if a == "teacher" or g_ is None else f"{100 * g_[0]:+.1f}% ± {100 * g_[1]:.1f}"
+        f = lambda t: "—" if t is None else f"{t[0]:.3f}"
+        w(f"| {x['label']} | {x['params']:,} ({100 * x['params_share']:.0f}%) | `{x['pattern']}` | "
+          f"{x['memory_bytes'] / 1024:.0f} KiB | {l_[0]:.4f} ± {l_[1]:.4f} | {gap} | {f(ac)} | {f(ag)} | {f(kl)} |")
+    w(f"\n*memory: {m0['memory_note']}. Per seed (loss after):\n")
+    w("| seed | chosen LR (distill / scratch) | " + " | ".join(labels[a] for a in arms if a != "teacher") + " |")
+    w("|---|---|" + "---|" * (len(arms) - 1))
+    for i, m in enumerate(metas):
+        vals = []
+        for a in arms:
+            if a == "teacher":
+                continue
+            v = col(a, "loss")
+            vals.append(f"{v[i]:.4f}" if i < len(v) else "—")
+        w(f"| {m['seed']} | {m.get('kd_lr', 0):g} / {m.get('scratch_lr', 0):g} | " + " | ".join(vals) + " |")
+    w("\nDev-sample losses behind each choice (arm, LR: dev loss):\n")
+    for m in metas:
+        sel = m.get("lr_selection", [])
+        w(f"- seed {m['seed']}: " + "; ".join(f"{r['arm']} {r['lr']:g}: {r['dev_loss']:.4f}" for r in sel))
+    w("\n![loss per seed](seeds_loss.png)\n")
+    w("## Success test (issue 7)\n")
+    n = verdict["n"]
+    w(f"- importance-guided student within 3% of the teacher: mean {100 * (ms(imp)[0] / tl - 1):+.2f}% "
+      f"(**{'yes' if verdict['within_3pct_of_teacher_mean'] else 'no'}**); {verdict['seeds_within_3pct']} of {n} seeds")
+    w(f"- better than (a) from scratch: {verdict['seeds_better_than_scratch']} of {n} seeds")
+    w(f"- better than (b) random layers/channels + the same distillation: {verdict['seeds_better_than_random']} of {n} seeds\n")
+    notes = os.environ.get("EXPERIMENT_NOTES", "")
+    if notes and notes != "none" and os.path.exists(notes):
+        w(open(notes).read())
+    open(os.path.join(out, "results.md"), "w").write("\n".join(L) + "\n")
+    print(f"wrote {out}/results.md, results.json, seeds_loss.png")
+
+
 def main() -> None:
     cmd, *a = sys.argv[1:]
     if cmd == "valsample":
         valsample(*a)
+    elif cmd == "final-loss":
+        evals = [r for r in _jsonl(os.path.join(a[0], "metrics.jsonl")) if r.get("eval")]
+        print(f"{evals[-1]['loss']:.6f}")
     elif cmd == "randomize":
         randomize(a[0], a[1], int(a[2]))
     elif cmd == "random-set":
@@ -276,6 +384,8 @@ def main() -> None:
         unigram(a[0], a[1], int(a[2]))
     elif cmd == "summarize":
         summarize(a[0], a[1])
+    elif cmd == "aggregate":
+        aggregate(a[0], a[1:])
     else:
         sys.exit(f"unknown command {cmd}")
 

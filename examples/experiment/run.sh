@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Issue 7, item 4: the compression experiment at CPU scale. Reproduces
-# examples/results/ (results.md, results.json, PNG curves) from the demo teacher:
+# Issue 7, item 4: the compression experiment at CPU scale, one seed. From the demo teacher:
 #   score -> search (a parameter budget of ~60%, and separately a memory budget) -> prune
-#   -> distill every student on the same 5% of the teacher's training tokens, against
-#   (a) the same architecture trained from scratch on those tokens, (b) random layers and
-#   channels + the same distillation, (c) depth-only vs width-only pruning, (d) the teacher.
-# usage: examples/experiment/run.sh [WORK_DIR]   (default ./experiment-work; results go to
-#        examples/results/ unless RESULTS_DIR is set)
-# Knobs: MINIPUZZLE (binary), MINIPUZZLE_PYTHON, TEACHER (checkpoint dir), EXTRA=1 (below);
-# for a quick smoke test only: KD_STEPS, EVAL_TOKENS, SCORE_SAMPLES, RANK_TOKENS.
-# Time: 31 min on a 2-core VM shared with other jobs (examples/results/timings.txt).
+#   -> choose the learning rates on a dev sample -> distill every student on the same 5% of
+#   the teacher's training tokens, against (a) the same architecture trained from scratch on
+#   those tokens, (b) random layers and channels + the same distillation, (c) depth-only vs
+#   width-only pruning, (d) the teacher; all evaluated on the same held-out sample.
+# usage: [SEED=N] examples/experiment/run.sh [WORK_DIR]   (default ./experiment-work; results
+#        go to examples/results/seed-N/ unless RESULTS_DIR is set). seeds.sh runs several seeds
+#        and writes the summary examples/results/results.md.
+# Knobs: MINIPUZZLE (binary), MINIPUZZLE_PYTHON, TEACHER (checkpoint dir), EXTRA=1 (below),
+# DEV_LRS / SCRATCH_LRS / KD_LR / SCRATCH_LR / RANDOM_ARM_SEED (below); for a quick smoke test
+# only: KD_STEPS, EVAL_TOKENS, SCORE_SAMPLES, RANK_TOKENS.
+# Time: about 3 min on an idle 2-core VM (examples/results/seed-*/timings.txt).
 set -euo pipefail
 export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORK=$(mkdir -p "${1:-./experiment-work}" && cd "${1:-./experiment-work}" && pwd)
-RES=${RESULTS_DIR:-$ROOT/examples/results}
+RES=${RESULTS_DIR:-$ROOT/examples/results/seed-${SEED:-1234}}
 BUILD=${MINIPUZZLE_BUILD_DIR:-$ROOT/build}
 MP=${MINIPUZZLE:-$BUILD/bin/minipuzzle}
 PY=${MINIPUZZLE_PYTHON:-$(grep '^MINIPUZZLE_PYTHON:' "$BUILD/CMakeCache.txt" | cut -d= -f2)}
@@ -26,9 +28,17 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 T_TOKENS=655360
 SEQ=256
 GB=8                                   # windows per optimizer step: 2048 tokens
-KD_LR=${KD_LR:-1e-3}                  # distillation peak LR (min = KD_LR / 10); see results.md, second pass
-KD_MIN_LR=${KD_MIN_LR:-1e-4}
-SEED=${SEED:-1234}                     # data order of every training run (distill/train --seed)
+SEED=${SEED:-1234}                     # data order of every training run (distill/train --seed) and
+                                       # the random arm's draw (RANDOM_ARM_SEED)
+# Learning rates are chosen per run on a dev sample (held-out files of models/[o-q]*: neither the
+# training split nor the evaluation sample), then every arm trains at the chosen rate:
+# distillation (importance student; all distilled arms use it) and from scratch (arm (a)).
+# Peak LR, cosine to a tenth. DEV_LRS="" / SCRATCH_LRS="" skip a selection and use KD_LR / SCRATCH_LR.
+DEV_LRS=${DEV_LRS-"1e-4 2e-4 5e-4 1e-3"}
+SCRATCH_LRS=${SCRATCH_LRS-"1e-3 3e-3 1e-2 3e-2"}
+KD_LR=${KD_LR:-1e-3}
+SCRATCH_LR=${SCRATCH_LR:-3e-3}
+RANDOM_ARM_SEED=${RANDOM_ARM_SEED:-$SEED}
 KD_STEPS=${KD_STEPS:-16}               # 16 x 2048 = 32768 tokens = 5% of T
 EVAL_TOKENS=${EVAL_TOKENS:-32768}
 TIMES=$WORK/timings.txt; : > "$TIMES"
@@ -45,8 +55,12 @@ MINIPUZZLE=$MP MINIPUZZLE_PYTHON=$PY "$ROOT/examples/demo/build_corpus.sh" "$WOR
 # the 69 held-out files instead (documents of models/[x-z]*, none in the training split)
 $EXP valsample "$SITE" "$WORK/corpus/valsample-src"
 "$MP" data build --input "$WORK/corpus/valsample-src" --out "$WORK/corpus/valsample"
+# the dev sample for choosing learning rates, built the same way from other held-out files
+$EXP valsample "$SITE" "$WORK/corpus/devsample-src" opq
+"$MP" data build --input "$WORK/corpus/devsample-src" --out "$WORK/corpus/devsample"
 TRAIN=$WORK/corpus/train
 VAL=$WORK/corpus/valsample
+DEV=$WORK/corpus/devsample
 $EXP unigram "$TRAIN.bin" "$VAL.bin" "$EVAL_TOKENS" > "$WORK/unigram.json"
 
 step "2. teacher on the held-out sample"
@@ -77,8 +91,8 @@ for name in importance depth width memory; do
 done
 # (b): the importance student's architecture, layers dropped at random (same count per type),
 # channels kept by random scores (uniform noise in a copy of the scores files)
-$EXP randomize "$WORK/scores" "$WORK/scores-random" 7
-RANDOM_SET=$($EXP random-set "$WORK/importance.candidates.json#1" "$TEACHER/config.json" 7)
+$EXP randomize "$WORK/scores" "$WORK/scores-random" "$RANDOM_ARM_SEED"
+RANDOM_SET=$($EXP random-set "$WORK/importance.candidates.json#1" "$TEACHER/config.json" "$RANDOM_ARM_SEED")
 echo "random arm: $RANDOM_SET"
 # shellcheck disable=SC2086
 "$MP" prune "$TEACHER" --scores "$WORK/scores-random" $RANDOM_SET --out "$WORK/students/random"
@@ -87,9 +101,37 @@ echo "random arm: $RANDOM_SET"
 # shellcheck disable=SC2046
 "$PY" "$ROOT/tools/make_tiny_model.py" --out "$WORK/students/scratch" $($EXP init-args "$WORK/students/importance/config.json") --seed 1
 
-step "6. distill each student on the same ${KD_STEPS} x ${GB} x ${SEQ} tokens; train (a) on them"
-COMMON=(--data "$TRAIN" --eval-data "$VAL" --seq-len "$SEQ" --micro-batch "$GB" --global-batch "$GB"
-        --warmup 2 --schedule cosine --eval-tokens "$EVAL_TOKENS" --seed "$SEED" --save-every 0 --dtype fp32)
+BASE=(--data "$TRAIN" --seq-len "$SEQ" --micro-batch "$GB" --global-batch "$GB"
+      --warmup 2 --schedule cosine --eval-tokens "$EVAL_TOKENS" --seed "$SEED" --save-every 0 --dtype fp32)
+COMMON=("${BASE[@]}" --eval-data "$VAL")
+
+step "6. learning rates chosen on the dev sample (never on the evaluation sample)"
+rm -rf "$WORK/select"; mkdir -p "$WORK/select"; : > "$WORK/lr_selection.txt"
+tenth() { "$PY" -c "import sys; print(f'{float(sys.argv[1]) / 10:g}')" "$1"; }
+select_lr() {  # ARM COMMAND STUDENT LR... -> prints the LR with the lowest dev loss
+  local arm=$1 cmd=$2 student=$3; shift 3
+  local lr loss best="" best_loss="" teacher=()
+  [ "$cmd" = distill ] && teacher=(--teacher "$TEACHER")
+  for lr in "$@"; do
+    "$MP" "$cmd" ${teacher[@]+"${teacher[@]}"} --student "$student" --out "$WORK/select/$arm-$lr" --steps "$KD_STEPS" \
+      "${BASE[@]}" --eval-data "$DEV" --lr "$lr" --min-lr "$(tenth "$lr")" > /dev/null 2>&1
+    loss=$($EXP final-loss "$WORK/select/$arm-$lr")
+    echo "$arm $lr $loss" >> "$WORK/lr_selection.txt"
+    if [ -z "$best" ] || "$PY" -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))" "$loss" "$best_loss"; then
+      best=$lr; best_loss=$loss
+    fi
+  done
+  echo "$best"
+}
+# shellcheck disable=SC2086
+[ -n "$DEV_LRS" ] && KD_LR=$(select_lr distill distill "$WORK/students/importance" $DEV_LRS)
+# shellcheck disable=SC2086
+[ -n "$SCRATCH_LRS" ] && SCRATCH_LR=$(select_lr scratch train "$WORK/students/scratch" $SCRATCH_LRS)
+KD_MIN_LR=$(tenth "$KD_LR"); SCRATCH_MIN_LR=$(tenth "$SCRATCH_LR")
+cat "$WORK/lr_selection.txt"
+echo "chosen: distillation LR $KD_LR, from-scratch LR $SCRATCH_LR"
+
+step "7. distill each student on the same ${KD_STEPS} x ${GB} x ${SEQ} tokens; train (a) on them"
 rm -rf "$WORK/runs"; mkdir -p "$WORK/runs"
 for name in importance random depth width memory; do
   timed "distill_$name" "$MP" distill --teacher "$TEACHER" --student "$WORK/students/$name" --out "$WORK/runs/$name" --steps "$KD_STEPS" \
@@ -100,21 +142,22 @@ done
 # not run for examples/results/)
 if [ "${EXTRA:-0}" = 1 ]; then
   timed distill_importance_x4 "$MP" distill --teacher "$TEACHER" --student "$WORK/students/importance" \
-    --out "$WORK/runs/importance_x4" "${COMMON[@]}" --steps $(( 4 * KD_STEPS )) --lr 1e-3 --min-lr 1e-4 2>&1 | tail -n 2
+    --out "$WORK/runs/importance_x4" "${COMMON[@]}" --steps $(( 4 * KD_STEPS )) --lr "$KD_LR" --min-lr "$KD_MIN_LR" 2>&1 | tail -n 2
   ln -sfn importance "$WORK/students/importance_x4"
 fi
-timed train_scratch "$MP" train --student "$WORK/students/scratch" --out "$WORK/runs/scratch" --steps "$KD_STEPS" "${COMMON[@]}" --lr 3e-3 --min-lr 3e-4 2>&1 | tail -n 2
+timed train_scratch "$MP" train --student "$WORK/students/scratch" --out "$WORK/runs/scratch" --steps "$KD_STEPS" "${COMMON[@]}" --lr "$SCRATCH_LR" --min-lr "$SCRATCH_MIN_LR" 2>&1 | tail -n 2
 
-step "7. summary"
+step "8. summary"
 for name in importance random depth width memory scratch $([ "${EXTRA:-0}" = 1 ] && echo importance_x4); do
   "$MP" inspect "$WORK/students/$name" --precision bf16 --context 4096 --json > "$WORK/$name.inspect.json"
 done
 "$MP" inspect "$TEACHER" --precision bf16 --context 4096 --json > "$WORK/teacher.inspect.json"
 echo "total $(( $(date +%s) - T0 ))" >> "$TIMES"
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-"$PY" - "$WORK" "$COMMIT" "$MP" "$TIMES" "$KD_STEPS" "$GB" "$SEQ" "$T_TOKENS" "$EVAL_TOKENS" "$RANDOM_SET" "$KD_LR" "$KD_MIN_LR" "$SEED" <<'EOF'
+"$PY" - "$WORK" "$COMMIT" "$MP" "$TIMES" "$KD_STEPS" "$GB" "$SEQ" "$T_TOKENS" "$EVAL_TOKENS" "$RANDOM_SET" "$KD_LR" "$KD_MIN_LR" "$SEED" "$SCRATCH_LR" "$RANDOM_ARM_SEED" <<'EOF'
 import json, sys, os, platform
-work, commit, mp, times, steps, gb, seq, T, ev, rset, kd_lr, kd_min_lr, seed = sys.argv[1:]
+work, commit, mp, times, steps, gb, seq, T, ev, rset, kd_lr, kd_min_lr, seed, scratch_lr, rseed = sys.argv[1:]
+selection = [dict(zip(("arm", "lr", "dev_loss"), l.split())) for l in open(os.path.join(work, "lr_selection.txt")) if l.strip()]
 steps, gb, seq, T, ev = map(int, (steps, gb, seq, T, ev))
 tim = {l.split()[0]: int(l.split()[1]) for l in open(times) if l.strip()}
 arms = [
@@ -131,18 +174,20 @@ meta = {"date": os.environ.get("EXPERIMENT_DATE", "2026-11-23"),
         "machine": os.environ.get("EXPERIMENT_MACHINE", f"{os.cpu_count()}-core CPU ({platform.machine()}), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"),
         "commit": commit, "minipuzzle": mp, "teacher": "examples/demo/teacher",
         "teacher_tokens": T, "kd_tokens": steps * gb * seq,
-        "kd_lr": float(kd_lr), "kd_min_lr": float(kd_min_lr), "seed": int(seed), "steps": steps, "tokens_per_step": gb * seq,
+        "kd_lr": float(kd_lr), "kd_min_lr": float(kd_min_lr), "seed": int(seed), "scratch_lr": float(scratch_lr),
+        "lr_selection": [{"arm": r["arm"], "lr": float(r["lr"]), "dev_loss": float(r["dev_loss"])} for r in selection], "steps": steps, "tokens_per_step": gb * seq,
         "eval": {"tokens": ev, "seq_len": seq, "description":
                  f"`minipuzzle eval` / distill's evaluation on the first {ev:,} tokens of the held-out sample "
                  f"(a 512-byte slice from the middle of each of the 69 files under transformers/models/[x-z]*, "
                  f"windows of {seq}); loss in nats per byte"},
         "memory_note": "bf16 weights + bf16 KV cache and Mamba state at a 4096-token context, batch 1",
-        "arm_notes": [f"Random arm: `prune {rset}` with uniform-noise scores (seed 7)."],
+        "arm_notes": [f"Random arm: `prune {rset}` with uniform-noise scores (seed {rseed})."],
         "arms": arms, "timings": tim}
 json.dump(meta, open(os.path.join(work, "meta.json"), "w"), indent=1)
 EOF
 $EXP summarize "$WORK" "$RES"
 cp "$TIMES" "$RES/timings.txt"
+cp "$WORK/meta.json" "$RES/meta.json"     # for exp.py aggregate (seeds.sh)
 for name in importance memory depth width random; do cp "$WORK/$name.candidates.json" "$RES/candidates-$name.json" 2>/dev/null || true; done
 cp "$WORK/scores/importance.json" "$RES/importance.json"
 cat "$RES/results.md"
