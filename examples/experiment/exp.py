@@ -258,9 +258,8 @@ def summarize(work: str, res: str) -> None:
           f"({100*main['loss_gap_vs_teacher']:+.1f}%)")
         w(f"- better than (a) the same architecture from scratch: **{'yes' if verdict['better_than_scratch'] else 'no'}**")
         w(f"- better than (b) random layers/channels + the same distillation: **{'yes' if verdict['better_than_random'] else 'no'}**\n")
-    # the commentary on the published run; EXPERIMENT_NOTES=none (or another file) for other runs
-    notes = os.environ.get("EXPERIMENT_NOTES", os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md"))
-    if notes != "none" and os.path.exists(notes):
+    notes = os.environ.get("EXPERIMENT_NOTES", "")  # a Markdown commentary to append, if any
+    if notes and notes != "none" and os.path.exists(notes):
         w(open(notes).read())
     open(os.path.join(res, "results.md"), "w").write("\n".join(L) + "\n")
     print(f"wrote {res}/results.md, results.json, *.png")
@@ -288,8 +287,13 @@ def aggregate(out: str, runs: list) -> None:
     for a in arms:
         summary["arms"][a] = {k: col(a, k) for k in ("loss", "gap", "accuracy", "agreement", "kl")}
         row = next(r for r in per[0]["rows"] if r["arm"] == a)
+        patterns = []  # the random arm draws other layers per seed
+        for p in per:
+            pat = next(r for r in p["rows"] if r["arm"] == a)["pattern"]
+            if pat not in patterns:
+                patterns.append(pat)
         summary["arms"][a].update(label=labels[a], params=row["params"], params_share=row["params_share"],
-                                  pattern=row["pattern"], memory_bytes=row["memory_bytes"])
+                                  pattern="`, `".join(patterns), memory_bytes=row["memory_bytes"])
     imp, rnd, scr = (summary["arms"].get(k, {}).get("loss", []) for k in ("importance", "random", "scratch"))
     tl = summary["arms"]["teacher"]["loss"][0]
     verdict = {"within_3pct_of_teacher_mean": ms(imp)[0] / tl - 1 <= 0.03,

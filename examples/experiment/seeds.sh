@@ -4,7 +4,8 @@
 # examples/results/results.md (+ results.json, seeds_loss.png).
 # usage: examples/experiment/seeds.sh [SEED...]   (default: 1234 4321 1111 2222 3333)
 # Knobs: WORK_ROOT (default ./experiment-work), RESULTS_ROOT (default examples/results),
-# EXPERIMENT_NOTES (a Markdown file appended to results.md), and run.sh's.
+# EXPERIMENT_NOTES (the commentary appended to results.md; default examples/experiment/NOTES.md),
+# and run.sh's.
 # Time: about 2.5 min per seed on an idle 2-core VM.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -24,4 +25,5 @@ for seed in "${SEEDS[@]}"; do
     { echo "seeds.sh: seed $seed failed (log $WORK_ROOT/seed-$seed.log)" >&2; exit 1; }
   dirs+=("$RESULTS_ROOT/seed-$seed")
 done
-"$PY" "$ROOT/examples/experiment/exp.py" aggregate "$RESULTS_ROOT" "${dirs[@]}"
+EXPERIMENT_NOTES=${EXPERIMENT_NOTES:-$ROOT/examples/experiment/NOTES.md} \
+  "$PY" "$ROOT/examples/experiment/exp.py" aggregate "$RESULTS_ROOT" "${dirs[@]}"

@@ -20,7 +20,7 @@ using minipuzzle::testing::tiny_config;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) { return minipuzzle::testing::fresh_dir("mp_fp8_", name); }
+fs::path fp8_test_dir(const std::string& name) { return minipuzzle::testing::fresh_dir("mp_fp8_", name); }
 
 // Per element, E4M3 rounding (3 mantissa bits, round to nearest) is off by at
 // most 2^-4 of the value for normals and 2^-10 (half the subnormal step
@@ -56,7 +56,7 @@ void rewrite(const fs::path& dir, const fs::path& out, const std::function<bool(
   write_safetensors(out / "model.safetensors", views);
 }
 
-void expect_input_error(const fs::path& dir, const std::string& needle) { minipuzzle::testing::expect_load_error(dir, needle); }
+void expect_fp8_load_error(const fs::path& dir, const std::string& needle) { minipuzzle::testing::expect_load_error(dir, needle); }
 
 }  // namespace
 
@@ -101,7 +101,7 @@ TEST(Fp8, DequantizeAcceptsBlockGrids) {
 }
 
 TEST(Fp8, ExportLayoutAndConfig) {
-  auto d = fresh_dir("layout");
+  auto d = fp8_test_dir("layout");
   auto m = tiny_model(21);
   save_model(m, d / "out", torch::kFloat8_e4m3fn);
   auto f = SafetensorsFile::open(d / "out" / "model.safetensors");
@@ -138,7 +138,7 @@ TEST(Fp8, ExportLayoutAndConfig) {
 }
 
 TEST(Fp8, RoundTripWithinFp8ErrorAndLogitsCloseToBf16) {
-  auto d = fresh_dir("roundtrip");
+  auto d = fp8_test_dir("roundtrip");
   auto m = tiny_model(22);
   save_model(m, d / "fp8", torch::kFloat8_e4m3fn);
   save_model(m, d / "bf16", torch::kBFloat16);
@@ -179,7 +179,7 @@ TEST(Fp8, RoundTripWithinFp8ErrorAndLogitsCloseToBf16) {
 }
 
 TEST(Fp8, ReExportDropsTheQuantizationConfig) {
-  auto d = fresh_dir("reexport");
+  auto d = fp8_test_dir("reexport");
   auto m = tiny_model(23);
   save_model(m, d / "fp8", torch::kFloat8_e4m3fn);
   auto back = load_model(d / "fp8");
@@ -196,46 +196,46 @@ TEST(Fp8, ReExportDropsTheQuantizationConfig) {
 }
 
 TEST(Fp8, DamagedCheckpointsAreInputErrors) {
-  auto d = fresh_dir("damaged");
+  auto d = fp8_test_dir("damaged");
   auto m = tiny_model(24);
   save_model(m, d / "good", torch::kFloat8_e4m3fn);
   const std::string w = "backbone.layers.2.mixer.up_proj.weight", s = w + "_scale_inv";  // [48, 32]
 
   rewrite(d / "good", d / "no_scale", [&](TensorView& v) { return v.name != s; });
-  expect_input_error(d / "no_scale", "tensor " + w + " is F8_E4M3 but its scale " + s + " is missing");
+  expect_fp8_load_error(d / "no_scale", "tensor " + w + " is F8_E4M3 but its scale " + s + " is missing");
 
   std::vector<float> ones(49, 1.0f);
   rewrite(d / "good", d / "flat_scale", [&](TensorView& v) {
     if (v.name == s) v.shape = {48};  // [rows] instead of [rows, 1]
     return true;
   });
-  expect_input_error(d / "flat_scale", "scale " + s + " has shape [48]; expected [48, 1]");
+  expect_fp8_load_error(d / "flat_scale", "scale " + s + " has shape [48]; expected [48, 1]");
 
   rewrite(d / "good", d / "rows_scale", [&](TensorView& v) { return v.name != s; },
           {{s, DType::F32, {49, 1}, ones.data(), 49 * sizeof(float)}});
-  expect_input_error(d / "rows_scale", "scale " + s + " has shape [49, 1]");
+  expect_fp8_load_error(d / "rows_scale", "scale " + s + " has shape [49, 1]");
 
   std::vector<float> nan_scale(48, 1.0f);
   nan_scale[7] = NAN;
   rewrite(d / "good", d / "nan_scale", [&](TensorView& v) { return v.name != s; },
           {{s, DType::F32, {48, 1}, nan_scale.data(), 48 * sizeof(float)}});
-  expect_input_error(d / "nan_scale", "scale " + s + " holds negative or non-finite values");
+  expect_fp8_load_error(d / "nan_scale", "scale " + s + " holds negative or non-finite values");
 
   std::vector<int32_t> int_scale(48, 1);
   rewrite(d / "good", d / "int_scale", [&](TensorView& v) { return v.name != s; },
           {{s, DType::I32, {48, 1}, int_scale.data(), 48 * sizeof(int32_t)}});
-  expect_input_error(d / "int_scale", "scale " + s + " has dtype I32");
+  expect_fp8_load_error(d / "int_scale", "scale " + s + " has dtype I32");
 
   // A 1-D tensor stored as F8 (norms are never quantized).
   const std::string norm = "backbone.layers.0.norm.weight";  // [32]
   std::vector<uint8_t> f8(32, 0x38);                          // 1.0 in E4M3
   rewrite(d / "good", d / "f8_norm", [&](TensorView& v) { return v.name != norm; },
           {{norm, DType::F8_E4M3, {32}, f8.data(), 32}});
-  expect_input_error(d / "f8_norm", "tensor " + norm + " is F8_E4M3, but only 2-D weights can be FP8");
+  expect_fp8_load_error(d / "f8_norm", "tensor " + norm + " is F8_E4M3, but only 2-D weights can be FP8");
 
   // A scale next to a weight that is not FP8 is a stray tensor.
   std::vector<float> lm_scale(97, 1.0f);
   rewrite(d / "good", d / "stray_scale", [&](TensorView&) { return true; },
           {{"lm_head.weight_scale_inv", DType::F32, {97, 1}, lm_scale.data(), 97 * sizeof(float)}});
-  expect_input_error(d / "stray_scale", "unexpected tensor lm_head.weight_scale_inv");
+  expect_fp8_load_error(d / "stray_scale", "unexpected tensor lm_head.weight_scale_inv");
 }

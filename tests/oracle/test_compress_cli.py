@@ -183,6 +183,28 @@ def test_the_paper_shaped_job_dry_runs_on_the_published_config():
     assert "31.70 GiB" in r.stdout  # the budget
     assert "candidates fit" in r.stdout and "long distill" in r.stdout
     assert "63B" in r.stdout and "7B x 3 runs" in r.stdout
+    assert "312 of 19305 candidates fit" in r.stdout  # the paper kept about 400
+
+
+def test_the_paper_search_space_holds_the_published_47b(tmp_path):
+    # The oracle: NVIDIA's Nemotron-H-47B (tests/search/configs, the published config) is one of
+    # the architectures the paper-shaped job's search keeps under its 31.7 GiB budget.
+    out = tmp_path / "candidates.json"
+    configs = REPO / "tests" / "search" / "configs"
+    nt.run_cli("search", configs / "nemotron-h-56b.config.json", "--uniform-scores", "--budget", "31.7GiB",
+               "--precision", "fp4", "--kv-precision", "fp8", "--state-precision", "bf16", "--context", "1000000",
+               "--space", "paper", "--max-depth-reduction", "0.2", "--min-budget-use", "0.99", "--top-k", "400",
+               "--out", out)
+    published = json.loads((configs / "nemotron-h-47b.config.json").read_text())
+    def shape(c):
+        p = c["hybrid_override_pattern"]
+        return (p.count("M"), p.count("*"), p.count("-"), c["intermediate_size"], c["hidden_size"],
+                c["mamba_num_heads"], c["mamba_head_dim"], c["num_attention_heads"])
+    cands = json.loads(out.read_text())["candidates"]
+    assert len(cands) == 312
+    hits = [c for c in cands if shape(c["config"]) == shape(published)]
+    assert len(hits) == 1, shape(published)
+    assert 31.6 < hits[0]["memory"]["total_gib"] <= 31.7
 
 
 def expect_user_error(args, *must_contain):

@@ -151,8 +151,9 @@ std::string quote(const std::string& a) {
 
 int print_dry_run(const CompressJob& job) {
   CompressJob j = job;
+  // Placeholders for a plan made before the data exists (validation defaults to train when run).
+  if (j.validation_data.empty()) j.validation_data = j.train_data.empty() ? "<data.validation>" : j.train_data;
   if (j.train_data.empty()) j.train_data = "<data.train>";
-  if (j.validation_data.empty()) j.validation_data = j.train_data;
   const ModelConfig parent = ModelConfig::load(j.teacher);
   const CompressPaths p(j.out);
   const SearchOptions so = search_options_of(j);
