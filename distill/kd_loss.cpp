@@ -6,6 +6,8 @@
 #include <limits>
 
 #include "minipuzzle/errors.h"
+#include "minipuzzle/forward_kl.h"
+#include "minipuzzle/kernel_dispatch.h"
 
 namespace minipuzzle {
 
@@ -144,9 +146,14 @@ std::string shape_str(const Tensor& t) {
   return s + "]";
 }
 
-// The chunk loop shared by every teacher source.
+// (start, len) -> the teacher's logits for those tokens [len, V], not divided by T.
+using TeacherLogitsFn = std::function<Tensor(int64_t, int64_t)>;
+
+// The chunk loop shared by every teacher source. Sources with full teacher
+// logits also pass `teacher_logits`: forward KL on CUDA then runs the fused
+// kernel (forward_kl.h) instead of materialising both log-softmaxes.
 KdResult run_chunked(HybridLM& student, const Tensor& student_normed, const Tensor& targets, const KdOptions& opts,
-                     const DivergenceFn& divergence) {
+                     const DivergenceFn& divergence, const TeacherLogitsFn& teacher_logits = nullptr) {
   check_options(opts);
   const Tensor& weight = student->lm_head_weights->weight;
   const int64_t vocab = weight.size(0), hidden = weight.size(1);
@@ -181,26 +188,35 @@ KdResult run_chunked(HybridLM& student, const Tensor& student_normed, const Tens
   Tensor correct_acc = torch::zeros({}, acc_opts.dtype(torch::kLong));
   Tensor agree_acc = torch::zeros({}, acc_opts.dtype(torch::kLong));
 
+  const bool fused = teacher_logits && opts.loss == KdLoss::ForwardKl && use_cuda_kernels(x);
   for (int64_t start = 0; start < n; start += rows) {
     const int64_t len = std::min(rows, n - start);
     const Tensor xc = x.narrow(0, start, len);
     const Tensor z = student->lm_head(xc);  // [len, V] fp32
-    const Tensor logq = torch::log_softmax(temp == 1.0 ? z : z / temp, -1);
-    ChunkDivergence d = divergence(start, len, logq, want_grad);
-    kd_acc += d.per_token.sum().to(torch::kDouble);
-    const Tensor greedy = z.argmax(-1);
-    agree_acc += greedy.eq(d.teacher_argmax).sum();
+    // d loss / d z = T^2 * (1/T) * dD/ds / n (+ ce_weight * (softmax(z) - onehot) / n).
+    Tensor g, logq, greedy;
+    if (fused) {
+      ForwardKlResult f = forward_kl(z, teacher_logits(start, len), temp, temp * inv_n, want_grad);
+      kd_acc += f.kl.sum().to(torch::kDouble);
+      greedy = f.student_argmax;
+      agree_acc += greedy.eq(f.teacher_argmax).sum();
+      g = f.grad;
+    } else {
+      logq = torch::log_softmax(temp == 1.0 ? z : z / temp, -1);
+      ChunkDivergence d = divergence(start, len, logq, want_grad);
+      kd_acc += d.per_token.sum().to(torch::kDouble);
+      greedy = z.argmax(-1);
+      agree_acc += greedy.eq(d.teacher_argmax).sum();
+      if (want_grad) g = d.grad_s.mul_(temp * inv_n);
+    }
     Tensor logq1, tc;
     if (t.defined()) {
       tc = t.narrow(0, start, len).unsqueeze(1);
-      logq1 = temp == 1.0 ? logq : torch::log_softmax(z, -1);
+      logq1 = temp == 1.0 && logq.defined() ? logq : torch::log_softmax(z, -1);
       ce_acc -= logq1.gather(1, tc).sum().to(torch::kDouble);
       correct_acc += greedy.eq(tc.squeeze(1)).sum();
     }
     if (!want_grad) continue;
-    // d loss / d z = T^2 * (1/T) * dD/ds / n (+ ce_weight * (softmax(z) - onehot) / n).
-    Tensor g = d.grad_s;
-    g.mul_(temp * inv_n);
     if (opts.ce_weight > 0) {
       g.add_(logq1.exp(), opts.ce_weight * inv_n);
       g.scatter_add_(1, tc, torch::full({len, 1}, -opts.ce_weight * inv_n, g.options()));
@@ -276,7 +292,8 @@ KdResult kd_loss_online(HybridLM& student, const torch::Tensor& student_normed, 
                        Tensor tz = teacher->lm_head(tx.narrow(0, start, len));
                        if (temp != 1.0) tz = tz / temp;
                        return full_vocab_divergence(loss, torch::log_softmax(tz, -1), logq, want_grad);
-                     });
+                     },
+                     [&](int64_t start, int64_t len) { return teacher->lm_head(tx.narrow(0, start, len)); });
 }
 
 KdResult kd_loss_logits(HybridLM& student, const torch::Tensor& student_normed, const torch::Tensor& teacher_logits,
@@ -295,7 +312,8 @@ KdResult kd_loss_logits(HybridLM& student, const torch::Tensor& student_normed, 
                        Tensor tz = tl.narrow(0, start, len).to(logq.device(), torch::kFloat32);
                        if (temp != 1.0) tz = tz / temp;
                        return full_vocab_divergence(loss, torch::log_softmax(tz, -1), logq, want_grad);
-                     });
+                     },
+                     [&](int64_t start, int64_t len) { return tl.narrow(0, start, len).to(student->lm_head_weights->weight.device()); });
 }
 
 KdResult kd_loss_topk(HybridLM& student, const torch::Tensor& student_normed, const torch::Tensor& topk_values,

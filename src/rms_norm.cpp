@@ -1,5 +1,11 @@
 #include "minipuzzle/rms_norm.h"
 
+#include "kernels_build.h"
+#include "minipuzzle/kernel_dispatch.h"
+#if MINIPUZZLE_HAVE_CUDA_KERNELS
+#include "cuda_ops/cuda_ops.h"
+#endif
+
 namespace minipuzzle {
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
@@ -11,8 +17,8 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   return weight * normed;
 }
 
-torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& weight,
-                             int64_t group_size, double eps) {
+torch::Tensor gated_rms_norm_reference(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& weight,
+                                       int64_t group_size, double eps) {
   auto h = x.to(torch::kFloat32) * torch::silu(z.to(torch::kFloat32));
   auto sizes = h.sizes().vec();
   int64_t last = sizes.back();
@@ -24,6 +30,15 @@ torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z, con
   auto var = hg.pow(2).mean(-1, true);
   hg = hg * torch::rsqrt(var + eps);
   return weight * hg.view(sizes).to(x.scalar_type());
+}
+
+torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& weight,
+                             int64_t group_size, double eps) {
+#if MINIPUZZLE_HAVE_CUDA_KERNELS
+  if (use_cuda_kernels(x) && cuda_ops::gated_rms_norm_supported(x, z, weight, group_size))
+    return cuda_ops::gated_rms_norm(x, z, weight, group_size, eps);
+#endif
+  return gated_rms_norm_reference(x, z, weight, group_size, eps);
 }
 
 }  // namespace minipuzzle

@@ -10,8 +10,13 @@ namespace minipuzzle {
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
 // Norm after gate: y = x * silu(z) in fp32, RMS-normalised per group of
-// `group_size` channels, times weight. Returns fp32 when x is fp32.
+// `group_size` channels, times weight. Returns fp32 when x is fp32. Runs our
+// CUDA kernel for CUDA tensors (kernel_dispatch.h), the reference otherwise.
 torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& weight,
                              int64_t group_size, double eps);
+
+// The definition, in LibTorch ops (transformers' casting).
+torch::Tensor gated_rms_norm_reference(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& weight,
+                                       int64_t group_size, double eps);
 
 }  // namespace minipuzzle

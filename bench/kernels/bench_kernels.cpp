@@ -1,0 +1,145 @@
+// bench_kernels [--quick] [--iters N] [--meta k=v ...]
+//
+// Per op, fwd+bwd on the TARGETS.md shapes (Nemotron-H-8B Mamba sizes, bf16):
+// our kernel (kernel_dispatch on) against the LibTorch reference on the same
+// GPU in the same run (kernels off). Milliseconds per call (mean over
+// --iters after 3 warm-up calls), the ratio reference / kernel, and the
+// peak memory above the inputs. --quick: small shapes (a smoke run).
+// Prints one JSON object.
+#include <chrono>
+#include <functional>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "minipuzzle/causal_conv1d.h"
+#include "minipuzzle/forward_kl.h"
+#include "minipuzzle/kernel_dispatch.h"
+#include "minipuzzle/rms_norm.h"
+
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#define MINIPUZZLE_BENCH_MEMORY 1
+#endif
+
+using namespace minipuzzle;
+using nlohmann::json;
+
+namespace {
+
+int64_t allocated_now() {
+#ifdef MINIPUZZLE_BENCH_MEMORY
+  auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+  return stats.allocated_bytes[0].current;
+#else
+  return 0;
+#endif
+}
+
+void reset_peak() {
+#ifdef MINIPUZZLE_BENCH_MEMORY
+  c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+#endif
+}
+
+int64_t peak_now() {
+#ifdef MINIPUZZLE_BENCH_MEMORY
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak;
+#else
+  return 0;
+#endif
+}
+
+// Mean milliseconds of f() and the peak allocation above what was live before.
+json time_op(const std::function<void()>& f, int iters) {
+  for (int i = 0; i < 3; ++i) f();
+  torch::cuda::synchronize();
+  const int64_t base = allocated_now();
+  reset_peak();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) f();
+  torch::cuda::synchronize();
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
+  return {{"ms", ms}, {"peak_extra_gib", static_cast<double>(peak_now() - base) / (1 << 30)}};
+}
+
+json compare(const std::string& op, const json& shape, const std::function<void()>& f, int iters) {
+  set_cuda_kernels_enabled(true);
+  json kernel = time_op(f, iters);
+  set_cuda_kernels_enabled(false);
+  json reference = time_op(f, iters);
+  set_cuda_kernels_enabled(true);
+  return {{"op", op},
+          {"shape", shape},
+          {"kernel", kernel},
+          {"reference", reference},
+          {"speedup", reference["ms"].get<double>() / kernel["ms"].get<double>()}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  int iters = 20;
+  json out = {{"benchmark", "kernels_fwd_bwd"}};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") {
+      quick = true;
+    } else if (a == "--iters" && i + 1 < argc) {
+      iters = std::max(1, std::stoi(argv[++i]));
+    } else if (a == "--meta" && i + 1 < argc) {
+      const std::string v = argv[++i];
+      const auto eq = v.find('=');
+      out[v.substr(0, eq)] = eq == std::string::npos ? "" : v.substr(eq + 1);
+    } else {
+      std::cerr << "bench_kernels: unknown argument " << a << "\n";
+      return 2;
+    }
+  }
+  if (!torch::cuda::is_available() || !cuda_kernels_compiled()) {
+    out["skipped"] = !cuda_kernels_compiled() ? "built without kernels/" : "no CUDA device";
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  torch::manual_seed(0);
+  const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
+  json ops = json::array();
+
+  {  // causal conv1d + SiLU: b=1, L=8192, 10240 channels, width 4
+    const int64_t L = quick ? 1024 : 8192, C = quick ? 1280 : 10240;
+    auto x = torch::randn({1, L, C}, bf16).requires_grad_(true);
+    auto w = (torch::randn({C, 1, 4}, bf16) * 0.5).requires_grad_(true);
+    auto b = torch::randn({C}, bf16).requires_grad_(true);
+    auto g = torch::randn({1, L, C}, bf16);
+    ops.push_back(compare("causal_conv1d_silu", {{"b", 1}, {"L", L}, {"channels", C}, {"width", 4}, {"dtype", "bf16"}},
+                          [&] {
+                            auto y = causal_conv1d_silu(x, w, b);
+                            auto grads = torch::autograd::grad({y}, {x, w, b}, {g});
+                          },
+                          iters));
+  }
+  {  // gated RMSNorm, 8 groups: 8192 x 8192
+    const int64_t rows = quick ? 1024 : 8192, D = quick ? 1024 : 8192;
+    auto x = torch::randn({rows, D}, bf16).requires_grad_(true);
+    auto z = torch::randn({rows, D}, bf16).requires_grad_(true);
+    auto w = (1 + 0.1 * torch::randn({D}, bf16)).requires_grad_(true);
+    auto g = torch::randn({rows, D}, bf16);
+    ops.push_back(compare("gated_rms_norm", {{"rows", rows}, {"channels", D}, {"groups", 8}, {"dtype", "bf16"}},
+                          [&] {
+                            auto y = gated_rms_norm(x, z, w, D / 8, 1e-5);
+                            auto grads = torch::autograd::grad({y}, {x, z, w}, {g});
+                          },
+                          iters));
+  }
+  {  // forward KL loss + student-logit gradient: 8192 tokens x 131072 vocab
+    const int64_t rows = quick ? 512 : 8192, V = quick ? 32768 : 131072;
+    auto s = torch::randn({rows, V}, bf16) * 4, t = torch::randn({rows, V}, bf16) * 4;
+    ops.push_back(compare("forward_kl", {{"tokens", rows}, {"vocab", V}, {"dtype", "bf16"}},
+                          [&] { auto r = forward_kl(s, t, 1.0, 1.0 / static_cast<double>(rows), true); }, iters));
+  }
+  out["ops"] = ops;
+  out["iters"] = iters;
+  out["quick"] = quick;
+  std::cout << out.dump(2) << "\n";
+  return 0;
+}

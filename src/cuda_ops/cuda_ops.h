@@ -1,0 +1,26 @@
+// Our CUDA kernels as autograd-capable LibTorch ops (internal to src/; built
+// only with kernels/). The public entry points in src/ choose between these
+// and the LibTorch references (see kernel_dispatch.h).
+#pragma once
+
+#include <torch/torch.h>
+
+#include "minipuzzle/forward_kl.h"
+
+namespace minipuzzle::cuda_ops {
+
+// True when the kernel handles these arguments (dtypes, shapes, limits);
+// the caller uses the reference otherwise.
+bool causal_conv1d_silu_supported(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+torch::Tensor causal_conv1d_silu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+
+bool gated_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& weight,
+                              int64_t group_size);
+torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& weight,
+                             int64_t group_size, double eps);
+
+bool forward_kl_supported(const torch::Tensor& student, const torch::Tensor& teacher);
+ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
+                           double grad_scale, bool want_grad);
+
+}  // namespace minipuzzle::cuda_ops

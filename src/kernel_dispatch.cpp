@@ -1,0 +1,39 @@
+#include "minipuzzle/kernel_dispatch.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels_build.h"
+
+namespace minipuzzle {
+namespace {
+
+bool enabled_at_start() {
+  const char* v = std::getenv("MINIPUZZLE_REFERENCE_OPS");
+  return !(v && *v && std::strcmp(v, "0") != 0);
+}
+
+std::atomic<bool>& enabled_flag() {
+  static std::atomic<bool> flag{enabled_at_start()};
+  return flag;
+}
+
+}  // namespace
+
+bool cuda_kernels_compiled() {
+  return MINIPUZZLE_HAVE_CUDA_KERNELS != 0;
+}
+
+bool cuda_kernels_enabled() { return enabled_flag().load(); }
+void set_cuda_kernels_enabled(bool enabled) { enabled_flag().store(enabled); }
+
+bool use_cuda_kernels(const torch::Tensor& t) {
+  return cuda_kernels_compiled() && t.defined() && t.is_cuda() && cuda_kernels_enabled();
+}
+
+bool cuda_kernel_dtype(torch::ScalarType t) {
+  return t == torch::kFloat32 || t == torch::kFloat16 || t == torch::kBFloat16;
+}
+
+}  // namespace minipuzzle

@@ -1,0 +1,199 @@
+// Our CUDA kernel bodies run on the CPU (cuda_emulator.h) against the
+// LibTorch references: their arithmetic is checked in every build, with or
+// without a GPU. The same bodies are what nvcc compiles in kernels/.
+#include "cuda_emulator.h"
+
+#define MINIPUZZLE_KERNEL_DETAIL emulated
+#include "causal_conv1d_silu_kernels.cuh"
+#include "forward_kl_kernels.cuh"
+#include "gated_rms_norm_kernels.cuh"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "gpu_test_util.h"
+#include "minipuzzle/causal_conv1d.h"
+#include "minipuzzle/forward_kl.h"
+#include "minipuzzle/rms_norm.h"
+
+namespace minipuzzle {
+namespace {
+
+namespace emu = kernels::emulated;
+using cuda_emulator::launch;
+using testing::expect_close;
+using testing::tolerance_for;
+
+// The emulated kernels' element type for a torch dtype.
+template <typename F>
+void with_element_type(torch::ScalarType t, F&& body) {
+  if (t == torch::kBFloat16) {
+    body(__nv_bfloat16{});
+  } else if (t == torch::kFloat16) {
+    body(__half{});
+  } else {
+    body(float{});
+  }
+}
+
+template <int K>
+void run_conv(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, const torch::Tensor& dout,
+              torch::Tensor& out, torch::Tensor& dx, torch::Tensor& dw, torch::Tensor& db) {
+  kernels::Conv1dShape shape{x.size(0), x.size(1), x.size(2), K};
+  dim3 grid;
+  ASSERT_TRUE(emu::grid_for(shape, grid));
+  const float* bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  with_element_type(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    launch(emu::conv_forward_kernel<T, K>, grid, emu::kChannelsPerBlock, static_cast<const T*>(x.data_ptr()),
+           static_cast<const float*>(w.data_ptr<float>()), bias, static_cast<T*>(out.data_ptr()), shape.len,
+           shape.channels);
+    launch(emu::conv_backward_kernel<T, K>, grid, emu::kChannelsPerBlock, static_cast<const T*>(x.data_ptr()),
+           static_cast<const float*>(w.data_ptr<float>()), bias, static_cast<const T*>(dout.data_ptr()),
+           static_cast<T*>(dx.data_ptr()), dw.data_ptr<float>(), b.defined() ? db.data_ptr<float>() : nullptr,
+           shape.len, shape.channels);
+  });
+}
+
+struct ConvCase {
+  int64_t batch, len, channels, width;
+  torch::ScalarType dtype;
+  bool bias;
+};
+
+TEST(EmulatedKernels, CausalConv1dSiluForwardAndBackward) {
+  const ConvCase cases[] = {
+      {2, 150, 130, 4, torch::kFloat32, true}, {1, 65, 3, 3, torch::kFloat32, false},
+      {2, 70, 40, 2, torch::kFloat32, true},   {1, 129, 20, 4, torch::kBFloat16, true},
+      {1, 1, 5, 4, torch::kFloat16, true},
+  };
+  torch::manual_seed(51);
+  for (const auto& c : cases) {
+    const std::string what = "L " + std::to_string(c.len) + " C " + std::to_string(c.channels) + " K " +
+                             std::to_string(c.width) + " " + c10::toString(c.dtype);
+    auto x = torch::randn({c.batch, c.len, c.channels}).to(c.dtype);
+    auto w = torch::randn({c.channels, c.width}) * 0.5;
+    auto b = c.bias ? torch::randn({c.channels}) * 0.1 : torch::Tensor();
+    auto dout = torch::randn({c.batch, c.len, c.channels}).to(c.dtype);
+    // Reference: fp32 weights (the kernels' contract), autograd for the gradients.
+    auto xr = x.to(torch::kFloat32).requires_grad_(true);
+    auto wr = w.view({c.channels, 1, c.width}).clone().requires_grad_(true);
+    auto br = c.bias ? b.clone().requires_grad_(true) : torch::Tensor();
+    auto ref = causal_conv1d_silu_reference(xr, wr, br);
+    (ref * dout.to(torch::kFloat32)).sum().backward();
+
+    auto out = torch::empty_like(x), dx = torch::empty_like(x);
+    auto dw = torch::zeros({c.channels, c.width}), db = torch::zeros({c.channels});
+    switch (c.width) {
+      case 2: run_conv<2>(x, w, b, dout, out, dx, dw, db); break;
+      case 3: run_conv<3>(x, w, b, dout, out, dx, dw, db); break;
+      default: run_conv<4>(x, w, b, dout, out, dx, dw, db); break;
+    }
+    const double tol = tolerance_for(c.dtype);
+    expect_close(out, ref, tol * 0.1, tol, what + " out");
+    expect_close(dx, xr.grad(), tol * 0.1, tol, what + " dx");
+    expect_close(dw, wr.grad().view({c.channels, c.width}), tol * 0.1, tol, what + " dweight");
+    if (c.bias) expect_close(db, br.grad(), tol * 0.1, tol, what + " dbias");
+  }
+}
+
+struct NormCase {
+  int64_t rows, channels, groups;
+  torch::ScalarType dtype;
+};
+
+TEST(EmulatedKernels, GatedRmsNormForwardAndBackward) {
+  const NormCase cases[] = {
+      {6, 96, 3, torch::kFloat32},  // group of 32 < one block of threads
+      {3, 600, 1, torch::kFloat32},  // group of 600: three channels per thread
+      {33, 64, 1, torch::kFloat32},  // two tiles of rows in backward
+      {4, 128, 4, torch::kBFloat16},
+  };
+  torch::manual_seed(52);
+  for (const auto& c : cases) {
+    const std::string what = "rows " + std::to_string(c.rows) + " D " + std::to_string(c.channels) + " G " +
+                             std::to_string(c.groups) + " " + c10::toString(c.dtype);
+    const int64_t gs = c.channels / c.groups;
+    auto x = torch::randn({c.rows, c.channels}).to(c.dtype), z = torch::randn({c.rows, c.channels}).to(c.dtype);
+    auto w = (1 + 0.1 * torch::randn({c.channels})).to(c.dtype);
+    auto dout = torch::randn({c.rows, c.channels}).to(c.dtype);
+    auto xr = x.clone().requires_grad_(true), zr = z.clone().requires_grad_(true), wr = w.clone().requires_grad_(true);
+    auto ref = gated_rms_norm_reference(xr, zr, wr, gs, 1e-5);
+    (ref.to(torch::kFloat32) * dout.to(torch::kFloat32)).sum().backward();
+
+    kernels::GatedNormShape shape{c.rows, c.channels, gs};
+    ASSERT_TRUE(emu::shape_ok(shape));
+    dim3 fgrid, bgrid;
+    ASSERT_TRUE(emu::forward_grid(shape, fgrid));
+    ASSERT_TRUE(emu::backward_grid(shape, bgrid));
+    auto out = torch::empty_like(x), dx = torch::empty_like(x), dz = torch::empty_like(z);
+    auto rstd = torch::empty({c.rows, c.groups}), dw = torch::zeros({c.channels});
+    with_element_type(c.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      launch(emu::gated_norm_forward_kernel<T>, fgrid, emu::kNormThreads, static_cast<const T*>(x.data_ptr()),
+             static_cast<const T*>(z.data_ptr()), static_cast<const T*>(w.data_ptr()), 1e-5f,
+             static_cast<T*>(out.data_ptr()), rstd.data_ptr<float>(), c.channels, gs);
+      launch(emu::gated_norm_backward_kernel<T>, bgrid, emu::kNormThreads, static_cast<const T*>(x.data_ptr()),
+             static_cast<const T*>(z.data_ptr()), static_cast<const T*>(w.data_ptr()),
+             static_cast<const float*>(rstd.data_ptr<float>()), static_cast<const T*>(dout.data_ptr()),
+             static_cast<T*>(dx.data_ptr()), static_cast<T*>(dz.data_ptr()), dw.data_ptr<float>(), c.rows,
+             c.channels, gs);
+    });
+    const double tol = tolerance_for(c.dtype);
+    expect_close(out, ref, tol * 0.1, tol, what + " out");
+    expect_close(dx, xr.grad(), tol * 0.1, tol, what + " dx");
+    expect_close(dz, zr.grad(), tol * 0.1, tol, what + " dz");
+    expect_close(dw, wr.grad(), tol * 0.1, tol, what + " dweight");
+  }
+}
+
+struct KlCase {
+  int64_t rows, vocab;
+  torch::ScalarType student, teacher;
+  double temperature;
+};
+
+TEST(EmulatedKernels, ForwardKlLossGradientAndArgmax) {
+  const KlCase cases[] = {
+      {3, 1000, torch::kFloat32, torch::kFloat32, 1.0},
+      {2, 5000, torch::kFloat32, torch::kBFloat16, 2.0},
+      {2, 777, torch::kBFloat16, torch::kBFloat16, 0.7},
+      {1, 5, torch::kFloat32, torch::kFloat32, 1.0},  // fewer entries than threads
+  };
+  torch::manual_seed(53);
+  for (const auto& c : cases) {
+    const std::string what = "rows " + std::to_string(c.rows) + " V " + std::to_string(c.vocab) + " T " +
+                             std::to_string(c.temperature) + " " + c10::toString(c.student) + "/" +
+                             c10::toString(c.teacher);
+    auto s = (torch::randn({c.rows, c.vocab}) * 4).to(c.student);
+    auto t = (torch::randn({c.rows, c.vocab}) * 4).to(c.teacher);
+    if (c.vocab > 600) {  // a tied maximum: the first index wins, as in torch.argmax
+      s.select(1, 10).fill_(30);
+      s.select(1, 590).fill_(30);
+      t.select(1, 3).fill_(30);
+      t.select(1, 599).fill_(30);
+    }
+    const double scale = 0.37;
+    auto ref = forward_kl_reference(s, t, c.temperature, scale, true);
+    ASSERT_EQ(ref.student_argmax[0].item<int64_t>(), c.vocab > 600 ? 10 : ref.student_argmax[0].item<int64_t>());
+    auto kl = torch::empty({c.rows}), grad = torch::empty_like(s);
+    auto s_arg = torch::empty({c.rows}, torch::kLong), t_arg = torch::empty({c.rows}, torch::kLong);
+    with_element_type(c.student, [&](auto s_tag) {
+      using TS = decltype(s_tag);
+      with_element_type(c.teacher, [&](auto t_tag) {
+        using TT = decltype(t_tag);
+        launch(emu::forward_kl_kernel<TS, TT>, dim3(static_cast<unsigned>(c.rows)), emu::kKlThreads,
+               static_cast<const TS*>(s.data_ptr()), static_cast<const TT*>(t.data_ptr()), c.vocab, c.vocab, c.vocab,
+               static_cast<float>(1.0 / c.temperature), static_cast<float>(scale), kl.data_ptr<float>(),
+               static_cast<TS*>(grad.data_ptr()), s_arg.data_ptr<int64_t>(), t_arg.data_ptr<int64_t>());
+      });
+    });
+    expect_close(kl, ref.kl, 2e-5, 2e-5, what + " kl");
+    expect_close(grad, ref.grad, 1e-7, c.student == torch::kFloat32 ? 1e-5 : 1e-2, what + " grad");
+    EXPECT_TRUE(torch::equal(s_arg, ref.student_argmax)) << what;
+    EXPECT_TRUE(torch::equal(t_arg, ref.teacher_argmax)) << what;
+  }
+}
+
+}  // namespace
+}  // namespace minipuzzle

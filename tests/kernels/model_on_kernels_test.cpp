@@ -1,0 +1,99 @@
+// The whole model and a distillation step on CUDA: the kernels in place of
+// the references change nothing beyond float tolerance.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <map>
+
+#include "gpu_test_util.h"
+#include "minipuzzle/hybrid_lm.h"
+#include "minipuzzle/kd_loss.h"
+#include "tiny_config.h"
+
+namespace minipuzzle {
+namespace {
+
+using testing::expect_close;
+using testing::tiny_config;
+using testing::with_references;
+
+struct Step {
+  torch::Tensor loss;
+  std::map<std::string, torch::Tensor> grads;
+  KdResult kd;
+};
+
+std::map<std::string, torch::Tensor> take_grads(HybridLM& m) {
+  std::map<std::string, torch::Tensor> g;
+  for (auto& p : m->named_parameters()) {
+    if (p.value().grad().defined()) g[p.key()] = p.value().grad().clone();
+    p.value().mutable_grad() = torch::Tensor();
+  }
+  return g;
+}
+
+TEST(ModelOnKernels, ForwardAndBackwardMatchTheReferencePath) {
+  MINIPUZZLE_REQUIRE_CUDA_KERNELS();
+  HybridLM m(tiny_config("M*-MM-", 2));
+  m->init_random(41);
+  m->to(torch::kCUDA);
+  auto tokens = torch::randint(0, 97, {2, 45}, torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA));
+  auto step = [&] {
+    Step s;
+    auto logits = m->forward(tokens);
+    s.loss = torch::nn::functional::cross_entropy(logits.reshape({-1, 97}).narrow(0, 0, 89),
+                                                  tokens.reshape({-1}).narrow(0, 1, 89));
+    s.loss.backward();
+    s.grads = take_grads(m);
+    s.loss = logits.detach();
+    return s;
+  };
+  const Step k = step();
+  const Step r = with_references(step);
+  expect_close(k.loss, r.loss, 1e-5, 1e-5, "logits");
+  ASSERT_EQ(k.grads.size(), r.grads.size());
+  for (const auto& [name, g] : r.grads) expect_close(k.grads.at(name), g, 1e-6, 1e-4, "grad " + name);
+}
+
+TEST(ModelOnKernels, DistillationStepMatchesTheReferencePath) {
+  MINIPUZZLE_REQUIRE_CUDA_KERNELS();
+  HybridLM teacher(tiny_config("M*-M-M-", 2)), student(tiny_config("M-M-", 2));
+  teacher->init_random(42);
+  student->init_random(43);
+  teacher->to(torch::kCUDA);
+  student->to(torch::kCUDA);
+  auto opts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
+  auto tokens = torch::randint(0, 97, {2, 33}, opts), targets = torch::randint(0, 97, {2, 33}, opts);
+  for (const double temperature : {1.0, 2.0}) {
+    KdOptions o;
+    o.temperature = temperature;
+    o.ce_weight = 0.25;
+    o.chunk_tokens = 16;  // several chunks, the last one short
+    auto step = [&] {
+      Step s;
+      torch::Tensor xt;
+      {
+        torch::NoGradGuard ng;
+        xt = teacher->forward_hidden(tokens);
+      }
+      s.kd = kd_loss_online(student, student->forward_hidden(tokens), teacher, xt, targets, o);
+      s.kd.loss.backward();
+      s.loss = s.kd.loss.detach();
+      s.grads = take_grads(student);
+      return s;
+    };
+    const Step k = step();
+    const Step r = with_references(step);
+    const std::string what = "T " + std::to_string(temperature);
+    expect_close(k.loss, r.loss, 1e-6, 1e-5, what + " loss");
+    EXPECT_NEAR(k.kd.kd_sum, r.kd.kd_sum, 1e-5 * std::abs(r.kd.kd_sum) + 1e-6) << what;
+    EXPECT_NEAR(k.kd.ce_sum, r.kd.ce_sum, 1e-5 * std::abs(r.kd.ce_sum)) << what;
+    EXPECT_EQ(k.kd.correct, r.kd.correct) << what;
+    EXPECT_EQ(k.kd.agree, r.kd.agree) << what;
+    ASSERT_EQ(k.grads.size(), r.grads.size());
+    for (const auto& [name, g] : r.grads) expect_close(k.grads.at(name), g, 1e-7, 1e-4, what + " grad " + name);
+  }
+}
+
+}  // namespace
+}  // namespace minipuzzle
