@@ -9,13 +9,19 @@
 namespace minipuzzle {
 namespace {
 
-bool enabled_at_start() {
-  const char* v = std::getenv("MINIPUZZLE_REFERENCE_OPS");
-  return !(v && *v && std::strcmp(v, "0") != 0);
+// An environment switch: set to anything but "" or "0".
+bool env_set(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::strcmp(v, "0") != 0;
 }
 
 std::atomic<bool>& enabled_flag() {
-  static std::atomic<bool> flag{enabled_at_start()};
+  static std::atomic<bool> flag{!env_set("MINIPUZZLE_REFERENCE_OPS")};
+  return flag;
+}
+
+std::atomic<bool>& ssd_flag() {
+  static std::atomic<bool> flag{env_set("MINIPUZZLE_SSD_KERNEL")};
   return flag;
 }
 
@@ -27,6 +33,9 @@ bool cuda_kernels_compiled() {
 
 bool cuda_kernels_enabled() { return enabled_flag().load(); }
 void set_cuda_kernels_enabled(bool enabled) { enabled_flag().store(enabled); }
+
+bool ssd_scan_kernel_enabled() { return ssd_flag().load(); }
+void set_ssd_scan_kernel_enabled(bool enabled) { ssd_flag().store(enabled); }
 
 bool use_cuda_kernels(const torch::Tensor& t) {
   return cuda_kernels_compiled() && t.defined() && t.is_cuda() && cuda_kernels_enabled();

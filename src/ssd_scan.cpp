@@ -1,5 +1,11 @@
 #include "minipuzzle/ssd_scan.h"
 
+#include "kernels_build.h"
+#include "minipuzzle/kernel_dispatch.h"
+#if MINIPUZZLE_HAVE_CUDA_KERNELS
+#include "cuda_ops/cuda_ops.h"
+#endif
+
 namespace minipuzzle {
 using torch::indexing::Slice;
 
@@ -15,9 +21,9 @@ torch::Tensor pad_seq(const torch::Tensor& t, int64_t pad) {
 
 }  // namespace
 
-torch::Tensor ssd_scan(const torch::Tensor& x_in, const torch::Tensor& dt_in, const torch::Tensor& A_in,
-                       const torch::Tensor& B_in, const torch::Tensor& C_in, const torch::Tensor& D_in,
-                       int64_t T) {
+torch::Tensor ssd_scan_reference(const torch::Tensor& x_in, const torch::Tensor& dt_in, const torch::Tensor& A_in,
+                                 const torch::Tensor& B_in, const torch::Tensor& C_in, const torch::Tensor& D_in,
+                                 int64_t T) {
   const int64_t b = x_in.size(0), L = x_in.size(1), H = x_in.size(2), P = x_in.size(3);
   const int64_t G = B_in.size(2), N = B_in.size(3), R = H / G;
   TORCH_CHECK(H % G == 0, "ssd_scan: heads ", H, " not a multiple of groups ", G);
@@ -71,6 +77,20 @@ torch::Tensor ssd_scan(const torch::Tensor& x_in, const torch::Tensor& dt_in, co
   if (pad) y = y.narrow(1, 0, L);
   if (D_in.defined()) y = y + D_in.view({1, 1, H, 1}) * x;
   return y;
+}
+
+torch::Tensor ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A, const torch::Tensor& B,
+                       const torch::Tensor& C, const torch::Tensor& D, int64_t chunk_size) {
+#if MINIPUZZLE_HAVE_CUDA_KERNELS
+  // Forward only so far: with gradients wanted, the reference (autograd).
+  const auto wants_grad = [](const torch::Tensor& t) { return t.defined() && t.requires_grad(); };
+  const bool grad = torch::GradMode::is_enabled() &&
+                    (wants_grad(x) || wants_grad(dt) || wants_grad(A) || wants_grad(B) || wants_grad(C) || wants_grad(D));
+  if (!grad && use_cuda_kernels(x) && ssd_scan_kernel_enabled() &&
+      cuda_ops::ssd_scan_supported(x, dt, A, B, C, D, chunk_size))
+    return cuda_ops::ssd_scan_forward(x, dt, A, B, C, D, chunk_size);
+#endif
+  return ssd_scan_reference(x, dt, A, B, C, D, chunk_size);
 }
 
 torch::Tensor ssd_scan_sequential(const torch::Tensor& x_in, const torch::Tensor& dt_in, const torch::Tensor& A_in,

@@ -1,6 +1,6 @@
 // bench_kernels [--quick] [--iters N] [--meta k=v ...]
 //
-// Per op, fwd+bwd on the TARGETS.md shapes (Nemotron-H-8B Mamba sizes, bf16):
+// Per op, fwd+bwd (the SSD scan: forward only) on the TARGETS.md shapes (Nemotron-H-8B Mamba sizes, bf16):
 // our kernel (kernel_dispatch on) against the LibTorch reference on the same
 // GPU in the same run (kernels off). Milliseconds per call (mean over
 // --iters after 3 warm-up calls), the ratio reference / kernel, and the
@@ -15,6 +15,7 @@
 #include "minipuzzle/forward_kl.h"
 #include "minipuzzle/kernel_dispatch.h"
 #include "minipuzzle/rms_norm.h"
+#include "minipuzzle/ssd_scan.h"
 
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -130,6 +131,22 @@ int main(int argc, char** argv) {
                             auto grads = torch::autograd::grad({y}, {x, z, w}, {g});
                           },
                           iters));
+  }
+  {  // SSD chunked scan, forward only (no backward kernel yet): b=1, L=8192, 8B shapes
+    set_ssd_scan_kernel_enabled(true);  // opt-in in the library until measured
+    torch::NoGradGuard no_grad;
+    const int64_t L = quick ? 1024 : 8192, H = quick ? 16 : 128, P = 64, G = 8, N = 128;
+    auto xbc = torch::randn({1, L, H * P + 2 * G * N}, bf16) * 0.5;
+    auto x = xbc.narrow(-1, 0, H * P).reshape({1, L, H, P});
+    auto B = xbc.narrow(-1, H * P, G * N).reshape({1, L, G, N});
+    auto C = xbc.narrow(-1, H * P + G * N, G * N).reshape({1, L, G, N});
+    auto dt = torch::softplus(torch::randn({1, L, H}, bf16) - 2);
+    auto A = -torch::exp(torch::randn({H}, bf16.dtype(torch::kFloat32)) * 0.5);
+    auto D = torch::randn({H}, bf16.dtype(torch::kFloat32));
+    ops.push_back(compare("ssd_scan_forward",
+                          {{"b", 1}, {"L", L}, {"heads", H}, {"head_dim", P}, {"groups", G}, {"state", N},
+                           {"chunk", 128}, {"dtype", "bf16"}},
+                          [&] { auto y = ssd_scan(x, dt, A, B, C, D, 128); }, iters));
   }
   {  // forward KL loss + student-logit gradient: 8192 tokens x 131072 vocab
     const int64_t rows = quick ? 512 : 8192, V = quick ? 32768 : 131072;

@@ -12,10 +12,17 @@ namespace minipuzzle {
 //   A:  [H] (negative) B, C: [b, L, G, N] (head h uses group h / (H/G))
 //   D:  [H] or undefined
 // L need not be a multiple of chunk_size. Returns y [b, L, H, P] in fp32.
-// Memory: O(b * L * (H*T + H*P*N/T)) — never the [.., T, T, H, N] broadcasts.
+// On CUDA tensors, without gradients, and with ssd_scan_kernel_enabled()
+// (kernel_dispatch.h), runs our forward kernel; the reference otherwise.
 torch::Tensor ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
                        const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
                        int64_t chunk_size);
+
+// The definition in LibTorch ops (autograd-capable).
+// Memory: O(b * L * (H*T + H*P*N/T)) — never the [.., T, T, H, N] broadcasts.
+torch::Tensor ssd_scan_reference(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                                 const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
+                                 int64_t chunk_size);
 
 // The plain sequential recurrence, O(L) steps: the test oracle for ssd_scan.
 torch::Tensor ssd_scan_sequential(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,

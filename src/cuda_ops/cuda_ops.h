@@ -19,6 +19,13 @@ bool gated_rms_norm_supported(const torch::Tensor& x, const torch::Tensor& z, co
 torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z, const torch::Tensor& weight,
                              int64_t group_size, double eps);
 
+bool ssd_scan_supported(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                        const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D, int64_t chunk_size);
+// Forward only (no autograd): y [b, L, H, P] fp32.
+torch::Tensor ssd_scan_forward(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+                               const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
+                               int64_t chunk_size);
+
 bool forward_kl_supported(const torch::Tensor& student, const torch::Tensor& teacher);
 ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
                            double grad_scale, bool want_grad);

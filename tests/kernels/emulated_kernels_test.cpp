@@ -7,6 +7,7 @@
 #include "causal_conv1d_silu_kernels.cuh"
 #include "forward_kl_kernels.cuh"
 #include "gated_rms_norm_kernels.cuh"
+#include "ssd_scan_kernels.cuh"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -15,6 +16,7 @@
 #include "minipuzzle/causal_conv1d.h"
 #include "minipuzzle/forward_kl.h"
 #include "minipuzzle/rms_norm.h"
+#include "minipuzzle/ssd_scan.h"
 
 namespace minipuzzle {
 namespace {
@@ -192,6 +194,58 @@ TEST(EmulatedKernels, ForwardKlLossGradientAndArgmax) {
     expect_close(grad, ref.grad, 1e-7, c.student == torch::kFloat32 ? 1e-5 : 1e-2, what + " grad");
     EXPECT_TRUE(torch::equal(s_arg, ref.student_argmax)) << what;
     EXPECT_TRUE(torch::equal(t_arg, ref.teacher_argmax)) << what;
+  }
+}
+
+struct SsdCase {
+  int64_t batch, len, heads, head_dim, groups, state, chunk;
+  torch::ScalarType dtype;
+  bool with_d;
+};
+
+TEST(EmulatedKernels, SsdScanForward) {
+  const SsdCase cases[] = {
+      {2, 21, 4, 3, 2, 5, 8, torch::kFloat32, true},   // last chunk short, 2 heads per group
+      {1, 16, 2, 4, 1, 8, 16, torch::kFloat32, false},  // one full chunk
+      {1, 9, 2, 4, 2, 4, 4, torch::kBFloat16, true},
+      {1, 5, 3, 2, 3, 3, 1, torch::kFloat32, true},  // chunk 1: the recurrence step by step
+  };
+  torch::manual_seed(54);
+  for (const auto& c : cases) {
+    const std::string what = "b " + std::to_string(c.batch) + " L " + std::to_string(c.len) + " H " +
+                             std::to_string(c.heads) + " G " + std::to_string(c.groups) + " chunk " +
+                             std::to_string(c.chunk) + " " + c10::toString(c.dtype);
+    const int64_t di = c.heads * c.head_dim, gn = c.groups * c.state;
+    // x, B, C as the mixer has them: views of one [b, L, conv_dim] tensor.
+    auto xbc = torch::randn({c.batch, c.len, di + 2 * gn}).to(c.dtype);
+    auto x = xbc.narrow(-1, 0, di).reshape({c.batch, c.len, c.heads, c.head_dim});
+    auto B = xbc.narrow(-1, di, gn).reshape({c.batch, c.len, c.groups, c.state});
+    auto C = xbc.narrow(-1, di + gn, gn).reshape({c.batch, c.len, c.groups, c.state});
+    auto dt = torch::softplus(torch::randn({c.batch, c.len, c.heads}) - 1);
+    auto A = -torch::exp(torch::randn({c.heads}) * 0.5);
+    auto D = c.with_d ? torch::randn({c.heads}) : torch::Tensor();
+    auto ref = ssd_scan_reference(x, dt, A, B, C, D, c.chunk);
+
+    kernels::SsdShape s;
+    s.batch = c.batch, s.len = c.len, s.heads = c.heads, s.head_dim = c.head_dim, s.groups = c.groups;
+    s.state = c.state, s.chunk = c.chunk;
+    s.x_batch_stride = x.stride(0), s.x_token_stride = x.stride(1);
+    s.b_batch_stride = B.stride(0), s.b_token_stride = B.stride(1);
+    s.c_batch_stride = C.stride(0), s.c_token_stride = C.stride(1);
+    size_t sizes[3];
+    emu::ssd_piece_sizes(s, sizes);
+    auto ws = torch::empty({static_cast<int64_t>(sizes[0] + sizes[1] + sizes[2])}, torch::kUInt8);
+    auto y = torch::empty({c.batch, c.len, c.heads, c.head_dim});
+    with_element_type(c.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      emu::ssd_forward_steps(s, static_cast<const T*>(x.data_ptr()), dt.data_ptr<float>(), A.data_ptr<float>(),
+                             static_cast<const T*>(B.data_ptr()), static_cast<const T*>(C.data_ptr()),
+                             c.with_d ? D.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+                             emu::ssd_workspace(s, ws.data_ptr()), [](auto kernel, dim3 grid, auto... args) {
+                               launch(kernel, grid, emu::kSsdThreads, args...);
+                             });
+    });
+    expect_close(y, ref, 1e-5, 1e-5, what + " y");
   }
 }
 

@@ -1,0 +1,38 @@
+// Launchers: argument checks, grid, dispatch on dtype (kernels in ssd_scan_kernels.cuh).
+#include "ssd_scan_cuda.h"
+#include "ssd_scan_kernels.cuh"
+
+namespace minipuzzle::kernels {
+
+using namespace detail;
+
+bool ssd_shape_supported(const SsdShape& s) {
+  if (s.batch < 0 || s.len < 0 || s.heads <= 0 || s.head_dim <= 0 || s.groups <= 0 || s.state <= 0) return false;
+  if (s.chunk < 1 || s.chunk > kSsdMaxChunk || s.heads % s.groups != 0) return false;
+  const int64_t nc = s.len > 0 ? ssd_chunks(s) : 0;
+  return s.batch * nc <= 0x7fffffff && s.heads <= 65535 && s.groups <= 65535 && s.batch <= 0x7fffffff;
+}
+
+size_t ssd_scan_workspace_bytes(const SsdShape& shape) {
+  size_t sizes[3];
+  ssd_piece_sizes(shape, sizes);
+  return sizes[0] + sizes[1] + sizes[2];
+}
+
+cudaError_t ssd_scan_forward(const SsdShape& s, DType dtype, const void* x, const float* dt, const float* A,
+                             const void* B, const void* C, const float* D, float* y, void* workspace,
+                             cudaStream_t stream) {
+  if (!ssd_shape_supported(s)) return cudaErrorInvalidValue;
+  if (s.batch == 0 || s.len == 0) return cudaSuccess;
+  const SsdWorkspace ws = ssd_workspace(s, workspace);
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    ssd_forward_steps(s, static_cast<const T*>(x), dt, A, static_cast<const T*>(B), static_cast<const T*>(C), D, y,
+                      ws, [&](auto kernel, dim3 grid, auto... args) {
+                        kernel<<<grid, kSsdThreads, 0, stream>>>(args...);
+                      });
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace minipuzzle::kernels

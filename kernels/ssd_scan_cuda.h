@@ -1,0 +1,42 @@
+// Mamba2 SSD chunked scan, forward (no gradients yet).
+// Definition: src/ssd_scan.cpp (ssd_scan_reference):
+//   h[t] = exp(dt[t] A) h[t-1] + dt[t] x[t] B[t]^T,  y[t] = h[t] C[t] + D x[t],
+// computed chunk by chunk: decay cumsums, chunk states, state passing
+// between chunks, chunk outputs. fp32 throughout.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernel_dtype.h"
+
+namespace minipuzzle::kernels {
+
+struct SsdShape {
+  int64_t batch = 0, len = 0, heads = 0, head_dim = 0, groups = 0, state = 0, chunk = 0;
+  // Element strides. x: [batch, len, heads, head_dim] with heads and head_dim
+  // packed (head stride head_dim, unit stride inside); B, C: [batch, len,
+  // groups, state] likewise (group stride state). The mixer's views of one
+  // [batch, len, conv_dim] tensor have token stride conv_dim.
+  int64_t x_batch_stride = 0, x_token_stride = 0;
+  int64_t b_batch_stride = 0, b_token_stride = 0;
+  int64_t c_batch_stride = 0, c_token_stride = 0;
+};
+
+// Sizes the kernels take: chunk 1..kSsdMaxChunk, heads a multiple of groups.
+constexpr int64_t kSsdMaxChunk = 256;
+bool ssd_shape_supported(const SsdShape& shape);
+
+// Bytes of scratch memory ssd_scan_forward needs (256-byte aligned pieces).
+size_t ssd_scan_workspace_bytes(const SsdShape& shape);
+
+// x, B, C in `dtype`; dt [batch, len, heads] fp32 contiguous (softplus'ed
+// and clamped); A [heads] fp32 (negative); D [heads] fp32 or null.
+// y [batch, len, heads, head_dim] fp32 contiguous.
+cudaError_t ssd_scan_forward(const SsdShape& shape, DType dtype, const void* x, const float* dt, const float* A,
+                             const void* B, const void* C, const float* D, float* y, void* workspace,
+                             cudaStream_t stream);
+
+}  // namespace minipuzzle::kernels

@@ -1,0 +1,178 @@
+// SSD forward in five steps, each one kernel with plain loops (fp32, CUDA
+// cores; tensor-core tiles are the next step once a GPU measures this):
+//   1. cumsum   a[t] = sum_{s<=t in chunk} dt[s] A          one thread per (b, h, chunk)
+//   2. states   S_c = sum_t exp(a_last - a[t]) dt[t] x[t] B[t]^T         block per (b, c, h)
+//   3. passing  H_c = exp(a_last_c) H_{c-1} + S_c; S_c := H_{c-1}          block per (b, h)
+//   4. CB       CB[t, s] = C[t] . B[s], s <= t                            block per (b, c, g)
+//   5. output   y[t] = sum_{s<=t} CB[t,s] exp(a[t]-a[s]) dt[s] x[s]
+//                      + exp(a[t]) H_{c-1} C[t] + D x[t]                 block per (b, c, h)
+// Every exponent is a sum of dt A <= 0 terms: no overflow.
+// Kernel bodies and their launch geometry, shared by the launcher (.cu) and
+// the CPU emulation tests (tests/kernels/emulated_kernels_test.cpp).
+#pragma once
+
+#include "device_math.cuh"
+#include "ssd_scan_cuda.h"
+
+// Namespace: see device_math.cuh.
+namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL {
+
+constexpr int kSsdThreads = 128;
+
+__host__ __device__ inline int64_t ssd_chunks(const SsdShape& s) { return (s.len + s.chunk - 1) / s.chunk; }
+
+// Workspace layout: cumsums [b, H, nc, chunk], states [b, nc, H, P, N],
+// CB [b, nc, G, chunk, chunk]; each piece 256-byte aligned.
+struct SsdWorkspace {
+  float *cumsum, *states, *cb;
+};
+
+inline size_t ssd_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+inline void ssd_piece_sizes(const SsdShape& s, size_t sizes[3]) {
+  const size_t nc = static_cast<size_t>(ssd_chunks(s)), b = static_cast<size_t>(s.batch);
+  sizes[0] = ssd_align(sizeof(float) * b * s.heads * nc * s.chunk);
+  sizes[1] = ssd_align(sizeof(float) * b * nc * s.heads * s.head_dim * s.state);
+  sizes[2] = ssd_align(sizeof(float) * b * nc * s.groups * s.chunk * s.chunk);
+}
+
+inline SsdWorkspace ssd_workspace(const SsdShape& s, void* base) {
+  size_t sizes[3];
+  ssd_piece_sizes(s, sizes);
+  char* p = static_cast<char*>(base);
+  return {reinterpret_cast<float*>(p), reinterpret_cast<float*>(p + sizes[0]),
+          reinterpret_cast<float*>(p + sizes[0] + sizes[1])};
+}
+
+// Grid over (b, h, chunk) threads for step 1.
+inline unsigned ssd_cumsum_blocks(const SsdShape& s) {
+  return static_cast<unsigned>((s.batch * s.heads * ssd_chunks(s) + kSsdThreads - 1) / kSsdThreads);
+}
+
+__global__ void ssd_cumsum_kernel(SsdShape s, const float* __restrict__ dt, const float* __restrict__ A,
+                                  float* __restrict__ cumsum) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= s.batch * s.heads * nc) return;
+  const int64_t c = id % nc, h = id / nc % s.heads, bi = id / (nc * s.heads);
+  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  const float a = A[h];
+  float run = 0.0f;
+  float* out = cumsum + id * s.chunk;  // [b, H, nc, chunk]: id = (bi * H + h) * nc + c
+  for (int64_t t = 0; t < len; ++t) {
+    run += dt[(bi * s.len + t0 + t) * s.heads + h] * a;
+    out[t] = run;
+  }
+}
+
+// Block (c + nc * bi, h): S[p, n] over the chunk's tokens.
+template <typename T>
+__global__ void ssd_chunk_state_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                                       const T* __restrict__ B, const float* __restrict__ cumsum,
+                                       float* __restrict__ states) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y, g = h / (s.heads / s.groups);
+  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
+  const float a_last = a[len - 1];
+  float* out = states + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state;
+  for (int64_t e = threadIdx.x; e < s.head_dim * s.state; e += blockDim.x) {
+    const int64_t p = e / s.state, n = e % s.state;
+    float acc = 0.0f;
+    for (int64_t t = 0; t < len; ++t) {
+      const int64_t tok = t0 + t;
+      const float w = expf(a_last - a[t]) * dt[(bi * s.len + tok) * s.heads + h];
+      acc += w * to_f32(x[bi * s.x_batch_stride + tok * s.x_token_stride + h * s.head_dim + p]) *
+             to_f32(B[bi * s.b_batch_stride + tok * s.b_token_stride + g * s.state + n]);
+    }
+    out[e] = acc;
+  }
+}
+
+// Block (bi, h): runs the recurrence over chunks; leaves in `states` the
+// state ENTERING each chunk.
+__global__ void ssd_state_passing_kernel(SsdShape s, const float* __restrict__ cumsum, float* __restrict__ states) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t bi = blockIdx.x, h = blockIdx.y;
+  for (int64_t e = threadIdx.x; e < s.head_dim * s.state; e += blockDim.x) {
+    float run = 0.0f;
+    for (int64_t c = 0; c < nc; ++c) {
+      const int64_t len = min(s.chunk, s.len - c * s.chunk);
+      const float decay = expf(cumsum[((bi * s.heads + h) * nc + c) * s.chunk + len - 1]);
+      float* slot = states + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state + e;
+      const float chunk_state = *slot;
+      *slot = run;
+      run = run * decay + chunk_state;
+    }
+  }
+}
+
+// Block (c + nc * bi, g): CB[t, s] = C[t] . B[s] for s <= t.
+template <typename T>
+__global__ void ssd_chunk_cb_kernel(SsdShape s, const T* __restrict__ B, const T* __restrict__ C,
+                                    float* __restrict__ cb) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, g = blockIdx.y;
+  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  float* out = cb + ((bi * nc + c) * s.groups + g) * s.chunk * s.chunk;
+  for (int64_t e = threadIdx.x; e < len * len; e += blockDim.x) {
+    const int64_t t = e / len, u = e % len;
+    if (u > t) continue;
+    const T* ct = C + bi * s.c_batch_stride + (t0 + t) * s.c_token_stride + g * s.state;
+    const T* bu = B + bi * s.b_batch_stride + (t0 + u) * s.b_token_stride + g * s.state;
+    float acc = 0.0f;
+    for (int64_t n = 0; n < s.state; ++n) acc += to_f32(ct[n]) * to_f32(bu[n]);
+    out[t * s.chunk + u] = acc;
+  }
+}
+
+// Block (c + nc * bi, h): y[t, p] for the chunk's tokens.
+template <typename T>
+__global__ void ssd_chunk_output_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                                        const T* __restrict__ C, const float* __restrict__ D,
+                                        const float* __restrict__ cumsum, const float* __restrict__ states,
+                                        const float* __restrict__ cb, float* __restrict__ y) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y, g = h / (s.heads / s.groups);
+  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
+  const float* entering = states + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state;
+  const float* cbc = cb + ((bi * nc + c) * s.groups + g) * s.chunk * s.chunk;
+  const float d = D ? D[h] : 0.0f;
+  for (int64_t e = threadIdx.x; e < len * s.head_dim; e += blockDim.x) {
+    const int64_t t = e / s.head_dim, p = e % s.head_dim;
+    const int64_t tok = t0 + t;
+    float acc = 0.0f;
+    for (int64_t u = 0; u <= t; ++u) {
+      const int64_t tu = t0 + u;
+      acc += cbc[t * s.chunk + u] * expf(a[t] - a[u]) * dt[(bi * s.len + tu) * s.heads + h] *
+             to_f32(x[bi * s.x_batch_stride + tu * s.x_token_stride + h * s.head_dim + p]);
+    }
+    const T* ct = C + bi * s.c_batch_stride + tok * s.c_token_stride + g * s.state;
+    float from_state = 0.0f;
+    for (int64_t n = 0; n < s.state; ++n) from_state += entering[p * s.state + n] * to_f32(ct[n]);
+    const float xv = to_f32(x[bi * s.x_batch_stride + tok * s.x_token_stride + h * s.head_dim + p]);
+    y[((bi * s.len + tok) * s.heads + h) * s.head_dim + p] = acc + expf(a[t]) * from_state + d * xv;
+  }
+}
+
+// The five launches in order. launch(kernel, grid, args...) runs one kernel
+// with kSsdThreads threads per block (a <<<>>> launch in ssd_scan.cu, the
+// emulator in the tests), so both run the same sequence.
+template <typename T, typename Launch>
+void ssd_forward_steps(const SsdShape& s, const T* x, const float* dt, const float* A, const T* B, const T* C,
+                       const float* D, float* y, const SsdWorkspace& ws, Launch&& launch) {
+  const unsigned chunk_blocks = static_cast<unsigned>(s.batch * ssd_chunks(s));
+  const unsigned heads = static_cast<unsigned>(s.heads), groups = static_cast<unsigned>(s.groups);
+  launch(ssd_cumsum_kernel, dim3(ssd_cumsum_blocks(s)), s, dt, A, ws.cumsum);
+  launch(ssd_chunk_state_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, B,
+         static_cast<const float*>(ws.cumsum), ws.states);
+  launch(ssd_state_passing_kernel, dim3(static_cast<unsigned>(s.batch), heads), s,
+         static_cast<const float*>(ws.cumsum), ws.states);
+  launch(ssd_chunk_cb_kernel<T>, dim3(chunk_blocks, groups), s, B, C, ws.cb);
+  launch(ssd_chunk_output_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, C, D,
+         static_cast<const float*>(ws.cumsum), static_cast<const float*>(ws.states),
+         static_cast<const float*>(ws.cb), y);
+}
+
+}  // namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL
