@@ -1,6 +1,6 @@
 // Launchers: argument checks, grid, dispatch on dtype (kernels in ssd_scan_kernels.cuh).
 #include "ssd_scan_cuda.h"
-#include "ssd_scan_kernels.cuh"
+#include "ssd_scan_backward_kernels.cuh"
 
 namespace minipuzzle::kernels {
 
@@ -31,6 +31,31 @@ cudaError_t ssd_scan_forward(const SsdShape& s, DType dtype, const void* x, cons
                       ws, [&](auto kernel, dim3 grid, auto... args) {
                         kernel<<<grid, kSsdThreads, 0, stream>>>(args...);
                       });
+  });
+  return cudaGetLastError();
+}
+
+size_t ssd_scan_backward_workspace_bytes(const SsdShape& shape) {
+  size_t sizes[10], total = 0;
+  ssd_backward_piece_sizes(shape, sizes);
+  for (size_t v : sizes) total += v;
+  return total;
+}
+
+cudaError_t ssd_scan_backward(const SsdShape& s, DType dtype, const void* x, const float* dt, const float* A,
+                              const void* B, const void* C, const float* D, const float* dy, float* dx, float* ddt,
+                              float* dA, float* dB, float* dC, float* dD, void* workspace, cudaStream_t stream) {
+  if (!ssd_shape_supported(s)) return cudaErrorInvalidValue;
+  cudaError_t err = cudaMemsetAsync(dA, 0, sizeof(float) * s.heads, stream);
+  if (err == cudaSuccess && dD) err = cudaMemsetAsync(dD, 0, sizeof(float) * s.heads, stream);
+  if (err != cudaSuccess || s.batch == 0 || s.len == 0) return err;
+  const SsdBackwardWorkspace ws = ssd_backward_workspace(s, workspace);
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    ssd_backward_steps(s, static_cast<const T*>(x), dt, A, static_cast<const T*>(B), static_cast<const T*>(C), D, dy,
+                       dx, ddt, dA, dB, dC, dD, ws, [&](auto kernel, dim3 grid, auto... args) {
+                         kernel<<<grid, kSsdThreads, 0, stream>>>(args...);
+                       });
   });
   return cudaGetLastError();
 }

@@ -1,4 +1,4 @@
-// Mamba2 SSD chunked scan, forward (no gradients yet).
+// Mamba2 SSD chunked scan, forward and backward.
 // Definition: src/ssd_scan.cpp (ssd_scan_reference):
 //   h[t] = exp(dt[t] A) h[t-1] + dt[t] x[t] B[t]^T,  y[t] = h[t] C[t] + D x[t],
 // computed chunk by chunk: decay cumsums, chunk states, state passing
@@ -38,5 +38,16 @@ size_t ssd_scan_workspace_bytes(const SsdShape& shape);
 cudaError_t ssd_scan_forward(const SsdShape& shape, DType dtype, const void* x, const float* dt, const float* A,
                              const void* B, const void* C, const float* D, float* y, void* workspace,
                              cudaStream_t stream);
+
+// Bytes of scratch memory ssd_scan_backward needs.
+size_t ssd_scan_backward_workspace_bytes(const SsdShape& shape);
+
+// Gradients of sum(dy * y) for the inputs of ssd_scan_forward; dy [batch,
+// len, heads, head_dim] fp32 contiguous. Outputs fp32, contiguous: dx like
+// dy, ddt [batch, len, heads], dB and dC [batch, len, groups, state], dA [heads],
+// dD [heads] (or null when D is null). Overwrites all of them.
+cudaError_t ssd_scan_backward(const SsdShape& shape, DType dtype, const void* x, const float* dt, const float* A,
+                              const void* B, const void* C, const float* D, const float* dy, float* dx, float* ddt,
+                              float* dA, float* dB, float* dC, float* dD, void* workspace, cudaStream_t stream);
 
 }  // namespace minipuzzle::kernels

@@ -82,13 +82,8 @@ torch::Tensor ssd_scan_reference(const torch::Tensor& x_in, const torch::Tensor&
 torch::Tensor ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A, const torch::Tensor& B,
                        const torch::Tensor& C, const torch::Tensor& D, int64_t chunk_size) {
 #if MINIPUZZLE_HAVE_CUDA_KERNELS
-  // Forward only so far: with gradients wanted, the reference (autograd).
-  const auto wants_grad = [](const torch::Tensor& t) { return t.defined() && t.requires_grad(); };
-  const bool grad = torch::GradMode::is_enabled() &&
-                    (wants_grad(x) || wants_grad(dt) || wants_grad(A) || wants_grad(B) || wants_grad(C) || wants_grad(D));
-  if (!grad && use_cuda_kernels(x) && ssd_scan_kernel_enabled() &&
-      cuda_ops::ssd_scan_supported(x, dt, A, B, C, D, chunk_size))
-    return cuda_ops::ssd_scan_forward(x, dt, A, B, C, D, chunk_size);
+  if (use_cuda_kernels(x) && ssd_scan_kernel_enabled() && cuda_ops::ssd_scan_supported(x, dt, A, B, C, D, chunk_size))
+    return cuda_ops::ssd_scan(x, dt, A, B, C, D, chunk_size);
 #endif
   return ssd_scan_reference(x, dt, A, B, C, D, chunk_size);
 }

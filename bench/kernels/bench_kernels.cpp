@@ -1,6 +1,6 @@
 // bench_kernels [--quick] [--iters N] [--meta k=v ...]
 //
-// Per op, fwd+bwd (the SSD scan: forward only) on the TARGETS.md shapes (Nemotron-H-8B Mamba sizes, bf16):
+// Per op, fwd+bwd (the SSD scan also forward alone) on the TARGETS.md shapes (Nemotron-H-8B Mamba sizes, bf16):
 // our kernel (kernel_dispatch on) against the LibTorch reference on the same
 // GPU in the same run (kernels off). Milliseconds per call (mean over
 // --iters after 3 warm-up calls), the ratio reference / kernel, and the
@@ -132,21 +132,28 @@ int main(int argc, char** argv) {
                           },
                           iters));
   }
-  {  // SSD chunked scan, forward only (no backward kernel yet): b=1, L=8192, 8B shapes
+  for (const bool backward : {false, true}) {  // SSD chunked scan: b=1, L=8192, 8B shapes
     set_ssd_scan_kernel_enabled(true);  // opt-in in the library until measured
-    torch::NoGradGuard no_grad;
     const int64_t L = quick ? 1024 : 8192, H = quick ? 16 : 128, P = 64, G = 8, N = 128;
     auto xbc = torch::randn({1, L, H * P + 2 * G * N}, bf16) * 0.5;
+    if (backward) xbc.requires_grad_(true);
     auto x = xbc.narrow(-1, 0, H * P).reshape({1, L, H, P});
     auto B = xbc.narrow(-1, H * P, G * N).reshape({1, L, G, N});
     auto C = xbc.narrow(-1, H * P + G * N, G * N).reshape({1, L, G, N});
     auto dt = torch::softplus(torch::randn({1, L, H}, bf16) - 2);
     auto A = -torch::exp(torch::randn({H}, bf16.dtype(torch::kFloat32)) * 0.5);
     auto D = torch::randn({H}, bf16.dtype(torch::kFloat32));
-    ops.push_back(compare("ssd_scan_forward",
+    auto g = torch::randn({1, L, H, P}, bf16.dtype(torch::kFloat32));
+    ops.push_back(compare(backward ? "ssd_scan_fwd_bwd" : "ssd_scan_forward",
                           {{"b", 1}, {"L", L}, {"heads", H}, {"head_dim", P}, {"groups", G}, {"state", N},
                            {"chunk", 128}, {"dtype", "bf16"}},
-                          [&] { auto y = ssd_scan(x, dt, A, B, C, D, 128); }, iters));
+                          [&] {
+                            auto y = ssd_scan(x, dt, A, B, C, D, 128);
+                            if (backward) {
+                              auto grads = torch::autograd::grad({y}, {xbc}, {g});
+                            }
+                          },
+                          iters));
   }
   {  // forward KL loss + student-logit gradient: 8192 tokens x 131072 vocab
     const int64_t rows = quick ? 512 : 8192, V = quick ? 32768 : 131072;

@@ -19,8 +19,8 @@ void set_cuda_kernels_enabled(bool enabled);
 // The kernels serve this tensor: compiled, enabled, and on a CUDA device.
 bool use_cuda_kernels(const torch::Tensor& t);
 
-// The SSD scan kernel (forward only, no tensor cores yet) is off unless
-// asked for: it has not been timed against the reference on a GPU.
+// The SSD scan kernels (no tensor cores yet) are off unless asked for: they
+// have not been timed against the reference on a GPU.
 // MINIPUZZLE_SSD_KERNEL=1 in the environment turns it on at start.
 bool ssd_scan_kernel_enabled();
 void set_ssd_scan_kernel_enabled(bool enabled);

@@ -12,8 +12,9 @@ namespace minipuzzle {
 //   A:  [H] (negative) B, C: [b, L, G, N] (head h uses group h / (H/G))
 //   D:  [H] or undefined
 // L need not be a multiple of chunk_size. Returns y [b, L, H, P] in fp32.
-// On CUDA tensors, without gradients, and with ssd_scan_kernel_enabled()
-// (kernel_dispatch.h), runs our forward kernel; the reference otherwise.
+// Autograd-capable. On CUDA tensors with ssd_scan_kernel_enabled()
+// (kernel_dispatch.h) runs our forward and backward kernels; the reference
+// otherwise.
 torch::Tensor ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
                        const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
                        int64_t chunk_size);

@@ -21,8 +21,8 @@ torch::Tensor gated_rms_norm(const torch::Tensor& x, const torch::Tensor& z, con
 
 bool ssd_scan_supported(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
                         const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D, int64_t chunk_size);
-// Forward only (no autograd): y [b, L, H, P] fp32.
-torch::Tensor ssd_scan_forward(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
+// y [b, L, H, P] fp32, autograd-capable (forward and backward kernels).
+torch::Tensor ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,
                                const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
                                int64_t chunk_size);
 

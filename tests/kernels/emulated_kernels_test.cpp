@@ -7,7 +7,7 @@
 #include "causal_conv1d_silu_kernels.cuh"
 #include "forward_kl_kernels.cuh"
 #include "gated_rms_norm_kernels.cuh"
-#include "ssd_scan_kernels.cuh"
+#include "ssd_scan_backward_kernels.cuh"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -203,49 +203,103 @@ struct SsdCase {
   bool with_d;
 };
 
-TEST(EmulatedKernels, SsdScanForward) {
-  const SsdCase cases[] = {
-      {2, 21, 4, 3, 2, 5, 8, torch::kFloat32, true},   // last chunk short, 2 heads per group
-      {1, 16, 2, 4, 1, 8, 16, torch::kFloat32, false},  // one full chunk
-      {1, 9, 2, 4, 2, 4, 4, torch::kBFloat16, true},
-      {1, 5, 3, 2, 3, 3, 1, torch::kFloat32, true},  // chunk 1: the recurrence step by step
-  };
-  torch::manual_seed(54);
-  for (const auto& c : cases) {
-    const std::string what = "b " + std::to_string(c.batch) + " L " + std::to_string(c.len) + " H " +
-                             std::to_string(c.heads) + " G " + std::to_string(c.groups) + " chunk " +
-                             std::to_string(c.chunk) + " " + c10::toString(c.dtype);
-    const int64_t di = c.heads * c.head_dim, gn = c.groups * c.state;
-    // x, B, C as the mixer has them: views of one [b, L, conv_dim] tensor.
-    auto xbc = torch::randn({c.batch, c.len, di + 2 * gn}).to(c.dtype);
-    auto x = xbc.narrow(-1, 0, di).reshape({c.batch, c.len, c.heads, c.head_dim});
-    auto B = xbc.narrow(-1, di, gn).reshape({c.batch, c.len, c.groups, c.state});
-    auto C = xbc.narrow(-1, di + gn, gn).reshape({c.batch, c.len, c.groups, c.state});
-    auto dt = torch::softplus(torch::randn({c.batch, c.len, c.heads}) - 1);
-    auto A = -torch::exp(torch::randn({c.heads}) * 0.5);
-    auto D = c.with_d ? torch::randn({c.heads}) : torch::Tensor();
-    auto ref = ssd_scan_reference(x, dt, A, B, C, D, c.chunk);
+const SsdCase kSsdCases[] = {
+    {2, 21, 4, 3, 2, 5, 8, torch::kFloat32, true},   // last chunk short, 2 heads per group
+    {1, 16, 2, 4, 1, 8, 16, torch::kFloat32, false},  // one full chunk
+    {1, 9, 2, 4, 2, 4, 4, torch::kBFloat16, true},
+    {1, 5, 3, 2, 3, 3, 1, torch::kFloat32, true},  // chunk 1: the recurrence step by step
+};
 
-    kernels::SsdShape s;
-    s.batch = c.batch, s.len = c.len, s.heads = c.heads, s.head_dim = c.head_dim, s.groups = c.groups;
-    s.state = c.state, s.chunk = c.chunk;
-    s.x_batch_stride = x.stride(0), s.x_token_stride = x.stride(1);
-    s.b_batch_stride = B.stride(0), s.b_token_stride = B.stride(1);
-    s.c_batch_stride = C.stride(0), s.c_token_stride = C.stride(1);
+std::string ssd_name(const SsdCase& c) {
+  return "b " + std::to_string(c.batch) + " L " + std::to_string(c.len) + " H " + std::to_string(c.heads) + " G " +
+         std::to_string(c.groups) + " chunk " + std::to_string(c.chunk) + " " + c10::toString(c.dtype);
+}
+
+// Inputs as the mixer has them: x, B, C views of one [b, L, conv_dim] tensor.
+struct SsdInputs {
+  torch::Tensor xbc, x, B, C, dt, A, D;
+  kernels::SsdShape shape;
+};
+
+SsdInputs ssd_inputs(const SsdCase& c) {
+  SsdInputs in;
+  const int64_t di = c.heads * c.head_dim, gn = c.groups * c.state;
+  in.xbc = torch::randn({c.batch, c.len, di + 2 * gn}).to(c.dtype);
+  in.x = in.xbc.narrow(-1, 0, di).reshape({c.batch, c.len, c.heads, c.head_dim});
+  in.B = in.xbc.narrow(-1, di, gn).reshape({c.batch, c.len, c.groups, c.state});
+  in.C = in.xbc.narrow(-1, di + gn, gn).reshape({c.batch, c.len, c.groups, c.state});
+  in.dt = torch::softplus(torch::randn({c.batch, c.len, c.heads}) - 1);
+  in.A = -torch::exp(torch::randn({c.heads}) * 0.5);
+  if (c.with_d) in.D = torch::randn({c.heads});
+  kernels::SsdShape& s = in.shape;
+  s.batch = c.batch, s.len = c.len, s.heads = c.heads, s.head_dim = c.head_dim, s.groups = c.groups;
+  s.state = c.state, s.chunk = c.chunk;
+  s.x_batch_stride = in.x.stride(0), s.x_token_stride = in.x.stride(1);
+  s.b_batch_stride = in.B.stride(0), s.b_token_stride = in.B.stride(1);
+  s.c_batch_stride = in.C.stride(0), s.c_token_stride = in.C.stride(1);
+  return in;
+}
+
+// launch() with the SSD kernels' block size.
+const auto ssd_launch = [](auto kernel, dim3 grid, auto... args) { launch(kernel, grid, emu::kSsdThreads, args...); };
+
+TEST(EmulatedKernels, SsdScanForward) {
+  torch::manual_seed(54);
+  for (const auto& c : kSsdCases) {
+    SsdInputs in = ssd_inputs(c);
+    auto ref = ssd_scan_reference(in.x, in.dt, in.A, in.B, in.C, in.D, c.chunk);
     size_t sizes[3];
-    emu::ssd_piece_sizes(s, sizes);
+    emu::ssd_piece_sizes(in.shape, sizes);
     auto ws = torch::empty({static_cast<int64_t>(sizes[0] + sizes[1] + sizes[2])}, torch::kUInt8);
     auto y = torch::empty({c.batch, c.len, c.heads, c.head_dim});
     with_element_type(c.dtype, [&](auto tag) {
       using T = decltype(tag);
-      emu::ssd_forward_steps(s, static_cast<const T*>(x.data_ptr()), dt.data_ptr<float>(), A.data_ptr<float>(),
-                             static_cast<const T*>(B.data_ptr()), static_cast<const T*>(C.data_ptr()),
-                             c.with_d ? D.data_ptr<float>() : nullptr, y.data_ptr<float>(),
-                             emu::ssd_workspace(s, ws.data_ptr()), [](auto kernel, dim3 grid, auto... args) {
-                               launch(kernel, grid, emu::kSsdThreads, args...);
-                             });
+      emu::ssd_forward_steps(in.shape, static_cast<const T*>(in.x.data_ptr()), in.dt.data_ptr<float>(),
+                             in.A.data_ptr<float>(), static_cast<const T*>(in.B.data_ptr()),
+                             static_cast<const T*>(in.C.data_ptr()), c.with_d ? in.D.data_ptr<float>() : nullptr,
+                             y.data_ptr<float>(), emu::ssd_workspace(in.shape, ws.data_ptr()), ssd_launch);
     });
-    expect_close(y, ref, 1e-5, 1e-5, what + " y");
+    expect_close(y, ref, 1e-5, 1e-5, ssd_name(c) + " y");
+  }
+}
+
+TEST(EmulatedKernels, SsdScanBackward) {
+  torch::manual_seed(55);
+  for (const auto& c : kSsdCases) {
+    const std::string what = ssd_name(c);
+    SsdInputs in = ssd_inputs(c);
+    // Reference gradients of sum(dy * y) through autograd, on separate leaves.
+    auto leaf = [](const torch::Tensor& t) { return t.detach().clone().requires_grad_(true); };
+    auto x = leaf(in.x), B = leaf(in.B), C = leaf(in.C), dt = leaf(in.dt), A = leaf(in.A);
+    auto D = c.with_d ? leaf(in.D) : torch::Tensor();
+    auto y = ssd_scan_reference(x, dt, A, B, C, D, c.chunk);
+    auto dy = torch::randn(y.sizes());
+    (y * dy).sum().backward();
+
+    size_t sizes[10], total = 0;
+    emu::ssd_backward_piece_sizes(in.shape, sizes);
+    for (size_t v : sizes) total += v;
+    auto ws = torch::empty({static_cast<int64_t>(total)}, torch::kUInt8);
+    auto dx = torch::empty({c.batch, c.len, c.heads, c.head_dim}), ddt = torch::empty({c.batch, c.len, c.heads});
+    auto dB = torch::empty({c.batch, c.len, c.groups, c.state}), dC = torch::empty_like(dB);
+    auto dA = torch::zeros({c.heads}), dD = torch::zeros({c.heads});
+    with_element_type(c.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      emu::ssd_backward_steps(in.shape, static_cast<const T*>(in.x.data_ptr()), in.dt.data_ptr<float>(),
+                              in.A.data_ptr<float>(), static_cast<const T*>(in.B.data_ptr()),
+                              static_cast<const T*>(in.C.data_ptr()), c.with_d ? in.D.data_ptr<float>() : nullptr,
+                              dy.data_ptr<float>(), dx.data_ptr<float>(), ddt.data_ptr<float>(), dA.data_ptr<float>(),
+                              dB.data_ptr<float>(), dC.data_ptr<float>(), c.with_d ? dD.data_ptr<float>() : nullptr,
+                              emu::ssd_backward_workspace(in.shape, ws.data_ptr()), ssd_launch);
+    });
+    // Leaves of bf16 inputs get bf16 gradients: one rounding apart.
+    const double tol = c.dtype == torch::kFloat32 ? 1e-5 : tolerance_for(c.dtype);
+    expect_close(dx, x.grad(), tol, tol, what + " dx");
+    expect_close(dB, B.grad(), tol, tol, what + " dB");
+    expect_close(dC, C.grad(), tol, tol, what + " dC");
+    expect_close(ddt, dt.grad(), 1e-5, 1e-5, what + " ddt");
+    expect_close(dA, A.grad(), 1e-5, 1e-5, what + " dA");
+    if (c.with_d) expect_close(dD, D.grad(), 1e-5, 1e-5, what + " dD");
   }
 }
 

@@ -34,6 +34,8 @@ std::map<std::string, torch::Tensor> take_grads(HybridLM& m) {
 
 TEST(ModelOnKernels, ForwardAndBackwardMatchTheReferencePath) {
   MINIPUZZLE_REQUIRE_CUDA_KERNELS();
+  const bool ssd_was = ssd_scan_kernel_enabled();
+  set_ssd_scan_kernel_enabled(true);  // every kernel, the SSD scan's too
   HybridLM m(tiny_config("M*-MM-", 2));
   m->init_random(41);
   m->to(torch::kCUDA);
@@ -53,6 +55,7 @@ TEST(ModelOnKernels, ForwardAndBackwardMatchTheReferencePath) {
   expect_close(k.loss, r.loss, 1e-5, 1e-5, "logits");
   ASSERT_EQ(k.grads.size(), r.grads.size());
   for (const auto& [name, g] : r.grads) expect_close(k.grads.at(name), g, 1e-6, 1e-4, "grad " + name);
+  set_ssd_scan_kernel_enabled(ssd_was);
 }
 
 TEST(ModelOnKernels, DistillationStepMatchesTheReferencePath) {

@@ -1,0 +1,260 @@
+// SSD backward, chunked like the forward (ssd_scan_kernels.cuh), for the
+// loss sum(dy * y). With xdt_s = dt_s x_s and a the running sum of dt A:
+//   dxdt_s = sum_{t>=s} (C_t.B_s) e^{a_t - a_s} dy_t         (a reverse-time scan)
+//   dx_s   = dt_s dxdt_s + D dy_s
+//   dB_s   = sum_heads sum_p xdt_s[p] g_s[p, :],  g_s = sum_{t>=s} e^{a_t-a_s} dy_t C_t^T
+//   dC_t   = sum_heads sum_p dy_t[p] h_t[p, :],   h_t the forward state at t
+//   da_t   = dy_t . (y_t - D x_t) - xdt_t . dxdt_t      (d loss / d a_t)
+//   ddt_r  = x_r . dxdt_r + A sum_{t>=r} da_t,  dA = sum_r dt_r sum_{t>=r} da_t,
+//   dD     = sum_t dy_t . x_t.
+// Steps after the forward ones (which leave cumsums, entering states, C.B):
+//   R1 reverse chunk states  Q_c = sum_{t in c} e^{a_loc[t]} dy_t C_t^T      block per (b, c, h)
+//   R2 reverse passing       G_c = sum over later chunks (state entering c from the right)
+//   R3 dxdt and dx                                                           block per (b, c, h)
+//   R4 W[t, s] = e^{a[t]-a[s]} dt_s (x_s . dy_t), s <= t                      block per (b, c, h)
+//   R5 dB, dC (sums over the heads of a group, no atomics)                   block per (b, c, g)
+//   R6 per-token dots da, x.dxdt, dy.x                                        one thread per (b, t, h)
+//   R7 reverse cumsum of da: ddt, dA, dD                                      one thread per (b, h)
+#pragma once
+
+#include "ssd_scan_kernels.cuh"
+
+// Namespace: see device_math.cuh.
+namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL {
+
+struct SsdBackwardWorkspace {
+  SsdWorkspace fwd;
+  float *y_ssm, *rstates, *w, *dxdt, *da, *xdot, *dyx;
+};
+
+inline void ssd_backward_piece_sizes(const SsdShape& s, size_t sizes[10]) {
+  ssd_piece_sizes(s, sizes);
+  const size_t nc = static_cast<size_t>(ssd_chunks(s)), b = static_cast<size_t>(s.batch);
+  const size_t tokens = b * static_cast<size_t>(s.len) * s.heads;
+  sizes[3] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // y without D
+  sizes[4] = ssd_align(sizeof(float) * b * nc * s.heads * s.head_dim * s.state);  // reverse states
+  sizes[5] = ssd_align(sizeof(float) * b * nc * s.heads * s.chunk * s.chunk);     // W
+  sizes[6] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // dxdt
+  sizes[7] = sizes[8] = sizes[9] = ssd_align(sizeof(float) * tokens);            // da, x.dxdt, dy.x
+}
+
+inline SsdBackwardWorkspace ssd_backward_workspace(const SsdShape& s, void* base) {
+  size_t sizes[10];
+  ssd_backward_piece_sizes(s, sizes);
+  float* piece[10];
+  char* p = static_cast<char*>(base);
+  for (int i = 0; i < 10; ++i) {
+    piece[i] = reinterpret_cast<float*>(p);
+    p += sizes[i];
+  }
+  return {{piece[0], piece[1], piece[2]}, piece[3], piece[4], piece[5], piece[6], piece[7], piece[8], piece[9]};
+}
+
+// Element offsets in the packed x / B / C layouts and the dense [b, L, H] and
+// [b, L, H, P] ones.
+__host__ __device__ inline int64_t x_at(const SsdShape& s, int64_t bi, int64_t tok, int64_t h, int64_t p) {
+  return bi * s.x_batch_stride + tok * s.x_token_stride + h * s.head_dim + p;
+}
+__host__ __device__ inline int64_t bh_at(const SsdShape& s, int64_t bi, int64_t tok, int64_t h) {
+  return (bi * s.len + tok) * s.heads + h;
+}
+
+// R1. Block (c + nc * bi, h).
+template <typename T>
+__global__ void ssd_reverse_chunk_state_kernel(SsdShape s, const float* __restrict__ dy, const T* __restrict__ C,
+                                               const float* __restrict__ cumsum, float* __restrict__ rstates) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y, g = h / (s.heads / s.groups);
+  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
+  float* out = rstates + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state;
+  for (int64_t e = threadIdx.x; e < s.head_dim * s.state; e += blockDim.x) {
+    const int64_t p = e / s.state, n = e % s.state;
+    float acc = 0.0f;
+    for (int64_t t = 0; t < len; ++t) {
+      const int64_t tok = t0 + t;
+      acc += expf(a[t]) * dy[bh_at(s, bi, tok, h) * s.head_dim + p] *
+             to_f32(C[bi * s.c_batch_stride + tok * s.c_token_stride + g * s.state + n]);
+    }
+    out[e] = acc;
+  }
+}
+
+// R2. Block (bi, h): leaves in rstates the state entering each chunk from
+// the right (later chunks, decayed to the chunk's last token).
+__global__ void ssd_reverse_passing_kernel(SsdShape s, const float* __restrict__ cumsum, float* __restrict__ rstates) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t bi = blockIdx.x, h = blockIdx.y;
+  for (int64_t e = threadIdx.x; e < s.head_dim * s.state; e += blockDim.x) {
+    float run = 0.0f;
+    for (int64_t c = nc - 1; c >= 0; --c) {
+      const int64_t len = min(s.chunk, s.len - c * s.chunk);
+      const float decay = expf(cumsum[((bi * s.heads + h) * nc + c) * s.chunk + len - 1]);
+      float* slot = rstates + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state + e;
+      const float chunk_state = *slot;
+      *slot = run;
+      run = chunk_state + decay * run;
+    }
+  }
+}
+
+// R3. Block (c + nc * bi, h): dxdt and dx for the chunk's tokens.
+template <typename T>
+__global__ void ssd_dxdt_kernel(SsdShape s, const float* __restrict__ dt, const T* __restrict__ B,
+                                const float* __restrict__ D, const float* __restrict__ dy,
+                                const float* __restrict__ cumsum, const float* __restrict__ rstates,
+                                const float* __restrict__ cb, float* __restrict__ dxdt, float* __restrict__ dx) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y, g = h / (s.heads / s.groups);
+  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
+  const float* from_right = rstates + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state;
+  const float* cbc = cb + ((bi * nc + c) * s.groups + g) * s.chunk * s.chunk;
+  const float d = D ? D[h] : 0.0f;
+  for (int64_t e = threadIdx.x; e < len * s.head_dim; e += blockDim.x) {
+    const int64_t u = e / s.head_dim, p = e % s.head_dim, tok = t0 + u;
+    float acc = 0.0f;
+    for (int64_t t = u; t < len; ++t)
+      acc += cbc[t * s.chunk + u] * expf(a[t] - a[u]) * dy[bh_at(s, bi, t0 + t, h) * s.head_dim + p];
+    const T* bu = B + bi * s.b_batch_stride + tok * s.b_token_stride + g * s.state;
+    float right = 0.0f;
+    for (int64_t n = 0; n < s.state; ++n) right += to_f32(bu[n]) * from_right[p * s.state + n];
+    acc += expf(a[len - 1] - a[u]) * right;
+    const int64_t o = bh_at(s, bi, tok, h) * s.head_dim + p;
+    dxdt[o] = acc;
+    dx[o] = dt[bh_at(s, bi, tok, h)] * acc + d * dy[o];
+  }
+}
+
+// R4. Block (c + nc * bi, h): W[t, u] for u <= t.
+template <typename T>
+__global__ void ssd_w_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                             const float* __restrict__ dy, const float* __restrict__ cumsum, float* __restrict__ w) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y;
+  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
+  float* out = w + ((bi * nc + c) * s.heads + h) * s.chunk * s.chunk;
+  for (int64_t e = threadIdx.x; e < len * len; e += blockDim.x) {
+    const int64_t t = e / len, u = e % len;
+    if (u > t) continue;
+    const float* dyt = dy + bh_at(s, bi, t0 + t, h) * s.head_dim;
+    float dot = 0.0f;
+    for (int64_t p = 0; p < s.head_dim; ++p) dot += to_f32(x[x_at(s, bi, t0 + u, h, p)]) * dyt[p];
+    out[t * s.chunk + u] = expf(a[t] - a[u]) * dt[bh_at(s, bi, t0 + u, h)] * dot;
+  }
+}
+
+// R5. Block (c + nc * bi, g): dB and dC for the chunk's tokens, summed over
+// the group's heads.
+template <typename T>
+__global__ void ssd_dbdc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                                const T* __restrict__ B, const T* __restrict__ C, const float* __restrict__ dy,
+                                const float* __restrict__ cumsum, const float* __restrict__ states,
+                                const float* __restrict__ rstates, const float* __restrict__ w,
+                                float* __restrict__ dB, float* __restrict__ dC) {
+  const int64_t nc = ssd_chunks(s);
+  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, g = blockIdx.y, per_group = s.heads / s.groups;
+  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  for (int64_t e = threadIdx.x; e < len * s.state; e += blockDim.x) {
+    const int64_t j = e / s.state, n = e % s.state, tok = t0 + j;
+    float db = 0.0f, dc = 0.0f;
+    for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
+      const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
+      const float* wc = w + ((bi * nc + c) * s.heads + h) * s.chunk * s.chunk;
+      const int64_t state0 = (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state + n;
+      for (int64_t t = j; t < len; ++t)
+        db += wc[t * s.chunk + j] * to_f32(C[bi * s.c_batch_stride + (t0 + t) * s.c_token_stride + g * s.state + n]);
+      for (int64_t u = 0; u <= j; ++u)
+        dc += wc[j * s.chunk + u] * to_f32(B[bi * s.b_batch_stride + (t0 + u) * s.b_token_stride + g * s.state + n]);
+      float x_right = 0.0f, dy_left = 0.0f;
+      const float* dyj = dy + bh_at(s, bi, tok, h) * s.head_dim;
+      for (int64_t p = 0; p < s.head_dim; ++p) {
+        x_right += to_f32(x[x_at(s, bi, tok, h, p)]) * rstates[state0 + p * s.state];
+        dy_left += dyj[p] * states[state0 + p * s.state];
+      }
+      db += expf(a[len - 1] - a[j]) * dt[bh_at(s, bi, tok, h)] * x_right;
+      dc += expf(a[j]) * dy_left;
+    }
+    const int64_t o = ((bi * s.len + tok) * s.groups + g) * s.state + n;
+    dB[o] = db;
+    dC[o] = dc;
+  }
+}
+
+// R6. One thread per (b, t, h).
+template <typename T>
+__global__ void ssd_token_dots_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                                      const float* __restrict__ dy, const float* __restrict__ y_ssm,
+                                      const float* __restrict__ dxdt, float* __restrict__ da,
+                                      float* __restrict__ xdot, float* __restrict__ dyx) {
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= s.batch * s.len * s.heads) return;
+  const int64_t h = id % s.heads, tok = id / s.heads % s.len, bi = id / (s.heads * s.len);
+  float dyy = 0.0f, xd = 0.0f, dx_ = 0.0f;
+  for (int64_t p = 0; p < s.head_dim; ++p) {
+    const int64_t o = id * s.head_dim + p;
+    const float xv = to_f32(x[x_at(s, bi, tok, h, p)]);
+    dyy += dy[o] * y_ssm[o];
+    xd += xv * dxdt[o];
+    dx_ += dy[o] * xv;
+  }
+  da[id] = dyy - dt[id] * xd;
+  xdot[id] = xd;
+  dyx[id] = dx_;
+}
+
+inline unsigned ssd_token_blocks(const SsdShape& s) {
+  return static_cast<unsigned>((s.batch * s.len * s.heads + kSsdThreads - 1) / kSsdThreads);
+}
+inline unsigned ssd_bh_blocks(const SsdShape& s) {
+  return static_cast<unsigned>((s.batch * s.heads + kSsdThreads - 1) / kSsdThreads);
+}
+
+// R7. One thread per (b, h), tokens in reverse; dA and dD summed over the
+// batch with atomics (zeroed before).
+__global__ void ssd_decay_grad_kernel(SsdShape s, const float* __restrict__ dt, const float* __restrict__ A,
+                                      const float* __restrict__ da, const float* __restrict__ xdot,
+                                      const float* __restrict__ dyx, float* __restrict__ ddt, float* __restrict__ dA,
+                                      float* __restrict__ dD) {
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= s.batch * s.heads) return;
+  const int64_t h = id % s.heads, bi = id / s.heads;
+  const float a = A[h];
+  float run = 0.0f, da_sum = 0.0f, dd_sum = 0.0f;
+  for (int64_t tok = s.len - 1; tok >= 0; --tok) {
+    const int64_t o = bh_at(s, bi, tok, h);
+    run += da[o];
+    ddt[o] = xdot[o] + a * run;
+    da_sum += dt[o] * run;
+    dd_sum += dyx[o];
+  }
+  atomicAdd(&dA[h], da_sum);
+  if (dD) atomicAdd(&dD[h], dd_sum);
+}
+
+// The backward launches in order (forward steps first, with D left out so
+// y_ssm is the scan alone). dA and dD must be zero.
+template <typename T, typename Launch>
+void ssd_backward_steps(const SsdShape& s, const T* x, const float* dt, const float* A, const T* B, const T* C,
+                        const float* D, const float* dy, float* dx, float* ddt, float* dA, float* dB, float* dC,
+                        float* dD, const SsdBackwardWorkspace& ws, Launch&& launch) {
+  ssd_forward_steps(s, x, dt, A, B, C, static_cast<const float*>(nullptr), ws.y_ssm, ws.fwd, launch);
+  const unsigned chunk_blocks = static_cast<unsigned>(s.batch * ssd_chunks(s));
+  const unsigned heads = static_cast<unsigned>(s.heads), groups = static_cast<unsigned>(s.groups);
+  const float* cumsum = ws.fwd.cumsum;
+  launch(ssd_reverse_chunk_state_kernel<T>, dim3(chunk_blocks, heads), s, dy, C, cumsum, ws.rstates);
+  launch(ssd_reverse_passing_kernel, dim3(static_cast<unsigned>(s.batch), heads), s, cumsum, ws.rstates);
+  launch(ssd_dxdt_kernel<T>, dim3(chunk_blocks, heads), s, dt, B, D, dy, cumsum,
+         static_cast<const float*>(ws.rstates), static_cast<const float*>(ws.fwd.cb), ws.dxdt, dx);
+  launch(ssd_w_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, dy, cumsum, ws.w);
+  launch(ssd_dbdc_kernel<T>, dim3(chunk_blocks, groups), s, x, dt, B, C, dy, cumsum,
+         static_cast<const float*>(ws.fwd.states), static_cast<const float*>(ws.rstates),
+         static_cast<const float*>(ws.w), dB, dC);
+  launch(ssd_token_dots_kernel<T>, dim3(ssd_token_blocks(s)), s, x, dt, dy, static_cast<const float*>(ws.y_ssm),
+         static_cast<const float*>(ws.dxdt), ws.da, ws.xdot, ws.dyx);
+  launch(ssd_decay_grad_kernel, dim3(ssd_bh_blocks(s)), s, dt, A, static_cast<const float*>(ws.da),
+         static_cast<const float*>(ws.xdot), static_cast<const float*>(ws.dyx), ddt, dA, dD);
+}
+
+}  // namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL
