@@ -9,7 +9,8 @@
 //   dD     = sum_t dy_t . x_t.
 // Steps after the forward ones (which leave cumsums, entering states, C.B):
 //   R1 reverse chunk states  Q_c = sum_{t in c} e^{a_loc[t]} dy_t C_t^T      block per (b, c, h)
-//   R2 reverse passing       G_c = sum over later chunks (state entering c from the right)
+//   R2 reverse passing       G_c = sum over later chunks (state entering c from the right;
+//                            ssd_state_passing_kernel right to left)
 //   R3 dxdt and dx                                                           block per (b, c, h)
 //   R4 W[t, s] = e^{a[t]-a[s]} dt_s (x_s . dy_t), s <= t                      block per (b, c, h)
 //   R5 dB, dC (sums over the heads of a group, no atomics)                   block per (b, c, g)
@@ -77,24 +78,6 @@ __global__ void ssd_reverse_chunk_state_kernel(SsdShape s, const float* __restri
              to_f32(C[bi * s.c_batch_stride + tok * s.c_token_stride + g * s.state + n]);
     }
     out[e] = acc;
-  }
-}
-
-// R2. Block (bi, h): leaves in rstates the state entering each chunk from
-// the right (later chunks, decayed to the chunk's last token).
-__global__ void ssd_reverse_passing_kernel(SsdShape s, const float* __restrict__ cumsum, float* __restrict__ rstates) {
-  const int64_t nc = ssd_chunks(s);
-  const int64_t bi = blockIdx.x, h = blockIdx.y;
-  for (int64_t e = threadIdx.x; e < s.head_dim * s.state; e += blockDim.x) {
-    float run = 0.0f;
-    for (int64_t c = nc - 1; c >= 0; --c) {
-      const int64_t len = min(s.chunk, s.len - c * s.chunk);
-      const float decay = expf(cumsum[((bi * s.heads + h) * nc + c) * s.chunk + len - 1]);
-      float* slot = rstates + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state + e;
-      const float chunk_state = *slot;
-      *slot = run;
-      run = chunk_state + decay * run;
-    }
   }
 }
 
@@ -244,7 +227,7 @@ void ssd_backward_steps(const SsdShape& s, const T* x, const float* dt, const fl
   const unsigned heads = static_cast<unsigned>(s.heads), groups = static_cast<unsigned>(s.groups);
   const float* cumsum = ws.fwd.cumsum;
   launch(ssd_reverse_chunk_state_kernel<T>, dim3(chunk_blocks, heads), s, dy, C, cumsum, ws.rstates);
-  launch(ssd_reverse_passing_kernel, dim3(static_cast<unsigned>(s.batch), heads), s, cumsum, ws.rstates);
+  launch(ssd_state_passing_kernel, dim3(static_cast<unsigned>(s.batch), heads), s, cumsum, ws.rstates, true);
   launch(ssd_dxdt_kernel<T>, dim3(chunk_blocks, heads), s, dt, B, D, dy, cumsum,
          static_cast<const float*>(ws.rstates), static_cast<const float*>(ws.fwd.cb), ws.dxdt, dx);
   launch(ssd_w_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, dy, cumsum, ws.w);

@@ -89,14 +89,18 @@ __global__ void ssd_chunk_state_kernel(SsdShape s, const T* __restrict__ x, cons
   }
 }
 
-// Block (bi, h): runs the recurrence over chunks; leaves in `states` the
-// state ENTERING each chunk.
-__global__ void ssd_state_passing_kernel(SsdShape s, const float* __restrict__ cumsum, float* __restrict__ states) {
+// Block (bi, h): runs the recurrence over chunks, left to right (forward:
+// leaves in `states` the state ENTERING each chunk) or right to left (the
+// backward's reverse states: what enters each chunk from later ones, decayed
+// to its last token). Either way run' = decay(chunk) run + chunk's own.
+__global__ void ssd_state_passing_kernel(SsdShape s, const float* __restrict__ cumsum, float* __restrict__ states,
+                                         bool reverse) {
   const int64_t nc = ssd_chunks(s);
   const int64_t bi = blockIdx.x, h = blockIdx.y;
   for (int64_t e = threadIdx.x; e < s.head_dim * s.state; e += blockDim.x) {
     float run = 0.0f;
-    for (int64_t c = 0; c < nc; ++c) {
+    for (int64_t i = 0; i < nc; ++i) {
+      const int64_t c = reverse ? nc - 1 - i : i;
       const int64_t len = min(s.chunk, s.len - c * s.chunk);
       const float decay = expf(cumsum[((bi * s.heads + h) * nc + c) * s.chunk + len - 1]);
       float* slot = states + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state + e;
@@ -168,7 +172,7 @@ void ssd_forward_steps(const SsdShape& s, const T* x, const float* dt, const flo
   launch(ssd_chunk_state_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, B,
          static_cast<const float*>(ws.cumsum), ws.states);
   launch(ssd_state_passing_kernel, dim3(static_cast<unsigned>(s.batch), heads), s,
-         static_cast<const float*>(ws.cumsum), ws.states);
+         static_cast<const float*>(ws.cumsum), ws.states, false);
   launch(ssd_chunk_cb_kernel<T>, dim3(chunk_blocks, groups), s, B, C, ws.cb);
   launch(ssd_chunk_output_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, C, D,
          static_cast<const float*>(ws.cumsum), static_cast<const float*>(ws.states),
