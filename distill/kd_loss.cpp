@@ -146,14 +146,16 @@ std::string shape_str(const Tensor& t) {
   return s + "]";
 }
 
-// (start, len) -> the teacher's logits for those tokens [len, V], not divided by T.
-using TeacherLogitsFn = std::function<Tensor(int64_t, int64_t)>;
+// (start, len, student logits z [len, V], grad_scale, want_grad) -> forward
+// KL at the temperature with grad_scale * dKL/d(z/T): forward_kl or
+// forward_kl_topk (forward_kl.h) for this chunk's teacher.
+using FusedKlFn = std::function<ForwardKlResult(int64_t, int64_t, const Tensor&, double, bool)>;
 
-// The chunk loop shared by every teacher source. Sources with full teacher
-// logits also pass `teacher_logits`: forward KL on CUDA then runs the fused
-// kernel (forward_kl.h) instead of materialising both log-softmaxes.
+// The chunk loop shared by every teacher source. Sources also pass
+// `fused_kl`: forward KL on CUDA then runs our fused kernels instead of
+// materialising both log-softmaxes.
 KdResult run_chunked(HybridLM& student, const Tensor& student_normed, const Tensor& targets, const KdOptions& opts,
-                     const DivergenceFn& divergence, const TeacherLogitsFn& teacher_logits = nullptr) {
+                     const DivergenceFn& divergence, const FusedKlFn& fused_kl) {
   check_options(opts);
   const Tensor& weight = student->lm_head_weights->weight;
   const int64_t vocab = weight.size(0), hidden = weight.size(1);
@@ -188,7 +190,7 @@ KdResult run_chunked(HybridLM& student, const Tensor& student_normed, const Tens
   Tensor correct_acc = torch::zeros({}, acc_opts.dtype(torch::kLong));
   Tensor agree_acc = torch::zeros({}, acc_opts.dtype(torch::kLong));
 
-  const bool fused = teacher_logits && opts.loss == KdLoss::ForwardKl && use_cuda_kernels(x);
+  const bool fused = opts.loss == KdLoss::ForwardKl && use_cuda_kernels(x);
   for (int64_t start = 0; start < n; start += rows) {
     const int64_t len = std::min(rows, n - start);
     const Tensor xc = x.narrow(0, start, len);
@@ -196,7 +198,7 @@ KdResult run_chunked(HybridLM& student, const Tensor& student_normed, const Tens
     // d loss / d z = T^2 * (1/T) * dD/ds / n (+ ce_weight * (softmax(z) - onehot) / n).
     Tensor g, logq, greedy;
     if (fused) {
-      ForwardKlResult f = forward_kl(z, teacher_logits(start, len), temp, temp * inv_n, want_grad);
+      ForwardKlResult f = fused_kl(start, len, z, temp * inv_n, want_grad);
       kd_acc += f.kl.sum().to(torch::kDouble);
       greedy = f.student_argmax;
       agree_acc += greedy.eq(f.teacher_argmax).sum();
@@ -293,7 +295,9 @@ KdResult kd_loss_online(HybridLM& student, const torch::Tensor& student_normed, 
                        if (temp != 1.0) tz = tz / temp;
                        return full_vocab_divergence(loss, torch::log_softmax(tz, -1), logq, want_grad);
                      },
-                     [&](int64_t start, int64_t len) { return teacher->lm_head(tx.narrow(0, start, len)); });
+                     [&](int64_t start, int64_t len, const Tensor& z, double scale, bool want_grad) {
+                       return forward_kl(z, teacher->lm_head(tx.narrow(0, start, len)), temp, scale, want_grad);
+                     });
 }
 
 KdResult kd_loss_logits(HybridLM& student, const torch::Tensor& student_normed, const torch::Tensor& teacher_logits,
@@ -313,7 +317,9 @@ KdResult kd_loss_logits(HybridLM& student, const torch::Tensor& student_normed, 
                        if (temp != 1.0) tz = tz / temp;
                        return full_vocab_divergence(loss, torch::log_softmax(tz, -1), logq, want_grad);
                      },
-                     [&](int64_t start, int64_t len) { return tl.narrow(0, start, len).to(student->lm_head_weights->weight.device()); });
+                     [&](int64_t start, int64_t len, const Tensor& z, double scale, bool want_grad) {
+                       return forward_kl(z, tl.narrow(0, start, len).to(z.device()), temp, scale, want_grad);
+                     });
 }
 
 KdResult kd_loss_topk(HybridLM& student, const torch::Tensor& student_normed, const torch::Tensor& topk_values,
@@ -370,6 +376,11 @@ KdResult kd_loss_topk(HybridLM& student, const torch::Tensor& student_normed, co
         g.scatter_(1, idx, g_k);  // the top-k entries are buckets of their own
         d.grad_s = g;
         return d;
+      },
+      [&](int64_t start, int64_t len, const Tensor& z, double scale, bool want_grad) {
+        const auto dev = z.device();
+        return forward_kl_topk(z, tv.narrow(0, start, len).to(dev), ti.narrow(0, start, len).to(dev),
+                               tr.narrow(0, start, len).reshape({-1}).to(dev), opts.temperature, scale, want_grad);
       });
 }
 

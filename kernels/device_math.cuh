@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "kernel_dtype.h"
@@ -59,6 +60,58 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   __syncthreads();
   v = lane < warps ? scratch[lane] : 0.0f;
   return warp_sum(v);
+}
+
+// Declares the kernel's dynamic shared memory as `type name[]` (the
+// emulator in tests/ defines its own).
+#ifndef MINIPUZZLE_DYNAMIC_SHARED
+#define MINIPUZZLE_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+// Any trivially copyable struct through a warp shuffle, 4 bytes at a time.
+template <typename S>
+__device__ __forceinline__ S shfl_xor_struct(const S& v, int offset) {
+  static_assert(sizeof(S) % 4 == 0, "shuffled structs are whole 4-byte words");
+  S out;
+  const int* src = reinterpret_cast<const int*>(&v);
+  int* dst = reinterpret_cast<int*>(&out);
+  for (int i = 0; i < static_cast<int>(sizeof(S) / 4); ++i) dst[i] = __shfl_xor_sync(0xffffffffu, src[i], offset);
+  return out;
+}
+
+// Reduces v over the block with merge(acc&, other) (associative and
+// commutative); every thread gets the result. `scratch` holds 32 S of shared
+// memory; `identity` merges as a no-op.
+template <typename S, typename Merge>
+__device__ __forceinline__ S block_reduce(S v, Merge merge, S* scratch, const S& identity) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int offset = 16; offset > 0; offset >>= 1) merge(v, shfl_xor_struct(v, offset));
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : identity;
+  for (int offset = 16; offset > 0; offset >>= 1) merge(v, shfl_xor_struct(v, offset));
+  return v;
+}
+
+// Online softmax statistics: running max m and sum z of exp(. - m); `a`
+// is a second sum weighted like z (forward KL's E_p[t - s]). Empty: m = -FLT_MAX.
+__device__ __forceinline__ void merge_softmax(float& m, float& z, float& a, float m2, float z2, float a2) {
+  if (m2 == -FLT_MAX) return;
+  if (m == -FLT_MAX) {
+    m = m2, z = z2, a = a2;
+    return;
+  }
+  const float mn = fmaxf(m, m2);
+  const float f1 = expf(m - mn), f2 = expf(m2 - mn);
+  z = z * f1 + z2 * f2;
+  a = a * f1 + a2 * f2;
+  m = mn;
+}
+
+// Argmax: the larger value, on ties the smaller index (torch.argmax's rule).
+__device__ __forceinline__ void merge_argmax(float& b, int64_t& i, float b2, int64_t i2) {
+  if (b2 > b || (b2 == b && i2 < i)) b = b2, i = i2;
 }
 
 // Runs `body` with the CUDA element type for `dtype`.

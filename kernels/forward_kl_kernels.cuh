@@ -7,8 +7,6 @@
 // the CPU emulation tests (tests/kernels/emulated_kernels_test.cpp).
 #pragma once
 
-#include <cfloat>
-
 #include "device_math.cuh"
 #include "forward_kl_cuda.h"
 
@@ -24,23 +22,6 @@ struct RowStats {
   int64_t it, is;    // argmax indices
 };
 
-__device__ __forceinline__ void merge_softmax(float& m, float& z, float& a, float m2, float z2, float a2) {
-  if (m2 == -FLT_MAX) return;
-  if (m == -FLT_MAX) {
-    m = m2, z = z2, a = a2;
-    return;
-  }
-  const float mn = fmaxf(m, m2);
-  const float f1 = expf(m - mn), f2 = expf(m2 - mn);
-  z = z * f1 + z2 * f2;
-  a = a * f1 + a2 * f2;
-  m = mn;
-}
-
-__device__ __forceinline__ void merge_argmax(float& b, int64_t& i, float b2, int64_t i2) {
-  if (b2 > b || (b2 == b && i2 < i)) b = b2, i = i2;
-}
-
 __device__ __forceinline__ void merge(RowStats& s, const RowStats& o) {
   merge_softmax(s.mt, s.zt, s.at, o.mt, o.zt, o.at);
   float dummy = 0.0f;
@@ -49,54 +30,36 @@ __device__ __forceinline__ void merge(RowStats& s, const RowStats& o) {
   merge_argmax(s.bs, s.is, o.bs, o.is);
 }
 
-__device__ __forceinline__ RowStats shuffle(const RowStats& s, int offset) {
-  RowStats o;
-  o.mt = __shfl_xor_sync(0xffffffffu, s.mt, offset);
-  o.zt = __shfl_xor_sync(0xffffffffu, s.zt, offset);
-  o.at = __shfl_xor_sync(0xffffffffu, s.at, offset);
-  o.ms = __shfl_xor_sync(0xffffffffu, s.ms, offset);
-  o.zs = __shfl_xor_sync(0xffffffffu, s.zs, offset);
-  o.bt = __shfl_xor_sync(0xffffffffu, s.bt, offset);
-  o.bs = __shfl_xor_sync(0xffffffffu, s.bs, offset);
-  o.it = __shfl_xor_sync(0xffffffffu, s.it, offset);
-  o.is = __shfl_xor_sync(0xffffffffu, s.is, offset);
-  return o;
-}
+constexpr RowStats kEmptyRowStats{-FLT_MAX, 0.0f, 0.0f, -FLT_MAX, 0.0f, -FLT_MAX, -FLT_MAX, 0, 0};
 
 template <typename TS, typename TT>
 __global__ void forward_kl_kernel(const TS* student, const TT* __restrict__ teacher, int64_t vocab,
                                   int64_t s_stride, int64_t t_stride, float inv_t, float grad_scale,
                                   float* __restrict__ kl, TS* grad, int64_t* __restrict__ s_argmax,
                                   int64_t* __restrict__ t_argmax) {
-  __shared__ RowStats warp_stats[kKlThreads / 32];
+  __shared__ RowStats scratch[32];
   __shared__ float lse[2];
   const int64_t row = blockIdx.x;
   const TS* s_row = student + row * s_stride;
   const TT* t_row = teacher + row * t_stride;
 
-  RowStats st{-FLT_MAX, 0.0f, 0.0f, -FLT_MAX, 0.0f, -FLT_MAX, -FLT_MAX, vocab, vocab};
+  RowStats st = kEmptyRowStats;
+  st.it = st.is = vocab;
   for (int64_t v = threadIdx.x; v < vocab; v += kKlThreads) {
     const float s = to_f32(s_row[v]), t = to_f32(t_row[v]);
     const float sp = s * inv_t, tp = t * inv_t;
-    RowStats one{tp, 1.0f, tp - sp, sp, 1.0f, t, s, v, v};
-    merge(st, one);
+    merge(st, RowStats{tp, 1.0f, tp - sp, sp, 1.0f, t, s, v, v});
   }
-  for (int offset = 16; offset > 0; offset >>= 1) merge(st, shuffle(st, offset));
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_stats[warp] = st;
-  __syncthreads();
-  if (warp == 0) {
-    st = lane < kKlThreads / 32 ? warp_stats[lane]
-                              : RowStats{-FLT_MAX, 0.0f, 0.0f, -FLT_MAX, 0.0f, -FLT_MAX, -FLT_MAX, vocab, vocab};
-    for (int offset = 16; offset > 0; offset >>= 1) merge(st, shuffle(st, offset));
-    if (lane == 0) {
-      const float lse_t = st.mt + logf(st.zt), lse_s = st.ms + logf(st.zs);
-      kl[row] = st.at / st.zt - lse_t + lse_s;
-      if (s_argmax) s_argmax[row] = st.is;
-      if (t_argmax) t_argmax[row] = st.it;
-      lse[0] = lse_t;
-      lse[1] = lse_s;
-    }
+  RowStats empty = kEmptyRowStats;
+  empty.it = empty.is = vocab;
+  st = block_reduce(st, [](RowStats& acc, const RowStats& o) { merge(acc, o); }, scratch, empty);
+  if (threadIdx.x == 0) {
+    const float lse_t = st.mt + logf(st.zt), lse_s = st.ms + logf(st.zs);
+    kl[row] = st.at / st.zt - lse_t + lse_s;
+    if (s_argmax) s_argmax[row] = st.is;
+    if (t_argmax) t_argmax[row] = st.it;
+    lse[0] = lse_t;
+    lse[1] = lse_s;
   }
   if (!grad) return;
   __syncthreads();

@@ -24,4 +24,18 @@ ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& te
 ForwardKlResult forward_kl_reference(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
                                      double grad_scale, bool want_grad);
 
+// The same against a top-k teacher (kd_loss_topk's convention): values
+// [rows, k] teacher logits already divided by T, indices [rows, k] distinct
+// vocabulary ids, rest_lse [rows] the log-sum-exp of the other tempered
+// teacher logits (-inf when k = V). The divergence is over k + 1 buckets
+// (the student's rest as the log-sum-exp of its other logits); the gradient
+// is w.r.t. the student's tempered logits, times grad_scale; teacher_argmax
+// is the id of the largest value.
+ForwardKlResult forward_kl_topk(const torch::Tensor& student, const torch::Tensor& values,
+                                const torch::Tensor& indices, const torch::Tensor& rest_lse, double temperature,
+                                double grad_scale, bool want_grad);
+ForwardKlResult forward_kl_topk_reference(const torch::Tensor& student, const torch::Tensor& values,
+                                          const torch::Tensor& indices, const torch::Tensor& rest_lse,
+                                          double temperature, double grad_scale, bool want_grad);
+
 }  // namespace minipuzzle

@@ -30,4 +30,10 @@ bool forward_kl_supported(const torch::Tensor& student, const torch::Tensor& tea
 ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
                            double grad_scale, bool want_grad);
 
+bool forward_kl_topk_supported(const torch::Tensor& student, const torch::Tensor& values,
+                               const torch::Tensor& indices, const torch::Tensor& rest_lse);
+ForwardKlResult forward_kl_topk(const torch::Tensor& student, const torch::Tensor& values,
+                                const torch::Tensor& indices, const torch::Tensor& rest_lse, double temperature,
+                                double grad_scale, bool want_grad);
+
 }  // namespace minipuzzle::cuda_ops

@@ -82,6 +82,7 @@ inline thread_local uint3 block_index{0, 0, 0};
 inline thread_local Block* current_block = nullptr;
 inline dim3 block_dim{1, 1, 1}, grid_dim{1, 1, 1};
 inline std::mutex atomic_lock;
+inline std::vector<unsigned char> dynamic_shared_memory;
 
 inline void syncthreads() { current_block->barrier.arrive_and_wait(); }
 
@@ -98,11 +99,12 @@ T shfl_xor(T v, int lane_mask) {
   return out;
 }
 
-// kernel<<<grid, threads>>>(args...) for 1-D blocks. One pool of threads per
+// kernel<<<grid, threads, shared_bytes>>>(args...) for 1-D blocks. One pool of threads per
 // launch runs every block in turn (a gate between blocks), since creating
 // threads dominates on small machines.
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, unsigned threads, Args... args) {
+void launch_with_shared(void (*kernel)(Params...), dim3 grid, unsigned threads, size_t shared_bytes, Args... args) {
+  dynamic_shared_memory.assign(shared_bytes, 0);
   block_dim = dim3(threads, 1, 1);
   grid_dim = grid;
   const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
@@ -132,6 +134,11 @@ void launch(void (*kernel)(Params...), dim3 grid, unsigned threads, Args... args
   for (auto& th : pool) th.join();
 }
 
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, unsigned threads, Args... args) {
+  launch_with_shared(kernel, grid, threads, 0, args...);
+}
+
 }  // namespace cuda_emulator
 
 // The CUDA built-ins the kernels use.
@@ -154,6 +161,14 @@ inline float atomicAdd(float* p, float v) {
   *p = old + v;
   return old;
 }
+inline unsigned atomicOr(unsigned* p, unsigned v) {
+  std::lock_guard<std::mutex> lock(::cuda_emulator::atomic_lock);
+  const unsigned old = *p;
+  *p = old | v;
+  return old;
+}
+#define MINIPUZZLE_DYNAMIC_SHARED(type, name) \
+  type* name = reinterpret_cast<type*>(::cuda_emulator::dynamic_shared_memory.data())
 inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
 using std::max;
 using std::min;

@@ -6,6 +6,7 @@
 #define MINIPUZZLE_KERNEL_DETAIL emulated
 #include "causal_conv1d_silu_kernels.cuh"
 #include "forward_kl_kernels.cuh"
+#include "forward_kl_topk_kernels.cuh"
 #include "gated_rms_norm_kernels.cuh"
 #include "ssd_scan_backward_kernels.cuh"
 
@@ -195,6 +196,66 @@ TEST(EmulatedKernels, ForwardKlLossGradientAndArgmax) {
     EXPECT_TRUE(torch::equal(s_arg, ref.student_argmax)) << what;
     EXPECT_TRUE(torch::equal(t_arg, ref.teacher_argmax)) << what;
   }
+}
+
+struct TopkCase {
+  int64_t rows, vocab, k;
+  torch::ScalarType student;
+  double temperature;
+  bool no_rest;  // k = vocab: the rest bucket is empty (rest_lse = -inf)
+};
+
+TEST(EmulatedKernels, ForwardKlTopkLossGradientAndArgmax) {
+  const TopkCase cases[] = {
+      {2, 1000, 20, torch::kFloat32, 1.0, false},
+      {2, 777, 64, torch::kBFloat16, 2.0, false},
+      {2, 40, 40, torch::kFloat32, 1.0, true},
+      {1, 600, 1, torch::kFloat32, 0.5, false},
+  };
+  torch::manual_seed(56);
+  for (const auto& c : cases) {
+    const std::string what = "rows " + std::to_string(c.rows) + " V " + std::to_string(c.vocab) + " k " +
+                             std::to_string(c.k) + " T " + std::to_string(c.temperature);
+    auto s = (torch::randn({c.rows, c.vocab}) * 3).to(c.student);
+    // A teacher row, its top k (tempered) and the rest, as teacher_topk makes them.
+    auto t = torch::randn({c.rows, c.vocab}) * 3 / c.temperature;
+    auto top_k = t.topk(c.k, -1);
+    auto vals = std::get<0>(top_k), ids = std::get<1>(top_k);
+    auto rest = c.no_rest ? torch::full({c.rows}, -std::numeric_limits<float>::infinity())
+                          : torch::logsumexp(t.scatter(1, ids, -std::numeric_limits<float>::infinity()), -1);
+    auto perm = torch::randperm(c.k);  // the kernel must not rely on sorted values
+    vals = vals.index_select(1, perm).contiguous();
+    ids = ids.index_select(1, perm).contiguous();
+    auto ref = forward_kl_topk_reference(s, vals, ids, rest, c.temperature, 0.37, true);
+    auto kl = torch::empty({c.rows}), grad = torch::empty_like(s);
+    auto s_arg = torch::empty({c.rows}, torch::kLong), t_arg = torch::empty({c.rows}, torch::kLong);
+    with_element_type(c.student, [&](auto tag) {
+      using TS = decltype(tag);
+      cuda_emulator::launch_with_shared(
+          emu::forward_kl_topk_kernel<TS>, dim3(static_cast<unsigned>(c.rows)), emu::kKlTopkThreads,
+          emu::topk_bitmap_bytes(c.vocab), static_cast<const TS*>(s.data_ptr()),
+          static_cast<const float*>(vals.data_ptr<float>()), static_cast<const int64_t*>(ids.data_ptr<int64_t>()),
+          static_cast<const float*>(rest.data_ptr<float>()), c.vocab, c.k, c.vocab,
+          static_cast<float>(1.0 / c.temperature), 0.37f, kl.data_ptr<float>(), static_cast<TS*>(grad.data_ptr()),
+          s_arg.data_ptr<int64_t>(), t_arg.data_ptr<int64_t>());
+    });
+    expect_close(kl, ref.kl, 2e-5, 2e-5, what + " kl");
+    expect_close(grad, ref.grad, 1e-7, c.student == torch::kFloat32 ? 1e-5 : 1e-2, what + " grad");
+    EXPECT_TRUE(torch::equal(s_arg, ref.student_argmax)) << what;
+    EXPECT_TRUE(torch::equal(t_arg, ref.teacher_argmax)) << what;
+  }
+}
+
+// The top-k reference with k = V equals the full-vocabulary one.
+TEST(EmulatedKernels, TopkReferenceWithEveryIdEqualsFullKl) {
+  torch::manual_seed(57);
+  auto s = torch::randn({3, 50}) * 2, t = torch::randn({3, 50}) * 2;
+  auto top_k = (t / 1.5).topk(50, -1);
+  auto vals = std::get<0>(top_k), ids = std::get<1>(top_k);
+  auto topk = forward_kl_topk_reference(s, vals, ids, torch::full({3}, -INFINITY), 1.5, 0.5, true);
+  auto full = forward_kl_reference(s, t, 1.5, 0.5, true);
+  expect_close(topk.kl, full.kl, 1e-5, 1e-5, "kl");
+  expect_close(topk.grad, full.grad, 1e-6, 1e-5, "grad");
 }
 
 struct SsdCase {

@@ -78,5 +78,36 @@ TEST(ForwardKlCuda, RowStridedInputsAndEqualDistributions) {
   EXPECT_LT(same.grad.abs().max().item<double>(), 1e-7);
 }
 
+TEST(ForwardKlCuda, TopkKernelMatchesReference) {
+  MINIPUZZLE_REQUIRE_CUDA_KERNELS();
+  struct Case {
+    int64_t rows, vocab, k;
+    torch::ScalarType student;
+    double temperature;
+  };
+  const Case cases[] = {{37, 1000, 32, torch::kFloat32, 1.0},
+                        {5, 131072, 512, torch::kBFloat16, 2.0},
+                        {4, 300, 300, torch::kFloat32, 1.0},
+                        {9, 50257, 1, torch::kFloat16, 1.0}};
+  torch::manual_seed(7);
+  for (const auto& c : cases) {
+    const std::string what = "rows " + std::to_string(c.rows) + " V " + std::to_string(c.vocab) + " k " +
+                             std::to_string(c.k) + " " + c10::toString(c.student);
+    const auto opts = torch::TensorOptions().device(torch::kCUDA);
+    auto s = (torch::randn({c.rows, c.vocab}, opts) * 4).to(c.student);
+    auto t = torch::randn({c.rows, c.vocab}, opts) * 4 / c.temperature;
+    auto top_k = t.topk(c.k, -1);
+    auto vals = std::get<0>(top_k), ids = std::get<1>(top_k);
+    auto rest = c.k == c.vocab ? torch::full({c.rows}, -INFINITY, opts)
+                               : torch::logsumexp(t.scatter(1, ids, -INFINITY), -1);
+    auto k = forward_kl_topk(s, vals, ids, rest, c.temperature, 0.37, true);
+    auto r = forward_kl_topk_reference(s, vals, ids, rest, c.temperature, 0.37, true);
+    expect_close(k.kl, r.kl, 2e-5, 2e-5, what + " kl");
+    expect_close(k.grad, r.grad, 1e-7, c.student == torch::kFloat32 ? 1e-5 : 1e-2, what + " grad");
+    EXPECT_TRUE(torch::equal(k.student_argmax, r.student_argmax)) << what;
+    EXPECT_TRUE(torch::equal(k.teacher_argmax, r.teacher_argmax)) << what;
+  }
+}
+
 }  // namespace
 }  // namespace minipuzzle

@@ -32,6 +32,26 @@ std::map<std::string, torch::Tensor> take_grads(HybridLM& m) {
   return g;
 }
 
+// Backpropagates a distillation loss into the student and keeps the result.
+Step kd_step(HybridLM& student, KdResult kd) {
+  Step s;
+  kd.loss.backward();
+  s.loss = kd.loss.detach();
+  s.grads = take_grads(student);
+  s.kd = kd;
+  return s;
+}
+
+// A tiny teacher (M*-M-M-) and student (M-M-) with random weights, on CUDA.
+std::pair<HybridLM, HybridLM> cuda_teacher_and_student(uint64_t seed) {
+  HybridLM teacher(tiny_config("M*-M-M-", 2)), student(tiny_config("M-M-", 2));
+  teacher->init_random(seed);
+  student->init_random(seed + 1);
+  teacher->to(torch::kCUDA);
+  student->to(torch::kCUDA);
+  return {teacher, student};
+}
+
 TEST(ModelOnKernels, ForwardAndBackwardMatchTheReferencePath) {
   MINIPUZZLE_REQUIRE_CUDA_KERNELS();
   const bool ssd_was = ssd_scan_kernel_enabled();
@@ -60,11 +80,8 @@ TEST(ModelOnKernels, ForwardAndBackwardMatchTheReferencePath) {
 
 TEST(ModelOnKernels, DistillationStepMatchesTheReferencePath) {
   MINIPUZZLE_REQUIRE_CUDA_KERNELS();
-  HybridLM teacher(tiny_config("M*-M-M-", 2)), student(tiny_config("M-M-", 2));
-  teacher->init_random(42);
-  student->init_random(43);
-  teacher->to(torch::kCUDA);
-  student->to(torch::kCUDA);
+  const auto models = cuda_teacher_and_student(42);
+  HybridLM teacher = models.first, student = models.second;
   auto opts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
   auto tokens = torch::randint(0, 97, {2, 33}, opts), targets = torch::randint(0, 97, {2, 33}, opts);
   for (const double temperature : {1.0, 2.0}) {
@@ -73,17 +90,12 @@ TEST(ModelOnKernels, DistillationStepMatchesTheReferencePath) {
     o.ce_weight = 0.25;
     o.chunk_tokens = 16;  // several chunks, the last one short
     auto step = [&] {
-      Step s;
       torch::Tensor xt;
       {
         torch::NoGradGuard ng;
         xt = teacher->forward_hidden(tokens);
       }
-      s.kd = kd_loss_online(student, student->forward_hidden(tokens), teacher, xt, targets, o);
-      s.kd.loss.backward();
-      s.loss = s.kd.loss.detach();
-      s.grads = take_grads(student);
-      return s;
+      return kd_step(student, kd_loss_online(student, student->forward_hidden(tokens), teacher, xt, targets, o));
     };
     const Step k = step();
     const Step r = with_references(step);
@@ -96,6 +108,30 @@ TEST(ModelOnKernels, DistillationStepMatchesTheReferencePath) {
     ASSERT_EQ(k.grads.size(), r.grads.size());
     for (const auto& [name, g] : r.grads) expect_close(k.grads.at(name), g, 1e-7, 1e-4, what + " grad " + name);
   }
+}
+
+TEST(ModelOnKernels, TopkDistillationStepMatchesTheReferencePath) {
+  MINIPUZZLE_REQUIRE_CUDA_KERNELS();
+  const auto models = cuda_teacher_and_student(44);
+  HybridLM teacher = models.first, student = models.second;
+  auto tokens = torch::randint(0, 97, {2, 33}, torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA));
+  KdOptions o;
+  o.temperature = 1.5;
+  o.chunk_tokens = 16;
+  TeacherTopK top;
+  {
+    torch::NoGradGuard ng;
+    top = teacher_topk(teacher->forward(tokens), 8, o.temperature);
+  }
+  auto step = [&] {
+    return kd_step(student,
+                   kd_loss_topk(student, student->forward_hidden(tokens), top.values, top.indices, top.rest_lse, {}, o));
+  };
+  const Step k = step();
+  const Step r = with_references(step);
+  expect_close(k.loss, r.loss, 1e-6, 1e-5, "loss");
+  EXPECT_EQ(k.kd.agree, r.kd.agree);
+  for (const auto& [name, g] : r.grads) expect_close(k.grads.at(name), g, 1e-7, 1e-4, "grad " + name);
 }
 
 }  // namespace
