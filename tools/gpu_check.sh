@@ -22,6 +22,10 @@ cmake -S "$ROOT" -B "$ROOT/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release \
 cmake --build "$ROOT/build-gpu" -j "$(nproc)" 2>&1 | tee "$LOG/build.log" | tail -n 3
 cd "$ROOT/build-gpu"
 rc=0
+if ! grep -q "CUDA kernels: on" "$LOG/configure.log"; then
+  echo "gpu_check: kernels/ was not compiled (nvcc not found, or torch without CUDA): the kernel tests skip" | tee -a "$LOG/ctest.log" >&2
+  rc=1
+fi
 ctest --output-on-failure -j 4 2>&1 | tee "$LOG/ctest.log" | tail -n 20 || rc=1
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$SAN" ]; then
