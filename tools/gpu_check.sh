@@ -23,7 +23,7 @@ cmake --build "$ROOT/build-gpu" -j "$(nproc)" 2>&1 | tee "$LOG/build.log" | tail
 cd "$ROOT/build-gpu"
 rc=0
 if ! grep -q "CUDA kernels: on" "$LOG/configure.log"; then
-  echo "gpu_check: kernels/ was not compiled (nvcc not found, or torch without CUDA): the kernel tests skip" | tee -a "$LOG/ctest.log" >&2
+  echo "gpu_check: kernels/ was not compiled (nvcc not found, or torch without CUDA): the kernel tests skip" >&2
   rc=1
 fi
 ctest --output-on-failure -j 4 2>&1 | tee "$LOG/ctest.log" | tail -n 20 || rc=1
