@@ -26,7 +26,7 @@ cudaError_t causal_conv1d_silu_forward(const Conv1dShape& shape, DType dtype, co
   return launch_conv(shape, dtype, [&](auto tag, auto k, dim3 grid) {
     using T = decltype(tag);
     conv_forward_kernel<T, decltype(k)::value><<<grid, kChannelsPerBlock, 0, stream>>>(
-        static_cast<const T*>(x), weight, bias, static_cast<T*>(out), shape.len, shape.channels);
+        shape, static_cast<const T*>(x), weight, bias, static_cast<T*>(out));
   });
 }
 
@@ -40,8 +40,8 @@ cudaError_t causal_conv1d_silu_backward(const Conv1dShape& shape, DType dtype, c
   return launch_conv(shape, dtype, [&](auto tag, auto k, dim3 grid) {
     using T = decltype(tag);
     conv_backward_kernel<T, decltype(k)::value><<<grid, kChannelsPerBlock, 0, stream>>>(
-        static_cast<const T*>(x), weight, bias, static_cast<const T*>(dout), static_cast<T*>(dx), dweight, dbias,
-        shape.len, shape.channels);
+        shape, static_cast<const T*>(x), weight, bias, static_cast<const T*>(dout), static_cast<T*>(dx), dweight,
+        dbias);
   });
 }
 

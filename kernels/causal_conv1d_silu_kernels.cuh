@@ -17,28 +17,31 @@ namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL {
 constexpr int kChannelsPerBlock = 128;
 constexpr int kTokensPerTile = 64;
 
-// This thread's channel, its tile of tokens [t0, t1), and the offset of
-// (sequence, token 0, channel) in the [batch, len, channels] tensors.
+// This thread's channel, its tile of tokens [t0, t1), the offset of
+// (sequence, token 0, channel) in the packed [batch, len, channels] tensors
+// (base) and in x (xbase, x's token stride xs).
 struct ConvThread {
-  int64_t c, t0, t1, base;
+  int64_t c, t0, t1, base, xbase, xs;
 };
 
-__device__ __forceinline__ ConvThread conv_thread(int64_t len, int64_t channels) {
+__device__ __forceinline__ ConvThread conv_thread(const Conv1dShape& s) {
   ConvThread p;
   p.c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   p.t0 = static_cast<int64_t>(blockIdx.y) * kTokensPerTile;
-  p.t1 = min(p.t0 + kTokensPerTile, len);
-  p.base = static_cast<int64_t>(blockIdx.z) * len * channels + p.c;
+  p.t1 = min(p.t0 + kTokensPerTile, s.len);
+  p.base = static_cast<int64_t>(blockIdx.z) * s.len * s.channels + p.c;
+  p.xs = s.x_token_stride ? s.x_token_stride : s.channels;
+  p.xbase = static_cast<int64_t>(blockIdx.z) * (s.x_batch_stride ? s.x_batch_stride : s.len * s.channels) + p.c;
   return p;
 }
 
 template <typename T, int K>
-__global__ void conv_forward_kernel(const T* __restrict__ x, const float* __restrict__ weight,
-                                    const float* __restrict__ bias, T* __restrict__ out, int64_t len,
-                                    int64_t channels) {
-  const ConvThread p = conv_thread(len, channels);
-  if (p.c >= channels) return;
-  const int64_t c = p.c, t0 = p.t0, t1 = p.t1, base = p.base;
+__global__ void conv_forward_kernel(Conv1dShape shape, const T* __restrict__ x, const float* __restrict__ weight,
+                                    const float* __restrict__ bias, T* __restrict__ out) {
+  const ConvThread p = conv_thread(shape);
+  if (p.c >= shape.channels) return;
+  const int64_t c = p.c, t0 = p.t0, t1 = p.t1, base = p.base, channels = shape.channels;
+  const int64_t xbase = p.xbase, xs = p.xs;
   float w[K], win[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) w[k] = weight[c * K + k];
@@ -47,10 +50,10 @@ __global__ void conv_forward_kernel(const T* __restrict__ x, const float* __rest
 #pragma unroll
   for (int k = 0; k < K - 1; ++k) {
     const int64_t t = t0 - (K - 1) + k;
-    win[k] = t >= 0 ? to_f32(x[base + t * channels]) : 0.0f;
+    win[k] = t >= 0 ? to_f32(x[xbase + t * xs]) : 0.0f;
   }
   for (int64_t t = t0; t < t1; ++t) {
-    win[K - 1] = to_f32(x[base + t * channels]);
+    win[K - 1] = to_f32(x[xbase + t * xs]);
     float acc = b;
 #pragma unroll
     for (int k = 0; k < K; ++k) acc += w[k] * win[k];
@@ -66,13 +69,14 @@ __global__ void conv_forward_kernel(const T* __restrict__ x, const float* __rest
 //   dw[k] += dpre[t] x[t - (K-1) + k], db += dpre[t]   for t in the tile,
 // accumulated in registers and added to dweight/dbias once per thread.
 template <typename T, int K>
-__global__ void conv_backward_kernel(const T* __restrict__ x, const float* __restrict__ weight,
+__global__ void conv_backward_kernel(Conv1dShape shape, const T* __restrict__ x, const float* __restrict__ weight,
                                      const float* __restrict__ bias, const T* __restrict__ dout, T* __restrict__ dx,
-                                     float* __restrict__ dweight, float* __restrict__ dbias, int64_t len,
-                                     int64_t channels) {
-  const ConvThread p = conv_thread(len, channels);
-  if (p.c >= channels) return;
-  const int64_t c = p.c, t0 = p.t0, t1 = p.t1, base = p.base;
+                                     float* __restrict__ dweight, float* __restrict__ dbias) {
+  const ConvThread p = conv_thread(shape);
+  if (p.c >= shape.channels) return;
+  const int64_t c = p.c, t0 = p.t0, t1 = p.t1, base = p.base, channels = shape.channels;
+  const int64_t xbase = p.xbase, xs = p.xs;
+  const int64_t len = shape.len;
   float w[K], xwin[K], dwin[K], dw[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -85,14 +89,14 @@ __global__ void conv_backward_kernel(const T* __restrict__ x, const float* __res
 #pragma unroll
   for (int k = 0; k < K - 1; ++k) {
     const int64_t t = t0 - (K - 1) + k;
-    xwin[k] = t >= 0 ? to_f32(x[base + t * channels]) : 0.0f;
+    xwin[k] = t >= 0 ? to_f32(x[xbase + t * xs]) : 0.0f;
   }
   const int64_t t_stop = min(t1 + K - 1, len + K - 1);
   for (int64_t t = t0; t < t_stop; ++t) {
     // xwin[k] = x[t - (K-1) + k]; dwin[k] = dpre[t - (K-1) + k].
     float dpre = 0.0f;
     if (t < len) {
-      xwin[K - 1] = to_f32(x[base + t * channels]);
+      xwin[K - 1] = to_f32(x[xbase + t * xs]);
       float pre = b;
 #pragma unroll
       for (int k = 0; k < K; ++k) pre += w[k] * xwin[k];

@@ -17,7 +17,15 @@ kernels::Conv1dShape shape_of(const Tensor& x, const Tensor& weight) {
   s.len = x.size(1);
   s.channels = x.size(2);
   s.width = weight.size(-1);
+  s.x_batch_stride = x.stride(0);
+  s.x_token_stride = x.stride(1);
   return s;
+}
+
+// The kernels read x with its batch and token strides (the mixer's xBC is a
+// channel slice of in_proj's output: no copy); channels must be contiguous.
+Tensor channels_contiguous(const Tensor& x) {
+  return x.stride(2) == 1 && x.stride(1) > 0 && x.stride(0) > 0 ? x : x.contiguous();
 }
 
 // The kernels take fp32 [C, K] weights and [C] bias (tiny copies).
@@ -28,9 +36,9 @@ class CausalConv1dSiluFunction : public torch::autograd::Function<CausalConv1dSi
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x_in, const Tensor& weight, const Tensor& bias) {
     const c10::cuda::CUDAGuard guard(x_in.device());
-    const Tensor x = x_in.contiguous();
+    const Tensor x = channels_contiguous(x_in);
     const Tensor w = weight_f32(weight), b = bias_f32(bias);
-    Tensor out = torch::empty_like(x);
+    Tensor out = torch::empty(x.sizes(), x.options());
     check_launch(kernels::causal_conv1d_silu_forward(shape_of(x, weight), kernel_dtype(x.scalar_type()), x.data_ptr(),
                                                      w.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
                                                      out.data_ptr(), current_stream(x)),
@@ -45,7 +53,7 @@ class CausalConv1dSiluFunction : public torch::autograd::Function<CausalConv1dSi
     const c10::cuda::CUDAGuard guard(x.device());
     const Tensor dout = grad_outputs[0].to(x.scalar_type()).contiguous();
     const Tensor w = weight_f32(weight), b = bias_f32(bias);
-    Tensor dx = torch::empty_like(x);
+    Tensor dx = torch::empty(x.sizes(), x.options());
     Tensor dw = torch::empty({weight.size(0), weight.size(-1)}, x.options().dtype(torch::kFloat32));
     Tensor db = bias.defined() ? torch::empty({bias.size(0)}, dw.options()) : Tensor();
     check_launch(kernels::causal_conv1d_silu_backward(

@@ -42,19 +42,17 @@ void with_element_type(torch::ScalarType t, F&& body) {
 template <int K>
 void run_conv(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, const torch::Tensor& dout,
               torch::Tensor& out, torch::Tensor& dx, torch::Tensor& dw, torch::Tensor& db) {
-  kernels::Conv1dShape shape{x.size(0), x.size(1), x.size(2), K};
+  kernels::Conv1dShape shape{x.size(0), x.size(1), x.size(2), K, x.stride(0), x.stride(1)};
   dim3 grid;
   ASSERT_TRUE(emu::grid_for(shape, grid));
   const float* bias = b.defined() ? b.data_ptr<float>() : nullptr;
   with_element_type(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    launch(emu::conv_forward_kernel<T, K>, grid, emu::kChannelsPerBlock, static_cast<const T*>(x.data_ptr()),
-           static_cast<const float*>(w.data_ptr<float>()), bias, static_cast<T*>(out.data_ptr()), shape.len,
-           shape.channels);
-    launch(emu::conv_backward_kernel<T, K>, grid, emu::kChannelsPerBlock, static_cast<const T*>(x.data_ptr()),
+    launch(emu::conv_forward_kernel<T, K>, grid, emu::kChannelsPerBlock, shape, static_cast<const T*>(x.data_ptr()),
+           static_cast<const float*>(w.data_ptr<float>()), bias, static_cast<T*>(out.data_ptr()));
+    launch(emu::conv_backward_kernel<T, K>, grid, emu::kChannelsPerBlock, shape, static_cast<const T*>(x.data_ptr()),
            static_cast<const float*>(w.data_ptr<float>()), bias, static_cast<const T*>(dout.data_ptr()),
-           static_cast<T*>(dx.data_ptr()), dw.data_ptr<float>(), b.defined() ? db.data_ptr<float>() : nullptr,
-           shape.len, shape.channels);
+           static_cast<T*>(dx.data_ptr()), dw.data_ptr<float>(), b.defined() ? db.data_ptr<float>() : nullptr);
   });
 }
 
@@ -62,6 +60,7 @@ struct ConvCase {
   int64_t batch, len, channels, width;
   torch::ScalarType dtype;
   bool bias;
+  bool strided = false;  // x a channel slice of a wider tensor, as in the Mamba2 mixer
 };
 
 TEST(EmulatedKernels, CausalConv1dSiluForwardAndBackward) {
@@ -69,12 +68,14 @@ TEST(EmulatedKernels, CausalConv1dSiluForwardAndBackward) {
       {2, 150, 130, 4, torch::kFloat32, true}, {1, 65, 3, 3, torch::kFloat32, false},
       {2, 70, 40, 2, torch::kFloat32, true},   {1, 129, 20, 4, torch::kBFloat16, true},
       {1, 1, 5, 4, torch::kFloat16, true},
+      {2, 70, 33, 4, torch::kFloat32, true, true},
   };
   torch::manual_seed(51);
   for (const auto& c : cases) {
     const std::string what = "L " + std::to_string(c.len) + " C " + std::to_string(c.channels) + " K " +
                              std::to_string(c.width) + " " + c10::toString(c.dtype);
-    auto x = torch::randn({c.batch, c.len, c.channels}).to(c.dtype);
+    auto x = c.strided ? torch::randn({c.batch, c.len, c.channels + 9}).to(c.dtype).narrow(2, 4, c.channels)
+                       : torch::randn({c.batch, c.len, c.channels}).to(c.dtype);
     auto w = torch::randn({c.channels, c.width}) * 0.5;
     auto b = c.bias ? torch::randn({c.channels}) * 0.1 : torch::Tensor();
     auto dout = torch::randn({c.batch, c.len, c.channels}).to(c.dtype);
@@ -85,7 +86,7 @@ TEST(EmulatedKernels, CausalConv1dSiluForwardAndBackward) {
     auto ref = causal_conv1d_silu_reference(xr, wr, br);
     (ref * dout.to(torch::kFloat32)).sum().backward();
 
-    auto out = torch::empty_like(x), dx = torch::empty_like(x);
+    auto out = torch::empty(x.sizes(), x.options()), dx = torch::empty(x.sizes(), x.options());
     auto dw = torch::zeros({c.channels, c.width}), db = torch::zeros({c.channels});
     switch (c.width) {
       case 2: run_conv<2>(x, w, b, dout, out, dx, dw, db); break;
