@@ -64,11 +64,10 @@ __host__ __device__ inline int64_t bh_at(const SsdShape& s, int64_t bi, int64_t 
 template <typename T>
 __global__ void ssd_reverse_chunk_state_kernel(SsdShape s, const float* __restrict__ dy, const T* __restrict__ C,
                                                const float* __restrict__ cumsum, float* __restrict__ rstates) {
-  const int64_t nc = ssd_chunks(s);
-  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y, g = h / (s.heads / s.groups);
-  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
-  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
-  float* out = rstates + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state;
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t nc = k.nc, c = k.c, bi = k.bi, h = k.y, g = h / (s.heads / s.groups), t0 = k.t0, len = k.len;
+  const float* a = cumsum + cumsum_at(s, nc, bi, h, c);
+  float* out = rstates + state_at(s, nc, bi, c, h);
   for (int64_t e = threadIdx.x; e < s.head_dim * s.state; e += blockDim.x) {
     const int64_t p = e / s.state, n = e % s.state;
     float acc = 0.0f;
@@ -87,11 +86,10 @@ __global__ void ssd_dxdt_kernel(SsdShape s, const float* __restrict__ dt, const 
                                 const float* __restrict__ D, const float* __restrict__ dy,
                                 const float* __restrict__ cumsum, const float* __restrict__ rstates,
                                 const float* __restrict__ cb, float* __restrict__ dxdt, float* __restrict__ dx) {
-  const int64_t nc = ssd_chunks(s);
-  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y, g = h / (s.heads / s.groups);
-  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
-  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
-  const float* from_right = rstates + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state;
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t nc = k.nc, c = k.c, bi = k.bi, h = k.y, g = h / (s.heads / s.groups), t0 = k.t0, len = k.len;
+  const float* a = cumsum + cumsum_at(s, nc, bi, h, c);
+  const float* from_right = rstates + state_at(s, nc, bi, c, h);
   const float* cbc = cb + ((bi * nc + c) * s.groups + g) * s.chunk * s.chunk;
   const float d = D ? D[h] : 0.0f;
   for (int64_t e = threadIdx.x; e < len * s.head_dim; e += blockDim.x) {
@@ -113,10 +111,9 @@ __global__ void ssd_dxdt_kernel(SsdShape s, const float* __restrict__ dt, const 
 template <typename T>
 __global__ void ssd_w_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
                              const float* __restrict__ dy, const float* __restrict__ cumsum, float* __restrict__ w) {
-  const int64_t nc = ssd_chunks(s);
-  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y;
-  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
-  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t nc = k.nc, c = k.c, bi = k.bi, h = k.y, t0 = k.t0, len = k.len;
+  const float* a = cumsum + cumsum_at(s, nc, bi, h, c);
   float* out = w + ((bi * nc + c) * s.heads + h) * s.chunk * s.chunk;
   for (int64_t e = threadIdx.x; e < len * len; e += blockDim.x) {
     const int64_t t = e / len, u = e % len;
@@ -136,16 +133,15 @@ __global__ void ssd_dbdc_kernel(SsdShape s, const T* __restrict__ x, const float
                                 const float* __restrict__ cumsum, const float* __restrict__ states,
                                 const float* __restrict__ rstates, const float* __restrict__ w,
                                 float* __restrict__ dB, float* __restrict__ dC) {
-  const int64_t nc = ssd_chunks(s);
-  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, g = blockIdx.y, per_group = s.heads / s.groups;
-  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t nc = k.nc, c = k.c, bi = k.bi, g = k.y, t0 = k.t0, len = k.len, per_group = s.heads / s.groups;
   for (int64_t e = threadIdx.x; e < len * s.state; e += blockDim.x) {
     const int64_t j = e / s.state, n = e % s.state, tok = t0 + j;
     float db = 0.0f, dc = 0.0f;
     for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
-      const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
+      const float* a = cumsum + cumsum_at(s, nc, bi, h, c);
       const float* wc = w + ((bi * nc + c) * s.heads + h) * s.chunk * s.chunk;
-      const int64_t state0 = (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state + n;
+      const int64_t state0 = state_at(s, nc, bi, c, h) + n;
       for (int64_t t = j; t < len; ++t)
         db += wc[t * s.chunk + j] * to_f32(C[bi * s.c_batch_stride + (t0 + t) * s.c_token_stride + g * s.state + n]);
       for (int64_t u = 0; u <= j; ++u)

@@ -44,6 +44,32 @@ inline SsdWorkspace ssd_workspace(const SsdShape& s, void* base) {
           reinterpret_cast<float*>(p + sizes[0] + sizes[1])};
 }
 
+// A chunk block's coordinates: blockIdx.x = chunk + chunks * sequence,
+// blockIdx.y = head (or group); its tokens are [t0, t0 + len).
+struct SsdChunk {
+  int64_t nc, c, bi, y, t0, len;
+};
+
+__device__ __forceinline__ SsdChunk ssd_chunk(const SsdShape& s) {
+  SsdChunk k;
+  k.nc = ssd_chunks(s);
+  k.c = blockIdx.x % k.nc;
+  k.bi = blockIdx.x / k.nc;
+  k.y = blockIdx.y;
+  k.t0 = k.c * s.chunk;
+  k.len = min(s.chunk, s.len - k.t0);
+  return k;
+}
+
+// Where (sequence bi, head h, chunk c) starts in the cumsums [b, H, nc, chunk]
+// and in the states [b, nc, H, P, N].
+__host__ __device__ inline int64_t cumsum_at(const SsdShape& s, int64_t nc, int64_t bi, int64_t h, int64_t c) {
+  return ((bi * s.heads + h) * nc + c) * s.chunk;
+}
+__host__ __device__ inline int64_t state_at(const SsdShape& s, int64_t nc, int64_t bi, int64_t c, int64_t h) {
+  return ((bi * nc + c) * s.heads + h) * s.head_dim * s.state;
+}
+
 // Grid over (b, h, chunk) threads for step 1.
 inline unsigned ssd_cumsum_blocks(const SsdShape& s) {
   return static_cast<unsigned>((s.batch * s.heads * ssd_chunks(s) + kSsdThreads - 1) / kSsdThreads);
@@ -70,12 +96,11 @@ template <typename T>
 __global__ void ssd_chunk_state_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
                                        const T* __restrict__ B, const float* __restrict__ cumsum,
                                        float* __restrict__ states) {
-  const int64_t nc = ssd_chunks(s);
-  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y, g = h / (s.heads / s.groups);
-  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
-  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t nc = k.nc, c = k.c, bi = k.bi, h = k.y, g = h / (s.heads / s.groups), t0 = k.t0, len = k.len;
+  const float* a = cumsum + cumsum_at(s, nc, bi, h, c);
   const float a_last = a[len - 1];
-  float* out = states + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state;
+  float* out = states + state_at(s, nc, bi, c, h);
   for (int64_t e = threadIdx.x; e < s.head_dim * s.state; e += blockDim.x) {
     const int64_t p = e / s.state, n = e % s.state;
     float acc = 0.0f;
@@ -102,8 +127,8 @@ __global__ void ssd_state_passing_kernel(SsdShape s, const float* __restrict__ c
     for (int64_t i = 0; i < nc; ++i) {
       const int64_t c = reverse ? nc - 1 - i : i;
       const int64_t len = min(s.chunk, s.len - c * s.chunk);
-      const float decay = expf(cumsum[((bi * s.heads + h) * nc + c) * s.chunk + len - 1]);
-      float* slot = states + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state + e;
+      const float decay = expf(cumsum[cumsum_at(s, nc, bi, h, c) + len - 1]);
+      float* slot = states + state_at(s, nc, bi, c, h) + e;
       const float chunk_state = *slot;
       *slot = run;
       run = run * decay + chunk_state;
@@ -115,9 +140,8 @@ __global__ void ssd_state_passing_kernel(SsdShape s, const float* __restrict__ c
 template <typename T>
 __global__ void ssd_chunk_cb_kernel(SsdShape s, const T* __restrict__ B, const T* __restrict__ C,
                                     float* __restrict__ cb) {
-  const int64_t nc = ssd_chunks(s);
-  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, g = blockIdx.y;
-  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t nc = k.nc, c = k.c, bi = k.bi, g = k.y, t0 = k.t0, len = k.len;
   float* out = cb + ((bi * nc + c) * s.groups + g) * s.chunk * s.chunk;
   for (int64_t e = threadIdx.x; e < len * len; e += blockDim.x) {
     const int64_t t = e / len, u = e % len;
@@ -136,11 +160,10 @@ __global__ void ssd_chunk_output_kernel(SsdShape s, const T* __restrict__ x, con
                                         const T* __restrict__ C, const float* __restrict__ D,
                                         const float* __restrict__ cumsum, const float* __restrict__ states,
                                         const float* __restrict__ cb, float* __restrict__ y) {
-  const int64_t nc = ssd_chunks(s);
-  const int64_t c = blockIdx.x % nc, bi = blockIdx.x / nc, h = blockIdx.y, g = h / (s.heads / s.groups);
-  const int64_t t0 = c * s.chunk, len = min(s.chunk, s.len - t0);
-  const float* a = cumsum + ((bi * s.heads + h) * nc + c) * s.chunk;
-  const float* entering = states + (((bi * nc + c) * s.heads + h) * s.head_dim) * s.state;
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t nc = k.nc, c = k.c, bi = k.bi, h = k.y, g = h / (s.heads / s.groups), t0 = k.t0, len = k.len;
+  const float* a = cumsum + cumsum_at(s, nc, bi, h, c);
+  const float* entering = states + state_at(s, nc, bi, c, h);
   const float* cbc = cb + ((bi * nc + c) * s.groups + g) * s.chunk * s.chunk;
   const float d = D ? D[h] : 0.0f;
   for (int64_t e = threadIdx.x; e < len * s.head_dim; e += blockDim.x) {
