@@ -18,6 +18,7 @@
 #include "minipuzzle/activation_checkpointing.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/data_parallel.h"
+#include "minipuzzle/device_memory.h"
 #include "minipuzzle/distill_report.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/json_read_back.h"
@@ -88,8 +89,8 @@ void validate(const DistillOptions& o) {
     throw InputError("give --teacher, --teacher-cache or both");
 }
 
-// Peak resident memory of this process (CPU memory; GPU memory is not
-// tracked yet).
+// Peak resident memory of this process (host memory; device memory is
+// logged per step from the caching allocator).
 uint64_t max_rss_bytes() {
   struct rusage u;
   if (::getrusage(RUSAGE_SELF, &u) != 0) return 0;
@@ -354,6 +355,7 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
   int64_t step = start_step;
   for (; step < steps; ++step) {
     const double lr = o.schedule.at(step);
+    reset_device_peak(device);
     double loss_sum = 0, kd_sum = 0, ce_sum = 0;
     int64_t step_tokens = 0;
     // Every rank advances through the same global list; each trains its slice.
@@ -409,6 +411,8 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
                 {"step", step + 1},         {"loss", loss_sum},      {"kd", kd_sum / step_tokens},
                 {"ce", ce_sum / step_tokens}, {"lr", lr},            {"grad_norm", grad_norm},
                 {"tokens", tokens},         {"seconds", seconds},    {"tokens_per_second", (tokens - tokens_at_start) / std::max(seconds, 1e-9)}};
+    // This step's peak on the accelerator: teacher + student + activations + optimizer.
+    if (const auto peak = device_peak_allocated_bytes(device)) rec["device_peak_bytes"] = *peak;
     log(rec);
     status.step = step + 1;
     status.tokens = tokens;

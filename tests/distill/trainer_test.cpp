@@ -13,6 +13,7 @@
 #include "minipuzzle/adamw.h"
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
+#include "minipuzzle/device_memory.h"
 #include "minipuzzle/distill_trainer.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/indexed_dataset.h"
@@ -234,6 +235,7 @@ class DistillRun : public ::testing::Test {
       j.erase("seconds");
       j.erase("tokens_per_second");
       j.erase("max_rss_bytes");
+      j.erase("device_peak_bytes");
       out.push_back(j.dump());
     }
     return out;
@@ -264,6 +266,67 @@ TEST_F(DistillRun, LearnsTheTeacherAndWritesItsOutputs) {
     EXPECT_TRUE(fs::exists(o.out / f)) << f;
   HybridLM final_student = load_model(o.out / "final");
   EXPECT_EQ(final_student->config().pattern, "M-M-");
+}
+
+// Every step line of a run, parsed.
+std::vector<nlohmann::json> step_records(const fs::path& run) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (!j.value("eval", false)) out.push_back(j);
+  }
+  return out;
+}
+
+TEST(DeviceMemory, CpuHasNoDevicePeak) {
+  EXPECT_FALSE(device_peak_allocated_bytes(torch::Device(torch::kCPU)).has_value());
+  reset_device_peak(torch::Device(torch::kCPU));  // a no-op, not an error
+}
+
+TEST(DeviceMemory, CudaPeakCountsATensorAndResets) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const torch::Device cuda(torch::kCUDA, 0);
+  reset_device_peak(cuda);
+  const uint64_t before = device_peak_allocated_bytes(cuda).value();
+  {
+    auto t = torch::empty({64 << 20}, torch::TensorOptions().dtype(torch::kUInt8).device(cuda));
+    EXPECT_GE(device_peak_allocated_bytes(cuda).value(), before + (64u << 20));
+  }
+  reset_device_peak(cuda);
+  EXPECT_LT(device_peak_allocated_bytes(cuda).value(), before + (64u << 20));
+}
+
+TEST_F(DistillRun, CpuStepsLogHostMemoryOnly) {
+  auto o = options("cpu");
+  o.schedule.total_steps = 2;
+  o.save_every = 0;
+  o.eval_every = 0;
+  run_distillation(o);
+  const auto steps = step_records(o.out);
+  ASSERT_EQ(steps.size(), 2u);
+  for (const auto& j : steps) {
+    EXPECT_GT(j.at("max_rss_bytes").get<uint64_t>(), 0u);
+    EXPECT_FALSE(j.contains("device_peak_bytes"));
+  }
+}
+
+TEST_F(DistillRun, CudaStepsLogTheirPeakDeviceMemory) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto o = options("cuda");
+  o.device = "cuda";
+  o.schedule.total_steps = 3;
+  o.save_every = 0;
+  o.eval_every = 0;
+  run_distillation(o);
+  // Lower bound: the teacher's weights and the student's weights, gradients
+  // and two AdamW moments (fp32 here) are all on the device during a step.
+  int64_t floats = 0;
+  for (const auto& p : load_model(dir_ / "teacher")->parameters()) floats += p.numel();
+  for (const auto& p : load_model(dir_ / "student")->parameters()) floats += 4 * p.numel();
+  const auto steps = step_records(o.out);
+  ASSERT_EQ(steps.size(), 3u);
+  for (const auto& j : steps) EXPECT_GE(j.at("device_peak_bytes").get<uint64_t>(), static_cast<uint64_t>(4 * floats));
 }
 
 TEST_F(DistillRun, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
