@@ -200,3 +200,22 @@ def test_cuda_bf16_close_to_hf_fp32(models, ckpts, tmp_path, name, batch, length
     ours = nt.cli_logits(ckpts(name, "hub"), ids, tmp_path, dtype="bf16", device="cuda")
     assert ours.shape == ref.shape
     _check_bf16(name, ours, ref, hf_bf16)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("name,batch,length", CASES, ids=CASE_IDS)
+def test_cuda_with_ssd_kernel_matches_hf(models, ckpts, tmp_path, monkeypatch, name, batch, length, dtype):
+    # The SSD kernels are opt-in until timed on a GPU; with them on, every op
+    # of the Mamba mixer runs our kernels, and the bars stay those above.
+    monkeypatch.setenv("MINIPUZZLE_SSD_KERNEL", "1")
+    ids = _ids(name, batch, length)
+    ref = nt.hf_logits(models[name], ids)
+    ours = nt.cli_logits(ckpts(name, "hub"), ids, tmp_path, dtype=dtype, device="cuda", tag="ssd")
+    assert ours.shape == ref.shape
+    if dtype == "fp32":
+        err = (ours - ref).abs().max().item()
+        assert err < FP32_TOL, f"cuda fp32 + SSD kernel {name} b={batch} L={length}: {_report(ours, ref)}"
+    else:
+        hf_bf16 = nt.hf_logits(nt.build_model(nt.SPECS_BY_NAME[name]).to(torch.bfloat16), ids)
+        _check_bf16(name, ours, ref, hf_bf16)
