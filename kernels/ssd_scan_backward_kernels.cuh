@@ -15,7 +15,8 @@
 //   R4 W[t, s] = e^{a[t]-a[s]} dt_s (x_s . dy_t), s <= t                      block per (b, c, h)
 //   R5 dB, dC (sums over the heads of a group, no atomics)                   block per (b, c, g)
 //   R6 per-token dots da, x.dxdt, dy.x                                        one thread per (b, t, h)
-//   R7 reverse cumsum of da: ddt, dA, dD                                      one thread per (b, h)
+//   R7 reverse cumsum of da: ddt, dA, dD; through softplus and clamp to the
+//      raw dt, summed over tokens for ddt_bias                                one thread per (b, h)
 #pragma once
 
 #include "ssd_scan_kernels.cuh"
@@ -28,27 +29,27 @@ struct SsdBackwardWorkspace {
   float *y_ssm, *rstates, *w, *dxdt, *da, *xdot, *dyx;
 };
 
-inline void ssd_backward_piece_sizes(const SsdShape& s, size_t sizes[10]) {
+constexpr int kSsdBackwardPieces = kSsdPieces + 7;
+
+inline void ssd_backward_piece_sizes(const SsdShape& s, size_t sizes[kSsdBackwardPieces]) {
   ssd_piece_sizes(s, sizes);
   const size_t nc = static_cast<size_t>(ssd_chunks(s)), b = static_cast<size_t>(s.batch);
   const size_t tokens = b * static_cast<size_t>(s.len) * s.heads;
-  sizes[3] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // y without D
-  sizes[4] = ssd_align(sizeof(float) * b * nc * s.heads * s.head_dim * s.state);  // reverse states
-  sizes[5] = ssd_align(sizeof(float) * b * nc * s.heads * s.chunk * s.chunk);     // W
-  sizes[6] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // dxdt
-  sizes[7] = sizes[8] = sizes[9] = ssd_align(sizeof(float) * tokens);            // da, x.dxdt, dy.x
+  size_t* own = sizes + kSsdPieces;
+  own[0] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // y without D
+  own[1] = ssd_align(sizeof(float) * b * nc * s.heads * s.head_dim * s.state);  // reverse states
+  own[2] = ssd_align(sizeof(float) * b * nc * s.heads * s.chunk * s.chunk);     // W
+  own[3] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // dxdt
+  own[4] = own[5] = own[6] = ssd_align(sizeof(float) * tokens);                // da, x.dxdt, dy.x
 }
 
 inline SsdBackwardWorkspace ssd_backward_workspace(const SsdShape& s, void* base) {
-  size_t sizes[10];
+  size_t sizes[kSsdBackwardPieces];
   ssd_backward_piece_sizes(s, sizes);
-  float* piece[10];
-  char* p = static_cast<char*>(base);
-  for (int i = 0; i < 10; ++i) {
-    piece[i] = reinterpret_cast<float*>(p);
-    p += sizes[i];
-  }
-  return {{piece[0], piece[1], piece[2]}, piece[3], piece[4], piece[5], piece[6], piece[7], piece[8], piece[9]};
+  float* piece[kSsdBackwardPieces];
+  ssd_pieces(base, sizes, kSsdBackwardPieces, piece);
+  float** own = piece + kSsdPieces;
+  return {{piece[0], piece[1], piece[2], piece[3]}, own[0], own[1], own[2], own[3], own[4], own[5], own[6]};
 }
 
 // Element offsets in the packed x / B / C layouts and the dense [b, L, H] and
@@ -190,35 +191,42 @@ inline unsigned ssd_bh_blocks(const SsdShape& s) {
   return static_cast<unsigned>((s.batch * s.heads + kSsdThreads - 1) / kSsdThreads);
 }
 
-// R7. One thread per (b, h), tokens in reverse; dA and dD summed over the
-// batch with atomics (zeroed before).
-__global__ void ssd_decay_grad_kernel(SsdShape s, const float* __restrict__ dt, const float* __restrict__ A,
-                                      const float* __restrict__ da, const float* __restrict__ xdot,
-                                      const float* __restrict__ dyx, float* __restrict__ ddt, float* __restrict__ dA,
-                                      float* __restrict__ dD) {
+// R7. One thread per (b, h), tokens in reverse; dA, dD and ddt_bias summed
+// over the batch with atomics (zeroed before).
+template <typename TD>
+__global__ void ssd_decay_grad_kernel(SsdShape s, const float* __restrict__ dt, SsdDtIn<TD> in,
+                                      const float* __restrict__ A, const float* __restrict__ da,
+                                      const float* __restrict__ xdot, const float* __restrict__ dyx,
+                                      float* __restrict__ ddt, float* __restrict__ dA, float* __restrict__ dD,
+                                      float* __restrict__ ddt_bias) {
   const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (id >= s.batch * s.heads) return;
   const int64_t h = id % s.heads, bi = id / s.heads;
   const float a = A[h];
-  float run = 0.0f, da_sum = 0.0f, dd_sum = 0.0f;
+  float run = 0.0f, da_sum = 0.0f, dd_sum = 0.0f, bias_sum = 0.0f;
   for (int64_t tok = s.len - 1; tok >= 0; --tok) {
     const int64_t o = bh_at(s, bi, tok, h);
     run += da[o];
-    ddt[o] = xdot[o] + a * run;
+    float g = xdot[o] + a * run;  // d loss / d dt as used
+    if (in.softplus) g *= ssd_softplus_min_grad(ssd_dt_arg(in, bi, tok, h), in.min);
+    ddt[o] = g;
+    bias_sum += g;
     da_sum += dt[o] * run;
     dd_sum += dyx[o];
   }
   atomicAdd(&dA[h], da_sum);
   if (dD) atomicAdd(&dD[h], dd_sum);
+  if (ddt_bias) atomicAdd(&ddt_bias[h], bias_sum);
 }
 
 // The backward launches in order (forward steps first, with D left out so
 // y_ssm is the scan alone). dA and dD must be zero.
-template <typename T, typename Launch>
-void ssd_backward_steps(const SsdShape& s, const T* x, const float* dt, const float* A, const T* B, const T* C,
-                        const float* D, const float* dy, float* dx, float* ddt, float* dA, float* dB, float* dC,
-                        float* dD, const SsdBackwardWorkspace& ws, Launch&& launch) {
-  ssd_forward_steps(s, x, dt, A, B, C, static_cast<const float*>(nullptr), ws.y_ssm, ws.fwd, launch);
+template <typename T, typename TD, typename Launch>
+void ssd_backward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in, const float* A, const T* B,
+                        const T* C, const float* D, const float* dy, float* dx, float* ddt, float* dA, float* dB,
+                        float* dC, float* dD, float* ddt_bias, const SsdBackwardWorkspace& ws, Launch&& launch) {
+  ssd_forward_steps(s, x, dt_in, A, B, C, static_cast<const float*>(nullptr), ws.y_ssm, ws.fwd, launch);
+  const float* dt = ws.fwd.dt;
   const unsigned chunk_blocks = static_cast<unsigned>(s.batch * ssd_chunks(s));
   const unsigned heads = static_cast<unsigned>(s.heads), groups = static_cast<unsigned>(s.groups);
   const float* cumsum = ws.fwd.cumsum;
@@ -232,8 +240,8 @@ void ssd_backward_steps(const SsdShape& s, const T* x, const float* dt, const fl
          static_cast<const float*>(ws.w), dB, dC);
   launch(ssd_token_dots_kernel<T>, dim3(ssd_token_blocks(s)), s, x, dt, dy, static_cast<const float*>(ws.y_ssm),
          static_cast<const float*>(ws.dxdt), ws.da, ws.xdot, ws.dyx);
-  launch(ssd_decay_grad_kernel, dim3(ssd_bh_blocks(s)), s, dt, A, static_cast<const float*>(ws.da),
-         static_cast<const float*>(ws.xdot), static_cast<const float*>(ws.dyx), ddt, dA, dD);
+  launch(ssd_decay_grad_kernel<TD>, dim3(ssd_bh_blocks(s)), s, dt, dt_in, A, static_cast<const float*>(ws.da),
+         static_cast<const float*>(ws.xdot), static_cast<const float*>(ws.dyx), ddt, dA, dD, ddt_bias);
 }
 
 }  // namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL

@@ -32,10 +32,23 @@ bool ssd_shape_supported(const SsdShape& shape);
 // Bytes of scratch memory ssd_scan_forward needs (256-byte aligned pieces).
 size_t ssd_scan_workspace_bytes(const SsdShape& shape);
 
-// x, B, C in `dtype`; dt [batch, len, heads] fp32 contiguous (softplus'ed
-// and clamped); A [heads] fp32 (negative); D [heads] fp32 or null.
+// dt as the kernels take it: values [batch, len, heads] in `dtype` with unit
+// head stride (the mixer's slice of in_proj's output needs no copy), bias
+// [heads] fp32 or null. With `softplus` the kernels use
+//   dt = max(softplus(values + bias), min)        (softplus threshold 20)
+// as transformers' Mamba2 mixer does, in fp32; without it, values + bias.
+struct SsdDt {
+  DType dtype = DType::F32;
+  const void* values = nullptr;
+  int64_t batch_stride = 0, token_stride = 0;
+  const float* bias = nullptr;
+  bool softplus = false;
+  float min = 0.0f;
+};
+
+// x, B, C in `dtype`; A [heads] fp32 (negative); D [heads] fp32 or null.
 // y [batch, len, heads, head_dim] fp32 contiguous.
-cudaError_t ssd_scan_forward(const SsdShape& shape, DType dtype, const void* x, const float* dt, const float* A,
+cudaError_t ssd_scan_forward(const SsdShape& shape, DType dtype, const void* x, const SsdDt& dt, const float* A,
                              const void* B, const void* C, const float* D, float* y, void* workspace,
                              cudaStream_t stream);
 
@@ -44,10 +57,12 @@ size_t ssd_scan_backward_workspace_bytes(const SsdShape& shape);
 
 // Gradients of sum(dy * y) for the inputs of ssd_scan_forward; dy [batch,
 // len, heads, head_dim] fp32 contiguous. Outputs fp32, contiguous: dx like
-// dy, ddt [batch, len, heads], dB and dC [batch, len, groups, state], dA [heads],
-// dD [heads] (or null when D is null). Overwrites all of them.
-cudaError_t ssd_scan_backward(const SsdShape& shape, DType dtype, const void* x, const float* dt, const float* A,
+// dy, ddt [batch, len, heads] (with respect to dt.values), dB and dC [batch,
+// len, groups, state], dA [heads], dD [heads] (or null when D is null),
+// ddt_bias [heads] (or null when dt.bias is null). Overwrites all of them.
+cudaError_t ssd_scan_backward(const SsdShape& shape, DType dtype, const void* x, const SsdDt& dt, const float* A,
                               const void* B, const void* C, const float* D, const float* dy, float* dx, float* ddt,
-                              float* dA, float* dB, float* dC, float* dD, void* workspace, cudaStream_t stream);
+                              float* dA, float* dB, float* dC, float* dD, float* ddt_bias, void* workspace,
+                              cudaStream_t stream);
 
 }  // namespace minipuzzle::kernels

@@ -1,6 +1,7 @@
 // SSD forward in five steps, each one kernel with plain loops (fp32, CUDA
 // cores; tensor-core tiles are the next step once a GPU measures this):
-//   1. cumsum   a[t] = sum_{s<=t in chunk} dt[s] A          one thread per (b, h, chunk)
+//   1. dt, cumsum  dt[t] = max(softplus(raw[t] + bias), min) (or raw as given),
+//               a[t] = sum_{s<=t in chunk} dt[s] A          one thread per (b, h, chunk)
 //   2. states   S_c = sum_t exp(a_last - a[t]) dt[t] x[t] B[t]^T         block per (b, c, h)
 //   3. passing  H_c = exp(a_last_c) H_{c-1} + S_c; S_c := H_{c-1}          block per (b, h)
 //   4. CB       CB[t, s] = C[t] . B[s], s <= t                            block per (b, c, g)
@@ -22,26 +23,73 @@ constexpr int kSsdThreads = 128;
 __host__ __device__ inline int64_t ssd_chunks(const SsdShape& s) { return (s.len + s.chunk - 1) / s.chunk; }
 
 // Workspace layout: cumsums [b, H, nc, chunk], states [b, nc, H, P, N],
-// CB [b, nc, G, chunk, chunk]; each piece 256-byte aligned.
+// CB [b, nc, G, chunk, chunk], dt as used [b, L, H]; each piece 256-byte aligned.
+constexpr int kSsdPieces = 4;
 struct SsdWorkspace {
-  float *cumsum, *states, *cb;
+  float *cumsum, *states, *cb, *dt;
 };
 
 inline size_t ssd_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-inline void ssd_piece_sizes(const SsdShape& s, size_t sizes[3]) {
+inline void ssd_piece_sizes(const SsdShape& s, size_t sizes[kSsdPieces]) {
   const size_t nc = static_cast<size_t>(ssd_chunks(s)), b = static_cast<size_t>(s.batch);
   sizes[0] = ssd_align(sizeof(float) * b * s.heads * nc * s.chunk);
   sizes[1] = ssd_align(sizeof(float) * b * nc * s.heads * s.head_dim * s.state);
   sizes[2] = ssd_align(sizeof(float) * b * nc * s.groups * s.chunk * s.chunk);
+  sizes[3] = ssd_align(sizeof(float) * b * s.len * s.heads);
+}
+
+// Consecutive pieces of `count` sizes from `base`.
+inline void ssd_pieces(void* base, const size_t* sizes, int count, float** out) {
+  char* p = static_cast<char*>(base);
+  for (int i = 0; i < count; ++i) {
+    out[i] = reinterpret_cast<float*>(p);
+    p += sizes[i];
+  }
 }
 
 inline SsdWorkspace ssd_workspace(const SsdShape& s, void* base) {
-  size_t sizes[3];
+  size_t sizes[kSsdPieces];
   ssd_piece_sizes(s, sizes);
-  char* p = static_cast<char*>(base);
-  return {reinterpret_cast<float*>(p), reinterpret_cast<float*>(p + sizes[0]),
-          reinterpret_cast<float*>(p + sizes[0] + sizes[1])};
+  float* piece[kSsdPieces];
+  ssd_pieces(base, sizes, kSsdPieces, piece);
+  return {piece[0], piece[1], piece[2], piece[3]};
+}
+
+// dt as the launcher passed it (SsdDt), typed.
+template <typename TD>
+struct SsdDtIn {
+  const TD* values;
+  int64_t batch_stride, token_stride;
+  const float* bias;
+  bool softplus;
+  float min;
+};
+
+template <typename TD>
+SsdDtIn<TD> ssd_dt_in(const SsdDt& d) {
+  return {static_cast<const TD*>(d.values), d.batch_stride, d.token_stride, d.bias, d.softplus, d.min};
+}
+
+// values + bias at (bi, tok, h): softplus's argument, or dt itself.
+template <typename TD>
+__device__ __forceinline__ float ssd_dt_arg(const SsdDtIn<TD>& in, int64_t bi, int64_t tok, int64_t h) {
+  const float v = to_f32(in.values[bi * in.batch_stride + tok * in.token_stride + h]);
+  return in.bias ? v + in.bias[h] : v;
+}
+
+// torch.nn.functional.softplus (beta 1, threshold 20) then clamp_min; NaN stays NaN.
+__device__ __forceinline__ float ssd_softplus_min(float u, float lo) {
+  const float sp = u > 20.0f ? u : log1pf(expf(u));
+  return sp < lo ? lo : sp;
+}
+
+// d dt / d arg, as autograd of softplus then clamp_min gives it.
+// clamp_min passes the gradient where its input >= min.
+__device__ __forceinline__ float ssd_softplus_min_grad(float u, float lo) {
+  if (u > 20.0f) return u >= lo ? 1.0f : 0.0f;
+  const float z = expf(u);
+  return log1pf(z) >= lo ? z / (z + 1.0f) : 0.0f;
 }
 
 // A chunk block's coordinates: blockIdx.x = chunk + chunks * sequence,
@@ -75,8 +123,9 @@ inline unsigned ssd_cumsum_blocks(const SsdShape& s) {
   return static_cast<unsigned>((s.batch * s.heads * ssd_chunks(s) + kSsdThreads - 1) / kSsdThreads);
 }
 
-__global__ void ssd_cumsum_kernel(SsdShape s, const float* __restrict__ dt, const float* __restrict__ A,
-                                  float* __restrict__ cumsum) {
+template <typename TD>
+__global__ void ssd_cumsum_kernel(SsdShape s, SsdDtIn<TD> in, const float* __restrict__ A,
+                                  float* __restrict__ dt, float* __restrict__ cumsum) {
   const int64_t nc = ssd_chunks(s);
   const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (id >= s.batch * s.heads * nc) return;
@@ -86,7 +135,10 @@ __global__ void ssd_cumsum_kernel(SsdShape s, const float* __restrict__ dt, cons
   float run = 0.0f;
   float* out = cumsum + id * s.chunk;  // [b, H, nc, chunk]: id = (bi * H + h) * nc + c
   for (int64_t t = 0; t < len; ++t) {
-    run += dt[(bi * s.len + t0 + t) * s.heads + h] * a;
+    const float u = ssd_dt_arg(in, bi, t0 + t, h);
+    const float d = in.softplus ? ssd_softplus_min(u, in.min) : u;
+    dt[(bi * s.len + t0 + t) * s.heads + h] = d;
+    run += d * a;
     out[t] = run;
   }
 }
@@ -186,12 +238,13 @@ __global__ void ssd_chunk_output_kernel(SsdShape s, const T* __restrict__ x, con
 // The five launches in order. launch(kernel, grid, args...) runs one kernel
 // with kSsdThreads threads per block (a <<<>>> launch in ssd_scan.cu, the
 // emulator in the tests), so both run the same sequence.
-template <typename T, typename Launch>
-void ssd_forward_steps(const SsdShape& s, const T* x, const float* dt, const float* A, const T* B, const T* C,
-                       const float* D, float* y, const SsdWorkspace& ws, Launch&& launch) {
+template <typename T, typename TD, typename Launch>
+void ssd_forward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in, const float* A, const T* B,
+                       const T* C, const float* D, float* y, const SsdWorkspace& ws, Launch&& launch) {
   const unsigned chunk_blocks = static_cast<unsigned>(s.batch * ssd_chunks(s));
   const unsigned heads = static_cast<unsigned>(s.heads), groups = static_cast<unsigned>(s.groups);
-  launch(ssd_cumsum_kernel, dim3(ssd_cumsum_blocks(s)), s, dt, A, ws.cumsum);
+  launch(ssd_cumsum_kernel<TD>, dim3(ssd_cumsum_blocks(s)), s, dt_in, A, ws.dt, ws.cumsum);
+  const float* dt = ws.dt;
   launch(ssd_chunk_state_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, B,
          static_cast<const float*>(ws.cumsum), ws.states);
   launch(ssd_state_passing_kernel, dim3(static_cast<unsigned>(s.batch), heads), s,

@@ -33,11 +33,9 @@ torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& h, int64_t layer, co
   auto B = xbc.narrow(-1, di, G * N).reshape({b, L, G, N});
   auto C = xbc.narrow(-1, di + G * N, G * N).reshape({b, L, G, N});
 
-  // dt in the model dtype, as transformers does; the scan runs in fp32.
+  // dt = max(softplus(dt + dt_bias), time_step_min); the scan runs in fp32.
   auto A = -torch::exp(A_log.to(torch::kFloat32));
-  dt = torch::softplus(dt + dt_bias.to(dt.scalar_type()), /*beta=*/1, /*threshold=*/20);
-  dt = torch::clamp_min(dt, cfg_.time_step_min);
-  auto y = ssd_scan(x, dt, A, B, C, D, cfg_.chunk_size).reshape({b, L, di});
+  auto y = ssd_scan_softplus_dt(x, dt, dt_bias, A, B, C, D, cfg_.chunk_size, cfg_.time_step_min).reshape({b, L, di});
 
   y = gated_rms_norm(y, z, norm->weight, di / G, cfg_.layer_norm_epsilon);
   return torch::linear(y.to(h.scalar_type()), out_proj->weight);

@@ -88,6 +88,22 @@ torch::Tensor ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
   return ssd_scan_reference(x, dt, A, B, C, D, chunk_size);
 }
 
+torch::Tensor softplus_dt_reference(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double dt_min) {
+  auto dt = torch::softplus(dt_raw + dt_bias.to(dt_raw.scalar_type()), /*beta=*/1, /*threshold=*/20);
+  return torch::clamp_min(dt, dt_min);
+}
+
+torch::Tensor ssd_scan_softplus_dt(const torch::Tensor& x, const torch::Tensor& dt_raw, const torch::Tensor& dt_bias,
+                                   const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& C,
+                                   const torch::Tensor& D, int64_t chunk_size, double dt_min) {
+#if MINIPUZZLE_HAVE_CUDA_KERNELS
+  if (use_cuda_kernels(x) && ssd_scan_kernel_enabled() &&
+      cuda_ops::ssd_scan_softplus_dt_supported(x, dt_raw, dt_bias, A, B, C, D, chunk_size))
+    return cuda_ops::ssd_scan_softplus_dt(x, dt_raw, dt_bias, A, B, C, D, chunk_size, dt_min);
+#endif
+  return ssd_scan(x, softplus_dt_reference(dt_raw, dt_bias, dt_min), A, B, C, D, chunk_size);
+}
+
 torch::Tensor ssd_scan_sequential(const torch::Tensor& x_in, const torch::Tensor& dt_in, const torch::Tensor& A_in,
                                   const torch::Tensor& B_in, const torch::Tensor& C_in, const torch::Tensor& D_in) {
   const int64_t b = x_in.size(0), L = x_in.size(1), H = x_in.size(2), P = x_in.size(3);

@@ -135,22 +135,25 @@ int main(int argc, char** argv) {
   for (const bool backward : {false, true}) {  // SSD chunked scan: b=1, L=8192, 8B shapes
     set_ssd_scan_kernel_enabled(true);  // opt-in in the library until measured
     const int64_t L = quick ? 1024 : 8192, H = quick ? 16 : 128, P = 64, G = 8, N = 128;
-    auto xbc = torch::randn({1, L, H * P + 2 * G * N}, bf16) * 0.5;
-    if (backward) xbc.requires_grad_(true);
-    auto x = xbc.narrow(-1, 0, H * P).reshape({1, L, H, P});
-    auto B = xbc.narrow(-1, H * P, G * N).reshape({1, L, G, N});
-    auto C = xbc.narrow(-1, H * P + G * N, G * N).reshape({1, L, G, N});
-    auto dt = torch::softplus(torch::randn({1, L, H}, bf16) - 2);
+    // As the mixer has them: x, B, C and the raw dt are slices of one tensor
+    // (its conv'ed part and in_proj's dt columns), dt's softplus inside the op.
+    auto xbcdt = torch::randn({1, L, H * P + 2 * G * N + H}, bf16) * 0.5;
+    if (backward) xbcdt.requires_grad_(true);
+    auto x = xbcdt.narrow(-1, 0, H * P).reshape({1, L, H, P});
+    auto B = xbcdt.narrow(-1, H * P, G * N).reshape({1, L, G, N});
+    auto C = xbcdt.narrow(-1, H * P + G * N, G * N).reshape({1, L, G, N});
+    auto dt_raw = xbcdt.narrow(-1, H * P + 2 * G * N, H);
+    auto dt_bias = (torch::randn({H}, bf16.dtype(torch::kFloat32)) - 2).requires_grad_(backward);
     auto A = -torch::exp(torch::randn({H}, bf16.dtype(torch::kFloat32)) * 0.5);
     auto D = torch::randn({H}, bf16.dtype(torch::kFloat32));
     auto g = torch::randn({1, L, H, P}, bf16.dtype(torch::kFloat32));
     ops.push_back(compare(backward ? "ssd_scan_fwd_bwd" : "ssd_scan_forward",
                           {{"b", 1}, {"L", L}, {"heads", H}, {"head_dim", P}, {"groups", G}, {"state", N},
-                           {"chunk", 128}, {"dtype", "bf16"}},
+                           {"chunk", 128}, {"dtype", "bf16"}, {"dt", "softplus(raw + bias) clamped, inside the op"}},
                           [&] {
-                            auto y = ssd_scan(x, dt, A, B, C, D, 128);
+                            auto y = ssd_scan_softplus_dt(x, dt_raw, dt_bias, A, B, C, D, 128, 1e-3);
                             if (backward) {
-                              auto grads = torch::autograd::grad({y}, {xbc}, {g});
+                              auto grads = torch::autograd::grad({y}, {xbcdt, dt_bias}, {g});
                             }
                           },
                           iters));

@@ -19,6 +19,20 @@ torch::Tensor ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
                        const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
                        int64_t chunk_size);
 
+// The Mamba2 mixer's dt step then the scan:
+//   ssd_scan(x, softplus_dt_reference(dt_raw, dt_bias, dt_min), A, B, C, D)
+// dt_raw [b, L, H] as in_proj produces it, dt_bias [H]. Where ssd_scan would
+// run our kernels, they also do the dt step, in fp32 from the raw values
+// (transformers' fused path does the same; its eager path, and our
+// reference, work in dt_raw's dtype).
+torch::Tensor ssd_scan_softplus_dt(const torch::Tensor& x, const torch::Tensor& dt_raw, const torch::Tensor& dt_bias,
+                                   const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& C,
+                                   const torch::Tensor& D, int64_t chunk_size, double dt_min);
+
+// max(softplus(dt_raw + dt_bias), dt_min) in dt_raw's dtype, as transformers'
+// NemotronH mixer computes it (softplus threshold 20).
+torch::Tensor softplus_dt_reference(const torch::Tensor& dt_raw, const torch::Tensor& dt_bias, double dt_min);
+
 // The definition in LibTorch ops (autograd-capable).
 // Memory: O(b * L * (H*T + H*P*N/T)) — never the [.., T, T, H, N] broadcasts.
 torch::Tensor ssd_scan_reference(const torch::Tensor& x, const torch::Tensor& dt, const torch::Tensor& A,

@@ -26,6 +26,14 @@ torch::Tensor ssd_scan(const torch::Tensor& x, const torch::Tensor& dt, const to
                                const torch::Tensor& B, const torch::Tensor& C, const torch::Tensor& D,
                                int64_t chunk_size);
 
+bool ssd_scan_softplus_dt_supported(const torch::Tensor& x, const torch::Tensor& dt_raw, const torch::Tensor& dt_bias,
+                                    const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& C,
+                                    const torch::Tensor& D, int64_t chunk_size);
+// ssd_scan with dt = max(softplus(dt_raw + dt_bias), dt_min) done by the kernels.
+torch::Tensor ssd_scan_softplus_dt(const torch::Tensor& x, const torch::Tensor& dt_raw, const torch::Tensor& dt_bias,
+                                   const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& C,
+                                   const torch::Tensor& D, int64_t chunk_size, double dt_min);
+
 bool forward_kl_supported(const torch::Tensor& student, const torch::Tensor& teacher);
 ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
                            double grad_scale, bool want_grad);

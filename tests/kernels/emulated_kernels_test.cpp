@@ -302,6 +302,25 @@ SsdInputs ssd_inputs(const SsdCase& c) {
   return in;
 }
 
+// A dense fp32 dt used as given (no softplus, no bias).
+emu::SsdDtIn<float> plain_dt(const torch::Tensor& dt) {
+  return {dt.data_ptr<float>(), dt.stride(0), dt.stride(1), nullptr, false, 0.0f};
+}
+
+int64_t ssd_workspace_bytes(const kernels::SsdShape& s) {
+  size_t sizes[emu::kSsdPieces], total = 0;
+  emu::ssd_piece_sizes(s, sizes);
+  for (size_t v : sizes) total += v;
+  return static_cast<int64_t>(total);
+}
+
+int64_t ssd_backward_workspace_bytes(const kernels::SsdShape& s) {
+  size_t sizes[emu::kSsdBackwardPieces], total = 0;
+  emu::ssd_backward_piece_sizes(s, sizes);
+  for (size_t v : sizes) total += v;
+  return static_cast<int64_t>(total);
+}
+
 // launch() with the SSD kernels' block size.
 const auto ssd_launch = [](auto kernel, dim3 grid, auto... args) { launch(kernel, grid, emu::kSsdThreads, args...); };
 
@@ -310,13 +329,11 @@ TEST(EmulatedKernels, SsdScanForward) {
   for (const auto& c : kSsdCases) {
     SsdInputs in = ssd_inputs(c);
     auto ref = ssd_scan_reference(in.x, in.dt, in.A, in.B, in.C, in.D, c.chunk);
-    size_t sizes[3];
-    emu::ssd_piece_sizes(in.shape, sizes);
-    auto ws = torch::empty({static_cast<int64_t>(sizes[0] + sizes[1] + sizes[2])}, torch::kUInt8);
+    auto ws = torch::empty({ssd_workspace_bytes(in.shape)}, torch::kUInt8);
     auto y = torch::empty({c.batch, c.len, c.heads, c.head_dim});
     with_element_type(c.dtype, [&](auto tag) {
       using T = decltype(tag);
-      emu::ssd_forward_steps(in.shape, static_cast<const T*>(in.x.data_ptr()), in.dt.data_ptr<float>(),
+      emu::ssd_forward_steps(in.shape, static_cast<const T*>(in.x.data_ptr()), plain_dt(in.dt),
                              in.A.data_ptr<float>(), static_cast<const T*>(in.B.data_ptr()),
                              static_cast<const T*>(in.C.data_ptr()), c.with_d ? in.D.data_ptr<float>() : nullptr,
                              y.data_ptr<float>(), emu::ssd_workspace(in.shape, ws.data_ptr()), ssd_launch);
@@ -338,21 +355,18 @@ TEST(EmulatedKernels, SsdScanBackward) {
     auto dy = torch::randn(y.sizes());
     (y * dy).sum().backward();
 
-    size_t sizes[10], total = 0;
-    emu::ssd_backward_piece_sizes(in.shape, sizes);
-    for (size_t v : sizes) total += v;
-    auto ws = torch::empty({static_cast<int64_t>(total)}, torch::kUInt8);
+    auto ws = torch::empty({ssd_backward_workspace_bytes(in.shape)}, torch::kUInt8);
     auto dx = torch::empty({c.batch, c.len, c.heads, c.head_dim}), ddt = torch::empty({c.batch, c.len, c.heads});
     auto dB = torch::empty({c.batch, c.len, c.groups, c.state}), dC = torch::empty_like(dB);
     auto dA = torch::zeros({c.heads}), dD = torch::zeros({c.heads});
     with_element_type(c.dtype, [&](auto tag) {
       using T = decltype(tag);
-      emu::ssd_backward_steps(in.shape, static_cast<const T*>(in.x.data_ptr()), in.dt.data_ptr<float>(),
+      emu::ssd_backward_steps(in.shape, static_cast<const T*>(in.x.data_ptr()), plain_dt(in.dt),
                               in.A.data_ptr<float>(), static_cast<const T*>(in.B.data_ptr()),
                               static_cast<const T*>(in.C.data_ptr()), c.with_d ? in.D.data_ptr<float>() : nullptr,
                               dy.data_ptr<float>(), dx.data_ptr<float>(), ddt.data_ptr<float>(), dA.data_ptr<float>(),
                               dB.data_ptr<float>(), dC.data_ptr<float>(), c.with_d ? dD.data_ptr<float>() : nullptr,
-                              emu::ssd_backward_workspace(in.shape, ws.data_ptr()), ssd_launch);
+                              nullptr, emu::ssd_backward_workspace(in.shape, ws.data_ptr()), ssd_launch);
     });
     // Leaves of bf16 inputs get bf16 gradients: one rounding apart.
     const double tol = c.dtype == torch::kFloat32 ? 1e-5 : tolerance_for(c.dtype);
@@ -362,6 +376,68 @@ TEST(EmulatedKernels, SsdScanBackward) {
     expect_close(ddt, dt.grad(), 1e-5, 1e-5, what + " ddt");
     expect_close(dA, A.grad(), 1e-5, 1e-5, what + " dA");
     if (c.with_d) expect_close(dD, D.grad(), 1e-5, 1e-5, what + " dD");
+  }
+}
+
+// The mixer's dt step inside the kernels: dt_raw is a strided slice of an
+// in_proj-like tensor in the model dtype, with values that hit softplus's
+// threshold (> 20) and the clamp at dt_min; forward and every gradient,
+// dt_raw and dt_bias included, against autograd of the reference.
+TEST(EmulatedKernels, SsdScanSoftplusDtForwardAndBackward) {
+  torch::manual_seed(56);
+  const double dt_min = 0.05;
+  for (const auto& c : kSsdCases) {
+    const std::string what = ssd_name(c) + " softplus dt";
+    SsdInputs in = ssd_inputs(c);
+    auto zxbcdt = (torch::randn({c.batch, c.len, c.heads + 3}) * 3).to(c.dtype);
+    auto dt_raw = zxbcdt.narrow(-1, 2, c.heads);
+    dt_raw.select(1, 0).fill_(25.0);   // above the threshold: softplus(u) = u
+    dt_raw.select(1, 1).fill_(-10.0);  // softplus tiny: clamped at dt_min, no gradient
+    auto dt_bias = torch::randn({c.heads}) * 0.5;
+
+    auto leaf = [](const torch::Tensor& t) { return t.detach().clone().requires_grad_(true); };
+    auto x = leaf(in.x), B = leaf(in.B), C = leaf(in.C), A = leaf(in.A), raw = leaf(dt_raw), bias = leaf(dt_bias);
+    auto D = c.with_d ? leaf(in.D) : torch::Tensor();
+    auto y_ref = ssd_scan_reference(x, softplus_dt_reference(raw.to(torch::kFloat32), bias, dt_min), A, B, C, D,
+                                    c.chunk);
+    auto dy = torch::randn(y_ref.sizes());
+    (y_ref * dy).sum().backward();
+
+    auto y = torch::empty({c.batch, c.len, c.heads, c.head_dim});
+    auto fwd_ws = torch::empty({ssd_workspace_bytes(in.shape)}, torch::kUInt8);
+    auto bwd_ws = torch::empty({ssd_backward_workspace_bytes(in.shape)}, torch::kUInt8);
+    auto dx = torch::empty({c.batch, c.len, c.heads, c.head_dim}), ddt = torch::empty({c.batch, c.len, c.heads});
+    auto dB = torch::empty({c.batch, c.len, c.groups, c.state}), dC = torch::empty_like(dB);
+    auto dA = torch::zeros({c.heads}), dD = torch::zeros({c.heads}), dbias = torch::zeros({c.heads});
+    with_element_type(c.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      const emu::SsdDtIn<T> dt_in{static_cast<const T*>(dt_raw.data_ptr()), dt_raw.stride(0), dt_raw.stride(1),
+                                  dt_bias.data_ptr<float>(), true, static_cast<float>(dt_min)};
+      const T* xp = static_cast<const T*>(in.x.data_ptr());
+      const T* Bp = static_cast<const T*>(in.B.data_ptr());
+      const T* Cp = static_cast<const T*>(in.C.data_ptr());
+      const float* Dp = c.with_d ? in.D.data_ptr<float>() : nullptr;
+      emu::ssd_forward_steps(in.shape, xp, dt_in, in.A.data_ptr<float>(), Bp, Cp, Dp, y.data_ptr<float>(),
+                             emu::ssd_workspace(in.shape, fwd_ws.data_ptr()), ssd_launch);
+      emu::ssd_backward_steps(in.shape, xp, dt_in, in.A.data_ptr<float>(), Bp, Cp, Dp, dy.data_ptr<float>(),
+                              dx.data_ptr<float>(), ddt.data_ptr<float>(), dA.data_ptr<float>(), dB.data_ptr<float>(),
+                              dC.data_ptr<float>(), c.with_d ? dD.data_ptr<float>() : nullptr,
+                              dbias.data_ptr<float>(), emu::ssd_backward_workspace(in.shape, bwd_ws.data_ptr()),
+                              ssd_launch);
+    });
+    const double tol = c.dtype == torch::kFloat32 ? 1e-5 : tolerance_for(c.dtype);
+    expect_close(y, y_ref, 1e-5, 1e-5, what + " y");
+    expect_close(dx, x.grad(), tol, tol, what + " dx");
+    expect_close(dB, B.grad(), tol, tol, what + " dB");
+    expect_close(dC, C.grad(), tol, tol, what + " dC");
+    expect_close(ddt, raw.grad().to(torch::kFloat32), tol, tol, what + " ddt_raw");
+    // dA sums dt * (...) over every token, with dt up to 25 here: float summation order.
+    expect_close(dbias, bias.grad(), 1e-5, 5e-5, what + " ddt_bias");
+    expect_close(dA, A.grad(), 1e-5, 5e-5, what + " dA");
+    if (c.with_d) expect_close(dD, D.grad(), 1e-5, 1e-5, what + " dD");
+    // The clamped tokens pass no gradient to dt_raw; those above the threshold pass it unchanged.
+    EXPECT_EQ(ddt.select(1, 1).abs().max().item<float>(), 0.0f) << what;
+    EXPECT_GT(ddt.select(1, 0).abs().max().item<float>(), 0.0f) << what;
   }
 }
 

@@ -57,16 +57,18 @@ TEST(SsdScanCuda, ForwardMatchesTheReference) {
   }
 }
 
+// Gradient cases: a short last chunk, no D, bf16 with chunk 256.
+const SsdCase kBackwardCases[] = {
+    {2, 300, 8, 64, 2, 128, 128, torch::kFloat32, true},
+    {1, 77, 6, 16, 3, 32, 64, torch::kFloat32, false},
+    {1, 260, 4, 32, 4, 16, 256, torch::kBFloat16, true},
+};
+
 TEST(SsdScanCuda, BackwardMatchesTheReference) {
   MINIPUZZLE_REQUIRE_CUDA_KERNELS();
   SsdKernelOn on;
-  const SsdCase cases[] = {
-      {2, 300, 8, 64, 2, 128, 128, torch::kFloat32, true},
-      {1, 77, 6, 16, 3, 32, 64, torch::kFloat32, false},
-      {1, 260, 4, 32, 4, 16, 256, torch::kBFloat16, true},
-  };
   torch::manual_seed(63);
-  for (const auto& c : cases) {
+  for (const auto& c : kBackwardCases) {
     const std::string what = "L " + std::to_string(c.len) + " H " + std::to_string(c.heads) + " chunk " +
                              std::to_string(c.chunk) + " " + c10::toString(c.dtype);
     const auto opts = torch::TensorOptions().device(torch::kCUDA);
@@ -98,6 +100,49 @@ TEST(SsdScanCuda, BackwardMatchesTheReference) {
     expect_close(k.ddt, r.ddt, 1e-4, 1e-4, what + " ddt");
     expect_close(k.dA, r.dA, 1e-4, 1e-4, what + " dA");
     if (c.with_d) expect_close(k.dD, r.dD, 1e-4, 1e-4, what + " dD");
+  }
+}
+
+// The mixer's call: dt_raw a slice of in_proj's output, softplus, bias and
+// clamp inside the kernels; gradients reach dt_raw (through the slice) and
+// dt_bias. bf16: the reference does the dt step in bf16, the kernels in fp32.
+TEST(SsdScanCuda, SoftplusDtForwardAndBackwardMatchTheReference) {
+  MINIPUZZLE_REQUIRE_CUDA_KERNELS();
+  SsdKernelOn on;
+  torch::manual_seed(64);
+  const double dt_min = 1e-3;
+  for (const auto& c : kBackwardCases) {
+    const std::string what = "softplus dt L " + std::to_string(c.len) + " H " + std::to_string(c.heads) + " " +
+                             c10::toString(c.dtype);
+    const auto opts = torch::TensorOptions().device(torch::kCUDA);
+    const int64_t di = c.heads * c.head_dim, gn = c.groups * c.state;
+    auto all0 = (torch::randn({c.batch, c.len, di + 2 * gn + c.heads}, opts) * 2).to(c.dtype);
+    auto bias0 = torch::randn({c.heads}, opts) - 2;
+    auto A0 = -torch::exp(torch::randn({c.heads}, opts) * 0.5);
+    auto D0 = torch::randn({c.heads}, opts);
+    auto dy = torch::randn({c.batch, c.len, c.heads, c.head_dim}, opts);
+    struct Grads {
+      torch::Tensor y, dall, dbias, dA;
+    };
+    auto run = [&] {
+      auto all = all0.clone().requires_grad_(true), bias = bias0.clone().requires_grad_(true);
+      auto A = A0.clone().requires_grad_(true);
+      auto D = c.with_d ? D0 : torch::Tensor();
+      auto x = all.narrow(-1, 0, di).reshape({c.batch, c.len, c.heads, c.head_dim});
+      auto B = all.narrow(-1, di, gn).reshape({c.batch, c.len, c.groups, c.state});
+      auto C = all.narrow(-1, di + gn, gn).reshape({c.batch, c.len, c.groups, c.state});
+      auto dt_raw = all.narrow(-1, di + 2 * gn, c.heads);
+      auto y = ssd_scan_softplus_dt(x, dt_raw, bias, A, B, C, D, c.chunk, dt_min);
+      (y * dy).sum().backward();
+      return Grads{y.detach(), all.grad().to(torch::kFloat32), bias.grad(), A.grad()};
+    };
+    const Grads k = run();
+    const Grads r = with_references(run);
+    const double tol = c.dtype == torch::kFloat32 ? 1e-4 : 3e-2;
+    expect_close(k.y, r.y, tol, tol, what + " y");
+    expect_close(k.dall, r.dall, tol, tol, what + " dx, dB, dC, ddt_raw");
+    expect_close(k.dbias, r.dbias, tol, tol, what + " ddt_bias");
+    expect_close(k.dA, r.dA, tol, tol, what + " dA");
   }
 }
 
