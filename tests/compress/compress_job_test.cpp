@@ -136,6 +136,13 @@ TEST(CompressJob, MissingRequiredKeysAndInconsistentSettings) {
   EXPECT_NO_THROW(parse(no_data, {}, /*dry_run=*/true));
   EXPECT_NE(error_of(kMinimal, {"distill.global_batch=6", "distill.micro_batch=4"}).find("multiple of distill.micro_batch"),
             std::string::npos);
+  // Each of N data-parallel ranks takes whole micro-batches of every global batch.
+  EXPECT_NE(error_of(kMinimal, {"distill.global_batch=8", "distill.micro_batch=2", "distill.processes=3"})
+                .find("multiple of distill.micro_batch 2 x distill.processes 3"),
+            std::string::npos);
+  EXPECT_EQ(parse(kMinimal, {"distill.global_batch=8", "distill.micro_batch=2", "distill.processes=4"}).distill.processes,
+            4);
+  EXPECT_NE(error_of(kMinimal, {"distill.processes=0"}).find("distill.processes"), std::string::npos);
   EXPECT_NE(error_of(kMinimal, {"short_distill.candidates=5", "search.top_k=2"}).find("more than search.top_k"),
             std::string::npos);
   EXPECT_NE(error_of(kMinimal, {"long_distill.min_lr=1"}).find("long_distill.min_lr 1 is above its lr"), std::string::npos);

@@ -237,3 +237,91 @@ def test_rerunning_with_other_settings_is_refused(work, full_run):
     assert "(was 1536, now 3072)" in r.stderr
     # Settings that change no result may differ.
     compress(full_run["job"], "--set", "estimate.tflops=5")
+
+
+# ----------------------------------------------------------------------------
+# distill.processes: compress runs the distillations as local data-parallel
+# ranks (Gloo on CPU)
+# ----------------------------------------------------------------------------
+
+def _st_load(path: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def _rank_processes(out: Path) -> list[int]:
+    """pids of live `minipuzzle distill` processes writing under `out`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = next(l for l in (proc / "status").read_text().splitlines() if l.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if b"distill" in cmd and any(str(out).encode() in c for c in cmd) and "Z" not in state:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def dp_run(work):
+    job = write_job(work, "dp2", "runs/dp2")
+    r = compress(job, "--set", "distill.processes=2")
+    return {"job": job, "out": work["root"] / "runs" / "dp2", "stdout": r.stdout}
+
+
+def test_two_processes_reproduce_the_single_process_job(full_run, dp_run):
+    out = dp_run["out"]
+    run = json.loads((out / "long" / "run.json").read_text())
+    assert run["world_size"] == 2
+    assert json.loads((out / "pick.json").read_text())["winner_rank"] == \
+        json.loads((full_run["out"] / "pick.json").read_text())["winner_rank"]
+    # The same student up to float summation order (the all-reduce adds the
+    # two ranks' halves of each global batch).
+    one = _st_load(full_run["out"] / "long" / "final" / "model.safetensors")
+    two = _st_load(out / "long" / "final" / "model.safetensors")
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+    assert (out / "export" / "config.json").exists() and "before / after" in dp_run["stdout"]
+
+
+def test_dry_run_shows_the_launch_of_each_distillation(work):
+    d = compress(write_job(work, "dp_dry", "runs/dp_dry"), "--dry-run", "--set", "distill.processes=2")
+    launches = [l for l in d.stdout.splitlines() if "torchrun --standalone --nproc-per-node 2 --no-python" in l]
+    assert len(launches) == 3 and all(" distill " in l for l in launches)  # 2 short + long
+    assert not (work["root"] / "runs" / "dp_dry").exists()
+
+
+def test_processes_that_do_not_divide_the_global_batch_exit_2(work):
+    job = write_job(work, "dp3", "runs/dp3")
+    expect_user_error(["compress", job, "--set", "distill.processes=3"], "distill.processes 3")
+    expect_user_error(["compress", job, "--set", "distill.processes=0"], "distill.processes")
+    assert not (work["root"] / "runs" / "dp3").exists()
+
+
+def test_sigkill_during_a_two_process_distillation_leaves_no_rank_behind(work, dp_run):
+    job = write_job(work, "dp_killed", "runs/dp_killed")
+    out = work["root"] / "runs" / "dp_killed"
+    proc = subprocess.Popen([nt.minipuzzle_bin(), "compress", str(job), "--set", "distill.processes=2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not _rank_processes(out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    ranks = _rank_processes(out)
+    assert len(ranks) == 2, f"no distill ranks seen (rc {proc.poll()}): {proc.stderr.read().decode()[-2000:]}"
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    # The ranks die with compress (PR_SET_PDEATHSIG): nothing writes behind a rerun.
+    deadline = time.time() + 10
+    while _rank_processes(out) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _rank_processes(out)
+    compress(job, "--set", "distill.processes=2")
+    a = (dp_run["out"] / "export" / "model.safetensors").read_bytes()
+    b = (out / "export" / "model.safetensors").read_bytes()
+    assert a == b, "a killed and resumed two-process job differs from an uninterrupted one"

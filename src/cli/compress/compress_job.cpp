@@ -225,6 +225,7 @@ const std::vector<Field>& fields() {
     seed("distill.seed", [](CompressJob& j) -> uint64_t& { return j.distill.seed; });
     integer("distill.keep_last", [](CompressJob& j) -> int64_t& { return j.distill.keep_last; }, 1, 1000);
     boolean("distill.activation_checkpointing", [](CompressJob& j) -> bool& { return j.distill.activation_checkpointing; });
+    integer("distill.processes", [](CompressJob& j) -> int64_t& { return j.distill.processes; }, 1, 1024);
 
     for (auto [name, run] : {std::pair{std::string("short_distill"), &CompressJob::short_distill},
                              std::pair{std::string("long_distill"), &CompressJob::long_distill}}) {
@@ -372,9 +373,10 @@ void check_job(const CompressJob& j, bool dry_run) {
   if (!dry_run) need(j.train_data, "data.train", "the dataset prefix, PREFIX.bin / PREFIX.idx");
   if (j.short_distill.tokens == 0) throw InputError("short_distill.tokens: required (tokens per candidate, e.g. 7B)");
   if (j.long_distill.tokens == 0) throw InputError("long_distill.tokens: required (tokens of the final run, e.g. 63B)");
-  if (j.distill.global_batch % j.distill.micro_batch != 0)
-    throw InputError(fmt::format("distill.global_batch {} must be a multiple of distill.micro_batch {}",
-                                 j.distill.global_batch, j.distill.micro_batch));
+  if (j.distill.global_batch % (j.distill.micro_batch * j.distill.processes) != 0)
+    throw InputError(fmt::format(
+        "distill.global_batch {} must be a multiple of distill.micro_batch {} x distill.processes {}",
+        j.distill.global_batch, j.distill.micro_batch, j.distill.processes));
   for (const auto* r : {&j.short_distill, &j.long_distill})
     if (r->min_lr > r->lr)
       throw InputError(fmt::format("{}.min_lr {} is above its lr {}", r == &j.short_distill ? "short_distill" : "long_distill",

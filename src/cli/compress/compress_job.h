@@ -64,6 +64,9 @@ struct CompressJob {
     uint64_t seed = 1234;
     int64_t keep_last = 2;
     bool activation_checkpointing = false;
+    // Data-parallel processes per distillation, started by compress on this
+    // machine (one per GPU on CUDA: cuda:0..N-1; Gloo on CPU).
+    int64_t processes = 1;
   } distill;
 
   struct DistillRun {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compress_stages.h"
+#include "local_processes.h"
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/candidates_json.h"
 #include "minipuzzle/errors.h"
@@ -82,6 +83,11 @@ void prepare_job_directory(const CompressJob& j) {
   });
   check("data.train", [&] { IndexedDataset::open(j.train_data); });
   check("data.validation", [&] { IndexedDataset::open(j.validation_data); });
+  // One device per rank: cuda:0 .. cuda:N-1.
+  if (j.distill.processes > 1 && j.device.rfind("cuda", 0) == 0 &&
+      j.distill.processes > static_cast<int64_t>(torch::cuda::device_count()))
+    throw InputError(fmt::format("distill.processes: {} processes need {} CUDA devices; this machine has {}",
+                                 j.distill.processes, j.distill.processes, torch::cuda::device_count()));
   feasibility_search(j, parent);
 
   const CompressPaths p(j.out);
@@ -244,8 +250,14 @@ int print_dry_run(const CompressJob& job) {
               : st.name == "compare" ? "teacher / pruned / distilled / export on data.validation -> compare.json"
                                      : "report.md with tables and plots";
     } else {
-      line += "minipuzzle";
-      for (const auto& a : st.argv) line += " " + quote(a);
+      std::vector<std::string> quoted;
+      for (const auto& a : st.argv) quoted.push_back(quote(a));
+      if (st.processes > 1) {
+        line += local_processes_command(quoted, st.processes);
+      } else {
+        line += "minipuzzle";
+        for (const auto& a : quoted) line += " " + a;
+      }
     }
     std::cout << line << "\n";
   }

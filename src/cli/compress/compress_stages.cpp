@@ -11,6 +11,7 @@
 #include "../commands.h"
 #include "compress_compare.h"
 #include "compress_report.h"
+#include "local_processes.h"
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/candidates_json.h"
 #include "minipuzzle/distill_trainer.h"
@@ -204,6 +205,11 @@ std::vector<Stage> plan_stages(const CompressJob& j) {
   s.push_back({"report", {}, path_exists(p.report)});
   s.back().run = [j, p] { return report_stage(j, p); };
 
+  for (Stage& st : s) {
+    if (st.argv.empty() || st.argv[0] != "distill" || j.distill.processes < 2) continue;
+    st.processes = static_cast<int>(j.distill.processes);
+    st.run = [argv = st.argv, n = st.processes] { return run_local_processes(argv, n); };
+  }
   for (Stage& st : s)
     if (!st.run) st.run = [argv = st.argv] { return run_command(argv); };
   return s;

@@ -40,6 +40,7 @@ struct Stage {
   std::vector<std::string> argv;  // the equivalent `minipuzzle ...` arguments; empty for in-process steps
   bool done = false;              // its outputs are complete
   bool pending_input = false;     // argv names an input an earlier stage has not produced yet
+  int processes = 1;              // > 1: argv runs as that many data-parallel processes
   std::function<int()> run;       // exit code
 };
 
