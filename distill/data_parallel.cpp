@@ -6,6 +6,8 @@
 // declares the few names it needs (see the README there).
 #include "minipuzzle/data_parallel.h"
 
+#include "gradient_buckets.h"
+
 #define USE_C10D_GLOO 1
 #ifdef MINIPUZZLE_HAVE_NCCL
 #define USE_C10D_NCCL 1
@@ -164,14 +166,6 @@ namespace {
   }
 }
 
-bool is_floating(torch::ScalarType t) { return c10::isFloatingType(t); }
-
-// The dtype a tensor travels in: fp32 for floating types narrower than fp32
-// (exact for broadcast, fp32 accumulation for allreduce), else its own.
-torch::ScalarType wire_dtype(torch::ScalarType t) {
-  if (is_floating(t) && c10::elementSize(t) < 4) return torch::kFloat32;
-  return t;
-}
 
 }  // namespace
 
@@ -229,49 +223,6 @@ DataParallel::~DataParallel() = default;
 
 std::string DataParallel::backend_name() const { return impl_ ? impl_->name : "none"; }
 
-namespace {
-
-// Consecutive tensors of one (device, wire dtype) in buckets of about
-// `bytes`; one flat buffer per bucket.
-struct Bucket {
-  std::vector<torch::Tensor> tensors;
-  torch::ScalarType wire;
-};
-
-std::vector<Bucket> make_buckets(const std::vector<torch::Tensor>& tensors, int64_t bytes) {
-  std::vector<Bucket> out;
-  int64_t fill = 0;
-  for (const auto& t : tensors) {
-    const auto wire = wire_dtype(t.scalar_type());
-    const int64_t size = t.numel() * static_cast<int64_t>(c10::elementSize(wire));
-    if (out.empty() || out.back().wire != wire || out.back().tensors.front().device() != t.device() ||
-        (fill > 0 && fill + size > bytes)) {
-      out.push_back({{}, wire});
-      fill = 0;
-    }
-    out.back().tensors.push_back(t);
-    fill += size;
-  }
-  return out;
-}
-
-torch::Tensor flatten(const Bucket& b, torch::Device device) {
-  std::vector<torch::Tensor> parts;
-  parts.reserve(b.tensors.size());
-  for (const auto& t : b.tensors) parts.push_back(t.detach().reshape({-1}).to(device, b.wire));
-  return torch::cat(parts);
-}
-
-void unflatten(const Bucket& b, const torch::Tensor& flat) {
-  int64_t off = 0;
-  for (const auto& t : b.tensors) {
-    const int64_t n = t.numel();
-    t.detach().copy_(flat.narrow(0, off, n).view(t.sizes()));  // casts back once
-    off += n;
-  }
-}
-
-}  // namespace
 
 void DataParallel::broadcast_parameters(std::vector<torch::Tensor>& params) {
   if (!impl_) return;
@@ -310,6 +261,27 @@ void DataParallel::all_reduce_gradients(std::vector<torch::Tensor>& params) {
       flat[0].mul_(scale);
       unflatten(b, flat[0]);
     }
+  } catch (...) {
+    rethrow("all_reduce_gradients", env_.rank);
+  }
+}
+
+std::function<void()> DataParallel::start_sum(torch::Tensor flat) {
+  if (!impl_) return [] {};
+  try {
+    std::vector<torch::Tensor> bufs{std::move(flat)};
+    c10d::AllreduceOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    o.timeout = options_.timeout;
+    auto work = impl_->backend->allreduce(bufs, o);
+    const int rank = env_.rank;
+    return [work, rank] {
+      try {
+        work->wait();
+      } catch (...) {
+        rethrow("all_reduce_gradients", rank);
+      }
+    };
   } catch (...) {
     rethrow("all_reduce_gradients", env_.rank);
   }

@@ -23,6 +23,7 @@
 #include "minipuzzle/errors.h"
 #include "minipuzzle/json_read_back.h"
 #include "minipuzzle/logit_comparison.h"
+#include "minipuzzle/overlapped_all_reduce.h"
 #include "minipuzzle/teacher_cache.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/token_windows.h"
@@ -361,6 +362,7 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     // Every rank advances through the same global list; each trains its slice.
     const uint64_t first_window = pos.epoch * order.windows() + pos.index;  // the cache's numbering
     const auto mine = data_parallel_slice(order.take(pos, o.global_batch), dp.rank(), dp.world_size());
+    OverlappedAllReduce sync(dp, params);
     for (int64_t m = 0; m < accum; ++m) {
       const std::vector<uint64_t> starts(mine.begin() + m * o.micro_batch, mine.begin() + (m + 1) * o.micro_batch);
       auto rows = gather_windows(*data, starts, o.seq_len, student->config().vocab_size).to(device);
@@ -387,13 +389,14 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
         }
         r = kd_loss_online(student, student_hidden(), teacher, t_hidden, tg, o.kd);
       }
+      if (o.overlap_all_reduce && m + 1 == accum) sync.arm();  // the step's gradients are final in this backward
       (r.loss / static_cast<double>(accum)).backward();
       loss_sum += r.loss.item<double>() / accum;
       kd_sum += r.kd_sum;
       ce_sum += r.ce_sum;
       step_tokens += r.tokens;
     }
-    dp.all_reduce_gradients(params);  // the mean over ranks, before clipping
+    sync.finish();  // the mean over ranks, before clipping
     if (dp.active()) {
       std::vector<double> sums = {loss_sum, kd_sum, ce_sum, static_cast<double>(step_tokens)};
       dp.all_reduce_sum(sums);

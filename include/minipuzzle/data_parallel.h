@@ -21,7 +21,9 @@
 //      b. mine = data_parallel_slice(starts, dp.rank(), dp.world_size());
 //      c. forward/backward over `mine` in micro-batches, scaling each
 //         micro-batch loss by 1/local_accum (local_accum = mine.size()/micro);
-//      d. dp.all_reduce_gradients(params)  -- BEFORE clip_grad_norm/step:
+//      d. dp.all_reduce_gradients(params)  -- BEFORE clip_grad_norm/step
+//         (or OverlappedAllReduce, overlapped_all_reduce.h: the same sums,
+//         started during the last backward):
 //         it averages over ranks, so the result is the single-process
 //         gradient up to float summation order; every rank then computes the
 //         same norm, clips and steps the same way and the replicas stay equal;
@@ -122,6 +124,11 @@ class DataParallel {
   // reduces the same layout). Buckets of ~bucket_bytes, reduced in fp32 even
   // for bf16/fp16 grads (then rounded back once).
   void all_reduce_gradients(std::vector<torch::Tensor>& params);
+  // Starts summing `flat` (one tensor, in place) over ranks and returns
+  // what waits for it (throws as the blocking collectives do). Every rank
+  // must start the same sums in the same order.
+  std::function<void()> start_sum(torch::Tensor flat);
+  int64_t bucket_bytes() const { return options_.bucket_bytes; }
   // Sum over ranks (fp64). The vector form is one collective.
   double all_reduce_sum(double value);
   void all_reduce_sum(std::vector<double>& values);

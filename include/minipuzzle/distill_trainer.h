@@ -57,6 +57,9 @@ struct DistillOptions {
   // Recompute each student block in backward instead of keeping its
   // activations (activation_checkpointing.h): less memory, ~1/3 more compute.
   bool activation_checkpointing = false;
+  // Data-parallel: start each gradient bucket's all-reduce while backward
+  // still runs (overlapped_all_reduce.h); the same sums as after it.
+  bool overlap_all_reduce = true;
 };
 
 struct DistillStatus {

@@ -63,6 +63,8 @@ int run_training_command(const Args& args, bool from_scratch) {
       ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda | cuda:N")
       ("resume", po::bool_switch(), "continue the run in --out from its last checkpoint")
       ("activation-checkpointing", po::bool_switch(), "recompute each block in backward: less memory, ~1/3 more compute")
+      ("no-overlap-all-reduce", po::bool_switch(),
+       "data-parallel: all-reduce the gradients after backward instead of during it (same result)")
       ("stop-at-step", po::value<int64_t>()->default_value(0), "stop after this step as if interrupted (time-boxed runs, tests)");
   po::positional_options_description pos;
   po::variables_map vm;
@@ -118,6 +120,7 @@ int run_training_command(const Args& args, bool from_scratch) {
   o.device = vm["device"].as<std::string>();
   o.resume = vm["resume"].as<bool>();
   o.activation_checkpointing = vm["activation-checkpointing"].as<bool>();
+  o.overlap_all_reduce = !vm["no-overlap-all-reduce"].as<bool>();
   o.stop_at_step = vm["stop-at-step"].as<int64_t>();
 
   std::signal(SIGINT, request_stop);

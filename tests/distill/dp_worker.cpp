@@ -3,7 +3,7 @@
 // data_parallel.h. Run without RANK/WORLD_SIZE it is the single-process
 // reference over the whole batch.
 //
-//   dp_worker OUT_PREFIX [--batch N] [--seq L] [--timeout-s S] [--stall-rank R]
+//   dp_worker OUT_PREFIX [--batch N] [--seq L] [--timeout-s S] [--stall-rank R] [--overlap 1]
 //
 // Writes OUT_PREFIX.rank<r>.grad (the averaged gradients after
 // all_reduce_gradients, fp32, parameters in named_parameters order, each
@@ -11,6 +11,10 @@
 // AdamW step) and OUT_PREFIX.rank<r>.json (loss, backend, world size).
 // Prints "joined" once the group is up. --stall-rank R: that rank sleeps
 // before the gradient allreduce (so the others must time out or see it die).
+// --overlap 1: the all-reduce overlapped with the last backward
+// (OverlappedAllReduce) instead of all_reduce_gradients after it; --overlap
+// early: armed before the first backward, so every gradient accumulates
+// again after its bucket started (the redo path).
 // Exit 0 on success, 1 on a failed collective (message on stderr).
 #include <torch/torch.h>
 
@@ -27,6 +31,7 @@
 #include "minipuzzle/data_parallel.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/hybrid_lm.h"
+#include "minipuzzle/overlapped_all_reduce.h"
 
 using namespace minipuzzle;
 
@@ -46,12 +51,14 @@ int run(int argc, char** argv) {
   int64_t batch = 4, seq = 16;
   double timeout_s = 600;
   int stall_rank = -1;
+  std::string overlap = "0";
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--batch") batch = std::stoll(v);
     else if (k == "--seq") seq = std::stoll(v);
     else if (k == "--timeout-s") timeout_s = std::stod(v);
     else if (k == "--stall-rank") stall_rank = std::stoi(v);
+    else if (k == "--overlap") overlap = v;
     else throw InputError("dp_worker: unknown option " + k);
   }
 
@@ -84,17 +91,22 @@ int run(int argc, char** argv) {
   const int64_t local = data_parallel_local_batch(batch, 1, dp.world_size());
   const auto mine = data_parallel_slice(starts, dp.rank(), dp.world_size());
   double loss_sum = 0;
+  OverlappedAllReduce sync(dp, params);
   for (uint64_t s : mine) {  // micro-batch 1
     auto idx = torch::arange(static_cast<int64_t>(s), static_cast<int64_t>(s) + seq + 1, torch::kInt64);
     auto tokens = ((idx * 7919 + idx * idx * 31) % vocab).unsqueeze(0);
     auto in = tokens.narrow(1, 0, seq), tg = tokens.narrow(1, 1, seq);
     auto logits = model->forward(in);
     auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, vocab}), tg.reshape({-1}));
+    if ((overlap == "1" && s == mine.back()) || (overlap == "early" && s == mine.front())) sync.arm();
     (loss / static_cast<double>(local)).backward();
     loss_sum += loss.item<double>() / local;
   }
   if (dp.rank() == stall_rank) std::this_thread::sleep_for(std::chrono::seconds(600));
-  dp.all_reduce_gradients(params);
+  if (overlap != "0")
+    sync.finish();
+  else
+    dp.all_reduce_gradients(params);
   const double loss = dp.all_reduce_sum(loss_sum) / dp.world_size();
 
   std::vector<torch::Tensor> grads;

@@ -95,6 +95,26 @@ def test_averaged_gradient_equals_single_process(tmp_path, single, world):
     check_against_single(prefix, world, single)
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_all_reduce_overlapped_with_backward_gives_the_same_bits(tmp_path, single, world):
+    """Buckets summed while backward runs (the trainer's default) equal the
+    all-reduce after backward bit for bit, and the single process up to float
+    order."""
+    after, during, early = tmp_path / "after", tmp_path / "during", tmp_path / "early"
+    # early: armed before the first micro-batch, so buckets start with partial
+    # gradients and must be summed again from the final ones.
+    for prefix, args in ((after, ()), (during, ("--overlap", "1")), (early, ("--overlap", "early"))):
+        procs, outs = run_ranks(prefix, world, args)
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0, err
+    check_against_single(during, world, single)
+    for r in range(world):
+        g_after, p_after, _ = load(after, r)
+        for prefix in (during, early):
+            g, p, _ = load(prefix, r)
+            assert np.array_equal(g_after, g) and np.array_equal(p_after, p), prefix.name
+
+
 def test_batch_not_divisible_is_a_clear_error(tmp_path):
     procs, outs = run_ranks(tmp_path / "bad", 3)
     for p, (_, err) in zip(procs, outs):
