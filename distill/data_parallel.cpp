@@ -166,7 +166,6 @@ namespace {
   }
 }
 
-
 }  // namespace
 
 DataParallel::DataParallel(const DistEnv& env, torch::Device device, DataParallelOptions options)
@@ -223,7 +222,6 @@ DataParallel::~DataParallel() = default;
 
 std::string DataParallel::backend_name() const { return impl_ ? impl_->name : "none"; }
 
-
 void DataParallel::broadcast_parameters(std::vector<torch::Tensor>& params) {
   if (!impl_) return;
   torch::NoGradGuard no_grad;
@@ -251,18 +249,11 @@ void DataParallel::all_reduce_gradients(std::vector<torch::Tensor>& params) {
     grads.push_back(p.grad());
   }
   const double scale = 1.0 / env_.world_size;
-  try {
-    for (const auto& b : make_buckets(grads, options_.bucket_bytes)) {
-      std::vector<torch::Tensor> flat{flatten(b, b.tensors.front().device())};
-      c10d::AllreduceOptions o;
-      o.reduceOp = c10d::ReduceOp::SUM;
-      o.timeout = options_.timeout;
-      impl_->backend->allreduce(flat, o)->wait();
-      flat[0].mul_(scale);
-      unflatten(b, flat[0]);
-    }
-  } catch (...) {
-    rethrow("all_reduce_gradients", env_.rank);
+  for (const auto& b : make_buckets(grads, options_.bucket_bytes)) {
+    torch::Tensor flat = flatten(b, b.tensors.front().device());
+    start_sum(flat)();
+    flat.mul_(scale);
+    unflatten(b, flat);
   }
 }
 

@@ -354,6 +354,7 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
   DistillStatus status;
   status.steps = steps;
   int64_t step = start_step;
+  OverlappedAllReduce sync(dp, params);  // armed anew each step
   for (; step < steps; ++step) {
     const double lr = o.schedule.at(step);
     reset_device_peak(device);
@@ -362,7 +363,6 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     // Every rank advances through the same global list; each trains its slice.
     const uint64_t first_window = pos.epoch * order.windows() + pos.index;  // the cache's numbering
     const auto mine = data_parallel_slice(order.take(pos, o.global_batch), dp.rank(), dp.world_size());
-    OverlappedAllReduce sync(dp, params);
     for (int64_t m = 0; m < accum; ++m) {
       const std::vector<uint64_t> starts(mine.begin() + m * o.micro_batch, mine.begin() + (m + 1) * o.micro_batch);
       auto rows = gather_windows(*data, starts, o.seq_len, student->config().vocab_size).to(device);

@@ -27,19 +27,24 @@ struct OverlappedAllReduce::State {
 
 namespace {
 
-std::vector<torch::Tensor> grads_of(const Bucket& b) {
-  std::vector<torch::Tensor> g;
-  for (const auto& p : b.tensors) g.push_back(p.grad());
+// The gradients of a bucket of parameters, as a bucket of their own.
+Bucket grads_of(const Bucket& params) {
+  Bucket g{{}, params.wire};
+  for (const auto& p : params.tensors) g.tensors.push_back(p.grad());
   return g;
+}
+
+// Starts summing bucket b's current gradients.
+void start_bucket(OverlappedAllReduce::State& s, DataParallel& dp, size_t b) {
+  const Bucket grads = grads_of(s.buckets[b]);
+  s.flat[b] = flatten(grads, grads.tensors.front().device());
+  s.wait[b] = dp.start_sum(s.flat[b]);
 }
 
 // Starts buckets in the fixed order while the next one is complete.
 void start_ready(OverlappedAllReduce::State& s, DataParallel& dp) {
   while (s.next >= 0 && s.waiting[static_cast<size_t>(s.next)] == 0) {
-    const auto b = static_cast<size_t>(s.next--);
-    const Bucket grads{grads_of(s.buckets[b]), s.buckets[b].wire};
-    s.flat[b] = flatten(grads, grads.tensors.front().device());
-    s.wait[b] = dp.start_sum(s.flat[b]);
+    start_bucket(s, dp, static_cast<size_t>(s.next--));
   }
 }
 
@@ -122,12 +127,11 @@ void OverlappedAllReduce::finish() {
     const auto i = static_cast<size_t>(b);
     s.wait[i]();
     if (s.again[i]) {  // started early with a partial gradient: once more from the final one
-      const Bucket grads{grads_of(s.buckets[i]), s.buckets[i].wire};
-      s.flat[i] = flatten(grads, grads.tensors.front().device());
-      dp_.start_sum(s.flat[i])();
+      start_bucket(s, dp_, i);
+      s.wait[i]();
     }
     s.flat[i].mul_(scale);
-    unflatten(Bucket{grads_of(s.buckets[i]), s.buckets[i].wire}, s.flat[i]);
+    unflatten(grads_of(s.buckets[i]), s.flat[i]);
   }
 }
 
