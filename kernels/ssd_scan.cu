@@ -1,6 +1,6 @@
-// Launchers: argument checks, grid, dispatch on dtype (kernels in ssd_scan_kernels.cuh).
+// Launchers: argument checks, dispatch on dtype (launch sequences in ssd_scan_steps.cuh).
 #include "ssd_scan_cuda.h"
-#include "ssd_scan_backward_kernels.cuh"
+#include "ssd_scan_steps.cuh"
 
 namespace minipuzzle::kernels {
 

@@ -7,7 +7,8 @@
 //   da_t   = dy_t . (y_t - D x_t) - xdt_t . dxdt_t      (d loss / d a_t)
 //   ddt_r  = x_r . dxdt_r + A sum_{t>=r} da_t,  dA = sum_r dt_r sum_{t>=r} da_t,
 //   dD     = sum_t dy_t . x_t.
-// Steps after the forward ones (which leave cumsums, entering states, C.B):
+// Steps after the forward ones (which leave cumsums, entering states, C.B);
+// here on CUDA cores in fp32 (R1, R3, R4, R5 for bf16: ssd_scan_tensor_core_kernels.cuh):
 //   R1 reverse chunk states  Q_c = sum_{t in c} e^{a_loc[t]} dy_t C_t^T      block per (b, c, h)
 //   R2 reverse passing       G_c = sum over later chunks (state entering c from the right;
 //                            ssd_state_passing_kernel right to left)
@@ -217,31 +218,6 @@ __global__ void ssd_decay_grad_kernel(SsdShape s, const float* __restrict__ dt, 
   atomicAdd(&dA[h], da_sum);
   if (dD) atomicAdd(&dD[h], dd_sum);
   if (ddt_bias) atomicAdd(&ddt_bias[h], bias_sum);
-}
-
-// The backward launches in order (forward steps first, with D left out so
-// y_ssm is the scan alone). dA and dD must be zero.
-template <typename T, typename TD, typename Launch>
-void ssd_backward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in, const float* A, const T* B,
-                        const T* C, const float* D, const float* dy, float* dx, float* ddt, float* dA, float* dB,
-                        float* dC, float* dD, float* ddt_bias, const SsdBackwardWorkspace& ws, Launch&& launch) {
-  ssd_forward_steps(s, x, dt_in, A, B, C, static_cast<const float*>(nullptr), ws.y_ssm, ws.fwd, launch);
-  const float* dt = ws.fwd.dt;
-  const unsigned chunk_blocks = static_cast<unsigned>(s.batch * ssd_chunks(s));
-  const unsigned heads = static_cast<unsigned>(s.heads), groups = static_cast<unsigned>(s.groups);
-  const float* cumsum = ws.fwd.cumsum;
-  launch(ssd_reverse_chunk_state_kernel<T>, dim3(chunk_blocks, heads), s, dy, C, cumsum, ws.rstates);
-  launch(ssd_state_passing_kernel, dim3(static_cast<unsigned>(s.batch), heads), s, cumsum, ws.rstates, true);
-  launch(ssd_dxdt_kernel<T>, dim3(chunk_blocks, heads), s, dt, B, D, dy, cumsum,
-         static_cast<const float*>(ws.rstates), static_cast<const float*>(ws.fwd.cb), ws.dxdt, dx);
-  launch(ssd_w_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, dy, cumsum, ws.w);
-  launch(ssd_dbdc_kernel<T>, dim3(chunk_blocks, groups), s, x, dt, B, C, dy, cumsum,
-         static_cast<const float*>(ws.fwd.states), static_cast<const float*>(ws.rstates),
-         static_cast<const float*>(ws.w), dB, dC);
-  launch(ssd_token_dots_kernel<T>, dim3(ssd_token_blocks(s)), s, x, dt, dy, static_cast<const float*>(ws.y_ssm),
-         static_cast<const float*>(ws.dxdt), ws.da, ws.xdot, ws.dyx);
-  launch(ssd_decay_grad_kernel<TD>, dim3(ssd_bh_blocks(s)), s, dt, dt_in, A, static_cast<const float*>(ws.da),
-         static_cast<const float*>(ws.xdot), static_cast<const float*>(ws.dyx), ddt, dA, dD, ddt_bias);
 }
 
 }  // namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL

@@ -2,7 +2,8 @@
 // Definition: src/ssd_scan.cpp (ssd_scan_reference):
 //   h[t] = exp(dt[t] A) h[t-1] + dt[t] x[t] B[t]^T,  y[t] = h[t] C[t] + D x[t],
 // computed chunk by chunk: decay cumsums, chunk states, state passing
-// between chunks, chunk outputs. fp32 throughout.
+// between chunks, chunk outputs. Sums in fp32; with bf16 inputs the
+// per-chunk products run on tensor cores (SsdShape::tensor_cores).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -23,6 +24,10 @@ struct SsdShape {
   int64_t x_batch_stride = 0, x_token_stride = 0;
   int64_t b_batch_stride = 0, b_token_stride = 0;
   int64_t c_batch_stride = 0, c_token_stride = 0;
+  // bf16: the per-chunk matrix products on tensor cores (operands that are
+  // not exact in bf16 split in two, see block_gemm.cuh); off: CUDA cores in
+  // fp32, as for fp32 and fp16 inputs always.
+  bool tensor_cores = true;
 };
 
 // Sizes the kernels take: chunk 1..kSsdMaxChunk, heads a multiple of groups.

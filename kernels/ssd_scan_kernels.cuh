@@ -1,5 +1,5 @@
-// SSD forward in five steps, each one kernel with plain loops (fp32, CUDA
-// cores; tensor-core tiles are the next step once a GPU measures this):
+// SSD forward in five steps, each one kernel; here with plain loops on CUDA
+// cores in fp32 (steps 2, 4, 5 for bf16: ssd_scan_tensor_core_kernels.cuh):
 //   1. dt, cumsum  dt[t] = max(softplus(raw[t] + bias), min) (or raw as given),
 //               a[t] = sum_{s<=t in chunk} dt[s] A          one thread per (b, h, chunk)
 //   2. states   S_c = sum_t exp(a_last - a[t]) dt[t] x[t] B[t]^T         block per (b, c, h)
@@ -9,7 +9,8 @@
 //                      + exp(a[t]) H_{c-1} C[t] + D x[t]                 block per (b, c, h)
 // Every exponent is a sum of dt A <= 0 terms: no overflow.
 // Kernel bodies and their launch geometry, shared by the launcher (.cu) and
-// the CPU emulation tests (tests/kernels/emulated_kernels_test.cpp).
+// the CPU emulation tests (tests/kernels/emulated_kernels_test.cpp); the
+// launch order is in ssd_scan_steps.cuh.
 #pragma once
 
 #include "device_math.cuh"
@@ -233,26 +234,6 @@ __global__ void ssd_chunk_output_kernel(SsdShape s, const T* __restrict__ x, con
     const float xv = to_f32(x[bi * s.x_batch_stride + tok * s.x_token_stride + h * s.head_dim + p]);
     y[((bi * s.len + tok) * s.heads + h) * s.head_dim + p] = acc + expf(a[t]) * from_state + d * xv;
   }
-}
-
-// The five launches in order. launch(kernel, grid, args...) runs one kernel
-// with kSsdThreads threads per block (a <<<>>> launch in ssd_scan.cu, the
-// emulator in the tests), so both run the same sequence.
-template <typename T, typename TD, typename Launch>
-void ssd_forward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in, const float* A, const T* B,
-                       const T* C, const float* D, float* y, const SsdWorkspace& ws, Launch&& launch) {
-  const unsigned chunk_blocks = static_cast<unsigned>(s.batch * ssd_chunks(s));
-  const unsigned heads = static_cast<unsigned>(s.heads), groups = static_cast<unsigned>(s.groups);
-  launch(ssd_cumsum_kernel<TD>, dim3(ssd_cumsum_blocks(s)), s, dt_in, A, ws.dt, ws.cumsum);
-  const float* dt = ws.dt;
-  launch(ssd_chunk_state_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, B,
-         static_cast<const float*>(ws.cumsum), ws.states);
-  launch(ssd_state_passing_kernel, dim3(static_cast<unsigned>(s.batch), heads), s,
-         static_cast<const float*>(ws.cumsum), ws.states, false);
-  launch(ssd_chunk_cb_kernel<T>, dim3(chunk_blocks, groups), s, B, C, ws.cb);
-  launch(ssd_chunk_output_kernel<T>, dim3(chunk_blocks, heads), s, x, dt, C, D,
-         static_cast<const float*>(ws.cumsum), static_cast<const float*>(ws.states),
-         static_cast<const float*>(ws.cb), y);
 }
 
 }  // namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL

@@ -25,6 +25,12 @@ std::atomic<bool>& ssd_flag() {
   return flag;
 }
 
+std::atomic<bool>& ssd_tensor_cores_flag() {
+  const char* v = std::getenv("MINIPUZZLE_SSD_TENSOR_CORES");
+  static std::atomic<bool> flag{!(v && std::strcmp(v, "0") == 0)};
+  return flag;
+}
+
 }  // namespace
 
 bool cuda_kernels_compiled() {
@@ -36,6 +42,9 @@ void set_cuda_kernels_enabled(bool enabled) { enabled_flag().store(enabled); }
 
 bool ssd_scan_kernel_enabled() { return ssd_flag().load(); }
 void set_ssd_scan_kernel_enabled(bool enabled) { ssd_flag().store(enabled); }
+
+bool ssd_tensor_cores_enabled() { return ssd_tensor_cores_flag().load(); }
+void set_ssd_tensor_cores_enabled(bool enabled) { ssd_tensor_cores_flag().store(enabled); }
 
 bool use_cuda_kernels(const torch::Tensor& t) {
   return cuda_kernels_compiled() && t.defined() && t.is_cuda() && cuda_kernels_enabled();

@@ -4,7 +4,9 @@
 // our kernel (kernel_dispatch on) against the LibTorch reference on the same
 // GPU in the same run (kernels off). Milliseconds per call (mean over
 // --iters after 3 warm-up calls), the ratio reference / kernel, and the
-// peak memory above the inputs. --quick: small shapes (a smoke run).
+// peak memory above the inputs. The SSD scan also with its per-chunk products
+// on CUDA cores instead of tensor cores (kernel_cuda_cores,
+// tensor_core_speedup). --quick: small shapes (a smoke run).
 // Prints one JSON object.
 #include <chrono>
 #include <functional>
@@ -147,16 +149,22 @@ int main(int argc, char** argv) {
     auto A = -torch::exp(torch::randn({H}, bf16.dtype(torch::kFloat32)) * 0.5);
     auto D = torch::randn({H}, bf16.dtype(torch::kFloat32));
     auto g = torch::randn({1, L, H, P}, bf16.dtype(torch::kFloat32));
-    ops.push_back(compare(backward ? "ssd_scan_fwd_bwd" : "ssd_scan_forward",
-                          {{"b", 1}, {"L", L}, {"heads", H}, {"head_dim", P}, {"groups", G}, {"state", N},
-                           {"chunk", 128}, {"dtype", "bf16"}, {"dt", "softplus(raw + bias) clamped, inside the op"}},
-                          [&] {
-                            auto y = ssd_scan_softplus_dt(x, dt_raw, dt_bias, A, B, C, D, 128, 1e-3);
-                            if (backward) {
-                              auto grads = torch::autograd::grad({y}, {xbcdt, dt_bias}, {g});
-                            }
-                          },
-                          iters));
+    const auto run = [&] {
+      auto y = ssd_scan_softplus_dt(x, dt_raw, dt_bias, A, B, C, D, 128, 1e-3);
+      if (backward) {
+        auto grads = torch::autograd::grad({y}, {xbcdt, dt_bias}, {g});
+      }
+    };
+    json op = compare(backward ? "ssd_scan_fwd_bwd" : "ssd_scan_forward",
+                      {{"b", 1}, {"L", L}, {"heads", H}, {"head_dim", P}, {"groups", G}, {"state", N},
+                       {"chunk", 128}, {"dtype", "bf16"}, {"dt", "softplus(raw + bias) clamped, inside the op"}},
+                      run, iters);
+    // The same kernels with the per-chunk products on CUDA cores (fp32).
+    set_ssd_tensor_cores_enabled(false);
+    op["kernel_cuda_cores"] = time_op(run, iters);
+    set_ssd_tensor_cores_enabled(true);
+    op["tensor_core_speedup"] = op["kernel_cuda_cores"]["ms"].get<double>() / op["kernel"]["ms"].get<double>();
+    ops.push_back(op);
   }
   {  // forward KL loss + student-logit gradient: 8192 tokens x 131072 vocab
     const int64_t rows = quick ? 512 : 8192, V = quick ? 32768 : 131072;

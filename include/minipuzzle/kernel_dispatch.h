@@ -19,11 +19,17 @@ void set_cuda_kernels_enabled(bool enabled);
 // The kernels serve this tensor: compiled, enabled, and on a CUDA device.
 bool use_cuda_kernels(const torch::Tensor& t);
 
-// The SSD scan kernels (no tensor cores yet) are off unless asked for: they
-// have not been timed against the reference on a GPU.
+// The SSD scan kernels are off unless asked for: they have not been timed
+// against the reference on a GPU.
 // MINIPUZZLE_SSD_KERNEL=1 in the environment turns it on at start.
 bool ssd_scan_kernel_enabled();
 void set_ssd_scan_kernel_enabled(bool enabled);
+
+// With bf16 inputs the SSD kernels run their per-chunk products on tensor
+// cores (on by default); off, on CUDA cores in fp32 (to compare both).
+// MINIPUZZLE_SSD_TENSOR_CORES=0 in the environment turns it off at start.
+bool ssd_tensor_cores_enabled();
+void set_ssd_tensor_cores_enabled(bool enabled);
 
 // The kernels read and write these element types.
 bool cuda_kernel_dtype(torch::ScalarType t);

@@ -50,6 +50,7 @@ kernels::SsdShape shape_of(const Tensor& x, const Tensor& B, const Tensor& C, in
   s.x_batch_stride = x.stride(0), s.x_token_stride = x.stride(1);
   s.b_batch_stride = B.stride(0), s.b_token_stride = B.stride(1);
   s.c_batch_stride = C.stride(0), s.c_token_stride = C.stride(1);
+  s.tensor_cores = ssd_tensor_cores_enabled();
   return s;
 }
 

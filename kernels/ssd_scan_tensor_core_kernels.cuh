@@ -1,0 +1,247 @@
+// The SSD's per-chunk matrix products on tensor cores (block_gemm.cuh), for
+// bf16 x, B, C: the same quantities as the CUDA-core kernels of steps 2, 4, 5
+// (ssd_scan_kernels.cuh) and R1, R3, R4, R5 (ssd_scan_backward_kernels.cuh),
+// written to the same workspace, so the other steps are shared. Each is one
+// GEMM whose operands are built while staging:
+//   2  states    S[p, n]  = sum_t (e^{a_last - a_t} dt_t x_t[p]) B_t[n]
+//   4  CB        CB[t, u] = sum_n C_t[n] B_u[n]                      (u <= t tiles only)
+//   5  output    y[t, p]  = sum_u (CB[t,u] e^{a_t - a_u} dt_u) x_u[p] + sum_n (e^{a_t} C_t[n]) H[p, n]
+//   R1 rstates   Q[p, n]  = sum_t (e^{a_t} dy_t[p]) C_t[n]
+//   R3 dxdt      dxdt[u, p] = sum_{t>=u} (CB[t,u] e^{a_t - a_u}) dy_t[p] + sum_n (e^{a_last - a_u} B_u[n]) Q'[p, n]
+//   R4 W         W[t, u]  = e^{a_t - a_u} dt_u sum_p dy_t[p] x_u[p]     (u <= t tiles only)
+//   R5 dB, dC    sums over the group's heads of two products each, one GEMM
+//                with K = heads x (tokens + head_dim)
+// A sum over a second quantity is the same GEMM with a longer K (the two
+// pieces side by side), so each output is written once, without atomics.
+// Rows that a triangular mask zeroes are left out of K, not multiplied.
+// Grid: (chunk + chunks * sequence, head or group, output tile).
+#pragma once
+
+#include "block_gemm.cuh"
+#include "ssd_scan_backward_kernels.cuh"
+
+// Namespace: see device_math.cuh.
+namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL {
+
+static_assert(kGemmThreads == kSsdThreads, "the SSD launches run block_gemm's block size");
+
+// Output tiles of an [m x n] product and the (m0, n0) of tile z.
+__host__ __device__ inline int64_t ssd_tiles(int64_t m, int64_t n) { return gemm_tiles(m) * gemm_tiles(n); }
+__device__ __forceinline__ void ssd_tile(int64_t n, int64_t z, int64_t& m0, int64_t& n0) {
+  m0 = z / gemm_tiles(n) * kGemmTileM;
+  n0 = z % gemm_tiles(n) * kGemmTileN;
+}
+
+// Where token t of chunk k starts in x (head h), B and C (group g), and in the
+// dense [b, L, H, P] tensors (dy).
+struct SsdRows {
+  const SsdShape& s;
+  const SsdChunk& k;
+  __device__ __forceinline__ int64_t x(int64_t t, int64_t h) const {
+    return k.bi * s.x_batch_stride + (k.t0 + t) * s.x_token_stride + h * s.head_dim;
+  }
+  __device__ __forceinline__ int64_t b(int64_t t, int64_t g) const {
+    return k.bi * s.b_batch_stride + (k.t0 + t) * s.b_token_stride + g * s.state;
+  }
+  __device__ __forceinline__ int64_t c(int64_t t, int64_t g) const {
+    return k.bi * s.c_batch_stride + (k.t0 + t) * s.c_token_stride + g * s.state;
+  }
+  __device__ __forceinline__ int64_t dense(int64_t t, int64_t h) const { return bh_at(s, k.bi, k.t0 + t, h); }
+};
+
+// 2. Block (c + nc * bi, h, tile of [P x N]).
+template <typename T>
+__global__ void ssd_chunk_state_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                                          const T* __restrict__ B, const float* __restrict__ cumsum,
+                                          float* __restrict__ states) {
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t h = k.y, g = h / (s.heads / s.groups);
+  const SsdRows at{s, k};
+  const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
+  __shared__ float weight[kSsdMaxChunk];
+  for (int64_t t = threadIdx.x; t < k.len; t += blockDim.x) weight[t] = expf(a[k.len - 1] - a[t]) * dt[at.dense(t, h)];
+  __syncthreads();
+  float* out = states + state_at(s, k.nc, k.bi, k.c, h);
+  int64_t m0, n0;
+  ssd_tile(s.state, blockIdx.z, m0, n0);
+  block_gemm<T, kGemmSplitA>(
+      m0, n0, s.head_dim, s.state, k.len, [&](int64_t p, int64_t t) { return weight[t] * to_f32(x[at.x(t, h) + p]); },
+      [&](int64_t t, int64_t n) { return to_f32(B[at.b(t, g) + n]); },
+      [&](int64_t p, int64_t n, float v) { out[p * s.state + n] = v; });
+}
+
+// 4. Block (c + nc * bi, g, tile of [chunk x chunk]); tiles wholly above the
+// diagonal write nothing (nothing reads CB[t, u > t]).
+template <typename T>
+__global__ void ssd_chunk_cb_tc_kernel(SsdShape s, const T* __restrict__ B, const T* __restrict__ C,
+                                       float* __restrict__ cb) {
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t g = k.y;
+  const SsdRows at{s, k};
+  int64_t m0, n0;
+  ssd_tile(k.len, blockIdx.z, m0, n0);
+  if (m0 >= k.len || n0 >= k.len || n0 > m0 + kGemmTileM - 1) return;  // whole block: before any barrier
+  float* out = cb + ((k.bi * k.nc + k.c) * s.groups + g) * s.chunk * s.chunk;
+  block_gemm<T, kGemmAKFast | kGemmBKFast>(
+      m0, n0, k.len, k.len, s.state, [&](int64_t t, int64_t n) { return to_f32(C[at.c(t, g) + n]); },
+      [&](int64_t n, int64_t u) { return to_f32(B[at.b(u, g) + n]); },
+      [&](int64_t t, int64_t u, float v) {
+        if (u <= t) out[t * s.chunk + u] = v;
+      });
+}
+
+// 5. Block (c + nc * bi, h, tile of [chunk x P]). K: the tokens u that rows
+// [m0, m0 + 64) see, then the state.
+template <typename T>
+__global__ void ssd_chunk_output_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                                           const T* __restrict__ C, const float* __restrict__ D,
+                                           const float* __restrict__ cumsum, const float* __restrict__ states,
+                                           const float* __restrict__ cb, float* __restrict__ y) {
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t h = k.y, g = h / (s.heads / s.groups);
+  const SsdRows at{s, k};
+  int64_t m0, n0;
+  ssd_tile(s.head_dim, blockIdx.z, m0, n0);
+  if (m0 >= k.len) return;
+  const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
+  const float* entering = states + state_at(s, k.nc, k.bi, k.c, h);
+  const float* cbc = cb + ((k.bi * k.nc + k.c) * s.groups + g) * s.chunk * s.chunk;
+  const float d = D ? D[h] : 0.0f;
+  const int64_t seen = min(k.len, m0 + kGemmTileM);
+  block_gemm<T, kGemmSplitA | kGemmSplitB | kGemmAKFast>(
+      m0, n0, k.len, s.head_dim, seen + s.state,
+      [&](int64_t t, int64_t j) {
+        if (j >= seen) return expf(a[t]) * to_f32(C[at.c(t, g) + j - seen]);
+        return j <= t ? cbc[t * s.chunk + j] * expf(a[t] - a[j]) * dt[at.dense(j, h)] : 0.0f;
+      },
+      [&](int64_t j, int64_t p) { return j < seen ? to_f32(x[at.x(j, h) + p]) : entering[p * s.state + j - seen]; },
+      [&](int64_t t, int64_t p, float v) { y[at.dense(t, h) * s.head_dim + p] = v + d * to_f32(x[at.x(t, h) + p]); });
+}
+
+// R1. Block (c + nc * bi, h, tile of [P x N]).
+template <typename T>
+__global__ void ssd_reverse_chunk_state_tc_kernel(SsdShape s, const float* __restrict__ dy, const T* __restrict__ C,
+                                                  const float* __restrict__ cumsum, float* __restrict__ rstates) {
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t h = k.y, g = h / (s.heads / s.groups);
+  const SsdRows at{s, k};
+  const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
+  __shared__ float weight[kSsdMaxChunk];
+  for (int64_t t = threadIdx.x; t < k.len; t += blockDim.x) weight[t] = expf(a[t]);
+  __syncthreads();
+  float* out = rstates + state_at(s, k.nc, k.bi, k.c, h);
+  int64_t m0, n0;
+  ssd_tile(s.state, blockIdx.z, m0, n0);
+  block_gemm<T, kGemmSplitA>(
+      m0, n0, s.head_dim, s.state, k.len,
+      [&](int64_t p, int64_t t) { return weight[t] * dy[at.dense(t, h) * s.head_dim + p]; },
+      [&](int64_t t, int64_t n) { return to_f32(C[at.c(t, g) + n]); },
+      [&](int64_t p, int64_t n, float v) { out[p * s.state + n] = v; });
+}
+
+// R3. Block (c + nc * bi, h, tile of [chunk x P]). K: the tokens t >= m0
+// that rows [m0, m0 + 64) see, then the state from the right.
+template <typename T>
+__global__ void ssd_dxdt_tc_kernel(SsdShape s, const float* __restrict__ dt, const T* __restrict__ B,
+                                   const float* __restrict__ D, const float* __restrict__ dy,
+                                   const float* __restrict__ cumsum, const float* __restrict__ rstates,
+                                   const float* __restrict__ cb, float* __restrict__ dxdt, float* __restrict__ dx) {
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t h = k.y, g = h / (s.heads / s.groups);
+  const SsdRows at{s, k};
+  int64_t m0, n0;
+  ssd_tile(s.head_dim, blockIdx.z, m0, n0);
+  if (m0 >= k.len) return;
+  const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
+  const float* from_right = rstates + state_at(s, k.nc, k.bi, k.c, h);
+  const float* cbc = cb + ((k.bi * k.nc + k.c) * s.groups + g) * s.chunk * s.chunk;
+  const float d = D ? D[h] : 0.0f;
+  const int64_t later = k.len - m0;  // tokens t in [m0, len)
+  block_gemm<T, kGemmSplitA | kGemmSplitB>(
+      m0, n0, k.len, s.head_dim, later + s.state,
+      [&](int64_t u, int64_t j) {
+        if (j >= later) return expf(a[k.len - 1] - a[u]) * to_f32(B[at.b(u, g) + j - later]);
+        const int64_t t = m0 + j;
+        return t >= u ? cbc[t * s.chunk + u] * expf(a[t] - a[u]) : 0.0f;
+      },
+      [&](int64_t j, int64_t p) {
+        return j < later ? dy[at.dense(m0 + j, h) * s.head_dim + p] : from_right[p * s.state + j - later];
+      },
+      [&](int64_t u, int64_t p, float v) {
+        const int64_t o = at.dense(u, h) * s.head_dim + p;
+        dxdt[o] = v;
+        dx[o] = dt[at.dense(u, h)] * v + d * dy[o];
+      });
+}
+
+// R4. Block (c + nc * bi, h, tile of [chunk x chunk]); u <= t only.
+template <typename T>
+__global__ void ssd_w_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                                const float* __restrict__ dy, const float* __restrict__ cumsum, float* __restrict__ w) {
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t h = k.y;
+  const SsdRows at{s, k};
+  int64_t m0, n0;
+  ssd_tile(k.len, blockIdx.z, m0, n0);
+  if (m0 >= k.len || n0 >= k.len || n0 > m0 + kGemmTileM - 1) return;
+  const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
+  float* out = w + ((k.bi * k.nc + k.c) * s.heads + h) * s.chunk * s.chunk;
+  block_gemm<T, kGemmSplitA | kGemmAKFast | kGemmBKFast>(
+      m0, n0, k.len, k.len, s.head_dim, [&](int64_t t, int64_t p) { return dy[at.dense(t, h) * s.head_dim + p]; },
+      [&](int64_t p, int64_t u) { return to_f32(x[at.x(u, h) + p]); },
+      [&](int64_t t, int64_t u, float v) {
+        if (u <= t) out[t * s.chunk + u] = expf(a[t] - a[u]) * dt[at.dense(u, h)] * v;
+      });
+}
+
+// R5. Block (c + nc * bi, g, tile): tiles [0, T) of [chunk x N] are dB, tiles
+// [T, 2T) dC. Per head of the group, K holds the chunk's tokens that the
+// rows see and then the head dimension:
+//   dB[j, n] = sum_h sum_{t>=j} W_h[t, j] C_t[n] + sum_p (e^{a_last - a_j} dt_j x_j[p]) Q'_h[p, n]
+//   dC[j, n] = sum_h sum_{u<=j} W_h[j, u] B_u[n] + sum_p (e^{a_j} dy_j[p]) H_h[p, n]
+template <typename T>
+__global__ void ssd_dbdc_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                                   const T* __restrict__ B, const T* __restrict__ C, const float* __restrict__ dy,
+                                   const float* __restrict__ cumsum, const float* __restrict__ states,
+                                   const float* __restrict__ rstates, const float* __restrict__ w,
+                                   float* __restrict__ dB, float* __restrict__ dC) {
+  const SsdChunk k = ssd_chunk(s);
+  const int64_t g = k.y, per_group = s.heads / s.groups, h0 = g * per_group;
+  const SsdRows at{s, k};
+  const int64_t tiles = ssd_tiles(s.chunk, s.state);
+  const bool is_db = blockIdx.z < tiles;
+  int64_t m0, n0;
+  ssd_tile(s.state, is_db ? blockIdx.z : blockIdx.z - tiles, m0, n0);
+  if (m0 >= k.len) return;
+  // Tokens of the first product: t in [m0, len) for dB, u in [0, min(len, m0 + 64)) for dC.
+  const int64_t first = is_db ? m0 : 0, count = is_db ? k.len - m0 : min(k.len, m0 + kGemmTileM);
+  const int64_t per_head = count + s.head_dim;
+  auto cumsum_of = [&](int64_t h) { return cumsum + cumsum_at(s, k.nc, k.bi, h, k.c); };
+  auto w_of = [&](int64_t h) { return w + ((k.bi * k.nc + k.c) * s.heads + h) * s.chunk * s.chunk; };
+  const float* state_from = is_db ? rstates : states;
+  block_gemm<T, kGemmSplitA | kGemmSplitB>(
+      m0, n0, k.len, s.state, per_group * per_head,
+      [&](int64_t j, int64_t kk) {
+        const int64_t h = h0 + kk / per_head, r = kk % per_head;
+        const float* a = cumsum_of(h);
+        if (r >= count) {
+          const int64_t p = r - count;
+          return is_db ? expf(a[k.len - 1] - a[j]) * dt[at.dense(j, h)] * to_f32(x[at.x(j, h) + p])
+                       : expf(a[j]) * dy[at.dense(j, h) * s.head_dim + p];
+        }
+        const int64_t tok = first + r;
+        if (is_db) return tok >= j ? w_of(h)[tok * s.chunk + j] : 0.0f;
+        return tok <= j ? w_of(h)[j * s.chunk + tok] : 0.0f;
+      },
+      [&](int64_t kk, int64_t n) {
+        const int64_t h = h0 + kk / per_head, r = kk % per_head;
+        if (r >= count) return state_from[state_at(s, k.nc, k.bi, k.c, h) + (r - count) * s.state + n];
+        const int64_t tok = first + r;
+        return is_db ? to_f32(C[at.c(tok, g) + n]) : to_f32(B[at.b(tok, g) + n]);
+      },
+      [&](int64_t j, int64_t n, float v) {
+        (is_db ? dB : dC)[((k.bi * s.len + k.t0 + j) * s.groups + g) * s.state + n] = v;
+      });
+}
+
+}  // namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL
