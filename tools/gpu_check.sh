@@ -4,14 +4,16 @@
 # every test there, the CUDA ones included (they skip on CPU-only machines):
 # the kernel parity tests (kernels_test), then the kernels' GPU tests again
 # under compute-sanitizer memcheck when it is installed, then bench_kernels
-# (kernel vs LibTorch reference, TARGETS.md shapes) into bench_kernels.json.
+# (kernel vs LibTorch reference, TARGETS.md shapes) into bench_kernels.json,
+# then bench/distill/bench_distill_job.py (the whole-job rows: distillation
+# step and teacher forward vs transformers + PyTorch) into bench_distill_job.json.
 # Logs go to $OUT (the device tool's result folder) or ./gpu-out.
 #   device run:  bash tools/gpu_check.sh
 # The image lacks the C++ libraries the build needs (fmt, yaml-cpp,
 # GoogleTest, Eigen, nlohmann-json, Boost.Program_options): fetch their
 # Debian packages here once with tools/gpu_deps.sh and carry ".gpu-deps";
 # they are unpacked into a prefix under /tmp (never into /).
-#   --quick  only the tests that touch CUDA, and bench_kernels --quick
+#   --quick  only the tests that touch CUDA, bench_kernels --quick, 5 job steps
 # GPU_CHECK_COMMIT names the commit in the results where the copy has no .git.
 # Kernels are compiled for this machine's GPU only (GPU_CHECK_ARCHS,
 # default "native").
@@ -63,7 +65,7 @@ fi
 grep -E "tests passed|Failed|\*\*\*" "$LOG/ctest.log" | grep -v "Skipped" | tail -n 20 || true
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$SAN" ]; then
-  timeout 300 "$SAN" --tool memcheck --error-exitcode 9 tests/kernels/kernels_test \
+  timeout $([ "$QUICK" = 1 ] && echo 150 || echo 300) "$SAN" --tool memcheck --error-exitcode 9 tests/kernels/kernels_test \
     --gtest_filter='*Cuda*:ModelOnKernels*' > "$LOG/memcheck.log" 2>&1 || rc=1
   tail -n 3 "$LOG/memcheck.log"
 else
@@ -75,4 +77,13 @@ bench/kernels/bench_kernels "${BENCH_ARGS[@]}" --meta date="$(date -u +%F)" --me
   --meta gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)" \
   > "$LOG/bench_kernels.json" 2> "$LOG/bench_kernels.err" || rc=1
 cat "$LOG/bench_kernels.json"
+# The whole-job rows: distillation step and teacher forward on the TARGETS.md
+# models, ours (SSD kernels off and on) against transformers + PyTorch.
+JOB_STEPS=12
+[ "$QUICK" = 1 ] && JOB_STEPS=5
+timeout 420 "$PY" "$ROOT/bench/distill/bench_distill_job.py" --bin bin/minipuzzle --steps "$JOB_STEPS" \
+  --meta date="$(date -u +%F)" --meta commit="${GPU_CHECK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
+  --meta gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)" \
+  > "$LOG/bench_distill_job.json" 2> "$LOG/bench_distill_job.err" || rc=1
+cat "$LOG/bench_distill_job.json"
 exit "$rc"

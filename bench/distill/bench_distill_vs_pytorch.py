@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,10 @@ import torch
 import torch.nn.functional as F
 from transformers import NemotronHForCausalLM
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from megatron_data import write_dataset  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_dataset(prefix: Path, tokens: np.ndarray) -> None:
-    """One-sequence Megatron MMIDIDX v1 dataset, uint16."""
-    Path(str(prefix) + ".bin").write_bytes(tokens.astype("<u2").tobytes())
-    idx = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1) + struct.pack("<B", 8) + struct.pack("<QQ", 1, 2)
-    idx += np.array([len(tokens)], "<i4").tobytes() + np.array([0], "<i8").tobytes() + np.array([0, 1], "<i8").tobytes()
-    Path(str(prefix) + ".idx").write_bytes(idx)
 
 
 def pytorch_loop(teacher_dir, student_dir, tokens, a) -> float:

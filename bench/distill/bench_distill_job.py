@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""The whole-job rows of ../shared/TARGETS.md: a distillation step (teacher
+forward + student forward/backward + AdamW) and a teacher forward, in tokens
+per second, peak accelerator memory and MFU, `minipuzzle` against HF
+transformers' NemotronHForCausalLM with a plain PyTorch KL loss and AdamW,
+on the same models and random tokens, in the same run.
+
+  python bench/distill/bench_distill_job.py [--scale targets|tiny] [--steps N]
+      [--bin build/bin/minipuzzle] [--ssd-kernel both|on|off] [--meta key=value ...]
+
+--scale targets (the default; needs a GPU): the TARGETS.md teacher (hidden
+2048, pattern M-M-M-M*-M-M-, FFN 8192, 64 Mamba heads x 64, 16 attention
+heads / 8 KV, vocab 131072, 0.93B parameters) and student (hidden 1536, FFN
+6144, 48 Mamba heads, 0.63B), b=1, L=2048, bf16 compute on cuda. --scale
+tiny: a small pair on the CPU in fp32 (what the CPU test runs). Random
+weights: throughput does not depend on them.
+
+Ours runs `minipuzzle distill` (fp32 master weights, bf16 compute) and
+`minipuzzle eval` (teacher forward); with --ssd-kernel both, the
+distillation runs twice, with our SSD kernels off (the default) and on
+(MINIPUZZLE_SSD_KERNEL=1). The baseline: teacher in bf16, student fp32
+weights under bf16 autocast, F.kl_div on fp32 log-softmaxes,
+torch.optim.AdamW, gradient clipping. Steps after the first are timed.
+MFU = tokens/s x (6 x student + 2 x teacher non-embedding parameters) /
+989 TFLOP/s (H100 bf16 dense), as TARGETS.md counts it.
+
+Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from megatron_data import write_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+PEAK_FLOPS = 989e12
+
+TEACHER = {"hidden": 2048, "pattern": "M-M-M-M*-M-M-", "ffn": 8192, "mamba-heads": 64, "mamba-head-dim": 64,
+           "state": 128, "groups": 8, "attn-heads": 16, "kv-heads": 8, "head-dim": 128, "vocab": 131072,
+           "chunk": 128}
+SCALES = {
+    "targets": {"teacher": TEACHER, "student": {**TEACHER, "hidden": 1536, "ffn": 6144, "mamba-heads": 48},
+                "seq_len": 2048, "device": "cuda", "dtype": "bf16", "eval_windows": 24},
+    "tiny": {"teacher": {"hidden": 64, "pattern": "M-M*-", "ffn": 128, "mamba-heads": 4, "mamba-head-dim": 16,
+                         "state": 16, "groups": 2, "attn-heads": 4, "kv-heads": 2, "head-dim": 16, "vocab": 512,
+                         "chunk": 32},
+             "student": {"hidden": 48, "pattern": "M-M*-", "ffn": 96, "mamba-heads": 3, "mamba-head-dim": 16,
+                         "state": 16, "groups": 1, "attn-heads": 4, "kv-heads": 2, "head-dim": 16, "vocab": 512,
+                         "chunk": 32},
+             "seq_len": 64, "device": "cpu", "dtype": "fp32", "eval_windows": 4},
+}
+
+
+def make_model(out: Path, cfg: dict, seed: int) -> None:
+    args = [sys.executable, str(ROOT / "tools" / "make_tiny_model.py"), "--out", str(out), "--seed", str(seed)]
+    for k, v in cfg.items():
+        args += [f"--{k}", str(v)]
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def non_embedding_parameters(model_dir: Path) -> int:
+    """Parameters outside the embedding and the LM head, read from the files."""
+    n = 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for name in st.keys():
+                if "embed" in name or "lm_head" in name:
+                    continue
+                n += int(np.prod(st.get_slice(name).get_shape()))
+    return n
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gib(dev: torch.device):
+    return torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+
+
+def ours_distill(a, s, tmp: Path, ssd_kernel: bool) -> dict:
+    run = tmp / ("run-ssd-kernel" if ssd_kernel else "run")
+    env = dict(os.environ, MINIPUZZLE_SSD_KERNEL="1" if ssd_kernel else "0")
+    subprocess.run([a.bin, "distill", "--teacher", tmp / "teacher", "--student", tmp / "student", "--data",
+                    tmp / "data", "--out", run, "--steps", str(a.steps), "--seq-len", str(s["seq_len"]),
+                    "--micro-batch", "1", "--global-batch", "1", "--lr", "1e-4", "--warmup", "0",
+                    "--eval-tokens", str(s["seq_len"]), "--dtype", s["dtype"], "--device", s["device"]],
+                   check=True, capture_output=True, env=env)
+    steps = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' not in l]
+    steps = [r for r in steps if "step" in r]
+    tps = (steps[-1]["tokens"] - steps[0]["tokens"]) / (steps[-1]["seconds"] - steps[0]["seconds"])
+    peaks = [r["device_peak_bytes"] for r in steps if "device_peak_bytes" in r]
+    return {"tokens_per_second": tps, "peak_gib": max(peaks) / 2**30 if peaks else None,
+            "ssd_kernel": ssd_kernel}
+
+
+def ours_teacher_forward(a, s, tmp: Path) -> dict:
+    out = subprocess.run([a.bin, "eval", tmp / "teacher", "--data", tmp / "data", "--seq-len", str(s["seq_len"]),
+                          "--batch", "1", "--max-tokens", str(s["eval_windows"] * s["seq_len"]), "--dtype",
+                          s["dtype"], "--device", s["device"], "--json"], check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout)
+    return {"tokens_per_second": r["tokens_per_second"], "note": "all windows timed, the first included"}
+
+
+def hf_distill(a, s, tmp: Path, tokens: np.ndarray) -> dict:
+    from transformers import NemotronHForCausalLM
+
+    dev = torch.device(s["device"])
+    half = s["dtype"] == "bf16"
+    teacher = NemotronHForCausalLM.from_pretrained(tmp / "teacher", dtype=torch.bfloat16 if half else torch.float32)
+    teacher = teacher.to(dev).eval()
+    student = NemotronHForCausalLM.from_pretrained(tmp / "student", dtype=torch.float32).to(dev).train()
+    decay = [p for n, p in student.named_parameters() if p.dim() >= 2]
+    other = [p for n, p in student.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.95))
+    L = s["seq_len"]
+    windows = (len(tokens) - 1) // L
+    rng = np.random.default_rng(0)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0, done = None, 0
+    for step in range(a.steps):
+        if step == 1:
+            sync(dev)
+            t0 = time.perf_counter()
+        start = int(rng.integers(0, windows)) * L
+        ids = torch.tensor(tokens[start:start + L], dtype=torch.long, device=dev)[None]
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
+            with torch.no_grad():
+                t_logits = teacher(input_ids=ids, use_cache=False).logits
+            s_logits = student(input_ids=ids, use_cache=False).logits
+        loss = F.kl_div(F.log_softmax(s_logits.float(), -1).flatten(0, 1),
+                        F.log_softmax(t_logits.float(), -1).flatten(0, 1), log_target=True, reduction="batchmean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= 1:
+            done += ids.numel()
+    sync(dev)
+    return {"tokens_per_second": done / (time.perf_counter() - t0), "peak_gib": peak_gib(dev)}
+
+
+def hf_teacher_forward(a, s, tmp: Path, tokens: np.ndarray) -> dict:
+    from transformers import NemotronHForCausalLM
+
+    dev = torch.device(s["device"])
+    dtype = torch.bfloat16 if s["dtype"] == "bf16" else torch.float32
+    teacher = NemotronHForCausalLM.from_pretrained(tmp / "teacher", dtype=dtype).to(dev).eval()
+    L, n = s["seq_len"], s["eval_windows"]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for w in range(n):
+            ids = torch.tensor(tokens[w * L:(w + 1) * L], dtype=torch.long, device=dev)[None]
+            teacher(input_ids=ids, use_cache=False).logits.float().argmax(-1).sum().item()
+    sync(dev)
+    return {"tokens_per_second": n * L / (time.perf_counter() - t0), "note": "all windows timed, the first included"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", choices=sorted(SCALES), default="targets")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--bin", default=str(ROOT / "build" / "bin" / "minipuzzle"))
+    ap.add_argument("--ssd-kernel", choices=["both", "on", "off"], default="both")
+    ap.add_argument("--meta", action="append", default=[])
+    a = ap.parse_args()
+    s = SCALES[a.scale]
+    if a.steps < 2:
+        print("bench_distill_job: --steps must be at least 2 (the first is not timed)", file=sys.stderr)
+        return 2
+    if s["device"] == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"benchmark": "distill_job", "skipped": "no CUDA device"}))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_model(tmp / "teacher", s["teacher"], 0)
+        make_model(tmp / "student", s["student"], 1)
+        vocab = s["teacher"]["vocab"]
+        tokens = np.random.default_rng(1).integers(0, vocab, s["seq_len"] * max(64, s["eval_windows"] + 1) + 1)
+        write_dataset(tmp / "data", tokens)
+        kernels = {"both": [False, True], "on": [True], "off": [False]}[a.ssd_kernel]
+        ours = [ours_distill(a, s, tmp, k) for k in kernels]
+        ours_fwd = ours_teacher_forward(a, s, tmp)
+        hf = hf_distill(a, s, tmp, tokens)
+        hf_fwd = hf_teacher_forward(a, s, tmp, tokens)
+        n_student, n_teacher = non_embedding_parameters(tmp / "student"), non_embedding_parameters(tmp / "teacher")
+    flops_per_token = 6 * n_student + 2 * n_teacher
+    mfu = lambda tps: tps * flops_per_token / PEAK_FLOPS  # noqa: E731
+    for r in ours + [hf]:
+        r["mfu"] = mfu(r["tokens_per_second"])
+    best = max(ours, key=lambda r: r["tokens_per_second"])
+    out = {"benchmark": "distill_job", "scale": a.scale, "device": s["device"], "dtype": s["dtype"],
+           "models": {"teacher": s["teacher"], "student": s["student"], "teacher_non_embedding": n_teacher,
+                      "student_non_embedding": n_student},
+           "run": {"batch": 1, "seq_len": s["seq_len"], "steps_timed": a.steps - 1,
+                   "teacher_forward_windows": s["eval_windows"]},
+           "distill_step": {"ours": ours, "hf_pytorch": hf,
+                            "speedup": best["tokens_per_second"] / hf["tokens_per_second"]},
+           "teacher_forward": {"ours": ours_fwd, "hf_pytorch": hf_fwd,
+                               "speedup": ours_fwd["tokens_per_second"] / hf_fwd["tokens_per_second"]}}
+    for kv in a.meta:
+        k, _, v = kv.partition("=")
+        out[k] = v
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
