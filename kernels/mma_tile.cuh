@@ -14,6 +14,10 @@
 
 #ifdef __CUDACC__
 #include <mma.h>
+#else
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #endif
 
 // Namespace: see device_math.cuh.
@@ -58,6 +62,16 @@ struct MmaAcc {
 
 inline int mma_lane() { return static_cast<int>(threadIdx.x % 32); }
 
+// What wmma requires of a tile pointer and its leading dimension (elements
+// of `bytes` each): 256-bit aligned, ld a multiple of 16 bytes. The device
+// leaves a violation undefined; the emulation stops on it.
+inline void mma_check_layout(const void* p, int ld, int bytes) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (ld * bytes) % 16 != 0) {
+    std::fprintf(stderr, "mma tile: pointer %p or leading dimension %d breaks wmma's alignment\n", p, ld);
+    std::abort();
+  }
+}
+
 template <typename T>
 inline void mma_zero(MmaAcc<T>& acc) {
   for (float& v : acc.v) v = 0.0f;
@@ -66,6 +80,8 @@ inline void mma_zero(MmaAcc<T>& acc) {
 // Products exact in fp32 (16-bit operands), summed in fp32.
 template <typename T>
 inline void mma_step(MmaAcc<T>& acc, const T* a, int lda, const T* b, int ldb) {
+  mma_check_layout(a, lda, sizeof(T));
+  mma_check_layout(b, ldb, sizeof(T));
   for (int e = mma_lane(); e < kMmaTile * kMmaTile; e += 32) {
     const int i = e / kMmaTile, j = e % kMmaTile;
     float sum = acc.v[e];
@@ -76,6 +92,7 @@ inline void mma_step(MmaAcc<T>& acc, const T* a, int lda, const T* b, int ldb) {
 
 template <typename T>
 inline void mma_store(float* out, int ldo, const MmaAcc<T>& acc) {
+  mma_check_layout(out, ldo, sizeof(float));
   for (int e = mma_lane(); e < kMmaTile * kMmaTile; e += 32) out[e / kMmaTile * ldo + e % kMmaTile] = acc.v[e];
 }
 

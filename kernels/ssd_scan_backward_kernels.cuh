@@ -3,6 +3,8 @@
 //   dxdt_s = sum_{t>=s} (C_t.B_s) e^{a_t - a_s} dy_t         (a reverse-time scan)
 //   dx_s   = dt_s dxdt_s + D dy_s
 //   dB_s   = sum_heads sum_p xdt_s[p] g_s[p, :],  g_s = sum_{t>=s} e^{a_t-a_s} dy_t C_t^T
+//            (within a chunk: sum_{t>=s} W[t, s] C_t, W summed over the group's
+//            heads, since C belongs to the group; likewise for dC)
 //   dC_t   = sum_heads sum_p dy_t[p] h_t[p, :],   h_t the forward state at t
 //   da_t   = dy_t . (y_t - D x_t) - xdt_t . dxdt_t      (d loss / d a_t)
 //   ddt_r  = x_r . dxdt_r + A sum_{t>=r} da_t,  dA = sum_r dt_r sum_{t>=r} da_t,
@@ -13,7 +15,8 @@
 //   R2 reverse passing       G_c = sum over later chunks (state entering c from the right;
 //                            ssd_state_passing_kernel right to left)
 //   R3 dxdt and dx                                                           block per (b, c, h)
-//   R4 W[t, s] = e^{a[t]-a[s]} dt_s (x_s . dy_t), s <= t                      block per (b, c, h)
+//   R4 W[t, s] = sum over the group's heads of e^{a[t]-a[s]} dt_s (x_s . dy_t),
+//      s <= t                                                               block per (b, c, g)
 //   R5 dB, dC (sums over the heads of a group, no atomics)                   block per (b, c, g)
 //   R6 per-token dots da, x.dxdt, dy.x                                        one thread per (b, t, h)
 //   R7 reverse cumsum of da: ddt, dA, dD; through softplus and clamp to the
@@ -39,7 +42,7 @@ inline void ssd_backward_piece_sizes(const SsdShape& s, size_t sizes[kSsdBackwar
   size_t* own = sizes + kSsdPieces;
   own[0] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // y without D
   own[1] = ssd_align(sizeof(float) * b * nc * s.heads * s.head_dim * s.state);  // reverse states
-  own[2] = ssd_align(sizeof(float) * b * nc * s.heads * s.chunk * s.chunk);     // W
+  own[2] = ssd_align(sizeof(float) * b * nc * s.groups * s.chunk * s.chunk);    // W per group
   own[3] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // dxdt
   own[4] = own[5] = own[6] = ssd_align(sizeof(float) * tokens);                // da, x.dxdt, dy.x
 }
@@ -109,21 +112,30 @@ __global__ void ssd_dxdt_kernel(SsdShape s, const float* __restrict__ dt, const 
   }
 }
 
-// R4. Block (c + nc * bi, h): W[t, u] for u <= t.
+// Where W of (sequence bi, chunk c, group g) starts: [b, nc, G, chunk, chunk].
+__host__ __device__ inline int64_t w_at(const SsdShape& s, int64_t nc, int64_t bi, int64_t c, int64_t g) {
+  return ((bi * nc + c) * s.groups + g) * s.chunk * s.chunk;
+}
+
+// R4. Block (c + nc * bi, g): W[t, u] for u <= t, summed over the group's heads.
 template <typename T>
 __global__ void ssd_w_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
                              const float* __restrict__ dy, const float* __restrict__ cumsum, float* __restrict__ w) {
   const SsdChunk k = ssd_chunk(s);
-  const int64_t nc = k.nc, c = k.c, bi = k.bi, h = k.y, t0 = k.t0, len = k.len;
-  const float* a = cumsum + cumsum_at(s, nc, bi, h, c);
-  float* out = w + ((bi * nc + c) * s.heads + h) * s.chunk * s.chunk;
+  const int64_t nc = k.nc, c = k.c, bi = k.bi, g = k.y, t0 = k.t0, len = k.len, per_group = s.heads / s.groups;
+  float* out = w + w_at(s, nc, bi, c, g);
   for (int64_t e = threadIdx.x; e < len * len; e += blockDim.x) {
     const int64_t t = e / len, u = e % len;
     if (u > t) continue;
-    const float* dyt = dy + bh_at(s, bi, t0 + t, h) * s.head_dim;
-    float dot = 0.0f;
-    for (int64_t p = 0; p < s.head_dim; ++p) dot += to_f32(x[x_at(s, bi, t0 + u, h, p)]) * dyt[p];
-    out[t * s.chunk + u] = expf(a[t] - a[u]) * dt[bh_at(s, bi, t0 + u, h)] * dot;
+    float sum = 0.0f;
+    for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
+      const float* a = cumsum + cumsum_at(s, nc, bi, h, c);
+      const float* dyt = dy + bh_at(s, bi, t0 + t, h) * s.head_dim;
+      float dot = 0.0f;
+      for (int64_t p = 0; p < s.head_dim; ++p) dot += to_f32(x[x_at(s, bi, t0 + u, h, p)]) * dyt[p];
+      sum += expf(a[t] - a[u]) * dt[bh_at(s, bi, t0 + u, h)] * dot;
+    }
+    out[t * s.chunk + u] = sum;
   }
 }
 
@@ -137,17 +149,17 @@ __global__ void ssd_dbdc_kernel(SsdShape s, const T* __restrict__ x, const float
                                 float* __restrict__ dB, float* __restrict__ dC) {
   const SsdChunk k = ssd_chunk(s);
   const int64_t nc = k.nc, c = k.c, bi = k.bi, g = k.y, t0 = k.t0, len = k.len, per_group = s.heads / s.groups;
+  const float* wc = w + w_at(s, nc, bi, c, g);
   for (int64_t e = threadIdx.x; e < len * s.state; e += blockDim.x) {
     const int64_t j = e / s.state, n = e % s.state, tok = t0 + j;
     float db = 0.0f, dc = 0.0f;
+    for (int64_t t = j; t < len; ++t)
+      db += wc[t * s.chunk + j] * to_f32(C[bi * s.c_batch_stride + (t0 + t) * s.c_token_stride + g * s.state + n]);
+    for (int64_t u = 0; u <= j; ++u)
+      dc += wc[j * s.chunk + u] * to_f32(B[bi * s.b_batch_stride + (t0 + u) * s.b_token_stride + g * s.state + n]);
     for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
       const float* a = cumsum + cumsum_at(s, nc, bi, h, c);
-      const float* wc = w + ((bi * nc + c) * s.heads + h) * s.chunk * s.chunk;
       const int64_t state0 = state_at(s, nc, bi, c, h) + n;
-      for (int64_t t = j; t < len; ++t)
-        db += wc[t * s.chunk + j] * to_f32(C[bi * s.c_batch_stride + (t0 + t) * s.c_token_stride + g * s.state + n]);
-      for (int64_t u = 0; u <= j; ++u)
-        dc += wc[j * s.chunk + u] * to_f32(B[bi * s.b_batch_stride + (t0 + u) * s.b_token_stride + g * s.state + n]);
       float x_right = 0.0f, dy_left = 0.0f;
       const float* dyj = dy + bh_at(s, bi, tok, h) * s.head_dim;
       for (int64_t p = 0; p < s.head_dim; ++p) {

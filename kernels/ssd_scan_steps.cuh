@@ -100,10 +100,10 @@ void ssd_backward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in,
   ssd_either<T>(
       s,
       [&](auto t) {
-        launch(ssd_w_tc_kernel<decltype(t)>, ssd_chunk_grid(s, s.heads, ssd_tiles(s.chunk, s.chunk)), s, x, dt, dy,
+        launch(ssd_w_tc_kernel<decltype(t)>, ssd_chunk_grid(s, s.groups, ssd_tiles(s.chunk, s.chunk)), s, x, dt, dy,
                cumsum, ws.w);
       },
-      [&] { launch(ssd_w_kernel<T>, ssd_chunk_grid(s, s.heads), s, x, dt, dy, cumsum, ws.w); });
+      [&] { launch(ssd_w_kernel<T>, ssd_chunk_grid(s, s.groups), s, x, dt, dy, cumsum, ws.w); });
   const float* w = ws.w;
   ssd_either<T>(
       s,

@@ -8,9 +8,10 @@
 //   5  output    y[t, p]  = sum_u (CB[t,u] e^{a_t - a_u} dt_u) x_u[p] + sum_n (e^{a_t} C_t[n]) H[p, n]
 //   R1 rstates   Q[p, n]  = sum_t (e^{a_t} dy_t[p]) C_t[n]
 //   R3 dxdt      dxdt[u, p] = sum_{t>=u} (CB[t,u] e^{a_t - a_u}) dy_t[p] + sum_n (e^{a_last - a_u} B_u[n]) Q'[p, n]
-//   R4 W         W[t, u]  = e^{a_t - a_u} dt_u sum_p dy_t[p] x_u[p]     (u <= t tiles only)
-//   R5 dB, dC    sums over the group's heads of two products each, one GEMM
-//                with K = heads x (tokens + head_dim)
+//   R4 W         W[t, u]  = sum_h e^{a_t - a_u} dt_u sum_p dy_t[p] x_u[p]  (u <= t tiles only;
+//                one product per head of the group, summed in the epilogue)
+//   R5 dB, dC    W against C (or B), plus per head the head dimension against
+//                that head's state: one GEMM, K = tokens + heads x head_dim
 // A sum over a second quantity is the same GEMM with a longer K (the two
 // pieces side by side), so each output is written once, without atomics.
 // Rows that a triangular mask zeroes are left out of K, not multiplied.
@@ -174,31 +175,41 @@ __global__ void ssd_dxdt_tc_kernel(SsdShape s, const float* __restrict__ dt, con
       });
 }
 
-// R4. Block (c + nc * bi, h, tile of [chunk x chunk]); u <= t only.
+// R4. Block (c + nc * bi, g, tile of [chunk x chunk]); u <= t only. One
+// product per head of the group, each added in the epilogue (which gives
+// every element to the same thread each time: no race, a fixed order).
 template <typename T>
 __global__ void ssd_w_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
-                                const float* __restrict__ dy, const float* __restrict__ cumsum, float* __restrict__ w) {
+                                const float* __restrict__ dy, const float* __restrict__ cumsum,
+                                float* __restrict__ w) {
   const SsdChunk k = ssd_chunk(s);
-  const int64_t h = k.y;
+  const int64_t g = k.y, per_group = s.heads / s.groups;
   const SsdRows at{s, k};
   int64_t m0, n0;
   ssd_tile(k.len, blockIdx.z, m0, n0);
   if (m0 >= k.len || n0 >= k.len || n0 > m0 + kGemmTileM - 1) return;
-  const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
-  float* out = w + ((k.bi * k.nc + k.c) * s.heads + h) * s.chunk * s.chunk;
-  block_gemm<T, kGemmSplitA | kGemmAKFast | kGemmBKFast>(
-      m0, n0, k.len, k.len, s.head_dim, [&](int64_t t, int64_t p) { return dy[at.dense(t, h) * s.head_dim + p]; },
-      [&](int64_t p, int64_t u) { return to_f32(x[at.x(u, h) + p]); },
-      [&](int64_t t, int64_t u, float v) {
-        if (u <= t) out[t * s.chunk + u] = expf(a[t] - a[u]) * dt[at.dense(u, h)] * v;
-      });
+  float* out = w + w_at(s, k.nc, k.bi, k.c, g);
+  for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
+    const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
+    const bool first = h == g * per_group;
+    block_gemm<T, kGemmSplitA | kGemmAKFast | kGemmBKFast>(
+        m0, n0, k.len, k.len, s.head_dim,
+        [&](int64_t t, int64_t p) { return dy[at.dense(t, h) * s.head_dim + p]; },
+        [&](int64_t p, int64_t u) { return to_f32(x[at.x(u, h) + p]); },
+        [&](int64_t t, int64_t u, float v) {
+          if (u > t) return;
+          const float term = expf(a[t] - a[u]) * dt[at.dense(u, h)] * v;
+          out[t * s.chunk + u] = first ? term : out[t * s.chunk + u] + term;
+        });
+  }
 }
 
 // R5. Block (c + nc * bi, g, tile): tiles [0, T) of [chunk x N] are dB, tiles
-// [T, 2T) dC. Per head of the group, K holds the chunk's tokens that the
-// rows see and then the head dimension:
-//   dB[j, n] = sum_h sum_{t>=j} W_h[t, j] C_t[n] + sum_p (e^{a_last - a_j} dt_j x_j[p]) Q'_h[p, n]
-//   dC[j, n] = sum_h sum_{u<=j} W_h[j, u] B_u[n] + sum_p (e^{a_j} dy_j[p]) H_h[p, n]
+// [T, 2T) dC. K holds the chunk's tokens that the rows see (W is the group's
+// sum over heads, and B, C belong to the group), then head by head the head
+// dimension:
+//   dB[j, n] = sum_{t>=j} W[t, j] C_t[n] + sum_h sum_p (e^{a_last - a_j} dt_j x_j[p]) Q'_h[p, n]
+//   dC[j, n] = sum_{u<=j} W[j, u] B_u[n] + sum_h sum_p (e^{a_j} dy_j[p]) H_h[p, n]
 template <typename T>
 __global__ void ssd_dbdc_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
                                    const T* __restrict__ B, const T* __restrict__ C, const float* __restrict__ dy,
@@ -215,28 +226,27 @@ __global__ void ssd_dbdc_tc_kernel(SsdShape s, const T* __restrict__ x, const fl
   if (m0 >= k.len) return;
   // Tokens of the first product: t in [m0, len) for dB, u in [0, min(len, m0 + 64)) for dC.
   const int64_t first = is_db ? m0 : 0, count = is_db ? k.len - m0 : min(k.len, m0 + kGemmTileM);
-  const int64_t per_head = count + s.head_dim;
-  auto cumsum_of = [&](int64_t h) { return cumsum + cumsum_at(s, k.nc, k.bi, h, k.c); };
-  auto w_of = [&](int64_t h) { return w + ((k.bi * k.nc + k.c) * s.heads + h) * s.chunk * s.chunk; };
+  const float* wg = w + w_at(s, k.nc, k.bi, k.c, g);
   const float* state_from = is_db ? rstates : states;
   block_gemm<T, kGemmSplitA | kGemmSplitB>(
-      m0, n0, k.len, s.state, per_group * per_head,
+      m0, n0, k.len, s.state, count + per_group * s.head_dim,
       [&](int64_t j, int64_t kk) {
-        const int64_t h = h0 + kk / per_head, r = kk % per_head;
-        const float* a = cumsum_of(h);
-        if (r >= count) {
-          const int64_t p = r - count;
-          return is_db ? expf(a[k.len - 1] - a[j]) * dt[at.dense(j, h)] * to_f32(x[at.x(j, h) + p])
-                       : expf(a[j]) * dy[at.dense(j, h) * s.head_dim + p];
+        if (kk < count) {
+          const int64_t tok = first + kk;
+          if (is_db) return tok >= j ? wg[tok * s.chunk + j] : 0.0f;
+          return tok <= j ? wg[j * s.chunk + tok] : 0.0f;
         }
-        const int64_t tok = first + r;
-        if (is_db) return tok >= j ? w_of(h)[tok * s.chunk + j] : 0.0f;
-        return tok <= j ? w_of(h)[j * s.chunk + tok] : 0.0f;
+        const int64_t h = h0 + (kk - count) / s.head_dim, p = (kk - count) % s.head_dim;
+        const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
+        return is_db ? expf(a[k.len - 1] - a[j]) * dt[at.dense(j, h)] * to_f32(x[at.x(j, h) + p])
+                     : expf(a[j]) * dy[at.dense(j, h) * s.head_dim + p];
       },
       [&](int64_t kk, int64_t n) {
-        const int64_t h = h0 + kk / per_head, r = kk % per_head;
-        if (r >= count) return state_from[state_at(s, k.nc, k.bi, k.c, h) + (r - count) * s.state + n];
-        const int64_t tok = first + r;
+        if (kk >= count) {
+          const int64_t h = h0 + (kk - count) / s.head_dim, p = (kk - count) % s.head_dim;
+          return state_from[state_at(s, k.nc, k.bi, k.c, h) + p * s.state + n];
+        }
+        const int64_t tok = first + kk;
         return is_db ? to_f32(C[at.c(tok, g) + n]) : to_f32(B[at.b(tok, g) + n]);
       },
       [&](int64_t j, int64_t n, float v) {

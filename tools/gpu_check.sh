@@ -13,7 +13,9 @@
 # GoogleTest, Eigen, nlohmann-json, Boost.Program_options): fetch their
 # Debian packages here once with tools/gpu_deps.sh and carry ".gpu-deps";
 # they are unpacked into a prefix under /tmp (never into /).
-#   --quick  only the tests that touch CUDA, bench_kernels --quick, 5 job steps
+#   --quick  only the tests that touch CUDA, and bench_kernels --quick
+#   --job    only bench_distill_job.py (a second call: ./build-gpu is kept
+#            while the machine stays warm, so the build is incremental)
 # GPU_CHECK_COMMIT names the commit in the results where the copy has no .git.
 # Kernels are compiled for this machine's GPU only (GPU_CHECK_ARCHS,
 # default "native").
@@ -21,8 +23,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 LOG=${OUT:-$ROOT/gpu-out}
-QUICK=0
-[ "${1:-}" = "--quick" ] && QUICK=1
+MODE=all
+case "${1:-}" in
+  --quick) MODE=quick ;;
+  --job) MODE=job ;;
+  "") ;;
+  *) echo "gpu_check: unknown option ${1} (expected --quick or --job)" >&2; exit 2 ;;
+esac
 mkdir -p "$LOG"
 nvidia-smi > "$LOG/nvidia-smi.txt" 2>&1 || true
 PREFIX="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
@@ -55,35 +62,37 @@ if ! grep -q "CUDA kernels: on" "$LOG/configure.log"; then
   echo "gpu_check: kernels/ was not compiled (nvcc not found, or torch without CUDA): the kernel tests skip" >&2
   rc=1
 fi
-# The tests with CUDA cases: kernels, the model, the trainer, the KD loss, parity with transformers.
-GPU_TESTS='kernels_test|model_test|distill_trainer|distill_kd_loss|oracle_forward_parity'
-if [ "$QUICK" = 1 ]; then
-  ctest --output-on-failure -j 4 -R "$GPU_TESTS" > "$LOG/ctest.log" 2>&1 || rc=1
-else
-  ctest --output-on-failure -j 8 > "$LOG/ctest.log" 2>&1 || rc=1
+COMMIT="${GPU_CHECK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
+if [ "$MODE" != job ]; then
+  # The tests with CUDA cases: kernels, the model, the trainer, the KD loss, parity with transformers.
+  GPU_TESTS='kernels_test|model_test|distill_trainer|distill_kd_loss|oracle_forward_parity'
+  if [ "$MODE" = quick ]; then
+    ctest --output-on-failure -j 4 -R "$GPU_TESTS" > "$LOG/ctest.log" 2>&1 || rc=1
+  else
+    ctest --output-on-failure -j 8 > "$LOG/ctest.log" 2>&1 || rc=1
+  fi
+  grep -E "tests passed|Failed|\*\*\*" "$LOG/ctest.log" | grep -v "Skipped" | tail -n 20 || true
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  if [ -n "$SAN" ]; then
+    timeout $([ "$MODE" = quick ] && echo 150 || echo 300) "$SAN" --tool memcheck --error-exitcode 9 \
+      tests/kernels/kernels_test --gtest_filter='*Cuda*:ModelOnKernels*' > "$LOG/memcheck.log" 2>&1 || rc=1
+    tail -n 3 "$LOG/memcheck.log"
+  else
+    echo "compute-sanitizer not found: memcheck skipped" | tee "$LOG/memcheck.log"
+  fi
+  BENCH_ARGS=()
+  [ "$MODE" = quick ] && BENCH_ARGS+=(--quick)
+  bench/kernels/bench_kernels "${BENCH_ARGS[@]}" --meta date="$(date -u +%F)" --meta commit="$COMMIT" \
+    --meta gpu="$GPU_NAME" > "$LOG/bench_kernels.json" 2> "$LOG/bench_kernels.err" || rc=1
+  cat "$LOG/bench_kernels.json"
 fi
-grep -E "tests passed|Failed|\*\*\*" "$LOG/ctest.log" | grep -v "Skipped" | tail -n 20 || true
-SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-if [ -n "$SAN" ]; then
-  timeout $([ "$QUICK" = 1 ] && echo 150 || echo 300) "$SAN" --tool memcheck --error-exitcode 9 tests/kernels/kernels_test \
-    --gtest_filter='*Cuda*:ModelOnKernels*' > "$LOG/memcheck.log" 2>&1 || rc=1
-  tail -n 3 "$LOG/memcheck.log"
-else
-  echo "compute-sanitizer not found: memcheck skipped" | tee "$LOG/memcheck.log"
+if [ "$MODE" != quick ]; then
+  # The whole-job rows: distillation step and teacher forward on the TARGETS.md
+  # models, ours (SSD kernels off and on) against transformers + PyTorch.
+  timeout 540 "$PY" "$ROOT/bench/distill/bench_distill_job.py" --bin bin/minipuzzle --steps 10 \
+    --meta date="$(date -u +%F)" --meta commit="$COMMIT" --meta gpu="$GPU_NAME" \
+    > "$LOG/bench_distill_job.json" 2> "$LOG/bench_distill_job.err" || rc=1
+  cat "$LOG/bench_distill_job.json"
 fi
-BENCH_ARGS=()
-[ "$QUICK" = 1 ] && BENCH_ARGS+=(--quick)
-bench/kernels/bench_kernels "${BENCH_ARGS[@]}" --meta date="$(date -u +%F)" --meta commit="${GPU_CHECK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
-  --meta gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)" \
-  > "$LOG/bench_kernels.json" 2> "$LOG/bench_kernels.err" || rc=1
-cat "$LOG/bench_kernels.json"
-# The whole-job rows: distillation step and teacher forward on the TARGETS.md
-# models, ours (SSD kernels off and on) against transformers + PyTorch.
-JOB_STEPS=12
-[ "$QUICK" = 1 ] && JOB_STEPS=5
-timeout 420 "$PY" "$ROOT/bench/distill/bench_distill_job.py" --bin bin/minipuzzle --steps "$JOB_STEPS" \
-  --meta date="$(date -u +%F)" --meta commit="${GPU_CHECK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
-  --meta gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)" \
-  > "$LOG/bench_distill_job.json" 2> "$LOG/bench_distill_job.err" || rc=1
-cat "$LOG/bench_distill_job.json"
 exit "$rc"

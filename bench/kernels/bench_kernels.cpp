@@ -134,21 +134,31 @@ int main(int argc, char** argv) {
                           },
                           iters));
   }
-  for (const bool backward : {false, true}) {  // SSD chunked scan: b=1, L=8192, 8B shapes
+  struct SsdRun {
+    bool backward;
+    int64_t batch, len;
+  };
+  // SSD chunked scan, 8B shapes: the TARGETS.md rows (b=1, L=8192 forward and
+  // fwd+bwd; b=4, L=2048 fwd+bwd).
+  const SsdRun ssd_runs[] = {{false, 1, quick ? 1024 : 8192}, {true, 1, quick ? 1024 : 8192},
+                             {true, quick ? 2 : 4, quick ? 512 : 2048}};
+  for (const SsdRun& r : ssd_runs) {
+    const bool backward = r.backward;
+    const int64_t Bt = r.batch, L = r.len;
     set_ssd_scan_kernel_enabled(true);  // opt-in in the library until measured
-    const int64_t L = quick ? 1024 : 8192, H = quick ? 16 : 128, P = 64, G = 8, N = 128;
+    const int64_t H = quick ? 16 : 128, P = 64, G = 8, N = 128;
     // As the mixer has them: x, B, C and the raw dt are slices of one tensor
     // (its conv'ed part and in_proj's dt columns), dt's softplus inside the op.
-    auto xbcdt = torch::randn({1, L, H * P + 2 * G * N + H}, bf16) * 0.5;
+    auto xbcdt = torch::randn({Bt, L, H * P + 2 * G * N + H}, bf16) * 0.5;
     if (backward) xbcdt.requires_grad_(true);
-    auto x = xbcdt.narrow(-1, 0, H * P).reshape({1, L, H, P});
-    auto B = xbcdt.narrow(-1, H * P, G * N).reshape({1, L, G, N});
-    auto C = xbcdt.narrow(-1, H * P + G * N, G * N).reshape({1, L, G, N});
+    auto x = xbcdt.narrow(-1, 0, H * P).reshape({Bt, L, H, P});
+    auto B = xbcdt.narrow(-1, H * P, G * N).reshape({Bt, L, G, N});
+    auto C = xbcdt.narrow(-1, H * P + G * N, G * N).reshape({Bt, L, G, N});
     auto dt_raw = xbcdt.narrow(-1, H * P + 2 * G * N, H);
     auto dt_bias = (torch::randn({H}, bf16.dtype(torch::kFloat32)) - 2).requires_grad_(backward);
     auto A = -torch::exp(torch::randn({H}, bf16.dtype(torch::kFloat32)) * 0.5);
     auto D = torch::randn({H}, bf16.dtype(torch::kFloat32));
-    auto g = torch::randn({1, L, H, P}, bf16.dtype(torch::kFloat32));
+    auto g = torch::randn({Bt, L, H, P}, bf16.dtype(torch::kFloat32));
     const auto run = [&] {
       auto y = ssd_scan_softplus_dt(x, dt_raw, dt_bias, A, B, C, D, 128, 1e-3);
       if (backward) {
@@ -156,7 +166,7 @@ int main(int argc, char** argv) {
       }
     };
     json op = compare(backward ? "ssd_scan_fwd_bwd" : "ssd_scan_forward",
-                      {{"b", 1}, {"L", L}, {"heads", H}, {"head_dim", P}, {"groups", G}, {"state", N},
+                      {{"b", Bt}, {"L", L}, {"heads", H}, {"head_dim", P}, {"groups", G}, {"state", N},
                        {"chunk", 128}, {"dtype", "bf16"}, {"dt", "softplus(raw + bias) clamped, inside the op"}},
                       run, iters);
     // The same kernels with the per-chunk products on CUDA cores (fp32).
