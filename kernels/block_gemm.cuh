@@ -12,6 +12,8 @@
 // unsplit.
 #pragma once
 
+#include <type_traits>
+
 #include "device_math.cuh"
 #include "mma_tile.cuh"
 
@@ -52,12 +54,20 @@ __device__ __forceinline__ void gemm_stage(T* hi, T* lo, int64_t r0, int64_t c0,
   }
 }
 
+// No row epilogue (block_gemm's default).
+struct GemmNoRows {
+  __device__ void operator()(int64_t, const float*, int64_t) const {}
+};
+
 // The tile of C at rows [m0, m0 + 64), columns [n0, n0 + 64): calls
-// store(i, j, value) for every (i < M, j < N) of it. Every thread of the
-// block must call it (it synchronizes the block).
-template <typename T, int Flags, typename LoadA, typename LoadB, typename Store>
+// store(i, j, value) for every (i < M, j < N) of it, then, if given,
+// rows(i, values, count) once per row i < M of the tile, with its `count`
+// values (columns n0...), one thread per row: reductions along a row in a
+// fixed order. Every thread of the block must call it (it synchronizes the
+// block).
+template <typename T, int Flags, typename LoadA, typename LoadB, typename Store, typename Rows = GemmNoRows>
 __device__ void block_gemm(int64_t m0, int64_t n0, int64_t M, int64_t N, int64_t K, LoadA load_a, LoadB load_b,
-                           Store store) {
+                           Store store, Rows rows = Rows()) {
   constexpr bool split_a = Flags & kGemmSplitA, split_b = Flags & kGemmSplitB;
   __shared__ GemmShared<T> sm;
   const int warp = threadIdx.x / 32, wm = warp / 2 * 32, wn = warp % 2 * 32;
@@ -87,6 +97,11 @@ __device__ void block_gemm(int64_t m0, int64_t n0, int64_t M, int64_t N, int64_t
   for (int e = threadIdx.x; e < kGemmTileM * kGemmTileN; e += blockDim.x) {
     const int i = e / kGemmTileN, j = e % kGemmTileN;
     if (m0 + i < M && n0 + j < N) store(m0 + i, n0 + j, sm.c[i * kGemmLdC + j]);
+  }
+  if constexpr (!std::is_same<Rows, GemmNoRows>::value) {
+    const int i = threadIdx.x;
+    const int64_t count = N - n0 < kGemmTileN ? N - n0 : kGemmTileN;
+    if (i < kGemmTileM && m0 + i < M) rows(m0 + i, sm.c + i * kGemmLdC, count);
   }
   __syncthreads();  // sm.c is read before a later call overwrites it
 }

@@ -53,9 +53,9 @@ cudaError_t ssd_scan_forward(const SsdShape& s, DType dtype, const void* x, cons
   return cudaGetLastError();
 }
 
-size_t ssd_scan_backward_workspace_bytes(const SsdShape& shape) {
+size_t ssd_scan_backward_workspace_bytes(const SsdShape& shape, DType dtype) {
   size_t sizes[kSsdBackwardPieces];
-  ssd_backward_piece_sizes(shape, sizes);
+  ssd_backward_piece_sizes(shape, dtype, sizes);
   return total(sizes);
 }
 
@@ -69,7 +69,7 @@ cudaError_t ssd_scan_backward(const SsdShape& s, DType dtype, const void* x, con
   if (err == cudaSuccess && dD) err = cudaMemsetAsync(dD, 0, sizeof(float) * s.heads, stream);
   if (err == cudaSuccess && ddt_bias) err = cudaMemsetAsync(ddt_bias, 0, sizeof(float) * s.heads, stream);
   if (err != cudaSuccess || s.batch == 0 || s.len == 0) return err;
-  const SsdBackwardWorkspace ws = ssd_backward_workspace(s, workspace);
+  const SsdBackwardWorkspace ws = ssd_backward_workspace(s, dtype, workspace);
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_dtype(dt.dtype, [&](auto dt_tag) {

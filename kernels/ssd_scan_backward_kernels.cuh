@@ -28,32 +28,44 @@
 // Namespace: see device_math.cuh.
 namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL {
 
+// The tensor-core path (bf16, shape.tensor_cores) never writes y_ssm and
+// dxdt: the epilogues of its output and dx GEMMs reduce them over each
+// 64-wide slice of the head dimension straight into the per-token dots
+// (yy, xd, dyx partials [b, L, H, slices]).
+inline bool ssd_tensor_core_path(const SsdShape& s, DType dtype) { return dtype == DType::BF16 && s.tensor_cores; }
+__host__ __device__ inline int64_t ssd_head_slices(const SsdShape& s) {
+  return (s.head_dim + 63) / 64;  // block_gemm's column tile (static_assert in ssd_scan_tensor_core_kernels.cuh)
+}
+
 struct SsdBackwardWorkspace {
   SsdWorkspace fwd;
-  float *y_ssm, *rstates, *w, *dxdt, *da, *xdot, *dyx;
+  float *y_ssm, *rstates, *w, *dxdt, *da, *xdot, *dyx, *yy_part, *xd_part, *dyx_part;
 };
 
-constexpr int kSsdBackwardPieces = kSsdPieces + 7;
+constexpr int kSsdBackwardPieces = kSsdPieces + 10;
 
-inline void ssd_backward_piece_sizes(const SsdShape& s, size_t sizes[kSsdBackwardPieces]) {
+inline void ssd_backward_piece_sizes(const SsdShape& s, DType dtype, size_t sizes[kSsdBackwardPieces]) {
   ssd_piece_sizes(s, sizes);
   const size_t nc = static_cast<size_t>(ssd_chunks(s)), b = static_cast<size_t>(s.batch);
   const size_t tokens = b * static_cast<size_t>(s.len) * s.heads;
+  const bool tc = ssd_tensor_core_path(s, dtype);
   size_t* own = sizes + kSsdPieces;
-  own[0] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // y without D
+  own[0] = tc ? 0 : ssd_align(sizeof(float) * tokens * s.head_dim);            // y without D
   own[1] = ssd_align(sizeof(float) * b * nc * s.heads * s.head_dim * s.state);  // reverse states
   own[2] = ssd_align(sizeof(float) * b * nc * s.groups * s.chunk * s.chunk);    // W per group
-  own[3] = ssd_align(sizeof(float) * tokens * s.head_dim);                     // dxdt
+  own[3] = tc ? 0 : ssd_align(sizeof(float) * tokens * s.head_dim);            // dxdt
   own[4] = own[5] = own[6] = ssd_align(sizeof(float) * tokens);                // da, x.dxdt, dy.x
+  own[7] = own[8] = own[9] = tc ? ssd_align(sizeof(float) * tokens * ssd_head_slices(s)) : 0;  // partials
 }
 
-inline SsdBackwardWorkspace ssd_backward_workspace(const SsdShape& s, void* base) {
+inline SsdBackwardWorkspace ssd_backward_workspace(const SsdShape& s, DType dtype, void* base) {
   size_t sizes[kSsdBackwardPieces];
-  ssd_backward_piece_sizes(s, sizes);
+  ssd_backward_piece_sizes(s, dtype, sizes);
   float* piece[kSsdBackwardPieces];
   ssd_pieces(base, sizes, kSsdBackwardPieces, piece);
   float** own = piece + kSsdPieces;
-  return {{piece[0], piece[1], piece[2], piece[3]}, own[0], own[1], own[2], own[3], own[4], own[5], own[6]};
+  return {{piece[0], piece[1], piece[2], piece[3]}, own[0], own[1], own[2], own[3], own[4], own[5], own[6],
+          own[7], own[8], own[9]};
 }
 
 // Element offsets in the packed x / B / C layouts and the dense [b, L, H] and
@@ -191,6 +203,26 @@ __global__ void ssd_token_dots_kernel(SsdShape s, const T* __restrict__ x, const
     dyy += dy[o] * y_ssm[o];
     xd += xv * dxdt[o];
     dx_ += dy[o] * xv;
+  }
+  da[id] = dyy - dt[id] * xd;
+  xdot[id] = xd;
+  dyx[id] = dx_;
+}
+
+// R6 on the tensor-core path: the same dots, summed from the partials.
+__global__ void ssd_token_dots_from_partials_kernel(SsdShape s, const float* __restrict__ dt,
+                                                    const float* __restrict__ yy_part,
+                                                    const float* __restrict__ xd_part,
+                                                    const float* __restrict__ dyx_part, float* __restrict__ da,
+                                                    float* __restrict__ xdot, float* __restrict__ dyx) {
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= s.batch * s.len * s.heads) return;
+  const int64_t slices = ssd_head_slices(s);
+  float dyy = 0.0f, xd = 0.0f, dx_ = 0.0f;
+  for (int64_t i = id * slices; i < (id + 1) * slices; ++i) {
+    dyy += yy_part[i];
+    xd += xd_part[i];
+    dx_ += dyx_part[i];
   }
   da[id] = dyy - dt[id] * xd;
   xdot[id] = xd;

@@ -57,8 +57,8 @@ cudaError_t ssd_scan_forward(const SsdShape& shape, DType dtype, const void* x, 
                              const void* B, const void* C, const float* D, float* y, void* workspace,
                              cudaStream_t stream);
 
-// Bytes of scratch memory ssd_scan_backward needs.
-size_t ssd_scan_backward_workspace_bytes(const SsdShape& shape);
+// Bytes of scratch memory ssd_scan_backward needs for x, B, C in `dtype`.
+size_t ssd_scan_backward_workspace_bytes(const SsdShape& shape, DType dtype);
 
 // Gradients of sum(dy * y) for the inputs of ssd_scan_forward; dy [batch,
 // len, heads, head_dim] fp32 contiguous. Outputs fp32, contiguous: dx like

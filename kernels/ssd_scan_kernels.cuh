@@ -57,6 +57,13 @@ inline SsdWorkspace ssd_workspace(const SsdShape& s, void* base) {
   return {piece[0], piece[1], piece[2], piece[3]};
 }
 
+// The backward's replay of the forward on the tensor-core path: instead of
+// y, the dots dy . y per token, head and 64-wide slice of the head dimension.
+struct SsdDots {
+  const float* dy = nullptr;
+  float* yy = nullptr;
+};
+
 // dt as the launcher passed it (SsdDt), typed.
 template <typename TD>
 struct SsdDtIn {

@@ -34,9 +34,10 @@ inline dim3 ssd_chunk_grid(const SsdShape& s, int64_t per_chunk, int64_t tiles =
               static_cast<unsigned>(tiles));
 }
 
+// `dots`: see SsdDots (the tensor-core path only; others write y).
 template <typename T, typename TD, typename Launch>
 void ssd_forward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in, const float* A, const T* B, const T* C,
-                       const float* D, float* y, const SsdWorkspace& ws, Launch&& launch) {
+                       const float* D, float* y, const SsdWorkspace& ws, Launch&& launch, SsdDots dots = {}) {
   launch(ssd_cumsum_kernel<TD>, dim3(ssd_cumsum_blocks(s)), s, dt_in, A, ws.dt, ws.cumsum);
   const float* dt = ws.dt;
   const float* cumsum = ws.cumsum;
@@ -62,7 +63,7 @@ void ssd_forward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in, 
       s,
       [&](auto t) {
         launch(ssd_chunk_output_tc_kernel<decltype(t)>, ssd_chunk_grid(s, s.heads, ssd_tiles(s.chunk, s.head_dim)), s,
-               x, dt, C, D, cumsum, states, cb, y);
+               x, dt, C, D, cumsum, states, cb, y, dots);
       },
       [&] { launch(ssd_chunk_output_kernel<T>, ssd_chunk_grid(s, s.heads), s, x, dt, C, D, cumsum, states, cb, y); });
 }
@@ -73,7 +74,9 @@ template <typename T, typename TD, typename Launch>
 void ssd_backward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in, const float* A, const T* B, const T* C,
                         const float* D, const float* dy, float* dx, float* ddt, float* dA, float* dB, float* dC,
                         float* dD, float* ddt_bias, const SsdBackwardWorkspace& ws, Launch&& launch) {
-  ssd_forward_steps(s, x, dt_in, A, B, C, static_cast<const float*>(nullptr), ws.y_ssm, ws.fwd, launch);
+  // The tensor-core path keeps no y_ssm: its dots come straight from the replay.
+  ssd_forward_steps(s, x, dt_in, A, B, C, static_cast<const float*>(nullptr), ws.y_ssm, ws.fwd, launch,
+                    SsdDots{dy, ws.yy_part});
   const float* dt = ws.fwd.dt;
   const float* cumsum = ws.fwd.cumsum;
   const float* states = ws.fwd.states;
@@ -91,8 +94,8 @@ void ssd_backward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in,
   ssd_either<T>(
       s,
       [&](auto t) {
-        launch(ssd_dxdt_tc_kernel<decltype(t)>, ssd_chunk_grid(s, s.heads, ssd_tiles(s.chunk, s.head_dim)), s, dt, B, D,
-               dy, cumsum, rstates, cb, ws.dxdt, dx);
+        launch(ssd_dxdt_tc_kernel<decltype(t)>, ssd_chunk_grid(s, s.heads, ssd_tiles(s.chunk, s.head_dim)), s, x, dt, B,
+               D, dy, cumsum, rstates, cb, dx, ws.xd_part, ws.dyx_part);
       },
       [&] {
         launch(ssd_dxdt_kernel<T>, ssd_chunk_grid(s, s.heads), s, dt, B, D, dy, cumsum, rstates, cb, ws.dxdt, dx);
@@ -114,8 +117,17 @@ void ssd_backward_steps(const SsdShape& s, const T* x, const SsdDtIn<TD>& dt_in,
       [&] {
         launch(ssd_dbdc_kernel<T>, ssd_chunk_grid(s, s.groups), s, x, dt, B, C, dy, cumsum, states, rstates, w, dB, dC);
       });
-  launch(ssd_token_dots_kernel<T>, dim3(ssd_token_blocks(s)), s, x, dt, dy, static_cast<const float*>(ws.y_ssm),
-         static_cast<const float*>(ws.dxdt), ws.da, ws.xdot, ws.dyx);
+  ssd_either<T>(
+      s,
+      [&](auto) {
+        launch(ssd_token_dots_from_partials_kernel, dim3(ssd_token_blocks(s)), s, dt,
+               static_cast<const float*>(ws.yy_part), static_cast<const float*>(ws.xd_part),
+               static_cast<const float*>(ws.dyx_part), ws.da, ws.xdot, ws.dyx);
+      },
+      [&] {
+        launch(ssd_token_dots_kernel<T>, dim3(ssd_token_blocks(s)), s, x, dt, dy, static_cast<const float*>(ws.y_ssm),
+               static_cast<const float*>(ws.dxdt), ws.da, ws.xdot, ws.dyx);
+      });
   launch(ssd_decay_grad_kernel<TD>, dim3(ssd_bh_blocks(s)), s, dt, dt_in, A, static_cast<const float*>(ws.da),
          static_cast<const float*>(ws.xdot), static_cast<const float*>(ws.dyx), ddt, dA, dD, ddt_bias);
 }

@@ -25,6 +25,7 @@
 namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL {
 
 static_assert(kGemmThreads == kSsdThreads, "the SSD launches run block_gemm's block size");
+static_assert(kGemmTileN == 64, "ssd_head_slices counts 64-wide slices of the head dimension");
 
 // Output tiles of an [m x n] product and the (m0, n0) of tile z.
 __host__ __device__ inline int64_t ssd_tiles(int64_t m, int64_t n) { return gemm_tiles(m) * gemm_tiles(n); }
@@ -92,12 +93,14 @@ __global__ void ssd_chunk_cb_tc_kernel(SsdShape s, const T* __restrict__ B, cons
 }
 
 // 5. Block (c + nc * bi, h, tile of [chunk x P]). K: the tokens u that rows
-// [m0, m0 + 64) see, then the state.
+// [m0, m0 + 64) see, then the state. With dots.dy (the backward's replay of
+// the forward) y is not written: each row's dy . y over the tile's columns
+// goes to dots.yy [b, L, H, slices] instead.
 template <typename T>
 __global__ void ssd_chunk_output_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
                                            const T* __restrict__ C, const float* __restrict__ D,
                                            const float* __restrict__ cumsum, const float* __restrict__ states,
-                                           const float* __restrict__ cb, float* __restrict__ y) {
+                                           const float* __restrict__ cb, float* __restrict__ y, SsdDots dots) {
   const SsdChunk k = ssd_chunk(s);
   const int64_t h = k.y, g = h / (s.heads / s.groups);
   const SsdRows at{s, k};
@@ -116,7 +119,16 @@ __global__ void ssd_chunk_output_tc_kernel(SsdShape s, const T* __restrict__ x, 
         return j <= t ? cbc[t * s.chunk + j] * expf(a[t] - a[j]) * dt[at.dense(j, h)] : 0.0f;
       },
       [&](int64_t j, int64_t p) { return j < seen ? to_f32(x[at.x(j, h) + p]) : entering[p * s.state + j - seen]; },
-      [&](int64_t t, int64_t p, float v) { y[at.dense(t, h) * s.head_dim + p] = v + d * to_f32(x[at.x(t, h) + p]); });
+      [&](int64_t t, int64_t p, float v) {
+        if (!dots.dy) y[at.dense(t, h) * s.head_dim + p] = v + d * to_f32(x[at.x(t, h) + p]);
+      },
+      [&](int64_t t, const float* row, int64_t count) {
+        if (!dots.dy) return;
+        const float* dyt = dots.dy + at.dense(t, h) * s.head_dim + n0;
+        float sum = 0.0f;
+        for (int64_t j = 0; j < count; ++j) sum += dyt[j] * (row[j] + d * to_f32(x[at.x(t, h) + n0 + j]));
+        dots.yy[at.dense(t, h) * ssd_head_slices(s) + n0 / kGemmTileN] = sum;
+      });
 }
 
 // R1. Block (c + nc * bi, h, tile of [P x N]).
@@ -141,12 +153,15 @@ __global__ void ssd_reverse_chunk_state_tc_kernel(SsdShape s, const float* __res
 }
 
 // R3. Block (c + nc * bi, h, tile of [chunk x P]). K: the tokens t >= m0
-// that rows [m0, m0 + 64) see, then the state from the right.
+// that rows [m0, m0 + 64) see, then the state from the right. dxdt itself is
+// not kept: each row's x . dxdt and dy . x over the tile's columns go to
+// xd_part and dyx_part [b, L, H, slices].
 template <typename T>
-__global__ void ssd_dxdt_tc_kernel(SsdShape s, const float* __restrict__ dt, const T* __restrict__ B,
-                                   const float* __restrict__ D, const float* __restrict__ dy,
+__global__ void ssd_dxdt_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
+                                   const T* __restrict__ B, const float* __restrict__ D, const float* __restrict__ dy,
                                    const float* __restrict__ cumsum, const float* __restrict__ rstates,
-                                   const float* __restrict__ cb, float* __restrict__ dxdt, float* __restrict__ dx) {
+                                   const float* __restrict__ cb, float* __restrict__ dx, float* __restrict__ xd_part,
+                                   float* __restrict__ dyx_part) {
   const SsdChunk k = ssd_chunk(s);
   const int64_t h = k.y, g = h / (s.heads / s.groups);
   const SsdRows at{s, k};
@@ -170,8 +185,20 @@ __global__ void ssd_dxdt_tc_kernel(SsdShape s, const float* __restrict__ dt, con
       },
       [&](int64_t u, int64_t p, float v) {
         const int64_t o = at.dense(u, h) * s.head_dim + p;
-        dxdt[o] = v;
         dx[o] = dt[at.dense(u, h)] * v + d * dy[o];
+      },
+      [&](int64_t u, const float* row, int64_t count) {
+        const T* xu = x + at.x(u, h) + n0;
+        const float* dyu = dy + at.dense(u, h) * s.head_dim + n0;
+        float xd = 0.0f, dyx = 0.0f;
+        for (int64_t j = 0; j < count; ++j) {
+          const float xv = to_f32(xu[j]);
+          xd += xv * row[j];
+          dyx += dyu[j] * xv;
+        }
+        const int64_t slot = at.dense(u, h) * ssd_head_slices(s) + n0 / kGemmTileN;
+        xd_part[slot] = xd;
+        dyx_part[slot] = dyx;
       });
 }
 
@@ -180,8 +207,7 @@ __global__ void ssd_dxdt_tc_kernel(SsdShape s, const float* __restrict__ dt, con
 // every element to the same thread each time: no race, a fixed order).
 template <typename T>
 __global__ void ssd_w_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
-                                const float* __restrict__ dy, const float* __restrict__ cumsum,
-                                float* __restrict__ w) {
+                                const float* __restrict__ dy, const float* __restrict__ cumsum, float* __restrict__ w) {
   const SsdChunk k = ssd_chunk(s);
   const int64_t g = k.y, per_group = s.heads / s.groups;
   const SsdRows at{s, k};
@@ -193,8 +219,7 @@ __global__ void ssd_w_tc_kernel(SsdShape s, const T* __restrict__ x, const float
     const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
     const bool first = h == g * per_group;
     block_gemm<T, kGemmSplitA | kGemmAKFast | kGemmBKFast>(
-        m0, n0, k.len, k.len, s.head_dim,
-        [&](int64_t t, int64_t p) { return dy[at.dense(t, h) * s.head_dim + p]; },
+        m0, n0, k.len, k.len, s.head_dim, [&](int64_t t, int64_t p) { return dy[at.dense(t, h) * s.head_dim + p]; },
         [&](int64_t p, int64_t u) { return to_f32(x[at.x(u, h) + p]); },
         [&](int64_t t, int64_t u, float v) {
           if (u > t) return;
@@ -228,7 +253,8 @@ __global__ void ssd_dbdc_tc_kernel(SsdShape s, const T* __restrict__ x, const fl
   const int64_t first = is_db ? m0 : 0, count = is_db ? k.len - m0 : min(k.len, m0 + kGemmTileM);
   const float* wg = w + w_at(s, k.nc, k.bi, k.c, g);
   const float* state_from = is_db ? rstates : states;
-  block_gemm<T, kGemmSplitA | kGemmSplitB>(
+  // A is staged along K: most of K is the head dimension, contiguous in x and dy.
+  block_gemm<T, kGemmSplitA | kGemmSplitB | kGemmAKFast>(
       m0, n0, k.len, s.state, count + per_group * s.head_dim,
       [&](int64_t j, int64_t kk) {
         if (kk < count) {

@@ -54,7 +54,14 @@ cmake -S "$ROOT" -B "$ROOT/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAK
   exit 2
 }
 tail -n 3 "$LOG/configure.log"
-cmake --build "$ROOT/build-gpu" -j "$(nproc)" > "$LOG/build.log" 2>&1 || { tail -n 40 "$LOG/build.log"; exit 1; }
+# --quick and --job build only what they run (device time is short).
+TARGETS=()
+[ "$MODE" = quick ] && TARGETS=(--target kernels_test model_test distill_kd_loss distill_trainer minipuzzle bench_kernels)
+[ "$MODE" = job ] && TARGETS=(--target minipuzzle)
+cmake --build "$ROOT/build-gpu" -j "$(nproc)" "${TARGETS[@]}" > "$LOG/build.log" 2>&1 || {
+  tail -n 40 "$LOG/build.log"
+  exit 1
+}
 tail -n 2 "$LOG/build.log"
 cd "$ROOT/build-gpu"
 rc=0

@@ -125,7 +125,7 @@ SsdGrads run_backward(const SsdArgs& a, const Tensor& grad_y) {
   if (a.D.defined()) g.dD = torch::empty({s.heads}, f32);
   if (a.dt_bias.defined()) g.ddt_bias = torch::empty({s.heads}, f32);
   auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
-  Tensor ws = scratch(kernels::ssd_scan_backward_workspace_bytes(s), a.x);
+  Tensor ws = scratch(kernels::ssd_scan_backward_workspace_bytes(s, kernel_dtype(a.x.scalar_type())), a.x);
   check_launch(kernels::ssd_scan_backward(s, kernel_dtype(a.x.scalar_type()), a.x.data_ptr(), a.dt_arg(),
                                           a.A.data_ptr<float>(), a.B.data_ptr(), a.C.data_ptr(), a.d_ptr(),
                                           dy.data_ptr<float>(), g.dx.data_ptr<float>(), g.ddt.data_ptr<float>(),

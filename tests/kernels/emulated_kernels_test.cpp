@@ -365,9 +365,14 @@ int64_t ssd_workspace_bytes(const kernels::SsdShape& s) {
   return static_cast<int64_t>(total);
 }
 
-int64_t ssd_backward_workspace_bytes(const kernels::SsdShape& s) {
+kernels::DType kernel_dtype_of(torch::ScalarType t) {
+  if (t == torch::kBFloat16) return kernels::DType::BF16;
+  return t == torch::kFloat16 ? kernels::DType::F16 : kernels::DType::F32;
+}
+
+int64_t ssd_backward_workspace_bytes(const kernels::SsdShape& s, torch::ScalarType dtype) {
   size_t sizes[emu::kSsdBackwardPieces], total = 0;
-  emu::ssd_backward_piece_sizes(s, sizes);
+  emu::ssd_backward_piece_sizes(s, kernel_dtype_of(dtype), sizes);
   for (size_t v : sizes) total += v;
   return static_cast<int64_t>(total);
 }
@@ -414,7 +419,7 @@ TEST(EmulatedKernels, SsdScanBackward) {
     auto dy = torch::randn(y.sizes());
     (y * dy).sum().backward();
 
-    auto ws = torch::empty({ssd_backward_workspace_bytes(in.shape)}, torch::kUInt8);
+    auto ws = torch::empty({ssd_backward_workspace_bytes(in.shape, c.dtype)}, torch::kUInt8);
     auto dx = torch::empty({c.batch, c.len, c.heads, c.head_dim}), ddt = torch::empty({c.batch, c.len, c.heads});
     auto dB = torch::empty({c.batch, c.len, c.groups, c.state}), dC = torch::empty_like(dB);
     auto dA = torch::zeros({c.heads}), dD = torch::zeros({c.heads});
@@ -425,7 +430,8 @@ TEST(EmulatedKernels, SsdScanBackward) {
                               static_cast<const T*>(in.C.data_ptr()), c.with_d ? in.D.data_ptr<float>() : nullptr,
                               dy.data_ptr<float>(), dx.data_ptr<float>(), ddt.data_ptr<float>(), dA.data_ptr<float>(),
                               dB.data_ptr<float>(), dC.data_ptr<float>(), c.with_d ? dD.data_ptr<float>() : nullptr,
-                              nullptr, emu::ssd_backward_workspace(in.shape, ws.data_ptr()), ssd_launch);
+                              nullptr, emu::ssd_backward_workspace(in.shape, kernel_dtype_of(c.dtype), ws.data_ptr()),
+                              ssd_launch);
     });
     // Leaves of bf16 inputs get bf16 gradients: one rounding apart.
     const double tol = c.dtype == torch::kFloat32 ? 1e-5 : tolerance_for(c.dtype);
@@ -464,7 +470,7 @@ TEST(EmulatedKernels, SsdScanSoftplusDtForwardAndBackward) {
 
     auto y = torch::empty({c.batch, c.len, c.heads, c.head_dim});
     auto fwd_ws = torch::empty({ssd_workspace_bytes(in.shape)}, torch::kUInt8);
-    auto bwd_ws = torch::empty({ssd_backward_workspace_bytes(in.shape)}, torch::kUInt8);
+    auto bwd_ws = torch::empty({ssd_backward_workspace_bytes(in.shape, c.dtype)}, torch::kUInt8);
     auto dx = torch::empty({c.batch, c.len, c.heads, c.head_dim}), ddt = torch::empty({c.batch, c.len, c.heads});
     auto dB = torch::empty({c.batch, c.len, c.groups, c.state}), dC = torch::empty_like(dB);
     auto dA = torch::zeros({c.heads}), dD = torch::zeros({c.heads}), dbias = torch::zeros({c.heads});
@@ -481,7 +487,8 @@ TEST(EmulatedKernels, SsdScanSoftplusDtForwardAndBackward) {
       emu::ssd_backward_steps(in.shape, xp, dt_in, in.A.data_ptr<float>(), Bp, Cp, Dp, dy.data_ptr<float>(),
                               dx.data_ptr<float>(), ddt.data_ptr<float>(), dA.data_ptr<float>(), dB.data_ptr<float>(),
                               dC.data_ptr<float>(), c.with_d ? dD.data_ptr<float>() : nullptr,
-                              dbias.data_ptr<float>(), emu::ssd_backward_workspace(in.shape, bwd_ws.data_ptr()),
+                              dbias.data_ptr<float>(),
+                              emu::ssd_backward_workspace(in.shape, kernel_dtype_of(c.dtype), bwd_ws.data_ptr()),
                               ssd_launch);
     });
     const double tol = c.dtype == torch::kFloat32 ? 1e-5 : tolerance_for(c.dtype);
