@@ -388,6 +388,21 @@ double sequence_sum_rtol(const SsdCase& c, double fp32_rtol) {
 // launch() with the SSD kernels' block size.
 const auto ssd_launch = [](auto kernel, dim3 grid, auto... args) { launch(kernel, grid, emu::kSsdThreads, args...); };
 
+// Scratch memory of the backward at the 8B model's shapes (TARGETS.md: b=1,
+// L=8192, 128 heads x 64, 8 groups, state 128, chunk 128). The tensor-core
+// path keeps neither y nor dxdt, and W is per group on both paths.
+TEST(EmulatedKernels, SsdBackwardWorkspaceAtThe8bShapes) {
+  kernels::SsdShape s;
+  s.batch = 1, s.len = 8192, s.heads = 128, s.head_dim = 64, s.groups = 8, s.state = 128, s.chunk = 128;
+  const auto mib = [&](torch::ScalarType t, bool tensor_cores) {
+    s.tensor_cores = tensor_cores;
+    return ssd_backward_workspace_bytes(s, t) / (1 << 20);
+  };
+  EXPECT_EQ(mib(torch::kBFloat16, true), 608);    // states and reverse states: 256 MiB each
+  EXPECT_EQ(mib(torch::kBFloat16, false), 1108);  // + y and dxdt, 256 MiB each, - the 3 x 4 MiB partials
+  EXPECT_EQ(mib(torch::kFloat32, true), 1108);    // fp32: CUDA cores whatever the switch says
+}
+
 TEST(EmulatedKernels, SsdScanForward) {
   torch::manual_seed(54);
   for (const auto& c : kSsdCases) {
