@@ -146,14 +146,14 @@ std::string shape_str(const Tensor& t) {
   return s + "]";
 }
 
-// (start, len, student logits z [len, V], grad_scale, want_grad) -> forward
-// KL at the temperature with grad_scale * dKL/d(z/T): forward_kl or
-// forward_kl_topk (forward_kl.h) for this chunk's teacher.
+// (start, len, student logits z [len, V], grad_scale, want_grad) -> the
+// divergence at the temperature with grad_scale * dD/d(z/T): logit_divergence
+// or forward_kl_topk (forward_kl.h) for this chunk's teacher.
 using FusedKlFn = std::function<ForwardKlResult(int64_t, int64_t, const Tensor&, double, bool)>;
 
 // The chunk loop shared by every teacher source. Sources also pass
-// `fused_kl`: forward KL on CUDA then runs our fused kernels instead of
-// materialising both log-softmaxes.
+// `fused_kl` (empty when they have none for opts.loss): on CUDA it then runs
+// our fused kernels instead of materialising both log-softmaxes.
 KdResult run_chunked(HybridLM& student, const Tensor& student_normed, const Tensor& targets, const KdOptions& opts,
                      const DivergenceFn& divergence, const FusedKlFn& fused_kl) {
   check_options(opts);
@@ -190,7 +190,7 @@ KdResult run_chunked(HybridLM& student, const Tensor& student_normed, const Tens
   Tensor correct_acc = torch::zeros({}, acc_opts.dtype(torch::kLong));
   Tensor agree_acc = torch::zeros({}, acc_opts.dtype(torch::kLong));
 
-  const bool fused = opts.loss == KdLoss::ForwardKl && use_cuda_kernels(x);
+  const bool fused = fused_kl && use_cuda_kernels(x);
   for (int64_t start = 0; start < n; start += rows) {
     const int64_t len = std::min(rows, n - start);
     const Tensor xc = x.narrow(0, start, len);
@@ -296,7 +296,8 @@ KdResult kd_loss_online(HybridLM& student, const torch::Tensor& student_normed, 
                        return full_vocab_divergence(loss, torch::log_softmax(tz, -1), logq, want_grad);
                      },
                      [&](int64_t start, int64_t len, const Tensor& z, double scale, bool want_grad) {
-                       return forward_kl(z, teacher->lm_head(tx.narrow(0, start, len)), temp, scale, want_grad);
+                       return logit_divergence(z, teacher->lm_head(tx.narrow(0, start, len)), loss, temp, scale,
+                                               want_grad);
                      });
 }
 
@@ -318,7 +319,8 @@ KdResult kd_loss_logits(HybridLM& student, const torch::Tensor& student_normed, 
                        return full_vocab_divergence(loss, torch::log_softmax(tz, -1), logq, want_grad);
                      },
                      [&](int64_t start, int64_t len, const Tensor& z, double scale, bool want_grad) {
-                       return forward_kl(z, tl.narrow(0, start, len).to(z.device()), temp, scale, want_grad);
+                       return logit_divergence(z, tl.narrow(0, start, len).to(z.device()), loss, temp, scale,
+                                               want_grad);
                      });
 }
 
@@ -377,11 +379,15 @@ KdResult kd_loss_topk(HybridLM& student, const torch::Tensor& student_normed, co
         d.grad_s = g;
         return d;
       },
-      [&](int64_t start, int64_t len, const Tensor& z, double scale, bool want_grad) {
-        const auto dev = z.device();
-        return forward_kl_topk(z, tv.narrow(0, start, len).to(dev), ti.narrow(0, start, len).to(dev),
-                               tr.narrow(0, start, len).reshape({-1}).to(dev), opts.temperature, scale, want_grad);
-      });
+      // The top-k kernel does forward KL only; reverse KL and JSD run the LibTorch path.
+      loss != KdLoss::ForwardKl ? FusedKlFn()
+                                : [&](int64_t start, int64_t len, const Tensor& z, double scale, bool want_grad) {
+                                    const auto dev = z.device();
+                                    return forward_kl_topk(z, tv.narrow(0, start, len).to(dev),
+                                                           ti.narrow(0, start, len).to(dev),
+                                                           tr.narrow(0, start, len).reshape({-1}).to(dev),
+                                                           opts.temperature, scale, want_grad);
+                                  });
 }
 
 TeacherTopK teacher_topk(const torch::Tensor& teacher_logits, int64_t k, double temperature) {

@@ -1,7 +1,8 @@
-// Fused logit distillation loss: forward KL(teacher || student) at a
-// temperature over a large vocabulary, one block per row, two passes over
-// the logits (online softmax statistics, then the gradient), no fp32 copies.
-// Definition: src/forward_kl.cpp (forward_kl_reference).
+// Fused logit distillation loss: forward KL(teacher || student) (or reverse
+// KL, or JSD) at a temperature over a large vocabulary, one block per row,
+// passes over the logits (online softmax statistics, then the gradient; JSD
+// one more for its sums), no fp32 copies.
+// Definition: src/forward_kl.cpp (logit_divergence_reference).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -17,16 +18,23 @@ struct ForwardKlShape {
   int64_t student_row_stride = 0, teacher_row_stride = 0;  // elements; the vocabulary dimension is contiguous
 };
 
+// kd_loss.h's divergences, p the teacher, q the student, m = (p + q) / 2.
+enum class Divergence { ForwardKl, ReverseKl, Jsd };
+
 // With p = softmax(teacher / T), q = softmax(student / T):
-//   kl[r]   = sum_v p log(p / q)                       (fp32, no T^2 factor)
-//   grad    = grad_scale * (q - p)  in student_dtype, [rows, vocab] contiguous;
-//             may be the student logits themselves (in place, when their row
-//             stride is vocab); null: none
+//   kl[r]   = the divergence (fp32, no T^2 factor):
+//             forward KL(p || q) = sum_v p log(p / q); reverse KL(q || p);
+//             JSD = 0.5 KL(p || m) + 0.5 KL(q || m)
+//   grad    = grad_scale * dD/ds' (s' = student / T) in student_dtype, [rows,
+//             vocab] contiguous: q - p for forward KL; q (log q - log p - D)
+//             for reverse KL; q (a - sum_u q_u a_u) / 2 with a = log q - log m
+//             for JSD. Forward KL may write it over the student logits (in
+//             place, when their row stride is vocab); null: none
 //   student_argmax[r], teacher_argmax[r]: first index of the row maximum
 // inv_temperature = 1 / T.
-cudaError_t forward_kl(const ForwardKlShape& shape, DType student_dtype, const void* student, DType teacher_dtype,
-                       const void* teacher, float inv_temperature, float grad_scale, float* kl, void* grad,
-                       int64_t* student_argmax, int64_t* teacher_argmax, cudaStream_t stream);
+cudaError_t forward_kl(const ForwardKlShape& shape, Divergence divergence, DType student_dtype, const void* student,
+                       DType teacher_dtype, const void* teacher, float inv_temperature, float grad_scale, float* kl,
+                       void* grad, int64_t* student_argmax, int64_t* teacher_argmax, cudaStream_t stream);
 
 // Top-k teacher (an offline cache; kd_loss_topk's convention): the teacher is
 // k buckets and one "rest" bucket, the student aggregated the same way (its

@@ -27,13 +27,49 @@ ForwardKlResult forward_kl_reference(const torch::Tensor& student, const torch::
   return r;
 }
 
-ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
-                           double grad_scale, bool want_grad) {
+ForwardKlResult logit_divergence_reference(const torch::Tensor& student, const torch::Tensor& teacher, KdLoss loss,
+                                           double temperature, double grad_scale, bool want_grad) {
+  if (loss == KdLoss::ForwardKl) return forward_kl_reference(student, teacher, temperature, grad_scale, want_grad);
+  TORCH_CHECK(student.dim() == 2 && student.sizes() == teacher.sizes(), "logit_divergence: student ", student.sizes(),
+              " and teacher ", teacher.sizes(), " must both be [rows, vocab]");
+  torch::NoGradGuard no_grad;
+  const double inv_t = 1.0 / temperature;
+  const auto logq = torch::log_softmax(student.to(torch::kFloat32) * inv_t, -1);
+  const auto logp = torch::log_softmax(teacher.to(torch::kFloat32) * inv_t, -1);
+  const auto q = logq.exp();
+  const auto zero = torch::zeros_like(q);
+  // dD/ds'_v = q_v (dD/dq_v - sum_u q_u dD/dq_u); 0 log 0 terms vanish.
+  torch::Tensor a, h;
+  ForwardKlResult r;
+  if (loss == KdLoss::ReverseKl) {
+    a = torch::where(q > 0, logq - logp, zero);  // dD/dq - 1
+    r.kl = (q * a).sum(-1);
+    h = a - r.kl.unsqueeze(1);
+  } else {
+    const auto logm = torch::logaddexp(logp, logq) - std::log(2.0);
+    const auto p = logp.exp();
+    a = torch::where(q > 0, logq - logm, zero);  // 2 dD/dq - 1
+    r.kl = 0.5 * (torch::where(p > 0, p * (logp - logm), zero) + q * a).sum(-1);
+    h = 0.5 * (a - (q * a).sum(-1, true));
+  }
+  if (want_grad) r.grad = (q * h * grad_scale).to(student.scalar_type());
+  r.student_argmax = student.argmax(-1);
+  r.teacher_argmax = teacher.argmax(-1);
+  return r;
+}
+
+ForwardKlResult logit_divergence(const torch::Tensor& student, const torch::Tensor& teacher, KdLoss loss,
+                                 double temperature, double grad_scale, bool want_grad) {
 #if MINIPUZZLE_HAVE_CUDA_KERNELS
   if (use_cuda_kernels(student) && cuda_ops::forward_kl_supported(student, teacher))
-    return cuda_ops::forward_kl(student, teacher, temperature, grad_scale, want_grad);
+    return cuda_ops::logit_divergence(student, teacher, loss, temperature, grad_scale, want_grad);
 #endif
-  return forward_kl_reference(student, teacher, temperature, grad_scale, want_grad);
+  return logit_divergence_reference(student, teacher, loss, temperature, grad_scale, want_grad);
+}
+
+ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
+                           double grad_scale, bool want_grad) {
+  return logit_divergence(student, teacher, KdLoss::ForwardKl, temperature, grad_scale, want_grad);
 }
 
 ForwardKlResult forward_kl_topk_reference(const torch::Tensor& student, const torch::Tensor& values,

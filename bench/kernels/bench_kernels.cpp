@@ -176,11 +176,17 @@ int main(int argc, char** argv) {
     op["tensor_core_speedup"] = op["kernel_cuda_cores"]["ms"].get<double>() / op["kernel"]["ms"].get<double>();
     ops.push_back(op);
   }
-  {  // forward KL loss + student-logit gradient: 8192 tokens x 131072 vocab
+  {  // KD loss + student-logit gradient (forward KL, reverse KL, JSD): 8192 tokens x 131072 vocab
     const int64_t rows = quick ? 512 : 8192, V = quick ? 32768 : 131072;
     auto s = torch::randn({rows, V}, bf16) * 4, t = torch::randn({rows, V}, bf16) * 4;
-    ops.push_back(compare("forward_kl", {{"tokens", rows}, {"vocab", V}, {"dtype", "bf16"}},
-                          [&] { auto r = forward_kl(s, t, 1.0, 1.0 / static_cast<double>(rows), true); }, iters));
+    const std::pair<const char*, KdLoss> losses[] = {
+        {"forward_kl", KdLoss::ForwardKl}, {"reverse_kl", KdLoss::ReverseKl}, {"jsd", KdLoss::Jsd}};
+    for (const auto& [name, loss] : losses) {
+      const KdLoss l = loss;
+      ops.push_back(compare(name, {{"tokens", rows}, {"vocab", V}, {"dtype", "bf16"}},
+                            [&] { auto r = logit_divergence(s, t, l, 1.0, 1.0 / static_cast<double>(rows), true); },
+                            iters));
+    }
   }
   {  // the same against a top-k teacher cache (k = 512 of 131072)
     const int64_t rows = quick ? 512 : 8192, V = quick ? 32768 : 131072, k = 512;

@@ -1,15 +1,23 @@
-// Forward KL(teacher || student) between two rows of logits at a
-// temperature, with the gradient w.r.t. the student's logits in the same
-// call: the fused op behind logit distillation (kd_loss.cpp uses it on CUDA).
+// Forward KL(teacher || student) (or reverse KL, or JSD) between two rows of
+// logits at a temperature, with the gradient w.r.t. the student's logits in
+// the same call: the fused op behind logit distillation (kd_loss.cpp uses it
+// on CUDA).
 #pragma once
 
 #include <torch/torch.h>
 
 namespace minipuzzle {
 
+// Distillation divergences, p the teacher, q the student, m = (p + q) / 2:
+// forward KL(p || q) (Minitron's choice), reverse KL(q || p),
+// JSD = 0.5 KL(p || m) + 0.5 KL(q || m).
+enum class KdLoss { ForwardKl, ReverseKl, Jsd };
+
 struct ForwardKlResult {
-  torch::Tensor kl;              // [rows] fp32: sum_v p log(p / q), p = softmax(t/T), q = softmax(s/T); no T^2
-  torch::Tensor grad;            // [rows, V] student dtype: grad_scale * (q - p); undefined unless asked
+  torch::Tensor kl;              // [rows] fp32: the divergence (forward KL: sum_v p log(p / q)), p = softmax(t/T),
+                                 // q = softmax(s/T); no T^2
+  torch::Tensor grad;            // [rows, V] student dtype: grad_scale * dD/d(s/T) (forward KL: q - p); undefined
+                                 // unless asked
   torch::Tensor student_argmax;  // [rows] int64
   torch::Tensor teacher_argmax;  // [rows] int64
 };
@@ -23,6 +31,12 @@ ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& te
 // The definition, in LibTorch ops (fp32 log-softmax of both).
 ForwardKlResult forward_kl_reference(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
                                      double grad_scale, bool want_grad);
+
+// The same for any of the divergences (forward_kl = loss ForwardKl).
+ForwardKlResult logit_divergence(const torch::Tensor& student, const torch::Tensor& teacher, KdLoss loss,
+                                 double temperature, double grad_scale, bool want_grad);
+ForwardKlResult logit_divergence_reference(const torch::Tensor& student, const torch::Tensor& teacher, KdLoss loss,
+                                           double temperature, double grad_scale, bool want_grad);
 
 // The same against a top-k teacher (kd_loss_topk's convention): values
 // [rows, k] teacher logits already divided by T, indices [rows, k] distinct

@@ -37,11 +37,10 @@
 #include <cstdint>
 #include <string>
 
+#include "minipuzzle/forward_kl.h"  // KdLoss
 #include "minipuzzle/hybrid_lm.h"
 
 namespace minipuzzle {
-
-enum class KdLoss { ForwardKl, ReverseKl, Jsd };
 
 // "forward_kl" | "reverse_kl" | "jsd"; InputError otherwise.
 KdLoss parse_kd_loss(const std::string& name);

@@ -35,8 +35,8 @@ torch::Tensor ssd_scan_softplus_dt(const torch::Tensor& x, const torch::Tensor& 
                                    const torch::Tensor& D, int64_t chunk_size, double dt_min);
 
 bool forward_kl_supported(const torch::Tensor& student, const torch::Tensor& teacher);
-ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
-                           double grad_scale, bool want_grad);
+ForwardKlResult logit_divergence(const torch::Tensor& student, const torch::Tensor& teacher, KdLoss loss,
+                                 double temperature, double grad_scale, bool want_grad);
 
 bool forward_kl_topk_supported(const torch::Tensor& student, const torch::Tensor& values,
                                const torch::Tensor& indices, const torch::Tensor& rest_lse);

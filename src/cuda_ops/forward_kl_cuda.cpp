@@ -25,8 +25,8 @@ bool forward_kl_supported(const torch::Tensor& student, const torch::Tensor& tea
          student.size(0) <= 0x7fffffff && student.size(1) > 0;
 }
 
-ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
-                           double grad_scale, bool want_grad) {
+ForwardKlResult logit_divergence(const torch::Tensor& student, const torch::Tensor& teacher, KdLoss loss,
+                                 double temperature, double grad_scale, bool want_grad) {
   const c10::cuda::CUDAGuard guard(student.device());
   // Only the vocabulary dimension must be contiguous; a row stride is fine.
   const auto s = student.stride(1) == 1 ? student : student.contiguous();
@@ -38,12 +38,15 @@ ForwardKlResult forward_kl(const torch::Tensor& student, const torch::Tensor& te
   shape.vocab = vocab;
   shape.student_row_stride = s.stride(0);
   shape.teacher_row_stride = t.stride(0);
-  check_launch(kernels::forward_kl(shape, kernel_dtype(s.scalar_type()), s.data_ptr(), kernel_dtype(t.scalar_type()),
-                                   t.data_ptr(), static_cast<float>(1.0 / temperature), static_cast<float>(grad_scale),
-                                   r.kl.data_ptr<float>(), want_grad ? r.grad.data_ptr() : nullptr,
-                                   r.student_argmax.data_ptr<int64_t>(), r.teacher_argmax.data_ptr<int64_t>(),
-                                   current_stream(s)),
-               "forward_kl");
+  const auto divergence = loss == KdLoss::ReverseKl ? kernels::Divergence::ReverseKl
+                          : loss == KdLoss::Jsd     ? kernels::Divergence::Jsd
+                                                    : kernels::Divergence::ForwardKl;
+  check_launch(kernels::forward_kl(shape, divergence, kernel_dtype(s.scalar_type()), s.data_ptr(),
+                                   kernel_dtype(t.scalar_type()), t.data_ptr(), static_cast<float>(1.0 / temperature),
+                                   static_cast<float>(grad_scale), r.kl.data_ptr<float>(),
+                                   want_grad ? r.grad.data_ptr() : nullptr, r.student_argmax.data_ptr<int64_t>(),
+                                   r.teacher_argmax.data_ptr<int64_t>(), current_stream(s)),
+               "logit divergence");
   return r;
 }
 

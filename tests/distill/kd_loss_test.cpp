@@ -211,6 +211,27 @@ TEST(KdLoss, MatchesReferenceForEveryLossTemperatureAndCe) {
       }
 }
 
+// logit_divergence (the fused kernels' definition, forward_kl.h) computes the
+// divergences the trainer's LibTorch path does.
+TEST(KdLoss, LogitDivergenceAgreesWithTheTrainersDefinition) {
+  HybridLM student = make_model(1);
+  HybridLM teacher = make_model(2, /*hidden=*/40);
+  const int64_t vocab = student->config().vocab_size;
+  Tensor xs = hidden_states(2, 5, 32, 21);
+  Tensor xt = hidden_states(2, 5, 40, 22);
+  torch::NoGradGuard ng;
+  Tensor teacher_logits = teacher->lm_head(xt.reshape({-1, 40}));
+  Tensor student_logits = student->lm_head(xs.reshape({-1, 32}));
+  for (KdLoss loss : kLosses) {
+    KdOptions o;
+    o.loss = loss;
+    o.temperature = 1.6;
+    const KdResult trainer = kd_loss_logits(student, xs, teacher_logits.view({2, 5, vocab}), Tensor(), o);
+    const ForwardKlResult fused = logit_divergence_reference(student_logits, teacher_logits, loss, 1.6, 1.0, false);
+    EXPECT_NEAR(fused.kl.sum().item<double>(), trainer.kd_sum, 1e-5 * trainer.kd_sum) << kd_loss_name(loss);
+  }
+}
+
 TEST(KdLoss, TemperatureScalingKeepsGradientMagnitude) {
   // T^2 convention: the forward-KL gradient w.r.t. the logits is
   // T (q_T - p_T), which stays of the same order as T grows (without the

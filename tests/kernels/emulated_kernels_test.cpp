@@ -157,6 +157,7 @@ struct KlCase {
   double temperature;
 };
 
+// Every divergence (forward KL, reverse KL, JSD) against logit_divergence_reference.
 TEST(EmulatedKernels, ForwardKlLossGradientAndArgmax) {
   const KlCase cases[] = {
       {3, 1000, torch::kFloat32, torch::kFloat32, 1.0},
@@ -164,39 +165,51 @@ TEST(EmulatedKernels, ForwardKlLossGradientAndArgmax) {
       {2, 777, torch::kBFloat16, torch::kBFloat16, 0.7},
       {1, 5, torch::kFloat32, torch::kFloat32, 1.0},  // fewer entries than threads
   };
+  const std::pair<KdLoss, kernels::Divergence> divergences[] = {{KdLoss::ForwardKl, kernels::Divergence::ForwardKl},
+                                                                {KdLoss::ReverseKl, kernels::Divergence::ReverseKl},
+                                                                {KdLoss::Jsd, kernels::Divergence::Jsd}};
   torch::manual_seed(53);
-  for (const auto& c : cases) {
-    const std::string what = "rows " + std::to_string(c.rows) + " V " + std::to_string(c.vocab) + " T " +
-                             std::to_string(c.temperature) + " " + c10::toString(c.student) + "/" +
-                             c10::toString(c.teacher);
-    auto s = (torch::randn({c.rows, c.vocab}) * 4).to(c.student);
-    auto t = (torch::randn({c.rows, c.vocab}) * 4).to(c.teacher);
-    if (c.vocab > 600) {  // a tied maximum: the first index wins, as in torch.argmax
-      s.select(1, 10).fill_(30);
-      s.select(1, 590).fill_(30);
-      t.select(1, 3).fill_(30);
-      t.select(1, 599).fill_(30);
-    }
-    const double scale = 0.37;
-    auto ref = forward_kl_reference(s, t, c.temperature, scale, true);
-    ASSERT_EQ(ref.student_argmax[0].item<int64_t>(), c.vocab > 600 ? 10 : ref.student_argmax[0].item<int64_t>());
-    auto kl = torch::empty({c.rows}), grad = torch::empty_like(s);
-    auto s_arg = torch::empty({c.rows}, torch::kLong), t_arg = torch::empty({c.rows}, torch::kLong);
-    with_element_type(c.student, [&](auto s_tag) {
-      using TS = decltype(s_tag);
-      with_element_type(c.teacher, [&](auto t_tag) {
-        using TT = decltype(t_tag);
-        launch(emu::forward_kl_kernel<TS, TT>, dim3(static_cast<unsigned>(c.rows)), emu::kKlThreads,
-               static_cast<const TS*>(s.data_ptr()), static_cast<const TT*>(t.data_ptr()), c.vocab, c.vocab, c.vocab,
-               static_cast<float>(1.0 / c.temperature), static_cast<float>(scale), kl.data_ptr<float>(),
-               static_cast<TS*>(grad.data_ptr()), s_arg.data_ptr<int64_t>(), t_arg.data_ptr<int64_t>());
+  for (const auto& d : divergences)
+    for (const auto& c : cases) {
+      const KdLoss loss = d.first;
+      const kernels::Divergence divergence = d.second;
+      const std::string what = "divergence " + std::to_string(static_cast<int>(loss)) + " rows " +
+                               std::to_string(c.rows) + " V " + std::to_string(c.vocab) + " T " +
+                               std::to_string(c.temperature) + " " + c10::toString(c.student) + "/" +
+                               c10::toString(c.teacher);
+      auto s = (torch::randn({c.rows, c.vocab}) * 4).to(c.student);
+      // A teacher that overlaps the student: with independent rows the
+      // divergences saturate (JSD at log 2) and their gradients all but vanish.
+      auto t = (s.to(torch::kFloat32) * 0.7 + torch::randn({c.rows, c.vocab}) * 2).to(c.teacher);
+      if (c.vocab > 600) {  // a tied maximum: the first index wins, as in torch.argmax
+        s.select(1, 10).fill_(30);
+        s.select(1, 590).fill_(30);
+        t.select(1, 3).fill_(30);
+        t.select(1, 599).fill_(30);
+      }
+      const double scale = 0.37;
+      auto ref = logit_divergence_reference(s, t, loss, c.temperature, scale, true);
+      ASSERT_EQ(ref.student_argmax[0].item<int64_t>(), c.vocab > 600 ? 10 : ref.student_argmax[0].item<int64_t>());
+      auto kl = torch::empty({c.rows}), grad = torch::empty_like(s);
+      auto s_arg = torch::empty({c.rows}, torch::kLong), t_arg = torch::empty({c.rows}, torch::kLong);
+      with_element_type(c.student, [&](auto s_tag) {
+        using TS = decltype(s_tag);
+        with_element_type(c.teacher, [&](auto t_tag) {
+          using TT = decltype(t_tag);
+          launch(emu::forward_kl_kernel<TS, TT>, dim3(static_cast<unsigned>(c.rows)), emu::kKlThreads,
+                 static_cast<const TS*>(s.data_ptr()), static_cast<const TT*>(t.data_ptr()), c.vocab, c.vocab, c.vocab,
+                 static_cast<float>(1.0 / c.temperature), static_cast<float>(scale), kl.data_ptr<float>(),
+                 static_cast<TS*>(grad.data_ptr()), s_arg.data_ptr<int64_t>(), t_arg.data_ptr<int64_t>(), divergence);
+        });
       });
-    });
-    expect_close(kl, ref.kl, 2e-5, 2e-5, what + " kl");
-    expect_close(grad, ref.grad, 1e-7, c.student == torch::kFloat32 ? 1e-5 : 1e-2, what + " grad");
-    EXPECT_TRUE(torch::equal(s_arg, ref.student_argmax)) << what;
-    EXPECT_TRUE(torch::equal(t_arg, ref.teacher_argmax)) << what;
-  }
+      expect_close(kl, ref.kl, 2e-5, 2e-5, what + " kl");
+      // Reverse KL and JSD subtract the divergence (a difference of log-sum-exps) from
+      // each entry: fp32 rounding of about 1e-6 there, against gradients of about 0.03.
+      const double fp32_rtol = loss == KdLoss::ForwardKl ? 1e-5 : 1e-4;
+      expect_close(grad, ref.grad, 1e-7, c.student == torch::kFloat32 ? fp32_rtol : 1e-2, what + " grad");
+      EXPECT_TRUE(torch::equal(s_arg, ref.student_argmax)) << what;
+      EXPECT_TRUE(torch::equal(t_arg, ref.teacher_argmax)) << what;
+    }
 }
 
 struct TopkCase {

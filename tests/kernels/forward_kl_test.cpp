@@ -29,6 +29,64 @@ TEST(ForwardKl, ReferenceMatchesTheDefinitionInDouble) {
   EXPECT_LT(same.grad.abs().max().item<double>(), 1e-8);
 }
 
+// Reverse KL and JSD: the reference's value against the definition in
+// double, its gradient against autograd of that definition.
+TEST(ForwardKl, ReverseKlAndJsdReferencesMatchAutograd) {
+  torch::manual_seed(12);
+  const double T = 1.3, scale = 0.4;
+  auto s = torch::randn({4, 60}) * 3, t = s * 0.7 + torch::randn({4, 60}) * 2;
+  for (const KdLoss loss : {KdLoss::ReverseKl, KdLoss::Jsd}) {
+    const std::string what = loss == KdLoss::Jsd ? "jsd" : "reverse kl";
+    auto r = logit_divergence_reference(s, t, loss, T, scale, true);
+    auto sd = (s.to(torch::kFloat64) / T).requires_grad_(true);
+    auto logq = torch::log_softmax(sd, -1), logp = torch::log_softmax(t.to(torch::kFloat64) / T, -1);
+    auto q = logq.exp(), p = logp.exp();
+    torch::Tensor d;
+    if (loss == KdLoss::ReverseKl) {
+      d = (q * (logq - logp)).sum(-1);
+    } else {
+      auto logm = ((p + q) / 2).log();
+      d = 0.5 * (p * (logp - logm)).sum(-1) + 0.5 * (q * (logq - logm)).sum(-1);
+    }
+    d.sum().backward();
+    expect_close(r.kl, d.detach(), 1e-6, 1e-5, what + " value");
+    expect_close(r.grad, sd.grad() * scale, 1e-7, 1e-5, what + " grad");
+    EXPECT_GT(r.grad.abs().max().item<double>(), 1e-2) << what;  // not a vanishing gradient
+    auto same = logit_divergence_reference(s, s, loss, T, scale, true);
+    EXPECT_LT(same.kl.abs().max().item<double>(), 1e-6) << what;
+    EXPECT_LT(same.grad.abs().max().item<double>(), 1e-7) << what;
+  }
+  // Forward KL is forward_kl_reference.
+  auto f = logit_divergence_reference(s, t, KdLoss::ForwardKl, T, scale, true);
+  expect_close(f.grad, forward_kl_reference(s, t, T, scale, true).grad, 0, 0, "forward kl");
+}
+
+// The kernels for reverse KL and JSD against the reference (forward KL: below).
+TEST(ForwardKlCuda, ReverseKlAndJsdKernelsMatchReference) {
+  MINIPUZZLE_REQUIRE_CUDA_KERNELS();
+  torch::manual_seed(13);
+  struct Case {
+    int64_t rows, vocab;
+    torch::ScalarType dtype;
+    double temperature;
+  };
+  const Case cases[] = {{37, 1000, torch::kFloat32, 1.0}, {5, 131072, torch::kBFloat16, 2.0},
+                        {3, 7, torch::kFloat16, 0.5}};
+  for (const KdLoss loss : {KdLoss::ReverseKl, KdLoss::Jsd})
+    for (const auto& c : cases) {
+      const std::string what = std::string(loss == KdLoss::Jsd ? "jsd" : "reverse kl") + " V " +
+                               std::to_string(c.vocab) + " " + c10::toString(c.dtype);
+      auto s = (torch::randn({c.rows, c.vocab}, torch::kCUDA) * 4).to(c.dtype);
+      // Overlapping distributions (independent ones saturate JSD, whose gradient then vanishes).
+      auto t = (s.to(torch::kFloat32) * 0.7 + torch::randn({c.rows, c.vocab}, torch::kCUDA) * 2).to(c.dtype);
+      auto k = logit_divergence(s, t, loss, c.temperature, 0.37, true);
+      auto r = logit_divergence_reference(s, t, loss, c.temperature, 0.37, true);
+      expect_close(k.kl, r.kl, 2e-5, 2e-5, what + " value");
+      expect_close(k.grad, r.grad, 1e-7, c.dtype == torch::kFloat32 ? 1e-4 : 1e-2, what + " grad");
+      EXPECT_TRUE(torch::equal(k.student_argmax, r.student_argmax)) << what;
+    }
+}
+
 struct KlCase {
   int64_t rows, vocab;
   torch::ScalarType student, teacher;

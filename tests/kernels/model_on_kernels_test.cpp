@@ -84,8 +84,13 @@ TEST(ModelOnKernels, DistillationStepMatchesTheReferencePath) {
   HybridLM teacher = models.first, student = models.second;
   auto opts = torch::TensorOptions().dtype(torch::kInt64).device(torch::kCUDA);
   auto tokens = torch::randint(0, 97, {2, 33}, opts), targets = torch::randint(0, 97, {2, 33}, opts);
-  for (const double temperature : {1.0, 2.0}) {
+  // Forward KL at two temperatures, reverse KL and JSD (all fused kernels on CUDA).
+  const std::pair<KdLoss, double> runs[] = {
+      {KdLoss::ForwardKl, 1.0}, {KdLoss::ForwardKl, 2.0}, {KdLoss::ReverseKl, 1.5}, {KdLoss::Jsd, 1.0}};
+  for (const auto& run : runs) {
+    const double temperature = run.second;
     KdOptions o;
+    o.loss = run.first;
     o.temperature = temperature;
     o.ce_weight = 0.25;
     o.chunk_tokens = 16;  // several chunks, the last one short
@@ -99,7 +104,7 @@ TEST(ModelOnKernels, DistillationStepMatchesTheReferencePath) {
     };
     const Step k = step();
     const Step r = with_references(step);
-    const std::string what = "T " + std::to_string(temperature);
+    const std::string what = kd_loss_name(o.loss) + " T " + std::to_string(temperature);
     expect_close(k.loss, r.loss, 1e-6, 1e-5, what + " loss");
     EXPECT_NEAR(k.kd.kd_sum, r.kd.kd_sum, 1e-5 * std::abs(r.kd.kd_sum) + 1e-6) << what;
     EXPECT_NEAR(k.kd.ce_sum, r.kd.ce_sum, 1e-5 * std::abs(r.kd.ce_sum)) << what;
