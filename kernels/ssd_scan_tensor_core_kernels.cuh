@@ -1,8 +1,10 @@
 // The SSD's per-chunk matrix products on tensor cores (block_gemm.cuh), for
 // bf16 x, B, C: the same quantities as the CUDA-core kernels of steps 2, 4, 5
 // (ssd_scan_kernels.cuh) and R1, R3, R4, R5 (ssd_scan_backward_kernels.cuh),
-// written to the same workspace, so the other steps are shared. Each is one
-// GEMM whose operands are built while staging:
+// written to the same workspace (except y in the backward's replay and dxdt,
+// which only feed per-token dots: those come from row epilogues instead), so
+// the other steps are shared. Each is one GEMM whose operands are built
+// while staging:
 //   2  states    S[p, n]  = sum_t (e^{a_last - a_t} dt_t x_t[p]) B_t[n]
 //   4  CB        CB[t, u] = sum_n C_t[n] B_u[n]                      (u <= t tiles only)
 //   5  output    y[t, p]  = sum_u (CB[t,u] e^{a_t - a_u} dt_u) x_u[p] + sum_n (e^{a_t} C_t[n]) H[p, n]
