@@ -53,6 +53,28 @@ struct SsdRows {
   __device__ __forceinline__ int64_t dense(int64_t t, int64_t h) const { return bh_at(s, k.bi, k.t0 + t, h); }
 };
 
+// A block of step 5 or R3: head h's [chunk x P] output tile (m0, n0), with
+// the head's cumsums a, its group's C.B block cb and its D; `rows` false for
+// a tile past the chunk's last token (the whole block returns).
+struct SsdHeadTile {
+  int64_t h, g, m0, n0;
+  const float *a, *cb;
+  float d;
+  bool rows;
+};
+__device__ __forceinline__ SsdHeadTile ssd_head_tile(const SsdShape& s, const SsdChunk& k, const float* cumsum,
+                                                     const float* cb, const float* D) {
+  SsdHeadTile t;
+  t.h = k.y;
+  t.g = t.h / (s.heads / s.groups);
+  ssd_tile(s.head_dim, blockIdx.z, t.m0, t.n0);
+  t.a = cumsum + cumsum_at(s, k.nc, k.bi, t.h, k.c);
+  t.cb = cb + ((k.bi * k.nc + k.c) * s.groups + t.g) * s.chunk * s.chunk;
+  t.d = D ? D[t.h] : 0.0f;
+  t.rows = t.m0 < k.len;
+  return t;
+}
+
 // 2. Block (c + nc * bi, h, tile of [P x N]).
 template <typename T>
 __global__ void ssd_chunk_state_tc_kernel(SsdShape s, const T* __restrict__ x, const float* __restrict__ dt,
@@ -104,15 +126,13 @@ __global__ void ssd_chunk_output_tc_kernel(SsdShape s, const T* __restrict__ x, 
                                            const float* __restrict__ cumsum, const float* __restrict__ states,
                                            const float* __restrict__ cb, float* __restrict__ y, SsdDots dots) {
   const SsdChunk k = ssd_chunk(s);
-  const int64_t h = k.y, g = h / (s.heads / s.groups);
   const SsdRows at{s, k};
-  int64_t m0, n0;
-  ssd_tile(s.head_dim, blockIdx.z, m0, n0);
-  if (m0 >= k.len) return;
-  const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
+  const SsdHeadTile tile = ssd_head_tile(s, k, cumsum, cb, D);
+  if (!tile.rows) return;
+  const int64_t h = tile.h, g = tile.g, m0 = tile.m0, n0 = tile.n0;
+  const float *a = tile.a, *cbc = tile.cb;
+  const float d = tile.d;
   const float* entering = states + state_at(s, k.nc, k.bi, k.c, h);
-  const float* cbc = cb + ((k.bi * k.nc + k.c) * s.groups + g) * s.chunk * s.chunk;
-  const float d = D ? D[h] : 0.0f;
   const int64_t seen = min(k.len, m0 + kGemmTileM);
   block_gemm<T, kGemmSplitA | kGemmSplitB | kGemmAKFast>(
       m0, n0, k.len, s.head_dim, seen + s.state,
@@ -165,15 +185,13 @@ __global__ void ssd_dxdt_tc_kernel(SsdShape s, const T* __restrict__ x, const fl
                                    const float* __restrict__ cb, float* __restrict__ dx, float* __restrict__ xd_part,
                                    float* __restrict__ dyx_part) {
   const SsdChunk k = ssd_chunk(s);
-  const int64_t h = k.y, g = h / (s.heads / s.groups);
   const SsdRows at{s, k};
-  int64_t m0, n0;
-  ssd_tile(s.head_dim, blockIdx.z, m0, n0);
-  if (m0 >= k.len) return;
-  const float* a = cumsum + cumsum_at(s, k.nc, k.bi, h, k.c);
+  const SsdHeadTile tile = ssd_head_tile(s, k, cumsum, cb, D);
+  if (!tile.rows) return;
+  const int64_t h = tile.h, g = tile.g, m0 = tile.m0, n0 = tile.n0;
+  const float *a = tile.a, *cbc = tile.cb;
+  const float d = tile.d;
   const float* from_right = rstates + state_at(s, k.nc, k.bi, k.c, h);
-  const float* cbc = cb + ((k.bi * k.nc + k.c) * s.groups + g) * s.chunk * s.chunk;
-  const float d = D ? D[h] : 0.0f;
   const int64_t later = k.len - m0;  // tokens t in [m0, len)
   block_gemm<T, kGemmSplitA | kGemmSplitB>(
       m0, n0, k.len, s.head_dim, later + s.state,

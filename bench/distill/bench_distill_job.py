@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from megatron_data import write_dataset  # noqa: E402
+from bench_common import print_result, write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PEAK_FLOPS = 989e12
@@ -214,10 +214,7 @@ def main() -> int:
                             "speedup": best["tokens_per_second"] / hf["tokens_per_second"]},
            "teacher_forward": {"ours": ours_fwd, "hf_pytorch": hf_fwd,
                                "speedup": ours_fwd["tokens_per_second"] / hf_fwd["tokens_per_second"]}}
-    for kv in a.meta:
-        k, _, v = kv.partition("=")
-        out[k] = v
-    print(json.dumps(out, indent=2))
+    print_result(out, a.meta)
     return 0
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers import NemotronHForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from megatron_data import write_dataset  # noqa: E402
+from bench_common import print_result, write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,10 +103,7 @@ def main() -> int:
            "run": {"steps_timed": a.steps - 1, "seq_len": a.seq_len, "micro_batch": a.micro_batch,
                    "global_batch": a.global_batch},
            "ours_tokens_per_second": ours, "pytorch_tokens_per_second": theirs, "ours_over_pytorch": ours / theirs}
-    for kv in a.meta:
-        k, _, v = kv.partition("=")
-        out[k] = v
-    print(json.dumps(out, indent=2))
+    print_result(out, a.meta)
     return 0
 
 

@@ -1,7 +1,9 @@
-"""A one-document Megatron MMIDIDX v1 dataset (what `minipuzzle data build`
-writes), for the distillation benchmarks' random tokens."""
+"""What the distillation benchmarks share: a one-document Megatron MMIDIDX
+v1 dataset (what `minipuzzle data build` writes) for their random tokens,
+and printing a result with the --meta key=value pairs."""
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -18,3 +20,11 @@ def write_dataset(prefix: Path, tokens: np.ndarray) -> None:
     idx += np.array([len(tokens)], "<i4").tobytes() + np.array([0], "<i8").tobytes()
     idx += np.array([0, 1], "<i8").tobytes()
     Path(str(prefix) + ".idx").write_bytes(idx)
+
+
+def print_result(out: dict, meta: list[str]) -> None:
+    """`out` plus each key=value of --meta, as one JSON object on stdout."""
+    for kv in meta:
+        k, _, v = kv.partition("=")
+        out[k] = v
+    print(json.dumps(out, indent=2))
