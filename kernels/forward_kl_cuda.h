@@ -28,8 +28,9 @@ enum class Divergence { ForwardKl, ReverseKl, Jsd };
 //   grad    = grad_scale * dD/ds' (s' = student / T) in student_dtype, [rows,
 //             vocab] contiguous: q - p for forward KL; q (log q - log p - D)
 //             for reverse KL; q (a - sum_u q_u a_u) / 2 with a = log q - log m
-//             for JSD. Forward KL may write it over the student logits (in
-//             place, when their row stride is vocab); null: none
+//             for JSD. May be the student logits themselves (in place, when
+//             their row stride is vocab: each entry is read before it is
+//             written, by the same thread); null: none
 //   student_argmax[r], teacher_argmax[r]: first index of the row maximum
 // inv_temperature = 1 / T.
 cudaError_t forward_kl(const ForwardKlShape& shape, Divergence divergence, DType student_dtype, const void* student,
