@@ -8,8 +8,10 @@
 // between two barriers over the warp, __shared__ variables are function
 // statics (one live block at a time shares them, as on a GPU), atomicAdd
 // holds a lock. A thread that returns leaves the barriers (a finished lane).
-// What it cannot show: performance, memory coalescing, register pressure, and
-// races the GPU's scheduling would expose but this one does not.
+// Under ThreadSanitizer (kernels_racecheck_test) a race between a block's
+// threads is reported whatever order they happen to run in: the barriers are
+// the only synchronization TSan sees. What it cannot show: performance,
+// memory coalescing, register pressure, and races between blocks.
 #pragma once
 
 #ifdef __CUDACC__

@@ -63,6 +63,17 @@ struct ConvCase {
   bool strided = false;  // x a channel slice of a wider tensor, as in the Mamba2 mixer
 };
 
+#ifdef MINIPUZZLE_EMULATOR_UNDER_TSAN
+// kernels_racecheck_test: ThreadSanitizer does not see the synchronization
+// inside LibTorch's OpenMP pool (libgomp is not instrumented) and would report
+// its reductions as races. The references run on one thread, so every report
+// is about the emulated kernels' own threads.
+const bool references_on_one_thread = [] {
+  at::set_num_threads(1);
+  return true;
+}();
+#endif
+
 TEST(EmulatedKernels, CausalConv1dSiluForwardAndBackward) {
   const ConvCase cases[] = {
       {2, 150, 130, 4, torch::kFloat32, true}, {1, 65, 3, 3, torch::kFloat32, false},
