@@ -16,8 +16,9 @@ bool AdamW::decays(const std::string& name, const torch::Tensor& p) {
 }
 
 AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, AdamWOptions options)
-    : opt_(options) {
+    : opt_(options), update_(AdamWTensors{}) {
   torch::NoGradGuard no_grad;
+  AdamWTensors tensors;
   for (auto& [name, p] : named_params) {
     Slot s;
     s.name = name;
@@ -26,48 +27,44 @@ AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, Ad
     s.exp_avg = torch::zeros_like(s.master);
     s.exp_avg_sq = torch::zeros_like(s.master);
     s.decay = decays(name, p);
+    tensors.params.push_back(s.param);
+    tensors.masters.push_back(s.master);
+    tensors.exp_avgs.push_back(s.exp_avg);
+    tensors.exp_avg_sqs.push_back(s.exp_avg_sq);
+    tensors.decay.push_back(s.decay);
     slots_.push_back(std::move(s));
   }
+  update_ = AdamWUpdate(std::move(tensors));
 }
 
-double AdamW::grad_norm() const {
-  double sq = 0;
-  for (const auto& s : slots_)
-    if (s.param.grad().defined()) sq += s.param.grad().to(torch::kFloat32).square().sum().item<double>();
-  return std::sqrt(sq);
-}
+double AdamW::grad_norm() { return std::sqrt(update_.grad_sum_of_squares()); }
 
 double AdamW::clip_grad_norm(double max_norm) {
   const double norm = grad_norm();
-  if (max_norm > 0 && norm > max_norm) {
-    const double scale = max_norm / (norm + 1e-6);
-    torch::NoGradGuard no_grad;
-    for (auto& s : slots_)
-      if (s.param.grad().defined()) s.param.mutable_grad().mul_(scale);
-  }
+  grad_scale_ = max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
   return norm;
 }
 
 void AdamW::step(double lr) {
-  torch::NoGradGuard no_grad;
   ++step_;
-  const double bc1 = 1.0 - std::pow(opt_.beta1, static_cast<double>(step_));
-  const double bc2 = 1.0 - std::pow(opt_.beta2, static_cast<double>(step_));
-  for (auto& s : slots_) {
-    if (!s.param.grad().defined()) continue;
-    auto g = s.param.grad().to(torch::kFloat32);
-    s.exp_avg.mul_(opt_.beta1).add_(g, 1.0 - opt_.beta1);
-    s.exp_avg_sq.mul_(opt_.beta2).addcmul_(g, g, 1.0 - opt_.beta2);
-    if (s.decay && opt_.weight_decay > 0) s.master.mul_(1.0 - lr * opt_.weight_decay);
-    auto denom = (s.exp_avg_sq / bc2).sqrt_().add_(opt_.eps);
-    s.master.addcdiv_(s.exp_avg, denom, -lr / bc1);
-    if (!s.master.is_same(s.param)) s.param.copy_(s.master);
-  }
+  AdamWStepFactors f;
+  f.lr = lr;
+  f.beta1 = opt_.beta1;
+  f.beta2 = opt_.beta2;
+  f.eps = opt_.eps;
+  f.weight_decay = opt_.weight_decay;
+  f.step = step_;
+  f.grad_scale = grad_scale_;
+  update_.apply(f);
+  grad_scale_ = 1.0;
 }
 
 void AdamW::zero_grad() {
+  std::vector<torch::Tensor> grads;
   for (auto& s : slots_)
-    if (s.param.grad().defined()) s.param.mutable_grad().zero_();
+    if (s.param.grad().defined()) grads.push_back(s.param.mutable_grad());
+  // One multi-tensor launch on CUDA instead of one per tensor.
+  if (!grads.empty()) at::_foreach_zero_(grads);
 }
 
 void AdamW::save(const std::filesystem::path& file) const {

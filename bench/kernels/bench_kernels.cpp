@@ -6,15 +6,20 @@
 // --iters after 3 warm-up calls), the ratio reference / kernel, and the
 // peak memory above the inputs. The SSD scan also with its per-chunk products
 // on CUDA cores instead of tensor cores (kernel_cuda_cores,
-// tensor_core_speedup). --quick: small shapes (a smoke run).
+// tensor_core_speedup). The optimizer step (global gradient norm + AdamW
+// over the TARGETS.md student's parameters, bf16 with fp32 masters): the
+// fused kernel against the reference's per-tensor ops. --quick: small shapes
+// (a smoke run).
 // Prints one JSON object.
 #include <chrono>
 #include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "minipuzzle/adamw_update.h"
 #include "minipuzzle/causal_conv1d.h"
 #include "minipuzzle/forward_kl.h"
+#include "minipuzzle/hybrid_lm.h"
 #include "minipuzzle/kernel_dispatch.h"
 #include "minipuzzle/rms_norm.h"
 #include "minipuzzle/ssd_scan.h"
@@ -199,6 +204,47 @@ int main(int argc, char** argv) {
     ops.push_back(compare("forward_kl_topk", {{"tokens", rows}, {"vocab", V}, {"k", k}, {"dtype", "bf16"}},
                           [&] {
                             auto r = forward_kl_topk(s, vals, ids, rest, 1.0, 1.0 / static_cast<double>(rows), true);
+                          },
+                          iters));
+  }
+  {  // AdamW step (gradient norm for the clip, then the update) over the TARGETS.md student: 0.63B parameters
+    ModelConfig c;
+    c.vocab_size = quick ? 32768 : 131072;
+    c.hidden_size = quick ? 512 : 1536;
+    c.pattern = "M-M-M-M*-M-M-";
+    c.intermediate_size = quick ? 2048 : 6144;
+    c.num_attention_heads = 16;
+    c.num_key_value_heads = 8;
+    c.head_dim = 128;
+    c.mamba_num_heads = quick ? 16 : 48;
+    c.mamba_head_dim = 64;
+    c.ssm_state_size = 128;
+    c.n_groups = 8;
+    HybridLM model(c);
+    model->to(torch::kCUDA, torch::kBFloat16);
+    AdamWTensors t;
+    int64_t n = 0;
+    for (auto& p : model->named_parameters()) {
+      auto param = p.value().detach();
+      param.mutable_grad() = torch::randn_like(param) * 1e-3;
+      t.params.push_back(param);
+      t.masters.push_back(param.to(torch::kFloat32));
+      t.exp_avgs.push_back(torch::zeros_like(t.masters.back()));
+      t.exp_avg_sqs.push_back(torch::zeros_like(t.masters.back()));
+      t.decay.push_back(param.dim() >= 2);
+      n += param.numel();
+    }
+    AdamWUpdate update(std::move(t));
+    AdamWStepFactors f;
+    f.lr = 1e-5;
+    f.weight_decay = 0.1;
+    ops.push_back(compare("adamw_step",
+                          {{"parameters", n}, {"tensors", update.tensors().params.size()}, {"dtype", "bf16"},
+                           {"state", "fp32 master, exp_avg, exp_avg_sq"}, {"includes", "global grad norm (clip)"}},
+                          [&] {
+                            f.grad_scale = std::min(1.0, 1.0 / std::sqrt(update.grad_sum_of_squares()));
+                            update.apply(f);
+                            ++f.step;
                           },
                           iters));
   }

@@ -5,10 +5,13 @@
 // biases, A_log, D, dt_bias) and conv1d, as is usual for Mamba/transformers.
 //
 // State (exp_avg, exp_avg_sq, master copies, step) saves to and loads from
-// safetensors exactly, so a resumed run continues bit for bit.
+// safetensors exactly, so a resumed run continues bit for bit. The arithmetic
+// is adamw_update.h's: on CUDA our fused kernel, one launch per step.
 #pragma once
 
 #include <torch/torch.h>
+
+#include "minipuzzle/adamw_update.h"
 
 #include <filesystem>
 #include <string>
@@ -25,10 +28,13 @@ class AdamW {
  public:
   AdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, AdamWOptions options);
 
-  // Global L2 norm of all gradients (fp32), before clipping.
-  double grad_norm() const;
-  // Scales gradients so their global norm is at most max_norm (no-op if
-  // max_norm <= 0). Returns the norm before clipping.
+  // Global L2 norm of the gradients as they are (fp32 squares, summed in
+  // fp64; one host synchronization).
+  double grad_norm();
+  // Returns the global norm and makes the next step() use the gradients
+  // scaled so that their norm is at most max_norm (nothing when max_norm <= 0).
+  // The factor is folded into the update, which saves a pass over the
+  // gradients: they are left as they are.
   double clip_grad_norm(double max_norm);
   void step(double lr);
   void zero_grad();
@@ -47,6 +53,8 @@ class AdamW {
   };
   std::vector<Slot> slots_;
   AdamWOptions opt_;
+  AdamWUpdate update_;
+  double grad_scale_ = 1.0;  // set by clip_grad_norm for the next step
   int64_t step_ = 0;
 };
 

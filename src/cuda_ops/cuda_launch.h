@@ -9,17 +9,9 @@
 
 #include <string>
 
-#include "kernel_dtype.h"
+#include "cuda_ops/torch_kernel_dtype.h"
 
 namespace minipuzzle::cuda_ops {
-
-inline kernels::DType kernel_dtype(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat16: return kernels::DType::F16;
-    case torch::kBFloat16: return kernels::DType::BF16;
-    default: return kernels::DType::F32;
-  }
-}
 
 inline cudaStream_t current_stream(const torch::Tensor& t) {
   return at::cuda::getCurrentCUDAStream(t.device().index()).stream();

@@ -5,6 +5,9 @@
 
 #include <torch/torch.h>
 
+#include <memory>
+
+#include "minipuzzle/adamw_update.h"
 #include "minipuzzle/forward_kl.h"
 
 namespace minipuzzle::cuda_ops {
@@ -43,5 +46,15 @@ bool forward_kl_topk_supported(const torch::Tensor& student, const torch::Tensor
 ForwardKlResult forward_kl_topk(const torch::Tensor& student, const torch::Tensor& values,
                                 const torch::Tensor& indices, const torch::Tensor& rest_lse, double temperature,
                                 double grad_scale, bool want_grad);
+
+// The fused AdamW update (adamw_update.h): the kernel serves every parameter
+// that has a gradient, or none of them.
+bool adamw_kernel_supported(const AdamWTensors& t);
+// The device table for the tensors and their current gradients.
+std::shared_ptr<AdamWKernelState> make_adamw_kernel_state(const AdamWTensors& t);
+// False when a tensor or gradient moved, or a gradient appeared or went.
+bool adamw_kernel_state_matches(const AdamWKernelState& s, const AdamWTensors& t);
+double adamw_grad_sum_of_squares(AdamWKernelState& s);
+void adamw_update(AdamWKernelState& s, const AdamWStepFactors& f);
 
 }  // namespace minipuzzle::cuda_ops

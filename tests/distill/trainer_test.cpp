@@ -103,11 +103,26 @@ TEST(AdamW, ClipsTheGlobalNormAndSkipsDecayOnVectorsAndConv) {
   EXPECT_TRUE(AdamW::decays("backbone.layers.0.mixer.in_proj.weight", torch::zeros({4, 4})));
   EXPECT_FALSE(AdamW::decays("backbone.layers.0.mixer.conv1d.weight", torch::zeros({4, 1, 4})));
   EXPECT_FALSE(AdamW::decays("backbone.layers.0.mixer.A_log", torch::zeros({4})));
+  // Gradients (3, 4) then (0.3, 0.4), clipped to norm 1, step like (0.6, 0.8)
+  // then (0.3, 0.4) unclipped: the factor scales the first step's gradient
+  // and no other (Adam's first step alone hardly depends on the scale; the
+  // second sees the ratio of the two gradients).
   auto p = torch::zeros({2}, torch::requires_grad());
-  AdamW opt({{"p", p}}, {});
-  (p * torch::tensor({3.0f, 4.0f})).sum().backward();
-  EXPECT_NEAR(opt.clip_grad_norm(1.0), 5.0, 1e-6);
-  EXPECT_NEAR(opt.grad_norm(), 1.0, 1e-5);
+  auto q = torch::zeros({2}, torch::requires_grad());
+  AdamW opt({{"p", p}}, {}), plain({{"q", q}}, {});
+  const float scale[] = {1.0f, 0.1f};
+  for (int step = 0; step < 2; ++step) {
+    (p * torch::tensor({3.0f, 4.0f}) * scale[step]).sum().backward();
+    (q * torch::tensor({0.6f, 0.8f}) * (step == 0 ? 1.0f : 0.5f)).sum().backward();
+    EXPECT_NEAR(opt.clip_grad_norm(1.0), 5.0 * scale[step], 1e-6);
+    EXPECT_NEAR(opt.grad_norm(), 5.0 * scale[step], 1e-6);  // the gradients themselves stay as they are
+    plain.step(0.1);
+    opt.step(0.1);
+    EXPECT_TRUE(torch::allclose(p, q, 1e-5, 1e-6)) << p << q;
+    opt.zero_grad();
+    plain.zero_grad();
+  }
+  EXPECT_TRUE(torch::equal(p.grad(), torch::zeros({2})));
 }
 
 TEST(AdamW, StateRoundTripsExactlyAndRejectsAnotherModel) {

@@ -148,6 +148,8 @@ void launch(void (*kernel)(Params...), dim3 grid, unsigned threads, Args... args
 #define __global__
 #undef __shared__
 #define __shared__ static
+#undef __launch_bounds__
+#define __launch_bounds__(...)
 #define threadIdx (::cuda_emulator::thread_index)
 #define blockIdx (::cuda_emulator::block_index)
 #define blockDim (::cuda_emulator::block_dim)

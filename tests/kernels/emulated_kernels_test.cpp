@@ -4,6 +4,7 @@
 #include "cuda_emulator.h"
 
 #define MINIPUZZLE_KERNEL_DETAIL emulated
+#include "adamw_kernels.cuh"
 #include "causal_conv1d_silu_kernels.cuh"
 #include "forward_kl_kernels.cuh"
 #include "forward_kl_topk_kernels.cuh"
@@ -14,6 +15,8 @@
 #include <torch/torch.h>
 
 #include "gpu_test_util.h"
+#include "cuda_ops/adamw_slots.h"
+#include "minipuzzle/adamw_update.h"
 #include "minipuzzle/causal_conv1d.h"
 #include "minipuzzle/forward_kl.h"
 #include "minipuzzle/rms_norm.h"
@@ -323,6 +326,101 @@ TEST(EmulatedKernels, BlockGemmOnTensorCoreTiles) {
   auto b16 = b.to(torch::kBFloat16).to(torch::kFloat32);
   auto exact_b16 = torch::matmul(a.to(torch::kFloat64), b16.to(torch::kFloat64)).to(torch::kFloat32);
   expect_close(block_gemm_product<emu::kGemmSplitA>(a, b16), exact_b16, 1e-5, 2e-5, "split A, bf16 B");
+}
+
+struct AdamWCase {
+  int64_t numel;
+  torch::ScalarType dtype;
+  bool decay, misaligned = false, has_grad = true;
+};
+
+// A parameter list like a model's, with masters and moments part-way
+// through training; `misaligned` storage forces the scalar path.
+AdamWTensors adamw_tensors(const std::vector<AdamWCase>& cases) {
+  AdamWTensors t;
+  for (const auto& c : cases) {
+    auto p = c.misaligned ? torch::randn({c.numel + 1}).to(c.dtype).narrow(0, 1, c.numel) : torch::randn({c.numel}).to(c.dtype);
+    if (c.has_grad) p.mutable_grad() = torch::randn({c.numel}).to(c.dtype);
+    t.params.push_back(p);
+    t.masters.push_back(c.dtype == torch::kFloat32 ? p : p.to(torch::kFloat32) + torch::randn({c.numel}) * 1e-3);
+    t.exp_avgs.push_back(torch::randn({c.numel}) * 0.1);
+    t.exp_avg_sqs.push_back(torch::rand({c.numel}) * 0.01);
+    t.decay.push_back(c.decay);
+  }
+  return t;
+}
+
+AdamWTensors deep_copy(const AdamWTensors& t) {
+  AdamWTensors c = t;
+  for (std::size_t i = 0; i < t.params.size(); ++i) {
+    c.params[i] = t.params[i].clone();
+    if (t.params[i].grad().defined()) c.params[i].mutable_grad() = t.params[i].grad().clone();
+    c.masters[i] = t.masters[i].is_same(t.params[i]) ? c.params[i] : t.masters[i].clone();
+    c.exp_avgs[i] = t.exp_avgs[i].clone();
+    c.exp_avg_sqs[i] = t.exp_avg_sqs[i].clone();
+  }
+  return c;
+}
+
+// Every dtype (fp32 its own master), the decay flag both ways, tensors of 1,
+// 3 and 45 elements, one over two chunks with a ragged end, one that starts
+// off the vector alignment, one without a gradient; two steps (a clip factor
+// on the first, other bias corrections on the second).
+TEST(EmulatedKernels, AdamWUpdateAndGradSumOfSquares) {
+  torch::manual_seed(61);
+  const int64_t big = 2 * kernels::kAdamWChunk + 7;
+  AdamWTensors ours = adamw_tensors({{3, torch::kFloat32, false},
+                                     {big, torch::kBFloat16, true},
+                                     {45, torch::kFloat16, true},
+                                     {kernels::kAdamWChunk + 1, torch::kFloat32, true},
+                                     {1, torch::kBFloat16, false},
+                                     {50, torch::kBFloat16, true, /*misaligned=*/true},
+                                     {20, torch::kFloat32, true, false, /*has_grad=*/false}});
+  AdamWTensors ref = deep_copy(ours);
+  const auto untouched = ours.params.back().clone();
+  const auto slots = cuda_ops::adamw_slots(ours);  // the CUDA wrapper's table, in host memory
+  ASSERT_EQ(slots.size(), 6u);
+  EXPECT_FALSE(slots[5].vector_ok);
+  EXPECT_TRUE(slots[1].vector_ok);
+  const auto chunks = kernels::adamw_chunks(slots.data(), static_cast<int64_t>(slots.size()));
+  ASSERT_EQ(chunks.size(), 1u + 3u + 1u + 2u + 1u + 1u);
+  const dim3 grid(static_cast<unsigned>(chunks.size()));
+
+  std::vector<float> partials(chunks.size());
+  double sum = -1;
+  launch(emu::grad_squares_kernel, grid, emu::kAdamWThreads, slots.data(), chunks.data(), partials.data());
+  launch(emu::sum_partials_kernel, dim3(1), emu::kAdamWThreads, static_cast<const float*>(partials.data()),
+         static_cast<int64_t>(partials.size()), &sum);
+  const double expected = grad_sum_of_squares_reference(ref.params);
+  EXPECT_NEAR(sum, expected, 1e-6 * expected);
+
+  for (const auto& [step, scale] : {std::pair<int64_t, double>{1, 0.37}, {3, 1.0}}) {
+    AdamWStepFactors f;
+    f.lr = 1e-2;
+    f.weight_decay = 0.1;
+    f.step = step;
+    f.grad_scale = scale;
+    const auto factors = kernels::adamw_factors(f.lr, f.beta1, f.beta2, f.eps, f.weight_decay, f.step, f.grad_scale);
+    launch(emu::adamw_update_kernel, grid, emu::kAdamWThreads, slots.data(), chunks.data(), factors);
+    adamw_update_reference(ref, f);
+    for (std::size_t i = 0; i < ours.params.size(); ++i) {
+      const std::string what = "step " + std::to_string(step) + " tensor " + std::to_string(i) + " " +
+                               c10::toString(ours.params[i].scalar_type());
+      expect_close(ours.exp_avgs[i], ref.exp_avgs[i], 1e-7, 1e-6, what + " exp_avg");
+      expect_close(ours.exp_avg_sqs[i], ref.exp_avg_sqs[i], 1e-9, 1e-6, what + " exp_avg_sq");
+      expect_close(ours.masters[i], ref.masters[i], 1e-7, 1e-6, what + " master");
+      // The parameter is its master rounded, whatever the path.
+      EXPECT_TRUE(torch::equal(ours.params[i], ours.masters[i].to(ours.params[i].scalar_type()))) << what;
+    }
+    // A new gradient for the next step.
+    for (std::size_t i = 0; i < ours.params.size(); ++i)
+      if (ours.params[i].grad().defined()) {
+        auto g = torch::randn(ours.params[i].sizes()).to(ours.params[i].scalar_type());
+        ours.params[i].mutable_grad().copy_(g);
+        ref.params[i].mutable_grad().copy_(g);
+      }
+  }
+  EXPECT_TRUE(torch::equal(ours.params.back(), untouched));  // no gradient, no update
 }
 
 struct SsdCase {

@@ -34,7 +34,8 @@ function(minipuzzle_add_kernel_sanitizer name flags env definition)
   target_link_libraries(${name} PRIVATE minipuzzle_core GTest::gtest GTest::gtest_main)
   target_compile_definitions(${name} PRIVATE
     MINIPUZZLE_SOURCE_DIR="${PROJECT_SOURCE_DIR}" MINIPUZZLE_BINARY_DIR="${PROJECT_BINARY_DIR}" ${definition})
-  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/kernels ${CUDAToolkit_INCLUDE_DIRS})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/kernels ${PROJECT_SOURCE_DIR}/src
+                             ${CUDAToolkit_INCLUDE_DIRS})
   set_target_properties(${name} PROPERTIES UNITY_BUILD OFF)
   # -O1: the sanitizers' advice, and it halves the compile of this large file.
   target_compile_options(${name} PRIVATE ${flag_list} -O1 -fno-omit-frame-pointer -Wno-unknown-pragmas)
