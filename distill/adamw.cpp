@@ -15,26 +15,27 @@ bool AdamW::decays(const std::string& name, const torch::Tensor& p) {
   return name.find("conv1d") == std::string::npos;
 }
 
-AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, AdamWOptions options)
-    : opt_(options), update_(AdamWTensors{}) {
+namespace {
+
+// fp32 parameters are their own master; others get an fp32 copy.
+AdamWTensors optimizer_tensors(const std::vector<std::pair<std::string, torch::Tensor>>& named_params) {
   torch::NoGradGuard no_grad;
-  AdamWTensors tensors;
-  for (auto& [name, p] : named_params) {
-    Slot s;
-    s.name = name;
-    s.param = p;
-    s.master = p.scalar_type() == torch::kFloat32 ? p : p.detach().to(torch::kFloat32).clone();
-    s.exp_avg = torch::zeros_like(s.master);
-    s.exp_avg_sq = torch::zeros_like(s.master);
-    s.decay = decays(name, p);
-    tensors.params.push_back(s.param);
-    tensors.masters.push_back(s.master);
-    tensors.exp_avgs.push_back(s.exp_avg);
-    tensors.exp_avg_sqs.push_back(s.exp_avg_sq);
-    tensors.decay.push_back(s.decay);
-    slots_.push_back(std::move(s));
+  AdamWTensors t;
+  for (const auto& [name, p] : named_params) {
+    t.params.push_back(p);
+    t.masters.push_back(p.scalar_type() == torch::kFloat32 ? p : p.detach().to(torch::kFloat32).clone());
+    t.exp_avgs.push_back(torch::zeros_like(t.masters.back()));
+    t.exp_avg_sqs.push_back(torch::zeros_like(t.masters.back()));
+    t.decay.push_back(AdamW::decays(name, p));
   }
-  update_ = AdamWUpdate(std::move(tensors));
+  return t;
+}
+
+}  // namespace
+
+AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, AdamWOptions options)
+    : opt_(options), update_(optimizer_tensors(named_params)) {
+  for (const auto& np : named_params) names_.push_back(np.first);
 }
 
 double AdamW::grad_norm() { return std::sqrt(update_.grad_sum_of_squares()); }
@@ -61,8 +62,8 @@ void AdamW::step(double lr) {
 
 void AdamW::zero_grad() {
   std::vector<torch::Tensor> grads;
-  for (auto& s : slots_)
-    if (s.param.grad().defined()) grads.push_back(s.param.mutable_grad());
+  for (const auto& p : update_.tensors().params)
+    if (p.grad().defined()) grads.push_back(p.mutable_grad());
   // One multi-tensor launch on CUDA instead of one per tensor.
   if (!grads.empty()) at::_foreach_zero_(grads);
 }
@@ -75,10 +76,11 @@ void AdamW::save(const std::filesystem::path& file) const {
     keep.push_back(c);
     views.push_back({name, DType::F32, c.sizes().vec(), c.data_ptr(), static_cast<std::size_t>(c.nbytes())});
   };
-  for (const auto& s : slots_) {
-    add(s.name + ".exp_avg", s.exp_avg);
-    add(s.name + ".exp_avg_sq", s.exp_avg_sq);
-    if (!s.master.is_same(s.param)) add(s.name + ".master", s.master);
+  const AdamWTensors& t = update_.tensors();
+  for (std::size_t i = 0; i < names_.size(); ++i) {
+    add(names_[i] + ".exp_avg", t.exp_avgs[i]);
+    add(names_[i] + ".exp_avg_sq", t.exp_avg_sqs[i]);
+    if (!t.masters[i].is_same(t.params[i])) add(names_[i] + ".master", t.masters[i]);
   }
   write_safetensors(file, views, {{"format", "minipuzzle-adamw"}, {"step", std::to_string(step_)}});
 }
@@ -95,7 +97,7 @@ void AdamW::load(const std::filesystem::path& file) {
     throw InputError(fmt::format("{}: bad 'step' in metadata", file.string()));
   }
   torch::NoGradGuard no_grad;
-  auto read = [&](const std::string& name, torch::Tensor& into) {
+  auto read = [&](const std::string& name, const torch::Tensor& into) {
     const TensorInfo* t = f->find(name);
     if (!t || t->dtype != DType::F32 || t->shape != into.sizes().vec())
       throw InputError(fmt::format("{}: tensor {} missing or of the wrong shape (optimizer state of another model?)",
@@ -103,27 +105,30 @@ void AdamW::load(const std::filesystem::path& file) {
     into.copy_(tensor_view(f, *t));
   };
   std::size_t expected = 0;
-  for (auto& s : slots_) {
-    read(s.name + ".exp_avg", s.exp_avg);
-    read(s.name + ".exp_avg_sq", s.exp_avg_sq);
+  // In place: the tensors (and the kernel's table of them) stay where they are.
+  const AdamWTensors& t = update_.tensors();
+  for (std::size_t i = 0; i < names_.size(); ++i) {
+    const std::string& name = names_[i];
+    read(name + ".exp_avg", t.exp_avgs[i]);
+    read(name + ".exp_avg_sq", t.exp_avg_sqs[i]);
     expected += 2;
-    if (!s.master.is_same(s.param)) {
+    if (!t.masters[i].is_same(t.params[i])) {
       // Saved from an fp32 run, resumed in bf16: the fp32 weights were loaded
       // into the model and the constructor's master copy holds them exactly.
-      if (f->find(s.name + ".master")) {
-        read(s.name + ".master", s.master);
+      if (f->find(name + ".master")) {
+        read(name + ".master", t.masters[i]);
         ++expected;
       }
-    } else if (f->find(s.name + ".master")) {
+    } else if (f->find(name + ".master")) {
       // Saved from a bf16 run, resumed in fp32: the master is the better copy.
-      auto m = tensor_view(f, *f->find(s.name + ".master"));
-      s.master.copy_(m);
+      auto m = tensor_view(f, *f->find(name + ".master"));
+      t.masters[i].copy_(m);
       ++expected;
     }
   }
   if (expected != f->tensors().size())
-    throw InputError(fmt::format("{}: holds {} tensors, expected {} (optimizer state of another model?)",
-                                 file.string(), f->tensors().size(), expected));
+    throw InputError(fmt::format("{}: holds {} tensors, expected {} (optimizer state of another model?)", file.string(),
+                                 f->tensors().size(), expected));
   step_ = step;
 }
 

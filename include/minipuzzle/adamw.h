@@ -46,12 +46,7 @@ class AdamW {
   void load(const std::filesystem::path& file);
 
  private:
-  struct Slot {
-    std::string name;
-    torch::Tensor param, master, exp_avg, exp_avg_sq;  // master aliases param when fp32
-    bool decay;
-  };
-  std::vector<Slot> slots_;
+  std::vector<std::string> names_;  // index-aligned with update_.tensors()
   AdamWOptions opt_;
   AdamWUpdate update_;
   double grad_scale_ = 1.0;  // set by clip_grad_norm for the next step
