@@ -1,6 +1,7 @@
 #include "minipuzzle/forward_kl.h"
 
 #include <limits>
+#include <utility>
 
 #include "kernels_build.h"
 #include "minipuzzle/kernel_dispatch.h"
@@ -10,14 +11,25 @@
 
 namespace minipuzzle {
 
+namespace {
+
+// The student's and the teacher's fp32 log-softmax at temperature T, after
+// checking that both are [rows, vocab].
+std::pair<torch::Tensor, torch::Tensor> log_softmax_pair(const torch::Tensor& student, const torch::Tensor& teacher,
+                                                         double temperature, const char* op) {
+  TORCH_CHECK(student.dim() == 2 && student.sizes() == teacher.sizes(), op, ": student ", student.sizes(),
+              " and teacher ", teacher.sizes(), " must both be [rows, vocab]");
+  const double inv_t = 1.0 / temperature;
+  return {torch::log_softmax(student.to(torch::kFloat32) * inv_t, -1),
+          torch::log_softmax(teacher.to(torch::kFloat32) * inv_t, -1)};
+}
+
+}  // namespace
+
 ForwardKlResult forward_kl_reference(const torch::Tensor& student, const torch::Tensor& teacher, double temperature,
                                      double grad_scale, bool want_grad) {
-  TORCH_CHECK(student.dim() == 2 && student.sizes() == teacher.sizes(), "forward_kl: student ", student.sizes(),
-              " and teacher ", teacher.sizes(), " must both be [rows, vocab]");
   torch::NoGradGuard no_grad;
-  const double inv_t = 1.0 / temperature;
-  const auto logq = torch::log_softmax(student.to(torch::kFloat32) * inv_t, -1);
-  const auto logp = torch::log_softmax(teacher.to(torch::kFloat32) * inv_t, -1);
+  const auto [logq, logp] = log_softmax_pair(student, teacher, temperature, "forward_kl");
   const auto p = logp.exp();
   ForwardKlResult r;
   r.kl = torch::where(p > 0, p * (logp - logq), torch::zeros_like(p)).sum(-1);
@@ -30,12 +42,8 @@ ForwardKlResult forward_kl_reference(const torch::Tensor& student, const torch::
 ForwardKlResult logit_divergence_reference(const torch::Tensor& student, const torch::Tensor& teacher, KdLoss loss,
                                            double temperature, double grad_scale, bool want_grad) {
   if (loss == KdLoss::ForwardKl) return forward_kl_reference(student, teacher, temperature, grad_scale, want_grad);
-  TORCH_CHECK(student.dim() == 2 && student.sizes() == teacher.sizes(), "logit_divergence: student ", student.sizes(),
-              " and teacher ", teacher.sizes(), " must both be [rows, vocab]");
   torch::NoGradGuard no_grad;
-  const double inv_t = 1.0 / temperature;
-  const auto logq = torch::log_softmax(student.to(torch::kFloat32) * inv_t, -1);
-  const auto logp = torch::log_softmax(teacher.to(torch::kFloat32) * inv_t, -1);
+  const auto [logq, logp] = log_softmax_pair(student, teacher, temperature, "logit_divergence");
   const auto q = logq.exp();
   const auto zero = torch::zeros_like(q);
   // dD/ds'_v = q_v (dD/dq_v - sum_u q_u dD/dq_u); 0 log 0 terms vanish.
