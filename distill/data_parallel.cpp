@@ -278,40 +278,37 @@ std::function<void()> DataParallel::start_sum(torch::Tensor flat) {
   }
 }
 
-void DataParallel::all_reduce_sum(std::vector<double>& values) {
-  if (!impl_ || values.empty()) return;
+void DataParallel::all_reduce_sum_in_place(torch::Tensor t) {
+  if (!impl_) return;
   try {
-    std::vector<torch::Tensor> t{
-        torch::tensor(values, torch::TensorOptions().dtype(torch::kFloat64)).to(device_)};
+    std::vector<torch::Tensor> bufs{std::move(t)};
     c10d::AllreduceOptions o;
     o.reduceOp = c10d::ReduceOp::SUM;
     o.timeout = options_.timeout;
-    impl_->backend->allreduce(t, o)->wait();
-    auto cpu = t[0].cpu();
-    for (std::size_t i = 0; i < values.size(); ++i) values[i] = cpu[static_cast<int64_t>(i)].item<double>();
+    impl_->backend->allreduce(bufs, o)->wait();
   } catch (...) {
     rethrow("all_reduce_sum", env_.rank);
   }
+}
+
+void DataParallel::all_reduce_sum(std::vector<double>& values) {
+  if (!impl_ || values.empty()) return;
+  torch::Tensor t;
+  try {
+    t = torch::tensor(values, torch::TensorOptions().dtype(torch::kFloat64)).to(device_);
+  } catch (...) {
+    rethrow("all_reduce_sum", env_.rank);
+  }
+  all_reduce_sum_in_place(t);
+  const auto cpu = t.cpu();
+  const auto a = cpu.accessor<double, 1>();
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = a[static_cast<int64_t>(i)];
 }
 
 double DataParallel::all_reduce_sum(double value) {
   std::vector<double> v{value};
   all_reduce_sum(v);
   return v[0];
-}
-
-double DataParallel::all_reduce_max(double value) {
-  if (!impl_) return value;
-  try {
-    std::vector<torch::Tensor> t{torch::full({1}, value, torch::TensorOptions().dtype(torch::kFloat64)).to(device_)};
-    c10d::AllreduceOptions o;
-    o.reduceOp = c10d::ReduceOp::MAX;
-    o.timeout = options_.timeout;
-    impl_->backend->allreduce(t, o)->wait();
-    return t[0].cpu().item<double>();
-  } catch (...) {
-    rethrow("all_reduce_max", env_.rank);
-  }
 }
 
 // An allreduce of one number: works the same on Gloo and NCCL (NCCL's own

@@ -21,6 +21,7 @@
 #include "minipuzzle/device_memory.h"
 #include "minipuzzle/distill_report.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/host_to_device.h"
 #include "minipuzzle/json_read_back.h"
 #include "minipuzzle/logit_comparison.h"
 #include "minipuzzle/overlapped_all_reduce.h"
@@ -98,16 +99,18 @@ uint64_t max_rss_bytes() {
   return static_cast<uint64_t>(u.ru_maxrss) * 1024;
 }
 
-// Plain next-token cross-entropy (train mode), reported in KdResult's fields
-// (kd_sum = 0; ce_sum = the loss sum).
+// Plain next-token cross-entropy (train mode), reported as a KdResult
+// (kd_sum = agree = 0; ce_sum = the loss sum), its sums left on the device.
 KdResult cross_entropy_loss(HybridLM& student, const torch::Tensor& normed, const torch::Tensor& targets) {
   auto logits = student->lm_head(normed.reshape({-1, normed.size(-1)}));
   auto t = targets.reshape({-1});
   KdResult r;
   r.loss = torch::nn::functional::cross_entropy(logits, t);
   r.tokens = t.numel();
-  r.ce_sum = r.loss.item<double>() * static_cast<double>(r.tokens);
-  r.correct = logits.argmax(-1).eq(t).sum().item<int64_t>();
+  torch::NoGradGuard no_grad;
+  const auto zero = torch::zeros({}, logits.options().dtype(torch::kDouble));
+  r.sums = torch::stack({zero, r.loss.detach().to(torch::kDouble) * static_cast<double>(r.tokens),
+                         logits.argmax(-1).eq(t).sum().to(torch::kDouble), zero});
   return r;
 }
 
@@ -143,7 +146,7 @@ EvalMetrics evaluate_against_teacher(HybridLM* teacher, HybridLM& student, const
   LogitComparison sum;
   for (std::size_t i = 0; i < starts.size(); i += batch) {
     std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + batch));
-    auto rows = gather_windows(data, part, seq_len, student->config().vocab_size).to(student->device());
+    auto rows = to_device_async(gather_windows(data, part, seq_len, student->config().vocab_size), student->device());
     auto in = rows.narrow(1, 0, seq_len), tg = rows.narrow(1, 1, seq_len);
     auto s_hidden = student->forward_hidden(in);
     if (teacher) {
@@ -358,14 +361,17 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
   for (; step < steps; ++step) {
     const double lr = o.schedule.at(step);
     reset_device_peak(device);
-    double loss_sum = 0, kd_sum = 0, ce_sum = 0;
+    // The step's sums stay on the device until all its micro-batches are
+    // queued: one host synchronisation per step, none per micro-batch.
+    torch::Tensor step_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device));
+    torch::Tensor step_sums = torch::zeros({4}, step_loss.options());
     int64_t step_tokens = 0;
     // Every rank advances through the same global list; each trains its slice.
     const uint64_t first_window = pos.epoch * order.windows() + pos.index;  // the cache's numbering
     const auto mine = data_parallel_slice(order.take(pos, o.global_batch), dp.rank(), dp.world_size());
     for (int64_t m = 0; m < accum; ++m) {
       const std::vector<uint64_t> starts(mine.begin() + m * o.micro_batch, mine.begin() + (m + 1) * o.micro_batch);
-      auto rows = gather_windows(*data, starts, o.seq_len, student->config().vocab_size).to(device);
+      auto rows = to_device_async(gather_windows(*data, starts, o.seq_len, student->config().vocab_size), device);
       auto in = rows.narrow(1, 0, o.seq_len), tg = rows.narrow(1, 1, o.seq_len);
       KdResult r;
       auto student_hidden = [&] {
@@ -391,20 +397,24 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
       }
       if (o.overlap_all_reduce && m + 1 == accum) sync.arm();  // the step's gradients are final in this backward
       (r.loss / static_cast<double>(accum)).backward();
-      loss_sum += r.loss.item<double>() / accum;
-      kd_sum += r.kd_sum;
-      ce_sum += r.ce_sum;
+      step_loss += r.loss.detach().to(torch::kDouble) / static_cast<double>(accum);
+      step_sums += r.sums;
       step_tokens += r.tokens;
     }
     sync.finish();  // the mean over ranks, before clipping
-    if (dp.active()) {
-      std::vector<double> sums = {loss_sum, kd_sum, ce_sum, static_cast<double>(step_tokens)};
-      dp.all_reduce_sum(sums);
-      loss_sum = sums[0] / dp.world_size();
-      kd_sum = sums[1];
-      ce_sum = sums[2];
-      step_tokens = static_cast<int64_t>(sums[3]);
-    }
+    // The step's numbers, summed over ranks in one collective and read in the
+    // step's one wait for them: loss, kd_sum, ce_sum (KdResult::sums' order),
+    // tokens, and the stop flag (a signal to any rank stops all of them at
+    // the same step).
+    auto stats = torch::cat({step_loss.view({1}), step_sums.narrow(0, 0, 2),
+                             torch::full({1}, static_cast<double>(step_tokens), step_loss.options()),
+                             torch::full({1}, distill_stop_flag().load() ? 1.0 : 0.0, step_loss.options())});
+    dp.all_reduce_sum_in_place(stats);
+    const auto host = stats.cpu();
+    const auto h = host.accessor<double, 1>();
+    const double loss_sum = h[0] / dp.world_size(), kd_sum = h[1], ce_sum = h[2];
+    step_tokens = static_cast<int64_t>(h[3]);
+    const bool stop_signal = h[4] > 0;
     const double grad_norm = optimizer.clip_grad_norm(o.clip_grad);
     optimizer.step(lr);
     optimizer.zero_grad();
@@ -426,9 +436,7 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     if (on_step) on_step(status);
 
     const bool last = step + 1 == steps;
-    // A signal to any rank stops all of them at the same step.
-    const bool stop = dp.all_reduce_max(distill_stop_flag().load() ? 1.0 : 0.0) > 0 ||
-                      (o.stop_at_step > 0 && step + 1 >= o.stop_at_step);
+    const bool stop = stop_signal || (o.stop_at_step > 0 && step + 1 >= o.stop_at_step);
     if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && !last) run_eval(step + 1);
     if (last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0))
       summary.last_checkpoint = save_checkpoint(step + 1);

@@ -30,6 +30,18 @@ std::string kd_loss_name(KdLoss loss) {
   return "?";
 }
 
+KdSums KdResult::host_sums() const {
+  KdSums h;
+  if (!sums.defined()) return h;
+  const auto c = sums.to(torch::kCPU, torch::kDouble).contiguous();
+  const auto a = c.accessor<double, 1>();
+  h.kd_sum = a[0];
+  h.ce_sum = a[1];
+  h.correct = static_cast<int64_t>(a[2]);
+  h.agree = static_cast<int64_t>(a[3]);
+  return h;
+}
+
 namespace {
 
 using torch::Tensor;
@@ -184,7 +196,7 @@ KdResult run_chunked(HybridLM& student, const Tensor& student_normed, const Tens
   const Tensor w = weight.detach();
   Tensor grad_x = need_x ? torch::empty_like(x) : Tensor();
   Tensor grad_w = need_w ? torch::zeros({vocab, hidden}, w.options().dtype(torch::kFloat32)) : Tensor();
-  // Sums stay on the device until the end: one host sync per call, not per chunk.
+  // Sums stay on the device (KdResult::sums): no host sync per chunk or per call.
   auto acc_opts = torch::TensorOptions().dtype(torch::kDouble).device(x.device());
   Tensor kd_acc = torch::zeros({}, acc_opts), ce_acc = torch::zeros({}, acc_opts);
   Tensor correct_acc = torch::zeros({}, acc_opts.dtype(torch::kLong));
@@ -236,14 +248,7 @@ KdResult run_chunked(HybridLM& student, const Tensor& student_normed, const Tens
   Tensor loss = ((kd_acc * (temp * temp) + ce_acc * opts.ce_weight) * inv_n).to(torch::kFloat32);
   KdResult r;
   r.tokens = n;
-  {
-    auto sums = torch::stack({kd_acc, ce_acc, correct_acc.to(torch::kDouble), agree_acc.to(torch::kDouble)}).cpu();
-    auto a = sums.accessor<double, 1>();
-    r.kd_sum = a[0];
-    r.ce_sum = a[1];
-    r.correct = static_cast<int64_t>(a[2]);
-    r.agree = static_cast<int64_t>(a[3]);
-  }
+  r.sums = torch::stack({kd_acc, ce_acc, correct_acc.to(torch::kDouble), agree_acc.to(torch::kDouble)});
   if (!want_grad) {
     r.loss = loss;
     return r;

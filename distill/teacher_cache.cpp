@@ -11,6 +11,7 @@
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/host_to_device.h"
 #include "minipuzzle/model_config.h"
 #include "minipuzzle/indexed_dataset.h"
 #include "minipuzzle/token_batches.h"
@@ -522,7 +523,8 @@ KdResult cached_kd_loss(HybridLM& student, const torch::Tensor& student_normed, 
                                  b.values.defined() ? b.values.size(0) : 0, b.values.defined() ? b.values.size(1) : 0,
                                  student_normed.dim()));
   const auto dev = student_normed.device();
-  return kd_loss_topk(student, student_normed, b.values.to(dev), b.indices.to(dev), b.rest_lse.to(dev), targets, opts);
+  return kd_loss_topk(student, student_normed, to_device_async(b.values, dev), to_device_async(b.indices, dev),
+                      to_device_async(b.rest_lse, dev), targets, opts);
 }
 
 }  // namespace minipuzzle

@@ -28,10 +28,14 @@ void adamw_update_reference(const AdamWTensors& t, const AdamWStepFactors& f) {
 }
 
 double grad_sum_of_squares_reference(const std::vector<torch::Tensor>& params) {
-  double sq = 0;
-  for (const auto& p : params)
-    if (p.grad().defined()) sq += p.grad().to(torch::kFloat32).square().sum().item<double>();
-  return sq;
+  // Added up on the device, in fp64, and read once (one wait, not one per tensor).
+  torch::Tensor sq;
+  for (const auto& p : params) {
+    if (!p.grad().defined()) continue;
+    const auto s = p.grad().to(torch::kFloat32).square().sum().to(torch::kDouble);
+    sq = sq.defined() ? sq.add_(s) : s;
+  }
+  return sq.defined() ? sq.item<double>() : 0.0;
 }
 
 AdamWUpdate::AdamWUpdate(AdamWTensors tensors) : t_(std::move(tensors)) {

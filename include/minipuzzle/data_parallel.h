@@ -28,7 +28,7 @@
 //         gradient up to float summation order; every rank then computes the
 //         same norm, clips and steps the same way and the replicas stay equal;
 //      e. metrics: per-rank sums (loss, kd_sum, ce_sum, tokens) through
-//         dp.all_reduce_sum(...) (one collective for a vector); the loss
+//         dp.all_reduce_sum_in_place(...) (one collective for a tensor); the loss
 //         scaled by 1/local_accum summed over ranks is world * the global
 //         mean: divide it by world_size.
 //   5. Only dp.is_root() writes files (run.json, metrics.jsonl, checkpoints,
@@ -132,8 +132,10 @@ class DataParallel {
   // Sum over ranks (fp64). The vector form is one collective.
   double all_reduce_sum(double value);
   void all_reduce_sum(std::vector<double>& values);
-  // Max over ranks (e.g. a stop flag: any rank asked to stop).
-  double all_reduce_max(double value);
+  // Sums `t` (on this rank's device, any dtype the backend reduces) over
+  // ranks, in place: one collective. On CUDA the host does not wait for it;
+  // reading `t` then does.
+  void all_reduce_sum_in_place(torch::Tensor t);
   void barrier();
 
  private:

@@ -54,16 +54,26 @@ struct KdOptions {
   int64_t chunk_tokens = 0;  // tokens per chunk; 0 = auto: ~2^24 logits per chunk (128 tokens at vocab 131072)
 };
 
+// KdResult's sums on the host.
+struct KdSums {
+  double kd_sum = 0;    // sum over tokens of D(teacher, student) at temperature T, nats, without the T^2 factor
+  double ce_sum = 0;    // sum over tokens of the student's cross-entropy at T = 1 (0 without targets)
+  int64_t correct = 0;  // student argmax == target (0 without targets)
+  int64_t agree = 0;    // student argmax == teacher argmax
+};
+
 struct KdResult {
   // Scalar fp32: (T^2 * kd_sum + ce_weight * ce_sum) / tokens. Differentiable
   // w.r.t. the student's normed hidden states and its lm_head.weight when
   // grad mode is on and either requires grad; a plain tensor otherwise.
   torch::Tensor loss;
-  double kd_sum = 0;   // sum over tokens of D(teacher, student) at temperature T, nats, without the T^2 factor
-  double ce_sum = 0;   // sum over tokens of the student's cross-entropy at T = 1 (0 without targets)
+  // [4] fp64 on the loss's device: kd_sum, ce_sum, correct, agree (KdSums).
+  // They stay there so that a training step can add up its micro-batches
+  // and read them once: reading them waits for the device.
+  torch::Tensor sums;
   int64_t tokens = 0;  // tokens in this call
-  int64_t correct = 0;  // student argmax == target (0 without targets)
-  int64_t agree = 0;    // student argmax == teacher argmax
+  // `sums` copied to the host (a synchronisation on an accelerator).
+  KdSums host_sums() const;
 };
 
 // Online distillation: the teacher's logits are computed chunk by chunk from

@@ -6,6 +6,7 @@
 #include "cuda_launch.h"
 #include "cuda_ops/adamw_slots.h"
 #include "cuda_ops/cuda_ops.h"
+#include "minipuzzle/host_to_device.h"
 #include "minipuzzle/kernel_dispatch.h"
 
 namespace minipuzzle {
@@ -68,8 +69,8 @@ std::shared_ptr<AdamWKernelState> make_adamw_kernel_state(const AdamWTensors& t)
   if (slot_bytes) std::memcpy(host.data_ptr<uint8_t>(), state->slots.data(), slot_bytes);
   if (chunk_bytes) std::memcpy(host.data_ptr<uint8_t>() + slot_bytes, chunks.data(), chunk_bytes);
   const torch::Device device = t.params.front().device();
-  // A blocking copy, once per table: later steps reuse it.
-  state->table = host.to(device);
+  // Once per table (later steps reuse it), and without waiting for the device.
+  state->table = to_device_async(host, device);
   state->partials = torch::empty({std::max<int64_t>(state->num_chunks, 1)},
                                  torch::TensorOptions().device(device).dtype(torch::kFloat32));
   state->sum = torch::empty({1}, torch::TensorOptions().device(device).dtype(torch::kFloat64));

@@ -136,6 +136,9 @@ TEST(DataParallel, SingleProcessIsANoOp) {
   EXPECT_TRUE(torch::equal(p.detach(), before));
   EXPECT_TRUE(torch::equal(p.grad(), torch::ones({3, 4})));
   EXPECT_EQ(dp.all_reduce_sum(2.5), 2.5);
+  auto stats = torch::tensor({1.0, 2.0});
+  dp.all_reduce_sum_in_place(stats);
+  EXPECT_TRUE(torch::equal(stats, torch::tensor({1.0, 2.0})));
   dp.barrier();
 }
 
@@ -174,7 +177,9 @@ TEST(DataParallel, OneRankGlooGroupKeepsValues) {
   std::vector<double> m{1.5, -2.0, 1e-300};
   dp.all_reduce_sum(m);
   EXPECT_EQ(m, (std::vector<double>{1.5, -2.0, 1e-300}));
-  EXPECT_EQ(dp.all_reduce_max(4.0), 4.0);
+  auto stats = torch::tensor({3.0, 0.25, -7.0}, torch::kFloat64);
+  dp.all_reduce_sum_in_place(stats);
+  EXPECT_TRUE(torch::equal(stats, torch::tensor({3.0, 0.25, -7.0}, torch::kFloat64)));
   dp.barrier();
 }
 

@@ -127,10 +127,12 @@ Outcome ours(HybridLM& student, const Tensor& xs, F&& call) {
   kr.loss.backward();
   Outcome r;
   r.loss = kr.loss.item<double>();
-  r.kd_sum = kr.kd_sum;
-  r.ce_sum = kr.ce_sum;
-  r.correct = kr.correct;
-  r.agree = kr.agree;
+  EXPECT_EQ(kr.sums.device(), kr.loss.device());
+  const KdSums sums = kr.host_sums();
+  r.kd_sum = sums.kd_sum;
+  r.ce_sum = sums.ce_sum;
+  r.correct = sums.correct;
+  r.agree = sums.agree;
   EXPECT_EQ(kr.tokens, xs.numel() / xs.size(-1));
   r.grad_x = x.grad().clone();
   r.grad_w = student->lm_head_weights->weight.grad().clone();
@@ -228,7 +230,8 @@ TEST(KdLoss, LogitDivergenceAgreesWithTheTrainersDefinition) {
     o.temperature = 1.6;
     const KdResult trainer = kd_loss_logits(student, xs, teacher_logits.view({2, 5, vocab}), Tensor(), o);
     const ForwardKlResult fused = logit_divergence_reference(student_logits, teacher_logits, loss, 1.6, 1.0, false);
-    EXPECT_NEAR(fused.kl.sum().item<double>(), trainer.kd_sum, 1e-5 * trainer.kd_sum) << kd_loss_name(loss);
+    const double kd_sum = trainer.host_sums().kd_sum;
+    EXPECT_NEAR(fused.kl.sum().item<double>(), kd_sum, 1e-5 * kd_sum) << kd_loss_name(loss);
   }
 }
 
@@ -393,7 +396,7 @@ TEST(KdLoss, NoGradAndFrozenInputs) {
     KdResult r = kd_loss_online(student, x, teacher, xt, targets, o);
     EXPECT_FALSE(r.loss.requires_grad());
     EXPECT_NEAR(r.loss.item<double>(), ref.loss, 1e-6 * ref.loss);
-    EXPECT_EQ(r.correct, ref.correct);
+    EXPECT_EQ(r.host_sums().correct, ref.correct);
   }
   // Hidden states without grad: only lm_head gets one.
   {
@@ -506,10 +509,11 @@ TEST(KdLoss, RejectsBadInput) {
                InputError);
   // Without targets: no CE, no accuracy, still a loss.
   KdResult r = kd_loss_online(student, xs, teacher, xt, Tensor(), o);
-  EXPECT_EQ(r.ce_sum, 0.0);
-  EXPECT_EQ(r.correct, 0);
+  const KdSums sums = r.host_sums();
+  EXPECT_EQ(sums.ce_sum, 0.0);
+  EXPECT_EQ(sums.correct, 0);
   EXPECT_EQ(r.tokens, 10);
-  EXPECT_GT(r.kd_sum, 0.0);
+  EXPECT_GT(sums.kd_sum, 0.0);
 }
 
 }  // namespace

@@ -8,6 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#if MINIPUZZLE_TEST_CUDA_SYNCS
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 #include "../model/tiny_config.h"
 #include "minipuzzle/activation_checkpointing.h"
 #include "minipuzzle/adamw.h"
@@ -343,6 +347,64 @@ TEST_F(DistillRun, CudaStepsLogTheirPeakDeviceMemory) {
   ASSERT_EQ(steps.size(), 3u);
   for (const auto& j : steps) EXPECT_GE(j.at("device_peak_bytes").get<uint64_t>(), static_cast<uint64_t>(4 * floats));
 }
+
+#if MINIPUZZLE_TEST_CUDA_SYNCS
+// Counts the host synchronisations LibTorch makes on CUDA: its sync debug
+// mode turns each into a warning (the autograd engine replays those of its
+// device threads on the caller's).
+class CudaSyncCounter : public c10::WarningHandler {
+ public:
+  CudaSyncCounter() : guard_(this) { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN); }
+  ~CudaSyncCounter() override { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED); }
+  void process(const c10::Warning& w) override {
+    if (w.msg().find("synchroniz") != std::string::npos) ++count;
+  }
+  int64_t count = 0;
+
+ private:
+  c10::WarningUtils::WarningHandlerGuard guard_;
+};
+
+// A step's micro-batches never wait for the device: the syncs of a step (the
+// gradient norm, the step's sums) do not grow with the micro-batches in it.
+TEST_F(DistillRun, CudaHostSyncsPerStepDoNotGrowWithMicroBatches) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto syncs_per_step = [&](const std::string& name, int64_t global_batch, bool cache) {
+    auto o = options(name);
+    o.device = "cuda";
+    o.global_batch = global_batch;
+    o.schedule.total_steps = 4;
+    o.save_every = 0;
+    o.eval_every = 0;
+    if (cache) {
+      TeacherCacheOptions c;
+      c.teacher = dir_ / "teacher";
+      c.data = (dir_ / "data").string();
+      c.out = dir_ / (name + "-cache");
+      c.seq_len = o.seq_len;
+      c.seed = o.seed;
+      c.windows = static_cast<uint64_t>(o.schedule.total_steps * o.global_batch);
+      c.k = 8;
+      write_teacher_cache(c);
+      o.teacher.clear();
+      o.teacher_cache = c.out.string();
+    }
+    CudaSyncCounter counter;
+    std::vector<int64_t> at_step;
+    run_distillation(o, [&](const DistillStatus&) { at_step.push_back(counter.count); });
+    EXPECT_EQ(at_step.size(), 4u);
+    return at_step.at(3) - at_step.at(2);  // a step in the steady state
+  };
+  for (bool cache : {false, true}) {
+    const std::string what = cache ? "teacher cache" : "online teacher";
+    const int64_t one = syncs_per_step(cache ? "c1" : "o1", 2, cache);   // one micro-batch of 2
+    const int64_t four = syncs_per_step(cache ? "c4" : "o4", 8, cache);  // four
+    EXPECT_EQ(four, one) << what;
+    EXPECT_GT(one, 0) << what << ": the counter saw nothing (is the sync debug mode still reported as a warning?)";
+    EXPECT_LE(one, 2) << what << ": more than the gradient norm and the step's sums";
+  }
+}
+#endif
 
 TEST_F(DistillRun, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
   auto full = options("full");

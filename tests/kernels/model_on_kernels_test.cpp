@@ -20,7 +20,7 @@ using testing::with_references;
 struct Step {
   torch::Tensor loss;
   std::map<std::string, torch::Tensor> grads;
-  KdResult kd;
+  KdSums kd;
 };
 
 std::map<std::string, torch::Tensor> take_grads(HybridLM& m) {
@@ -38,7 +38,7 @@ Step kd_step(HybridLM& student, KdResult kd) {
   kd.loss.backward();
   s.loss = kd.loss.detach();
   s.grads = take_grads(student);
-  s.kd = kd;
+  s.kd = kd.host_sums();
   return s;
 }
 
