@@ -21,9 +21,10 @@ void rank_candidates_on_data(HybridLM& parent, const ImportanceScores& scores, S
   if (data.total_tokens() < static_cast<uint64_t>(opt.seq_len) + 1)
     throw InputError(fmt::format("--rank-data {} has {} tokens, fewer than one window of {} + 1", data.prefix(),
                                  data.total_tokens(), opt.seq_len));
-  const auto starts = sequential_windows(data.total_tokens(), opt.seq_len, opt.tokens / opt.seq_len);
-  if (starts.empty())
+  // (tokens / seq_len = 0 would mean "every window" to sequential_windows.)
+  if (opt.tokens < static_cast<uint64_t>(opt.seq_len))
     throw InputError(fmt::format("--rank-tokens {} is less than one window of {} tokens", opt.tokens, opt.seq_len));
+  const auto starts = sequential_windows(data.total_tokens(), opt.seq_len, opt.tokens / opt.seq_len);
 
   torch::NoGradGuard no_grad;
   parent->eval();

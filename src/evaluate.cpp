@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "minipuzzle/errors.h"
+#include "minipuzzle/host_to_device.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/token_windows.h"
@@ -15,35 +16,39 @@ EvalResult evaluate(HybridLM& model, const IndexedDataset& data, const EvalOptio
   if (data.total_tokens() < static_cast<uint64_t>(opt.seq_len) + 1)
     throw InputError("dataset " + data.prefix() + " has " + std::to_string(data.total_tokens()) +
                      " tokens, fewer than one window of --seq-len " + std::to_string(opt.seq_len) + " + 1");
-  auto starts = sequential_windows(data.total_tokens(), opt.seq_len, opt.max_tokens / opt.seq_len);
-  if (starts.empty())
+  // max_tokens / seq_len = 0 would mean "every window" to sequential_windows.
+  if (opt.max_tokens > 0 && opt.max_tokens < static_cast<uint64_t>(opt.seq_len))
     throw InputError("--max-tokens " + std::to_string(opt.max_tokens) + " is smaller than one window of --seq-len " +
                      std::to_string(opt.seq_len));
+  const auto starts = sequential_windows(data.total_tokens(), opt.seq_len, opt.max_tokens / opt.seq_len);
   torch::NoGradGuard no_grad;
   model->eval();
   const int64_t vocab = model->config().vocab_size;
-  double loss_sum = 0;
-  uint64_t correct = 0, count = 0;
+  // Summed on the model's device and read once at the end: on a GPU the
+  // host queues window after window without waiting for any.
+  const auto acc = torch::TensorOptions().dtype(torch::kDouble).device(model->device());
+  torch::Tensor loss_sum = torch::zeros({}, acc), correct = torch::zeros({}, acc.dtype(torch::kLong));
+  uint64_t count = 0;
   Progress progress("eval", starts.size() * opt.seq_len);
   for (size_t i = 0; i < starts.size(); i += opt.batch) {
     std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + opt.batch));
-    auto rows = gather_windows(data, part, opt.seq_len, vocab).to(model->device());
+    auto rows = to_device_async(gather_windows(data, part, opt.seq_len, vocab), model->device());
     auto inputs = rows.narrow(1, 0, opt.seq_len), targets = rows.narrow(1, 1, opt.seq_len);
     auto logits = model->forward(inputs).reshape({-1, vocab});
     auto t = targets.reshape({-1});
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, t, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                    .item<double>();
-    correct += logits.argmax(-1).eq(t).sum().item<int64_t>();
+                    .to(torch::kDouble);
+    correct += logits.argmax(-1).eq(t).sum();
     count += t.numel();
-    progress.update(count);
+    progress.update(count);  // windows queued (on a GPU, not necessarily run yet)
   }
   EvalResult r;
   r.tokens = count;
   r.windows = starts.size();
-  r.loss = loss_sum / count;
+  r.loss = loss_sum.item<double>() / count;
   r.perplexity = std::exp(r.loss);
-  r.accuracy = static_cast<double>(correct) / count;
+  r.accuracy = static_cast<double>(correct.item<int64_t>()) / count;
   r.seconds = progress.elapsed_seconds();
   return r;
 }

@@ -9,7 +9,7 @@
 #include <set>
 
 #if MINIPUZZLE_TEST_CUDA_SYNCS
-#include <c10/cuda/CUDAFunctions.h>
+#include "../model/cuda_sync_counter.h"
 #endif
 
 #include "../model/tiny_config.h"
@@ -349,22 +349,6 @@ TEST_F(DistillRun, CudaStepsLogTheirPeakDeviceMemory) {
 }
 
 #if MINIPUZZLE_TEST_CUDA_SYNCS
-// Counts the host synchronisations LibTorch makes on CUDA: its sync debug
-// mode turns each into a warning (the autograd engine replays those of its
-// device threads on the caller's).
-class CudaSyncCounter : public c10::WarningHandler {
- public:
-  CudaSyncCounter() : guard_(this) { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN); }
-  ~CudaSyncCounter() override { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED); }
-  void process(const c10::Warning& w) override {
-    if (w.msg().find("synchroniz") != std::string::npos) ++count;
-  }
-  int64_t count = 0;
-
- private:
-  c10::WarningUtils::WarningHandlerGuard guard_;
-};
-
 // A step's micro-batches never wait for the device: the syncs of a step (the
 // gradient norm, the step's sums) do not grow with the micro-batches in it.
 TEST_F(DistillRun, CudaHostSyncsPerStepDoNotGrowWithMicroBatches) {
@@ -389,7 +373,7 @@ TEST_F(DistillRun, CudaHostSyncsPerStepDoNotGrowWithMicroBatches) {
       o.teacher.clear();
       o.teacher_cache = c.out.string();
     }
-    CudaSyncCounter counter;
+    testing::CudaSyncCounter counter;
     std::vector<int64_t> at_step;
     run_distillation(o, [&](const DistillStatus&) { at_step.push_back(counter.count); });
     EXPECT_EQ(at_step.size(), 4u);

@@ -220,6 +220,12 @@ def test_eval_dataset_too_short(good, dataset, tmp_path):
     expect_user_error(["eval", good, "--data", dataset, "--seq-len", 4096, "--batch", 1, "--json"], tmp_path / "o")
 
 
+def test_eval_max_tokens_below_one_window(good, dataset, tmp_path):
+    # 0 windows would otherwise mean "all of them"
+    expect_user_error(["eval", good, "--data", dataset, "--seq-len", 16, "--max-tokens", 8, "--json"], tmp_path / "o",
+                      must_contain=["--max-tokens"])
+
+
 def test_data_build_missing_input(tmp_path):
     out_dir = tmp_path / "o"
     expect_user_error(["data", "build", "--input", tmp_path / "nope.txt", "--out", out_dir / "ds"], out_dir,

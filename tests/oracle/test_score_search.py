@@ -144,6 +144,13 @@ def test_search_from_scores_and_rank_on_data(work, tmp_path):
         m = c["measured"]
         assert m["tokens"] == 256 and 0 <= m["accuracy"] <= 1 and m["kl"] >= 0
     assert sorted(c["measured"]["proxy_rank"] for c in rc) == list(range(1, len(rc) + 1))
+    # Fewer --rank-tokens than one window: refused, not silently every window.
+    short = tmp_path / "short.json"
+    r = nt.run_cli("search", work["ckpt"], "--scores", work["scores"], "--budget", "50MiB", "--space", "full",
+                   "--precision", "bf16", "--context", 64, "--top-k", 4, "--out", short, "--rank-data", work["data"],
+                   "--rank-tokens", 32, "--rank-seq-len", 64, check=False)
+    assert r.returncode == 2 and "--rank-tokens" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not short.exists()
     # The top candidate prunes to a checkpoint that transformers loads.
     pruned = tmp_path / "pruned"
     nt.run_cli("prune", work["ckpt"], "--scores", work["scores"], "--candidate", f"{ranked}#1", "--out", pruned)
