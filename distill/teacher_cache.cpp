@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "minipuzzle/atomic_file.h"
+#include "minipuzzle/background_job.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/host_to_device.h"
@@ -292,52 +293,63 @@ TeacherCacheSummary write_teacher_cache(const TeacherCacheOptions& o, const Teac
   const int64_t D = tcfg.hidden_size;
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / vocab);  // ~64 MiB of fp32 logits per chunk
 
+  // The next shard is computed while the last one is written: the GPU does
+  // not wait for the disk, nor the disk for the GPU.
+  BackgroundJob writer;
   for (uint64_t i = 0; i < n_shards; ++i) {
     if (have[i]) continue;
-    if (o.stop_after_shards > 0 && summary.shards_written >= o.stop_after_shards) {
+    if (o.stop_after_shards > 0 && summary.shards_written + writer.in_flight() >= o.stop_after_shards) {
+      summary.shards_written += writer.finish();
       summary.interrupted = true;
       return summary;
     }
     const uint64_t first = i * per_shard, count = std::min(per_shard, n_windows - first);
     const auto w = static_cast<int64_t>(count);
-    std::vector<int64_t> starts(count);
-    for (uint64_t j = 0; j < count; ++j) starts[j] = static_cast<int64_t>(window_start(order, first + j));
-    torch::Tensor values = torch::empty({w * o.seq_len, o.k}, torch::kFloat32);
-    torch::Tensor indices = torch::empty({w * o.seq_len, o.k}, torch::kInt32);
-    torch::Tensor rest = torch::empty({w * o.seq_len}, torch::kFloat32);
+    auto starts = std::make_shared<std::vector<int64_t>>(count);
+    for (uint64_t j = 0; j < count; ++j) (*starts)[j] = static_cast<int64_t>(window_start(order, first + j));
+    // Filled by copies the host does not wait for, one wait per shard.
+    const torch::Device dev = teacher->device();
+    torch::Tensor values = host_buffer({w * o.seq_len, o.k}, torch::kFloat32, dev);
+    torch::Tensor indices = host_buffer({w * o.seq_len, o.k}, torch::kInt32, dev);
+    torch::Tensor rest = host_buffer({w * o.seq_len}, torch::kFloat32, dev);
     {
       torch::NoGradGuard no_grad;
       for (int64_t b = 0; b < w; b += o.batch) {
         const int64_t nb = std::min(o.batch, w - b);
-        std::vector<uint64_t> part(starts.begin() + b, starts.begin() + b + nb);
-        auto rows = gather_windows(*data, part, o.seq_len, vocab).to(teacher->device());
+        std::vector<uint64_t> part(starts->begin() + b, starts->begin() + b + nb);
+        auto rows = to_device_async(gather_windows(*data, part, o.seq_len, vocab), dev);
         auto hidden = teacher->forward_hidden(rows.narrow(1, 0, o.seq_len)).reshape({-1, D});
         const int64_t row0 = b * o.seq_len, nrows = nb * o.seq_len;
         for (int64_t s = 0; s < nrows; s += chunk) {
           const int64_t len = std::min(chunk, nrows - s);
           const TeacherTopK tk = teacher_topk(teacher->lm_head(hidden.narrow(0, s, len)), o.k, o.temperature);
-          values.narrow(0, row0 + s, len).copy_(tk.values);
-          indices.narrow(0, row0 + s, len).copy_(tk.indices);
-          rest.narrow(0, row0 + s, len).copy_(tk.rest_lse);
+          values.narrow(0, row0 + s, len).copy_(tk.values, /*non_blocking=*/true);
+          indices.narrow(0, row0 + s, len).copy_(tk.indices, /*non_blocking=*/true);
+          rest.narrow(0, row0 + s, len).copy_(tk.rest_lse, /*non_blocking=*/true);
         }
         if (progress) progress(done + static_cast<uint64_t>(b + nb), n_windows);
       }
     }
-    const std::vector<TensorView> views = {
-        {"window_starts", DType::I64, {w}, starts.data(), starts.size() * sizeof(int64_t)},
-        {"values", DType::F32, {w, o.seq_len, o.k}, values.data_ptr(), values.nbytes()},
-        {"indices", DType::I32, {w, o.seq_len, o.k}, indices.data_ptr(), indices.nbytes()},
-        {"rest_lse", DType::F32, {w, o.seq_len}, rest.data_ptr(), rest.nbytes()}};
-    write_safetensors(o.out / shard_name(i), views,
-                      {{"format", kTeacherCacheFormat},
+    wait_for_device(dev);
+    summary.shards_written += writer.finish();  // the previous shard (its error, if any, stops the run here)
+    const std::map<std::string, std::string> meta = {{"format", kTeacherCacheFormat},
                        {"version", std::to_string(kTeacherCacheVersion)},
                        {"identity", identity_text},
                        {"shard", std::to_string(i)},
                        {"first_window", std::to_string(first)},
-                       {"windows", std::to_string(count)}});
+                       {"windows", std::to_string(count)}};
+    writer.start([path = o.out / shard_name(i), starts, values, indices, rest, w, seq_len = o.seq_len, k = o.k,
+                  meta] {
+      const std::vector<TensorView> views = {
+          {"window_starts", DType::I64, {w}, starts->data(), starts->size() * sizeof(int64_t)},
+          {"values", DType::F32, {w, seq_len, k}, values.data_ptr(), values.nbytes()},
+          {"indices", DType::I32, {w, seq_len, k}, indices.data_ptr(), indices.nbytes()},
+          {"rest_lse", DType::F32, {w, seq_len}, rest.data_ptr(), rest.nbytes()}};
+      write_safetensors(path, views, meta);
+    });
     done += count;
-    ++summary.shards_written;
   }
+  summary.shards_written += writer.finish();
 
   json shards = json::array();
   for (uint64_t i = 0; i < n_shards; ++i) {

@@ -10,4 +10,12 @@ torch::Tensor to_device_async(const torch::Tensor& host, const torch::Device& de
   return host.contiguous().pin_memory().to(device, /*non_blocking=*/true);
 }
 
+torch::Tensor host_buffer(at::IntArrayRef sizes, torch::ScalarType dtype, const torch::Device& device) {
+  return torch::empty(sizes, torch::TensorOptions().dtype(dtype).pinned_memory(device.is_cuda()));
+}
+
+void wait_for_device(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.has_index() ? device.index() : -1);
+}
+
 }  // namespace minipuzzle

@@ -1,10 +1,10 @@
-// Copies of host tensors to an accelerator that do not stall the host.
+// Copies between the host and an accelerator that do not stall the host.
 //
-// A plain `t.to(cuda)` from pageable memory waits until everything queued
-// on the stream before it, and the copy itself, is done: in a training loop
-// that drains the GPU's queue once per micro-batch. Staged through pinned
-// memory the copy joins the stream like a kernel and the host goes on
-// queueing work.
+// A plain `t.to(cuda)` from pageable memory, or a copy back into it, waits
+// until everything queued on the stream before it is done: in a loop that
+// drains the GPU's queue at every copy. Through pinned memory a copy joins
+// the stream like a kernel and the host goes on queueing work; it waits
+// once, where it needs the results (wait_for_device).
 #pragma once
 
 #include <torch/torch.h>
@@ -18,5 +18,13 @@ namespace minipuzzle {
 // in place instead and must stay unchanged until the stream has run the
 // copy). A CPU device, or a tensor already there, comes back unchanged.
 torch::Tensor to_device_async(const torch::Tensor& host, const torch::Device& device);
+
+// An empty host tensor that copies from `device` can fill without the host
+// waiting (`dst.copy_(src, /*non_blocking=*/true)`): pinned when `device`
+// is CUDA, ordinary memory otherwise. Read it only after wait_for_device.
+torch::Tensor host_buffer(at::IntArrayRef sizes, torch::ScalarType dtype, const torch::Device& device);
+
+// Returns when everything queued on `device` so far has run; no-op for the CPU.
+void wait_for_device(const torch::Device& device);
 
 }  // namespace minipuzzle

@@ -22,6 +22,10 @@
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/window_order.h"
 
+#if MINIPUZZLE_TEST_CUDA_SYNCS
+#include "../model/cuda_sync_counter.h"
+#endif
+
 namespace minipuzzle {
 namespace {
 
@@ -218,6 +222,27 @@ TEST_F(TeacherCacheTest, CachedLossEqualsOnlineTopKLoss) {
   expect_input_error([&] { cached_kd_loss(student, h2.detach(), b, tg, other_t); }, "temperature 1.5");
   EXPECT_THROW(cached_kd_loss(student, h2.detach().narrow(0, 0, 3), b, tg.narrow(0, 0, 3), kd), InputError);
 }
+
+#if MINIPUZZLE_TEST_CUDA_SYNCS
+// On a GPU the host waits once per shard, however many windows it holds.
+TEST_F(TeacherCacheTest, CudaWaitsOncePerShardNotPerWindow) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto syncs = [&](const std::string& name, uint64_t windows_per_shard) {
+    TeacherCacheOptions o = options(name);
+    o.device = "cuda";
+    o.batch = 1;
+    o.windows = 2 * windows_per_shard;  // two shards
+    o.shard_tokens = windows_per_shard * kSeqLen;
+    testing::CudaSyncCounter counter;
+    EXPECT_EQ(write_teacher_cache(o).shards_written, 2u);
+    return counter.count;
+  };
+  syncs("warm", 1);
+  const int64_t small = syncs("small", 1), large = syncs("large", 6);
+  EXPECT_EQ(large, small);
+  EXPECT_GT(small, 0) << "the counter saw nothing (is the sync debug mode still reported as a warning?)";
+}
+#endif
 
 TEST_F(TeacherCacheTest, InterruptedWriteResumesToTheSameBytes) {
   const auto full = options("full");

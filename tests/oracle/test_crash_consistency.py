@@ -604,6 +604,40 @@ def test_full_disk(name, mode, inp, tmp_path):
         assert not any(disk.iterdir()), sorted(p.name for p in disk.iterdir())
 
 
+def teacher_logits_args(i: dict, out: Path) -> list:
+    return argv("teacher-logits", i["teacher"], "--data", i["data"], "--top-k", 8, "--out", out, "--seq-len", 32,
+                "--windows", 40, "--batch", 4, "--shard-tokens", 256)
+
+
+@pytest.mark.parametrize("mode", ["fsize", "tmpfs"])
+def test_full_disk_teacher_logits_keeps_whole_shards(mode, inp, tmp_path):
+    """Shards are written while the next one is computed: a write that fails
+    still stops the run with one line, leaves only whole shards, and a rerun
+    with room completes them to the same bytes."""
+    ref = tmp_path / "ref"
+    subprocess.run(teacher_logits_args(inp, ref), check=True, env=ENV, capture_output=True)
+    shard = max(p.stat().st_size for p in ref.glob("shard-*.safetensors"))
+    disk = tmp_path / "disk"
+    # tmpfs: room for two shards of five; RLIMIT_FSIZE: for no shard.
+    ctx = Tmpfs(disk, 2 * shard + 8192) if mode == "tmpfs" else _Nothing(disk)
+    if mode == "fsize":
+        disk.mkdir()
+    with ctx:
+        out = disk / "cache"
+        r = restricted_run(teacher_logits_args(inp, out), mode, shard // 2, disk)
+        expect_clean_failure(r, disk)
+        assert teacher_cache_state(out, ref) == "incomplete"
+        whole = sorted(p.name for p in out.glob("shard-*.safetensors")) if out.exists() else []
+        if mode == "tmpfs":
+            assert 1 <= len(whole) <= 2, whole
+        moved = tmp_path / "moved"
+        moved.mkdir()
+        if out.exists():
+            shutil.copytree(out, moved / "cache")
+    subprocess.run(teacher_logits_args(inp, moved / "cache"), check=True, env=ENV, capture_output=True)
+    assert teacher_cache_state(moved / "cache", ref) == "complete"
+
+
 class _Nothing:
     def __init__(self, path):
         self.path = path
