@@ -56,7 +56,8 @@ cmake -S "$ROOT" -B "$ROOT/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAK
 tail -n 3 "$LOG/configure.log"
 # --quick and --job build only what they run (device time is short).
 TARGETS=()
-[ "$MODE" = quick ] && TARGETS=(--target kernels_test model_test distill_kd_loss distill_trainer minipuzzle bench_kernels)
+[ "$MODE" = quick ] && TARGETS=(--target kernels_test model_test distill_kd_loss distill_trainer distill_teacher_cache
+  minipuzzle bench_kernels)
 [ "$MODE" = job ] && TARGETS=(--target minipuzzle)
 cmake --build "$ROOT/build-gpu" -j "$(nproc)" "${TARGETS[@]}" > "$LOG/build.log" 2>&1 || {
   tail -n 40 "$LOG/build.log"
@@ -72,8 +73,9 @@ fi
 COMMIT="${GPU_CHECK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
 if [ "$MODE" != job ]; then
-  # The tests with CUDA cases: kernels, the model, the trainer, the KD loss, parity with transformers.
-  GPU_TESTS='kernels_test|model_test|distill_trainer|distill_kd_loss|oracle_forward_parity'
+  # The tests with CUDA cases: kernels, the model and eval, the trainer, the KD loss, the teacher cache
+  # (with the host-wait counts), parity with transformers.
+  GPU_TESTS='kernels_test|model_test|distill_trainer|distill_kd_loss|distill_teacher_cache|oracle_forward_parity'
   if [ "$MODE" = quick ]; then
     ctest --output-on-failure -j 4 -R "$GPU_TESTS" > "$LOG/ctest.log" 2>&1 || rc=1
   else
