@@ -384,15 +384,12 @@ KdResult kd_loss_topk(HybridLM& student, const torch::Tensor& student_normed, co
         d.grad_s = g;
         return d;
       },
-      // The top-k kernel does forward KL only; reverse KL and JSD run the LibTorch path.
-      loss != KdLoss::ForwardKl ? FusedKlFn()
-                                : [&](int64_t start, int64_t len, const Tensor& z, double scale, bool want_grad) {
-                                    const auto dev = z.device();
-                                    return forward_kl_topk(z, tv.narrow(0, start, len).to(dev),
-                                                           ti.narrow(0, start, len).to(dev),
-                                                           tr.narrow(0, start, len).reshape({-1}).to(dev),
-                                                           opts.temperature, scale, want_grad);
-                                  });
+      [&](int64_t start, int64_t len, const Tensor& z, double scale, bool want_grad) {
+        const auto dev = z.device();
+        return topk_divergence(z, tv.narrow(0, start, len).to(dev), ti.narrow(0, start, len).to(dev),
+                               tr.narrow(0, start, len).reshape({-1}).to(dev), loss, opts.temperature, scale,
+                               want_grad);
+      });
 }
 
 TeacherTopK teacher_topk(const torch::Tensor& teacher_logits, int64_t k, double temperature) {

@@ -25,7 +25,8 @@ cudaError_t forward_kl(const ForwardKlShape& shape, Divergence divergence, DType
   return cudaGetLastError();
 }
 
-cudaError_t forward_kl_topk(const ForwardKlTopkShape& shape, DType student_dtype, const void* student,
+cudaError_t forward_kl_topk(const ForwardKlTopkShape& shape, Divergence divergence, DType student_dtype,
+                            const void* student,
                             const float* values, const int64_t* indices, const float* rest_lse, float inv_temperature,
                             float grad_scale, float* kl, void* grad, int64_t* student_argmax,
                             int64_t* teacher_argmax, cudaStream_t stream) {
@@ -38,7 +39,7 @@ cudaError_t forward_kl_topk(const ForwardKlTopkShape& shape, DType student_dtype
     using TS = decltype(tag);
     forward_kl_topk_kernel<TS><<<static_cast<unsigned>(shape.rows), kKlTopkThreads, bitmap, stream>>>(
         static_cast<const TS*>(student), values, indices, rest_lse, shape.vocab, shape.k, shape.student_row_stride,
-        inv_temperature, grad_scale, kl, static_cast<TS*>(grad), student_argmax, teacher_argmax);
+        inv_temperature, grad_scale, kl, static_cast<TS*>(grad), student_argmax, teacher_argmax, divergence);
   });
   return cudaGetLastError();
 }

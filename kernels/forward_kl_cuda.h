@@ -45,14 +45,16 @@ cudaError_t forward_kl(const ForwardKlShape& shape, Divergence divergence, DType
 //   indices [rows, k] int64: distinct vocabulary ids per row (others skipped)
 //   rest_lse [rows] fp32: log-sum-exp of the other tempered teacher logits
 //   (-inf when k = vocab)
-// kl over the k + 1 buckets; grad (student dtype, [rows, vocab], not in
-// place) = grad_scale * dKL/ds'; teacher_argmax: the id of the largest value.
+// `divergence` over the k + 1 buckets into kl; grad (student dtype, [rows,
+// vocab], not in place) = grad_scale * dD/ds'; teacher_argmax: the id of the
+// largest value.
 // The top-k positions are marked in a shared-memory bitmap: vocab is limited.
 constexpr int64_t kForwardKlTopkMaxVocab = (48 * 1024 - 2048) * 8;  // bitmap + static shared <= 48 KiB
 struct ForwardKlTopkShape {
   int64_t rows = 0, vocab = 0, k = 0, student_row_stride = 0;
 };
-cudaError_t forward_kl_topk(const ForwardKlTopkShape& shape, DType student_dtype, const void* student,
+cudaError_t forward_kl_topk(const ForwardKlTopkShape& shape, Divergence divergence, DType student_dtype,
+                            const void* student,
                             const float* values, const int64_t* indices, const float* rest_lse, float inv_temperature,
                             float grad_scale, float* kl, void* grad, int64_t* student_argmax,
                             int64_t* teacher_argmax, cudaStream_t stream);

@@ -1,14 +1,17 @@
-// Forward KL against a top-k teacher (forward_kl_cuda.h), one block per row:
-// mark the k ids in a shared bitmap; one pass over the student row for the
-// log-sum-exp of all logits and of the unmarked ones (the rest) and its
-// argmax; one pass over the k teacher values; the KL over k + 1 buckets;
-// then the gradient: q_v - p_i at the k ids, q_v - p_rest q_v / q_rest
-// elsewhere (the ratio as exp(s'_v - lse_rest), stable for a tiny rest).
+// A divergence against a top-k teacher (forward_kl_cuda.h), one block per
+// row: mark the k ids in a shared bitmap; one pass over the student row for
+// the log-sum-exp of all logits and of the unmarked ones (the rest) and its
+// argmax; one pass over the k teacher values; the divergence over k + 1
+// buckets; then the gradient. Forward KL: q_v - p_i at the k ids,
+// q_v - p_rest q_v / q_rest elsewhere (the ratio as exp(s'_v - lse_rest),
+// stable for a tiny rest). Reverse KL and JSD: q_v h_b(v), h_b from the
+// bucket terms (jsd_terms, forward_kl_kernels.cuh) and their sums.
 // Kernel bodies, shared by the launcher (forward_kl.cu) and the CPU emulation tests.
 #pragma once
 
 #include "device_math.cuh"
 #include "forward_kl_cuda.h"
+#include "forward_kl_kernels.cuh"  // jsd_terms
 
 // Namespace: see device_math.cuh.
 namespace minipuzzle::kernels::MINIPUZZLE_KERNEL_DETAIL {
@@ -33,6 +36,12 @@ __device__ __forceinline__ TopkRowStats empty_topk_stats(int64_t no_index) {
   return TopkRowStats{-FLT_MAX, 0.0f, -FLT_MAX, 0.0f, -FLT_MAX, 0.0f, no_index};
 }
 
+// One bucket's share of the divergence, and for reverse KL and JSD
+// a = dD/dq_b - 1 (JSD: 2 dD/dq_b - 1) and q_b a.
+struct BucketTerms {
+  float value, qa, a;
+};
+
 __device__ __forceinline__ float lse_of(float m, float z) { return z > 0.0f ? m + logf(z) : -INFINITY; }
 
 __host__ __device__ inline size_t topk_bitmap_bytes(int64_t vocab) {
@@ -44,7 +53,8 @@ __global__ void forward_kl_topk_kernel(const TS* __restrict__ student, const flo
                                        const int64_t* __restrict__ indices, const float* __restrict__ rest_lse,
                                        int64_t vocab, int64_t k, int64_t s_stride, float inv_t, float grad_scale,
                                        float* __restrict__ kl, TS* __restrict__ grad,
-                                       int64_t* __restrict__ s_argmax, int64_t* __restrict__ t_argmax) {
+                                       int64_t* __restrict__ s_argmax, int64_t* __restrict__ t_argmax,
+                                       Divergence divergence) {
   MINIPUZZLE_DYNAMIC_SHARED(unsigned, topk_bits);
   __shared__ TopkRowStats scratch[32];
   __shared__ float sums[32];
@@ -80,33 +90,64 @@ __global__ void forward_kl_topk_kernel(const TS* __restrict__ student, const flo
   const float rest_t = rest_lse[row], top_t = lse_of(tt.m_all, tt.z_all);
   const float hi = fmaxf(top_t, rest_t);
   const float lse_t = hi == -INFINITY ? -INFINITY : hi + logf(expf(top_t - hi) + expf(rest_t - hi));
-  const float p_rest = expf(rest_t - lse_t);
 
-  // KL over the k + 1 buckets.
-  float part = 0.0f;
+  // The divergence over the k + 1 buckets (the rest added by thread 0), and
+  // for reverse KL and JSD sum_b q_b a_b (their gradient's centring term).
+  const auto bucket = [&](float logp, float logq) {
+    BucketTerms t{0.0f, 0.0f, 0.0f};
+    if (divergence == Divergence::ForwardKl) {
+      const float p = expf(logp);
+      t.value = p > 0.0f ? p * (logp - logq) : 0.0f;
+    } else if (divergence == Divergence::ReverseKl) {
+      const float q = expf(logq);
+      t.a = q > 0.0f ? logq - logp : 0.0f;
+      t.value = t.qa = q * t.a;
+    } else {
+      const JsdTerms j = jsd_terms(logp, logq);
+      t = BucketTerms{j.value, j.qa, j.a};
+    }
+    return t;
+  };
+  const float rest_logp = rest_t - lse_t, rest_logq = rest_s - lse_s;
+  float part = 0.0f, part_qa = 0.0f;
   for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
-    const float lp = vals[i] - lse_t, p = expf(lp);
     const int64_t v = ids[i];
-    if (p > 0.0f && v >= 0 && v < vocab) part += p * (lp - (to_f32(s_row[v]) * inv_t - lse_s));
+    if (v < 0 || v >= vocab) continue;
+    const BucketTerms t = bucket(vals[i] - lse_t, to_f32(s_row[v]) * inv_t - lse_s);
+    part += t.value;
+    part_qa += t.qa;
   }
-  part = block_sum(part, sums);
   if (threadIdx.x == 0) {
-    kl[row] = part + (p_rest > 0.0f ? p_rest * ((rest_t - lse_t) - (rest_s - lse_s)) : 0.0f);
+    const BucketTerms t = bucket(rest_logp, rest_logq);
+    part += t.value;
+    part_qa += t.qa;
+  }
+  const float d = block_sum(part, sums);
+  const float sum_qa = divergence == Divergence::ForwardKl ? 0.0f : block_sum(part_qa, sums);
+  if (threadIdx.x == 0) {
+    kl[row] = d;
     if (s_argmax) s_argmax[row] = student_best;
     if (t_argmax) t_argmax[row] = tt.best_at < k ? ids[tt.best_at] : vocab;
   }
   if (!grad) return;
+  // dD/ds'_v = q_v h_b(v): h = a - D (reverse KL), (a - sum_qa) / 2 (JSD).
+  const auto centred = [&](float a) { return divergence == Divergence::ReverseKl ? a - d : 0.5f * (a - sum_qa); };
+  const float h_rest = divergence == Divergence::ForwardKl ? 0.0f : centred(bucket(rest_logp, rest_logq).a);
   TS* g_row = grad + row * vocab;
   for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) {
     if (marked(v)) continue;
     const float sp = to_f32(s_row[v]) * inv_t;
-    g_row[v] = from_f32<TS>(grad_scale * (expf(sp - lse_s) - expf(sp - rest_s + (rest_t - lse_t))));
+    const float g = divergence == Divergence::ForwardKl ? expf(sp - lse_s) - expf(sp - rest_s + rest_logp)
+                                                        : expf(sp - lse_s) * h_rest;
+    g_row[v] = from_f32<TS>(grad_scale * g);
   }
   for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
     const int64_t v = ids[i];
     if (v < 0 || v >= vocab) continue;
-    const float sp = to_f32(s_row[v]) * inv_t;
-    g_row[v] = from_f32<TS>(grad_scale * (expf(sp - lse_s) - expf(vals[i] - lse_t)));
+    const float logq = to_f32(s_row[v]) * inv_t - lse_s, logp = vals[i] - lse_t;
+    const float g = divergence == Divergence::ForwardKl ? expf(logq) - expf(logp)
+                                                        : expf(logq) * centred(bucket(logp, logq).a);
+    g_row[v] = from_f32<TS>(grad_scale * g);
   }
 }
 

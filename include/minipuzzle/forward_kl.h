@@ -52,4 +52,14 @@ ForwardKlResult forward_kl_topk_reference(const torch::Tensor& student, const to
                                           const torch::Tensor& indices, const torch::Tensor& rest_lse,
                                           double temperature, double grad_scale, bool want_grad);
 
+// The same for any of the divergences over the k + 1 buckets (reverse KL and
+// JSD: dD/ds'_v = q_v h_b(v) with h from the bucket divergence, as in
+// logit_divergence).
+ForwardKlResult topk_divergence(const torch::Tensor& student, const torch::Tensor& values,
+                                const torch::Tensor& indices, const torch::Tensor& rest_lse, KdLoss loss,
+                                double temperature, double grad_scale, bool want_grad);
+ForwardKlResult topk_divergence_reference(const torch::Tensor& student, const torch::Tensor& values,
+                                          const torch::Tensor& indices, const torch::Tensor& rest_lse, KdLoss loss,
+                                          double temperature, double grad_scale, bool want_grad);
+
 }  // namespace minipuzzle

@@ -43,9 +43,9 @@ ForwardKlResult logit_divergence(const torch::Tensor& student, const torch::Tens
 
 bool forward_kl_topk_supported(const torch::Tensor& student, const torch::Tensor& values,
                                const torch::Tensor& indices, const torch::Tensor& rest_lse);
-ForwardKlResult forward_kl_topk(const torch::Tensor& student, const torch::Tensor& values,
-                                const torch::Tensor& indices, const torch::Tensor& rest_lse, double temperature,
-                                double grad_scale, bool want_grad);
+ForwardKlResult topk_divergence(const torch::Tensor& student, const torch::Tensor& values,
+                                const torch::Tensor& indices, const torch::Tensor& rest_lse, KdLoss loss,
+                                double temperature, double grad_scale, bool want_grad);
 
 // The fused AdamW update (adamw_update.h): the kernel serves every parameter
 // that has a gradient, or none of them.

@@ -17,6 +17,18 @@ ForwardKlResult allocate_result(const torch::Tensor& s, bool want_grad) {
   return r;
 }
 
+kernels::Divergence kernel_divergence(KdLoss loss) {
+  switch (loss) {
+    case KdLoss::ReverseKl:
+      return kernels::Divergence::ReverseKl;
+    case KdLoss::Jsd:
+      return kernels::Divergence::Jsd;
+    case KdLoss::ForwardKl:
+      break;
+  }
+  return kernels::Divergence::ForwardKl;
+}
+
 }  // namespace
 
 bool forward_kl_supported(const torch::Tensor& student, const torch::Tensor& teacher) {
@@ -38,10 +50,7 @@ ForwardKlResult logit_divergence(const torch::Tensor& student, const torch::Tens
   shape.vocab = vocab;
   shape.student_row_stride = s.stride(0);
   shape.teacher_row_stride = t.stride(0);
-  const auto divergence = loss == KdLoss::ReverseKl ? kernels::Divergence::ReverseKl
-                          : loss == KdLoss::Jsd     ? kernels::Divergence::Jsd
-                                                    : kernels::Divergence::ForwardKl;
-  check_launch(kernels::forward_kl(shape, divergence, kernel_dtype(s.scalar_type()), s.data_ptr(),
+  check_launch(kernels::forward_kl(shape, kernel_divergence(loss), kernel_dtype(s.scalar_type()), s.data_ptr(),
                                    kernel_dtype(t.scalar_type()), t.data_ptr(), static_cast<float>(1.0 / temperature),
                                    static_cast<float>(grad_scale), r.kl.data_ptr<float>(),
                                    want_grad ? r.grad.data_ptr() : nullptr, r.student_argmax.data_ptr<int64_t>(),
@@ -61,9 +70,9 @@ bool forward_kl_topk_supported(const torch::Tensor& student, const torch::Tensor
          rest_lse.device() == student.device();
 }
 
-ForwardKlResult forward_kl_topk(const torch::Tensor& student, const torch::Tensor& values,
-                                const torch::Tensor& indices, const torch::Tensor& rest_lse, double temperature,
-                                double grad_scale, bool want_grad) {
+ForwardKlResult topk_divergence(const torch::Tensor& student, const torch::Tensor& values,
+                                const torch::Tensor& indices, const torch::Tensor& rest_lse, KdLoss loss,
+                                double temperature, double grad_scale, bool want_grad) {
   const c10::cuda::CUDAGuard guard(student.device());
   const auto s = student.stride(1) == 1 ? student : student.contiguous();
   const auto vals = values.to(torch::kFloat32).contiguous();
@@ -76,13 +85,14 @@ ForwardKlResult forward_kl_topk(const torch::Tensor& student, const torch::Tenso
   shape.vocab = vocab;
   shape.k = vals.size(1);
   shape.student_row_stride = s.stride(0);
-  check_launch(kernels::forward_kl_topk(shape, kernel_dtype(s.scalar_type()), s.data_ptr(), vals.data_ptr<float>(),
+  check_launch(kernels::forward_kl_topk(shape, kernel_divergence(loss), kernel_dtype(s.scalar_type()), s.data_ptr(),
+                                        vals.data_ptr<float>(),
                                         ids.data_ptr<int64_t>(), rest.data_ptr<float>(),
                                         static_cast<float>(1.0 / temperature), static_cast<float>(grad_scale),
                                         r.kl.data_ptr<float>(), want_grad ? r.grad.data_ptr() : nullptr,
                                         r.student_argmax.data_ptr<int64_t>(), r.teacher_argmax.data_ptr<int64_t>(),
                                         current_stream(s)),
-               "forward_kl_topk");
+               "top-k divergence");
   return r;
 }
 

@@ -165,6 +165,11 @@ TEST(EmulatedKernels, GatedRmsNormForwardAndBackward) {
   }
 }
 
+// Our loss names and the kernels' for each divergence.
+const std::pair<KdLoss, kernels::Divergence> kDivergences[] = {{KdLoss::ForwardKl, kernels::Divergence::ForwardKl},
+                                                              {KdLoss::ReverseKl, kernels::Divergence::ReverseKl},
+                                                              {KdLoss::Jsd, kernels::Divergence::Jsd}};
+
 struct KlCase {
   int64_t rows, vocab;
   torch::ScalarType student, teacher;
@@ -179,11 +184,8 @@ TEST(EmulatedKernels, ForwardKlLossGradientAndArgmax) {
       {2, 777, torch::kBFloat16, torch::kBFloat16, 0.7},
       {1, 5, torch::kFloat32, torch::kFloat32, 1.0},  // fewer entries than threads
   };
-  const std::pair<KdLoss, kernels::Divergence> divergences[] = {{KdLoss::ForwardKl, kernels::Divergence::ForwardKl},
-                                                                {KdLoss::ReverseKl, kernels::Divergence::ReverseKl},
-                                                                {KdLoss::Jsd, kernels::Divergence::Jsd}};
   torch::manual_seed(53);
-  for (const auto& d : divergences)
+  for (const auto& d : kDivergences)
     for (const auto& c : cases) {
       const KdLoss loss = d.first;
       const kernels::Divergence divergence = d.second;
@@ -233,7 +235,7 @@ struct TopkCase {
   bool no_rest;  // k = vocab: the rest bucket is empty (rest_lse = -inf)
 };
 
-TEST(EmulatedKernels, ForwardKlTopkLossGradientAndArgmax) {
+TEST(EmulatedKernels, TopkDivergencesLossGradientAndArgmax) {
   const TopkCase cases[] = {
       {2, 1000, 20, torch::kFloat32, 1.0, false},
       {2, 777, 64, torch::kBFloat16, 2.0, false},
@@ -254,23 +256,30 @@ TEST(EmulatedKernels, ForwardKlTopkLossGradientAndArgmax) {
     auto perm = torch::randperm(c.k);  // the kernel must not rely on sorted values
     vals = vals.index_select(1, perm).contiguous();
     ids = ids.index_select(1, perm).contiguous();
-    auto ref = forward_kl_topk_reference(s, vals, ids, rest, c.temperature, 0.37, true);
-    auto kl = torch::empty({c.rows}), grad = torch::empty_like(s);
-    auto s_arg = torch::empty({c.rows}, torch::kLong), t_arg = torch::empty({c.rows}, torch::kLong);
-    with_element_type(c.student, [&](auto tag) {
-      using TS = decltype(tag);
-      cuda_emulator::launch_with_shared(
-          emu::forward_kl_topk_kernel<TS>, dim3(static_cast<unsigned>(c.rows)), emu::kKlTopkThreads,
-          emu::topk_bitmap_bytes(c.vocab), static_cast<const TS*>(s.data_ptr()),
-          static_cast<const float*>(vals.data_ptr<float>()), static_cast<const int64_t*>(ids.data_ptr<int64_t>()),
-          static_cast<const float*>(rest.data_ptr<float>()), c.vocab, c.k, c.vocab,
-          static_cast<float>(1.0 / c.temperature), 0.37f, kl.data_ptr<float>(), static_cast<TS*>(grad.data_ptr()),
-          s_arg.data_ptr<int64_t>(), t_arg.data_ptr<int64_t>());
-    });
-    expect_close(kl, ref.kl, 2e-5, 2e-5, what + " kl");
-    expect_close(grad, ref.grad, 1e-7, c.student == torch::kFloat32 ? 1e-5 : 1e-2, what + " grad");
-    EXPECT_TRUE(torch::equal(s_arg, ref.student_argmax)) << what;
-    EXPECT_TRUE(torch::equal(t_arg, ref.teacher_argmax)) << what;
+    for (const auto& [loss, divergence] : kDivergences) {
+      const std::string w = what + " divergence " + std::to_string(static_cast<int>(loss));
+      auto ref = topk_divergence_reference(s, vals, ids, rest, loss, c.temperature, 0.37, true);
+      auto kl = torch::empty({c.rows}), grad = torch::empty_like(s);
+      auto s_arg = torch::empty({c.rows}, torch::kLong), t_arg = torch::empty({c.rows}, torch::kLong);
+      with_element_type(c.student, [&](auto tag) {
+        using TS = decltype(tag);
+        cuda_emulator::launch_with_shared(
+            emu::forward_kl_topk_kernel<TS>, dim3(static_cast<unsigned>(c.rows)), emu::kKlTopkThreads,
+            emu::topk_bitmap_bytes(c.vocab), static_cast<const TS*>(s.data_ptr()),
+            static_cast<const float*>(vals.data_ptr<float>()), static_cast<const int64_t*>(ids.data_ptr<int64_t>()),
+            static_cast<const float*>(rest.data_ptr<float>()), c.vocab, c.k, c.vocab,
+            static_cast<float>(1.0 / c.temperature), 0.37f, kl.data_ptr<float>(), static_cast<TS*>(grad.data_ptr()),
+            s_arg.data_ptr<int64_t>(), t_arg.data_ptr<int64_t>(), divergence);
+      });
+      expect_close(kl, ref.kl, 2e-5, 2e-5, w + " kl");
+      // Reverse KL and JSD: q_v (a_b - D) with a_b and D of order 10, rounded
+      // in fp32 (about 1e-6 each), times q_v <= 1 and the scale.
+      const bool centred = loss != KdLoss::ForwardKl;
+      expect_close(grad, ref.grad, centred ? 5e-7 : 1e-7,
+                   c.student != torch::kFloat32 ? 1e-2 : centred ? 1e-4 : 1e-5, w + " grad");
+      EXPECT_TRUE(torch::equal(s_arg, ref.student_argmax)) << w;
+      EXPECT_TRUE(torch::equal(t_arg, ref.teacher_argmax)) << w;
+    }
   }
 }
 

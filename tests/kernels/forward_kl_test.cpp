@@ -61,6 +61,54 @@ TEST(ForwardKl, ReverseKlAndJsdReferencesMatchAutograd) {
   expect_close(f.grad, forward_kl_reference(s, t, T, scale, true).grad, 0, 0, "forward kl");
 }
 
+// The top-k references for every divergence: the value against the
+// (k + 1)-bucket definition in double, the gradient against autograd of it.
+TEST(ForwardKl, TopkReferencesMatchAutogradOfTheBuckets) {
+  torch::manual_seed(14);
+  const double T = 1.4, scale = 0.6;
+  const int64_t rows = 4, vocab = 70, k = 9;
+  auto s = torch::randn({rows, vocab}) * 3;
+  auto t = (s * 0.6 + torch::randn({rows, vocab}) * 2) / T;  // tempered, overlapping the student
+  auto top = t.topk(k, -1);
+  auto perm = torch::randperm(k);
+  auto vals = std::get<0>(top).index_select(1, perm), ids = std::get<1>(top).index_select(1, perm);
+  auto rest = torch::logsumexp(t.scatter(1, ids, -INFINITY), -1);
+  for (const KdLoss loss : {KdLoss::ForwardKl, KdLoss::ReverseKl, KdLoss::Jsd}) {
+    const std::string what = loss == KdLoss::Jsd ? "jsd" : loss == KdLoss::ReverseKl ? "reverse kl" : "forward kl";
+    auto r = topk_divergence_reference(s, vals, ids, rest, loss, T, scale, true);
+    auto sd = (s.to(torch::kFloat64) / T).requires_grad_(true);
+    auto logq_all = torch::log_softmax(sd, -1);
+    auto mask = torch::zeros({rows, vocab}, torch::kBool).scatter(1, ids, true);
+    auto logq = torch::cat({logq_all.gather(1, ids), torch::logsumexp(logq_all.masked_fill(mask, -INFINITY), 1, true)}, 1);
+    auto logp = torch::log_softmax(torch::cat({vals, rest.unsqueeze(1)}, 1).to(torch::kFloat64), 1);
+    auto q = logq.exp(), p = logp.exp();
+    torch::Tensor d;
+    if (loss == KdLoss::ForwardKl) {
+      d = (p * (logp - logq)).sum(-1);
+    } else if (loss == KdLoss::ReverseKl) {
+      d = (q * (logq - logp)).sum(-1);
+    } else {
+      auto logm = ((p + q) / 2).log();
+      d = 0.5 * (p * (logp - logm)).sum(-1) + 0.5 * (q * (logq - logm)).sum(-1);
+    }
+    d.sum().backward();
+    expect_close(r.kl, d.detach(), 1e-6, 1e-5, what + " value");
+    expect_close(r.grad, sd.grad() * scale, 1e-7, 1e-5, what + " grad");
+    EXPECT_GT(r.grad.abs().max().item<double>(), 1e-2) << what;
+    EXPECT_TRUE(torch::equal(r.teacher_argmax, ids.gather(1, vals.argmax(1, true)).squeeze(1))) << what;
+    // With every id (k = V, empty rest) it is the full-vocabulary divergence.
+    auto all = (t).topk(vocab, -1);
+    auto every = topk_divergence_reference(s, std::get<0>(all), std::get<1>(all), torch::full({rows}, -INFINITY), loss,
+                                           T, scale, true);
+    auto full = logit_divergence_reference(s, t * T, loss, T, scale, true);
+    expect_close(every.kl, full.kl, 1e-5, 1e-5, what + " k = V value");
+    expect_close(every.grad, full.grad, 1e-6, 1e-5, what + " k = V grad");
+  }
+  // forward_kl_topk_reference is the forward-KL case.
+  expect_close(forward_kl_topk_reference(s, vals, ids, rest, T, scale, true).grad,
+               topk_divergence_reference(s, vals, ids, rest, KdLoss::ForwardKl, T, scale, true).grad, 0, 0, "fkl");
+}
+
 // The kernels for reverse KL and JSD against the reference (forward KL: below).
 TEST(ForwardKlCuda, ReverseKlAndJsdKernelsMatchReference) {
   MINIPUZZLE_REQUIRE_CUDA_KERNELS();
@@ -158,12 +206,18 @@ TEST(ForwardKlCuda, TopkKernelMatchesReference) {
     auto vals = std::get<0>(top_k), ids = std::get<1>(top_k);
     auto rest = c.k == c.vocab ? torch::full({c.rows}, -INFINITY, opts)
                                : torch::logsumexp(t.scatter(1, ids, -INFINITY), -1);
-    auto k = forward_kl_topk(s, vals, ids, rest, c.temperature, 0.37, true);
-    auto r = forward_kl_topk_reference(s, vals, ids, rest, c.temperature, 0.37, true);
-    expect_close(k.kl, r.kl, 2e-5, 2e-5, what + " kl");
-    expect_close(k.grad, r.grad, 1e-7, c.student == torch::kFloat32 ? 1e-5 : 1e-2, what + " grad");
-    EXPECT_TRUE(torch::equal(k.student_argmax, r.student_argmax)) << what;
-    EXPECT_TRUE(torch::equal(k.teacher_argmax, r.teacher_argmax)) << what;
+    for (const KdLoss loss : {KdLoss::ForwardKl, KdLoss::ReverseKl, KdLoss::Jsd}) {
+      const std::string w = what + (loss == KdLoss::Jsd ? " jsd" : loss == KdLoss::ReverseKl ? " rkl" : " fkl");
+      auto k = topk_divergence(s, vals, ids, rest, loss, c.temperature, 0.37, true);
+      auto r = topk_divergence_reference(s, vals, ids, rest, loss, c.temperature, 0.37, true);
+      expect_close(k.kl, r.kl, 2e-5, 2e-5, w + " kl");
+      // Reverse KL and JSD: fp32 rounding of the centring (see the emulated test).
+      const bool centred = loss != KdLoss::ForwardKl;
+      expect_close(k.grad, r.grad, centred ? 5e-7 : 1e-7,
+                   c.student != torch::kFloat32 ? 1e-2 : centred ? 1e-4 : 1e-5, w + " grad");
+      EXPECT_TRUE(torch::equal(k.student_argmax, r.student_argmax)) << w;
+      EXPECT_TRUE(torch::equal(k.teacher_argmax, r.teacher_argmax)) << w;
+    }
   }
 }
 

@@ -128,15 +128,19 @@ TEST(ModelOnKernels, TopkDistillationStepMatchesTheReferencePath) {
     torch::NoGradGuard ng;
     top = teacher_topk(teacher->forward(tokens), 8, o.temperature);
   }
-  auto step = [&] {
-    return kd_step(student,
-                   kd_loss_topk(student, student->forward_hidden(tokens), top.values, top.indices, top.rest_lse, {}, o));
-  };
-  const Step k = step();
-  const Step r = with_references(step);
-  expect_close(k.loss, r.loss, 1e-6, 1e-5, "loss");
-  EXPECT_EQ(k.kd.agree, r.kd.agree);
-  for (const auto& [name, g] : r.grads) expect_close(k.grads.at(name), g, 1e-7, 1e-4, "grad " + name);
+  for (const KdLoss loss : {KdLoss::ForwardKl, KdLoss::ReverseKl, KdLoss::Jsd}) {
+    o.loss = loss;
+    const std::string what = kd_loss_name(loss);
+    auto step = [&] {
+      return kd_step(student, kd_loss_topk(student, student->forward_hidden(tokens), top.values, top.indices,
+                                           top.rest_lse, {}, o));
+    };
+    const Step k = step();
+    const Step r = with_references(step);
+    expect_close(k.loss, r.loss, 1e-6, 1e-5, what + " loss");
+    EXPECT_EQ(k.kd.agree, r.kd.agree) << what;
+    for (const auto& [name, g] : r.grads) expect_close(k.grads.at(name), g, 1e-7, 1e-4, what + " grad " + name);
+  }
 }
 
 }  // namespace
