@@ -201,11 +201,17 @@ int main(int argc, char** argv) {
     auto vals = std::get<0>(top_k), ids = std::get<1>(top_k);
     auto rest = torch::logsumexp(t.scatter(1, ids, -INFINITY), -1);
     t = torch::Tensor();  // only the cache is kept
-    ops.push_back(compare("forward_kl_topk", {{"tokens", rows}, {"vocab", V}, {"k", k}, {"dtype", "bf16"}},
-                          [&] {
-                            auto r = forward_kl_topk(s, vals, ids, rest, 1.0, 1.0 / static_cast<double>(rows), true);
-                          },
-                          iters));
+    const std::pair<const char*, KdLoss> losses[] = {
+        {"forward_kl_topk", KdLoss::ForwardKl}, {"reverse_kl_topk", KdLoss::ReverseKl}, {"jsd_topk", KdLoss::Jsd}};
+    for (const auto& [name, loss] : losses) {
+      const KdLoss l = loss;
+      ops.push_back(compare(name, {{"tokens", rows}, {"vocab", V}, {"k", k}, {"dtype", "bf16"}},
+                            [&] {
+                              auto r = topk_divergence(s, vals, ids, rest, l, 1.0, 1.0 / static_cast<double>(rows),
+                                                       true);
+                            },
+                            iters));
+    }
   }
   {  // AdamW step (gradient norm for the clip, then the update) over the TARGETS.md student: 0.63B parameters
     ModelConfig c;
