@@ -52,10 +52,13 @@ void LayerImportance::add_batch(HybridLM& model, const torch::Tensor& inputs, co
   const torch::Tensor full = model->final_norm(block_input[n]);
   const uint64_t tokens = static_cast<uint64_t>(inputs.numel());
 
+  // This batch's BI and MSE per layer stay on the device until the end (one
+  // wait per batch, not one per layer and metric).
+  std::vector<torch::Tensor> bi_batch, mse_batch;
   if (metrics_.bi)
     for (int64_t i = 0; i < n; ++i) {
       auto x = block_input[i].to(torch::kFloat32), y = block_input[i + 1].to(torch::kFloat32);
-      bi_[i] += (1.0 - torch::cosine_similarity(x, y, -1, 1e-8)).sum().item<double>();
+      bi_batch.push_back((1.0 - torch::cosine_similarity(x, y, -1, 1e-8)).sum().to(torch::kDouble));
     }
 
   if (metrics_.mse || metrics_.needs_logits()) {
@@ -72,7 +75,7 @@ void LayerImportance::add_batch(HybridLM& model, const torch::Tensor& inputs, co
       full_logprobs = torch::log_softmax(model->lm_head(full.reshape({-1, full.size(-1)})), -1);
     for (int64_t i = 0; i < n; ++i) {
       auto dropped = model->final_norm(model->run_layers(block_input[i], i + 1, n));
-      if (metrics_.mse) mse_[i] += (dropped.to(torch::kFloat32) - full32).square().sum().item<double>();
+      if (metrics_.mse) mse_batch.push_back((dropped.to(torch::kFloat32) - full32).square().sum().to(torch::kDouble));
       if (metrics_.needs_logits()) {
         const LogitComparison c = full_logprobs.defined()
                                       ? compare_logits(full_logprobs, model, dropped, targets)
@@ -85,6 +88,14 @@ void LayerImportance::add_batch(HybridLM& model, const torch::Tensor& inputs, co
     }
     model->observers() = saved;
   }
+  const auto add_to = [](std::vector<double>& acc, const std::vector<torch::Tensor>& batch) {
+    if (batch.empty()) return;
+    const auto h = torch::stack(batch).cpu();
+    const auto a = h.accessor<double, 1>();
+    for (std::size_t i = 0; i < batch.size(); ++i) acc[i] += a[static_cast<int64_t>(i)];
+  };
+  add_to(bi_, bi_batch);
+  add_to(mse_, mse_batch);
   tokens_ += tokens;
   elements_ += static_cast<uint64_t>(full.numel());
 }

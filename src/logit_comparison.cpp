@@ -5,16 +5,42 @@
 namespace minipuzzle {
 
 namespace {
-// One chunk of tokens: log-probabilities of both models [n, V], targets [n].
-void add_chunk(const torch::Tensor& lp, const torch::Tensor& lq, const torch::Tensor& tt, LogitComparison& r) {
-  r.kl_sum += (lp.exp() * (lp - lq)).sum().item<double>();
-  r.ce_reference_sum -= lp.gather(1, tt.unsqueeze(1)).sum().item<double>();
-  r.ce_other_sum -= lq.gather(1, tt.unsqueeze(1)).sum().item<double>();
-  auto greedy = lq.argmax(-1);
-  r.other_correct += static_cast<uint64_t>(greedy.eq(tt).sum().item<int64_t>());
-  r.agree += static_cast<uint64_t>(greedy.eq(lp.argmax(-1)).sum().item<int64_t>());
-  r.tokens += static_cast<uint64_t>(tt.numel());
-}
+
+// Sums over chunks kept on the models' device, read once per call (on a GPU
+// the host then queues every chunk without waiting for any).
+class DeviceSums {
+ public:
+  explicit DeviceSums(const torch::Device& device)
+      : sums_(torch::zeros({5}, torch::TensorOptions().dtype(torch::kDouble).device(device))) {}
+
+  // One chunk of tokens: log-probabilities of both models [n, V], targets [n].
+  void add_chunk(const torch::Tensor& lp, const torch::Tensor& lq, const torch::Tensor& tt) {
+    const auto greedy = lq.argmax(-1);
+    sums_ += torch::stack({(lp.exp() * (lp - lq)).sum().to(torch::kDouble),
+                           -lp.gather(1, tt.unsqueeze(1)).sum().to(torch::kDouble),
+                           -lq.gather(1, tt.unsqueeze(1)).sum().to(torch::kDouble),
+                           greedy.eq(tt).sum().to(torch::kDouble), greedy.eq(lp.argmax(-1)).sum().to(torch::kDouble)});
+    tokens_ += static_cast<uint64_t>(tt.numel());
+  }
+
+  LogitComparison result() const {
+    const auto h = sums_.cpu();
+    const auto a = h.accessor<double, 1>();
+    LogitComparison r;
+    r.kl_sum = a[0];
+    r.ce_reference_sum = a[1];
+    r.ce_other_sum = a[2];
+    r.other_correct = static_cast<uint64_t>(a[3]);
+    r.agree = static_cast<uint64_t>(a[4]);
+    r.tokens = tokens_;
+    return r;
+  }
+
+ private:
+  torch::Tensor sums_;
+  uint64_t tokens_ = 0;
+};
+
 }  // namespace
 
 LogitComparison& LogitComparison::operator+=(const LogitComparison& o) {
@@ -35,13 +61,13 @@ LogitComparison compare_logits(HybridLM& reference, const torch::Tensor& normed_
   auto b = normed_other.reshape({-1, normed_other.size(-1)});
   auto t = targets.reshape({-1});
   const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 24) / vocab);
-  LogitComparison r;
+  DeviceSums sums(b.device());
   for (int64_t start = 0; start < a.size(0); start += rows) {
     const int64_t len = std::min(rows, a.size(0) - start);
-    add_chunk(torch::log_softmax(reference->lm_head(a.narrow(0, start, len)), -1),
-              torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1), t.narrow(0, start, len), r);
+    sums.add_chunk(torch::log_softmax(reference->lm_head(a.narrow(0, start, len)), -1),
+                   torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1), t.narrow(0, start, len));
   }
-  return r;
+  return sums.result();
 }
 
 LogitComparison compare_logits(const torch::Tensor& reference_logprobs, HybridLM& other,
@@ -51,13 +77,13 @@ LogitComparison compare_logits(const torch::Tensor& reference_logprobs, HybridLM
   auto b = normed_other.reshape({-1, normed_other.size(-1)});
   auto t = targets.reshape({-1});
   const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 24) / vocab);
-  LogitComparison r;
+  DeviceSums sums(b.device());
   for (int64_t start = 0; start < b.size(0); start += rows) {
     const int64_t len = std::min(rows, b.size(0) - start);
-    add_chunk(reference_logprobs.narrow(0, start, len),
-              torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1), t.narrow(0, start, len), r);
+    sums.add_chunk(reference_logprobs.narrow(0, start, len),
+                   torch::log_softmax(other->lm_head(b.narrow(0, start, len)), -1), t.narrow(0, start, len));
   }
-  return r;
+  return sums.result();
 }
 
 }  // namespace minipuzzle
