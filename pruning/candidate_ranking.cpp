@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "minipuzzle/errors.h"
+#include "minipuzzle/host_to_device.h"
 #include "minipuzzle/logit_comparison.h"
 #include "minipuzzle/prune_model.h"
 #include "minipuzzle/token_batches.h"
@@ -35,7 +36,7 @@ void rank_candidates_on_data(HybridLM& parent, const ImportanceScores& scores, S
   std::vector<Batch> batches;
   for (std::size_t i = 0; i < starts.size(); i += opt.batch) {
     std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + opt.batch));
-    auto rows = gather_windows(data, part, opt.seq_len, vocab).to(parent->device());
+    auto rows = to_device_async(gather_windows(data, part, opt.seq_len, vocab), parent->device());
     Batch b{rows.narrow(1, 0, opt.seq_len), rows.narrow(1, 1, opt.seq_len), {}};
     b.parent_hidden = parent->forward_hidden(b.inputs);
     batches.push_back(std::move(b));

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "minipuzzle/errors.h"
+#include "minipuzzle/host_to_device.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/token_windows.h"
 
@@ -38,7 +39,7 @@ ImportanceScores score_importance(HybridLM& model, const IndexedDataset& data, c
   try {
     for (std::size_t i = 0; i < starts.size(); i += opt.batch) {
       std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + opt.batch));
-      auto rows = gather_windows(data, part, opt.seq_len, cfg.vocab_size).to(model->device());
+      auto rows = to_device_async(gather_windows(data, part, opt.seq_len, cfg.vocab_size), model->device());
       layers.add_batch(model, rows.narrow(1, 0, opt.seq_len), rows.narrow(1, 1, opt.seq_len));
       ++p.batch;
       p.tokens += part.size() * static_cast<uint64_t>(opt.seq_len);

@@ -9,6 +9,7 @@
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/host_to_device.h"
 #include "minipuzzle/indexed_dataset.h"
 #include "minipuzzle/logit_comparison.h"
 #include "minipuzzle/memory_model.h"
@@ -51,7 +52,7 @@ int compare_stage(const CompressJob& j, const CompressPaths& p) {
     for (std::size_t i = 0; i < starts.size(); i += static_cast<std::size_t>(j.evaluate.batch)) {
       std::vector<uint64_t> part(starts.begin() + i,
                                  starts.begin() + std::min(starts.size(), i + static_cast<std::size_t>(j.evaluate.batch)));
-      auto rows_t = gather_windows(*data, part, seq_len, vocab).to(device);
+      auto rows_t = to_device_async(gather_windows(*data, part, seq_len, vocab), device);
       auto inputs = rows_t.narrow(1, 0, seq_len), targets = rows_t.narrow(1, 1, seq_len);
       auto th = teacher->forward_hidden(inputs);
       sum += compare_logits(teacher, th, m, name == "teacher" ? th : m->forward_hidden(inputs), targets);
