@@ -34,8 +34,6 @@ Inputs random_inputs(const Shape& s, uint64_t seed) {
 
 class SsdScanShapes : public ::testing::TestWithParam<Shape> {};
 
-}  // namespace
-
 TEST_P(SsdScanShapes, ChunkedMatchesSequentialRecurrence) {
   Shape s = GetParam();
   auto in = random_inputs(s, 7);
@@ -89,3 +87,5 @@ TEST(SsdScan, WithoutDSkipHasNoSkipTerm) {
   auto skip = in.D.view({1, 1, 2, 1}) * in.x;
   EXPECT_LT((with - without - skip).abs().max().item<double>(), 1e-5);
 }
+
+}  // namespace
