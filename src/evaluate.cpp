@@ -13,6 +13,7 @@ namespace minipuzzle {
 EvalResult evaluate(HybridLM& model, const IndexedDataset& data, const EvalOptions& opt) {
   if (opt.seq_len <= 0) throw InputError("--seq-len must be positive");
   if (opt.batch <= 0) throw InputError("--batch must be positive");
+  if (opt.warmup_batches < 0) throw InputError("--warmup-batches must be >= 0");
   if (data.total_tokens() < static_cast<uint64_t>(opt.seq_len) + 1)
     throw InputError("dataset " + data.prefix() + " has " + std::to_string(data.total_tokens()) +
                      " tokens, fewer than one window of --seq-len " + std::to_string(opt.seq_len) + " + 1");
@@ -29,6 +30,12 @@ EvalResult evaluate(HybridLM& model, const IndexedDataset& data, const EvalOptio
   const auto acc = torch::TensorOptions().dtype(torch::kDouble).device(model->device());
   torch::Tensor loss_sum = torch::zeros({}, acc), correct = torch::zeros({}, acc.dtype(torch::kLong));
   uint64_t count = 0;
+  if (opt.warmup_batches > 0) {
+    std::vector<uint64_t> first(starts.begin(), starts.begin() + std::min<size_t>(starts.size(), opt.batch));
+    auto rows = to_device_async(gather_windows(data, first, opt.seq_len, vocab), model->device());
+    for (int64_t i = 0; i < opt.warmup_batches; ++i) model->forward(rows.narrow(1, 0, opt.seq_len));
+    wait_for_device(model->device());
+  }
   Progress progress("eval", starts.size() * opt.seq_len);
   for (size_t i = 0; i < starts.size(); i += opt.batch) {
     std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + opt.batch));

@@ -13,6 +13,10 @@ struct EvalOptions {
   int64_t seq_len = 2048;
   int64_t batch = 1;
   uint64_t max_tokens = 0;  // predicted tokens to use at most (0 = the whole dataset)
+  // Forward passes over the first batch before the clock starts, results
+  // dropped (kernel loading, library handles, allocator growth): `seconds`
+  // then times the steady state. The scores never include them.
+  int64_t warmup_batches = 0;
 };
 
 struct EvalResult {
@@ -21,7 +25,7 @@ struct EvalResult {
   double accuracy = 0;    // top-1 next-token accuracy
   uint64_t tokens = 0;    // predicted tokens
   uint64_t windows = 0;
-  double seconds = 0;
+  double seconds = 0;  // the scored passes, after any warm-up
 };
 
 // Windows: sequential_windows(total, seq_len, max_tokens / seq_len) of the

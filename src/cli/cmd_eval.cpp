@@ -1,4 +1,4 @@
-// minipuzzle eval DIR --data PREFIX [--seq-len N] [--batch N] [--max-tokens N] [--json]
+// minipuzzle eval DIR --data PREFIX [--seq-len N] [--batch N] [--max-tokens N] [--warmup-batches N] [--json]
 #include <fmt/format.h>
 
 #include <iostream>
@@ -12,7 +12,8 @@
 namespace minipuzzle::cli {
 
 int cmd_eval(const Args& args) {
-  const std::string usage = "minipuzzle eval DIR --data PREFIX [--seq-len N] [--batch N] [--max-tokens N] [--json]";
+  const std::string usage =
+      "minipuzzle eval DIR --data PREFIX [--seq-len N] [--batch N] [--max-tokens N] [--warmup-batches N] [--json]";
   po::options_description opts("options");
   opts.add_options()
       ("dir", po::value<std::string>(), "checkpoint directory (config.json + *.safetensors)")
@@ -20,6 +21,7 @@ int cmd_eval(const Args& args) {
       ("seq-len", po::value<int64_t>()->default_value(2048), "tokens per window")
       ("batch", po::value<int64_t>()->default_value(1), "windows per forward pass")
       ("max-tokens", po::value<uint64_t>()->default_value(0), "predicted tokens to use at most (0 = all)")
+      ("warmup-batches", po::value<int64_t>()->default_value(0), "untimed, unscored passes over the first batch")
       ("dtype", po::value<std::string>()->default_value("fp32"), "compute dtype: fp32 | bf16 | fp16")
       ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda | cuda:N")
       ("json", po::bool_switch(), "print one JSON object");
@@ -38,12 +40,14 @@ int cmd_eval(const Args& args) {
   eo.seq_len = vm["seq-len"].as<int64_t>();
   eo.batch = vm["batch"].as<int64_t>();
   eo.max_tokens = vm["max-tokens"].as<uint64_t>();
+  eo.warmup_batches = vm["warmup-batches"].as<int64_t>();
   EvalResult r = evaluate(model, *data, eo);
 
   if (vm["json"].as<bool>()) {
     nlohmann::json j = {{"loss", r.loss},         {"perplexity", r.perplexity}, {"accuracy", r.accuracy},
                         {"tokens", r.tokens},     {"windows", r.windows},       {"seq_len", eo.seq_len},
-                        {"seconds", r.seconds},   {"tokens_per_second", r.tokens / std::max(r.seconds, 1e-9)}};
+                        {"seconds", r.seconds},   {"tokens_per_second", r.tokens / std::max(r.seconds, 1e-9)},
+                        {"warmup_batches", eo.warmup_batches}};
     std::cout << j.dump() << "\n";
   } else {
     std::cout << fmt::format("loss {:.4f}  perplexity {:.3f}  accuracy {:.4f}  tokens {}  ({:.1f} s, {:.0f} tok/s)\n",

@@ -69,6 +69,12 @@ TEST_F(Evaluate, MatchesTheWindowByWindowSums) {
   EXPECT_NEAR(r.perplexity, std::exp(loss / (28 * 16)), 1e-5);
   EXPECT_DOUBLE_EQ(r.accuracy, static_cast<double>(correct) / (28 * 16));
   EXPECT_GE(r.seconds, 0.0);
+  // Warm-up passes change the clock, never the scores.
+  o.warmup_batches = 2;
+  const EvalResult w = evaluate(model_, *data_, o);
+  EXPECT_EQ(w.loss, r.loss);
+  EXPECT_EQ(w.accuracy, r.accuracy);
+  EXPECT_EQ(w.tokens, r.tokens);
 }
 
 TEST_F(Evaluate, BadOptionsAreInputErrors) {
@@ -83,6 +89,9 @@ TEST_F(Evaluate, BadOptionsAreInputErrors) {
   EXPECT_THROW(evaluate(model_, *data_, o), InputError);
   o.seq_len = 16;
   o.max_tokens = 8;  // less than one window
+  EXPECT_THROW(evaluate(model_, *data_, o), InputError);
+  o.max_tokens = 0;
+  o.warmup_batches = -1;
   EXPECT_THROW(evaluate(model_, *data_, o), InputError);
 }
 

@@ -224,6 +224,8 @@ def test_eval_max_tokens_below_one_window(good, dataset, tmp_path):
     # 0 windows would otherwise mean "all of them"
     expect_user_error(["eval", good, "--data", dataset, "--seq-len", 16, "--max-tokens", 8, "--json"], tmp_path / "o",
                       must_contain=["--max-tokens"])
+    expect_user_error(["eval", good, "--data", dataset, "--seq-len", 16, "--warmup-batches", -1, "--json"],
+                      tmp_path / "o", must_contain=["--warmup-batches"])
 
 
 def test_data_build_missing_input(tmp_path):
