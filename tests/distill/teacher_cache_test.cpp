@@ -235,11 +235,13 @@ TEST_F(TeacherCacheTest, CudaWaitsOncePerShardNotPerWindow) {
     o.shard_tokens = windows_per_shard * kSeqLen;
     testing::CudaSyncCounter counter;
     EXPECT_EQ(write_teacher_cache(o).shards_written, 2u);
-    return counter.count;
+    return std::make_pair(counter.count, counter.where);
   };
   syncs("warm", 1);
-  const int64_t small = syncs("small", 1), large = syncs("large", 6);
-  EXPECT_EQ(large, small);
+  const auto [small, small_sites] = syncs("small", 1);
+  const auto [large, large_sites] = syncs("large", 6);
+  EXPECT_EQ(large, small) << "syncs past the smaller count:\n"
+                          << testing::CudaSyncCounter::format_sites(large_sites, small);
   EXPECT_GT(small, 0) << "the counter saw nothing (is the sync debug mode still reported as a warning?)";
 }
 #endif

@@ -105,11 +105,12 @@ TEST_F(Evaluate, CudaWaitsOnlyAtTheEnd) {
     o.max_tokens = windows * 16;
     testing::CudaSyncCounter counter;
     EXPECT_EQ(evaluate(model_, *data_, o).windows, windows);
-    return counter.count;
+    return std::make_pair(counter.count, counter.where);
   };
   syncs(1);  // warm-up: the first pinned buffers and kernels
-  const int64_t one = syncs(1), many = syncs(12);
-  EXPECT_EQ(many, one);
+  const auto [one, one_sites] = syncs(1);
+  const auto [many, many_sites] = syncs(12);
+  EXPECT_EQ(many, one) << "syncs past the smaller count:\n" << testing::CudaSyncCounter::format_sites(many_sites, one);
   EXPECT_GT(one, 0) << "the counter saw nothing (is the sync debug mode still reported as a warning?)";
 }
 #endif
