@@ -68,13 +68,11 @@ void AdamW::zero_grad() {
   if (!grads.empty()) at::_foreach_zero_(grads);
 }
 
-void AdamW::save(const std::filesystem::path& file) const {
-  std::vector<torch::Tensor> keep;  // CPU copies alive until the write
-  std::vector<TensorView> views;
+AdamW::State AdamW::snapshot() const {
+  State s;
+  s.step = step_;
   auto add = [&](const std::string& name, const torch::Tensor& t) {
-    auto c = t.detach().to(torch::kCPU).contiguous();
-    keep.push_back(c);
-    views.push_back({name, DType::F32, c.sizes().vec(), c.data_ptr(), static_cast<std::size_t>(c.nbytes())});
+    s.tensors.emplace_back(name, t.detach().to(torch::kCPU).contiguous());
   };
   const AdamWTensors& t = update_.tensors();
   for (std::size_t i = 0; i < names_.size(); ++i) {
@@ -82,8 +80,17 @@ void AdamW::save(const std::filesystem::path& file) const {
     add(names_[i] + ".exp_avg_sq", t.exp_avg_sqs[i]);
     if (!t.masters[i].is_same(t.params[i])) add(names_[i] + ".master", t.masters[i]);
   }
-  write_safetensors(file, views, {{"format", "minipuzzle-adamw"}, {"step", std::to_string(step_)}});
+  return s;
 }
+
+void AdamW::write_state(const State& state, const std::filesystem::path& file) {
+  std::vector<TensorView> views;
+  for (const auto& [name, c] : state.tensors)
+    views.push_back({name, DType::F32, c.sizes().vec(), c.data_ptr(), static_cast<std::size_t>(c.nbytes())});
+  write_safetensors(file, views, {{"format", "minipuzzle-adamw"}, {"step", std::to_string(state.step)}});
+}
+
+void AdamW::save(const std::filesystem::path& file) const { write_state(snapshot(), file); }
 
 void AdamW::load(const std::filesystem::path& file) {
   auto f = SafetensorsFile::open(file);

@@ -15,6 +15,7 @@
 #include <stdexcept>
 
 #include "minipuzzle/atomic_file.h"
+#include "minipuzzle/background_job.h"
 #include "minipuzzle/activation_checkpointing.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/data_parallel.h"
@@ -329,22 +330,32 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     log(rec);
     return m;
   };
+  // Checkpoints are taken at the end of a step (copies on the host) and
+  // written on a helper thread while training goes on; one at a time. A
+  // write's error stops the run at the next checkpoint or at the end, with
+  // the checkpoints before it intact.
+  BackgroundJob checkpoint_writer;  // after everything its jobs use: destroyed (waited for) first
   auto save_checkpoint = [&](int64_t step) {
     const fs::path target = ckpt_dir / step_name(step);
     if (!dp.is_root() || fs::exists(target / "trainer_state.json")) {  // rank 0 writes; others wait
       dp.barrier();
       return target;
     }
-    remove_tree(target);
-    AtomicDirectory dir(target);
-    save_model(student, dir.path(), torch::kFloat32);
-    optimizer.save(dir.path() / "optimizer.safetensors");
+    checkpoint_writer.finish();
+    auto model = std::make_shared<ModelSnapshot>(snapshot_model(student, torch::kFloat32));
+    auto optimizer_state = std::make_shared<AdamW::State>(optimizer.snapshot());
     json st = {{"step", step}, {"epoch", pos.epoch}, {"index", pos.index}, {"tokens", tokens},
                {"optimizer_steps", optimizer.steps()},
                {"lr_next", o.schedule.at(step)}, {"note", "no other random state: the window order is keyed by seed"}};
-    write_file_atomic(dir.path() / "trainer_state.json", st.dump(2) + "\n");
-    dir.commit();
-    remove_old_checkpoints();
+    checkpoint_writer.start([target, model, optimizer_state, state = st.dump(2) + "\n", &remove_old_checkpoints] {
+      remove_tree(target);
+      AtomicDirectory dir(target);
+      write_model_snapshot(*model, dir.path());
+      AdamW::write_state(*optimizer_state, dir.path() / "optimizer.safetensors");
+      write_file_atomic(dir.path() / "trainer_state.json", state);
+      dir.commit();
+      remove_old_checkpoints();
+    });
     dp.barrier();
     return target;
   };
@@ -447,6 +458,7 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
     }
   }
   summary.steps_done = step;
+  checkpoint_writer.finish();  // the last checkpoint is whole before anything reports it
   if (summary.interrupted) {
     dp.barrier();
     return summary;

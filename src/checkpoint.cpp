@@ -138,33 +138,26 @@ HybridLM load_model(const fs::path& dir, torch::ScalarType dtype, torch::Device 
   return model;
 }
 
-void save_model(HybridLM& model, const fs::path& out_dir, torch::ScalarType dtype, uint64_t max_shard_bytes) {
+ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype) {
   torch::NoGradGuard no_grad;
   const bool fp8 = dtype == torch::kFloat8_e4m3fn;
   const torch::ScalarType plain = fp8 ? torch::kBFloat16 : dtype;  // dtype of the unquantized tensors
   if (plain != torch::kFloat32 && plain != torch::kBFloat16 && plain != torch::kFloat16)
     throw std::invalid_argument(std::string("save_model: unsupported dtype ") + c10::toString(dtype));
-  AtomicDirectory dir(out_dir);
-  std::vector<torch::Tensor> keep;
-  std::vector<TensorView> views;
-  auto add = [&](const std::string& name, const torch::Tensor& t) {
-    keep.push_back(t);
-    views.push_back({name, from_torch_dtype(t.scalar_type()), t.sizes().vec(), t.data_ptr(),
-                     static_cast<size_t>(t.numel()) * t.element_size()});
-  };
+  ModelSnapshot s;
   int64_t widest = 0;
   for (auto& p : model->named_parameters()) {
     if (fp8 && p.value().dim() == 2 && is_fp8_projection(p.key())) {
       Fp8Rows q = quantize_fp8_rows(p.value());
-      add(p.key(), q.values);
-      add(fp8_scale_name(p.key()), q.scale_inv);
+      s.tensors.emplace_back(p.key(), q.values);
+      s.tensors.emplace_back(fp8_scale_name(p.key()), q.scale_inv);
       widest = std::max(widest, p.value().size(1));
     } else {
-      add(p.key(), p.value().detach().to(torch::kCPU, plain).contiguous());
+      s.tensors.emplace_back(p.key(), p.value().detach().to(torch::kCPU, plain).contiguous());
     }
   }
-  write_checkpoint_weights(dir.path(), std::move(views), max_shard_bytes);
-  ModelConfig cfg = model->config();
+  s.config = model->config();
+  ModelConfig& cfg = s.config;
   cfg.extra["torch_dtype"] = plain == torch::kBFloat16 ? "bfloat16" : plain == torch::kFloat16 ? "float16" : "float32";
   cfg.extra.erase("dtype");
   cfg.extra.erase("quantization_config");  // describes the weights we read, not the ones we write
@@ -174,8 +167,22 @@ void save_model(HybridLM& model, const fs::path& out_dir, torch::ScalarType dtyp
                                         {"activation_scheme", "dynamic"},
                                         {"weight_block_size", nlohmann::json::array({1, std::max<int64_t>(widest, 1)})},
                                         {"modules_to_not_convert", nlohmann::json::array({"lm_head"})}};
-  cfg.save(dir.path());
+  return s;
+}
+
+void write_model_snapshot(const ModelSnapshot& snapshot, const fs::path& out_dir, uint64_t max_shard_bytes) {
+  AtomicDirectory dir(out_dir);
+  std::vector<TensorView> views;
+  for (const auto& [name, t] : snapshot.tensors)
+    views.push_back({name, from_torch_dtype(t.scalar_type()), t.sizes().vec(), t.data_ptr(),
+                     static_cast<size_t>(t.numel()) * t.element_size()});
+  write_checkpoint_weights(dir.path(), std::move(views), max_shard_bytes);
+  snapshot.config.save(dir.path());
   dir.commit();
+}
+
+void save_model(HybridLM& model, const fs::path& out_dir, torch::ScalarType dtype, uint64_t max_shard_bytes) {
+  write_model_snapshot(snapshot_model(model, dtype), out_dir, max_shard_bytes);
 }
 
 }  // namespace minipuzzle

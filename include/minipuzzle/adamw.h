@@ -42,6 +42,14 @@ class AdamW {
   static bool decays(const std::string& name, const torch::Tensor& p);
 
   void save(const std::filesystem::path& file) const;  // atomic
+  // save() in two halves: the state copied to the host now, written later
+  // (possibly on another thread; write_state is atomic too).
+  struct State {
+    int64_t step = 0;
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;  // CPU fp32
+  };
+  State snapshot() const;
+  static void write_state(const State& state, const std::filesystem::path& file);
   // InputError when the file does not match these parameters (names, shapes).
   void load(const std::filesystem::path& file);
 

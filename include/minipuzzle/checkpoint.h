@@ -33,6 +33,8 @@
 
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "minipuzzle/hybrid_lm.h"
 #include "minipuzzle/safetensors.h"
@@ -54,6 +56,18 @@ void load_weights(HybridLM& model, const CheckpointFiles& files, const std::stri
 // layout above.
 void save_model(HybridLM& model, const std::filesystem::path& out_dir, torch::ScalarType dtype,
                 uint64_t max_shard_bytes = 5'000'000'000ULL);
+
+// What save_model writes, in two halves: the weights copied to the host in
+// the file's dtype (with the config.json to go with them), taken at one
+// moment, and the writing, which may happen later and on another thread
+// (the trainer writes checkpoints while it trains on).
+struct ModelSnapshot {
+  ModelConfig config;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;  // Hub names, CPU, contiguous
+};
+ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype);
+void write_model_snapshot(const ModelSnapshot& snapshot, const std::filesystem::path& out_dir,
+                          uint64_t max_shard_bytes = 5'000'000'000ULL);
 
 // --- FP8 (E4M3) with per-row scales ---
 constexpr double kFp8E4M3Max = 448.0;
