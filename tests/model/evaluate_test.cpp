@@ -1,5 +1,7 @@
 // `minipuzzle eval`'s loop (evaluate.h) against the same sums taken window
 // by window, and, on a GPU, that it never waits for the device per window.
+#include "minipuzzle/evaluate.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -7,7 +9,6 @@
 
 #include "checkpoint_test_util.h"
 #include "minipuzzle/errors.h"
-#include "minipuzzle/evaluate.h"
 #include "minipuzzle/hybrid_lm.h"
 #include "minipuzzle/indexed_dataset.h"
 #include "tiny_config.h"
