@@ -72,7 +72,9 @@ AdamW::State AdamW::snapshot() const {
   State s;
   s.step = step_;
   auto add = [&](const std::string& name, const torch::Tensor& t) {
-    s.tensors.emplace_back(name, t.detach().to(torch::kCPU).contiguous());
+    // A copy even on the CPU: the optimizer steps on while the state is written.
+    s.tensors.emplace_back(name, t.detach().to(torch::kCPU, t.scalar_type(), /*non_blocking=*/false, /*copy=*/true)
+                                     .contiguous());
   };
   const AdamWTensors& t = update_.tensors();
   for (std::size_t i = 0; i < names_.size(); ++i) {

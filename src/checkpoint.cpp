@@ -153,7 +153,10 @@ ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype) {
       s.tensors.emplace_back(fp8_scale_name(p.key()), q.scale_inv);
       widest = std::max(widest, p.value().size(1));
     } else {
-      s.tensors.emplace_back(p.key(), p.value().detach().to(torch::kCPU, plain).contiguous());
+      // A copy even when device and dtype already match: the model trains on
+      // while the snapshot is written.
+      s.tensors.emplace_back(p.key(), p.value().detach().to(torch::kCPU, plain, /*non_blocking=*/false,
+                                                            /*copy=*/true).contiguous());
     }
   }
   s.config = model->config();

@@ -154,6 +154,31 @@ TEST(AdamW, StateRoundTripsExactlyAndRejectsAnotherModel) {
   remove_tree(dir);
 }
 
+// Checkpoints are written from snapshots while training goes on: a
+// snapshot must not change when the model and the optimizer step on, also
+// when nothing needs converting (CPU, fp32).
+TEST(Snapshots, DoNotFollowTheModelOrTheOptimizer) {
+  HybridLM m(testing::tiny_config("M-"));
+  m->init_random(4);
+  auto params = m->named_parameters();
+  std::vector<std::pair<std::string, torch::Tensor>> named;
+  for (auto& p : params) named.emplace_back(p.key(), p.value());
+  AdamW opt(named, {});
+  for (auto& p : params) p.value().mutable_grad() = torch::ones_like(p.value());
+  opt.step(0.1);
+  const ModelSnapshot model = snapshot_model(m, torch::kFloat32);
+  const AdamW::State state = opt.snapshot();
+  std::vector<torch::Tensor> model_before, state_before;
+  for (const auto& [name, t] : model.tensors) model_before.push_back(t.clone());
+  for (const auto& [name, t] : state.tensors) state_before.push_back(t.clone());
+  opt.step(0.1);  // moves the weights and both moments in place
+  for (std::size_t i = 0; i < model.tensors.size(); ++i)
+    EXPECT_TRUE(torch::equal(model.tensors[i].second, model_before[i])) << model.tensors[i].first;
+  for (std::size_t i = 0; i < state.tensors.size(); ++i)
+    EXPECT_TRUE(torch::equal(state.tensors[i].second, state_before[i])) << state.tensors[i].first;
+  EXPECT_FALSE(torch::equal(params[0].value(), model_before[0]));  // the step did move them
+}
+
 TEST(WindowOrder, EveryWindowOncePerEpochInAnOrderThatChanges) {
   WindowOrder order(1000, 10, 7);  // (1000-1)/10 = 99 windows
   ASSERT_EQ(order.windows(), 99u);
