@@ -138,7 +138,7 @@ HybridLM load_model(const fs::path& dir, torch::ScalarType dtype, torch::Device 
   return model;
 }
 
-ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype) {
+ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype, bool own_copy) {
   torch::NoGradGuard no_grad;
   const bool fp8 = dtype == torch::kFloat8_e4m3fn;
   const torch::ScalarType plain = fp8 ? torch::kBFloat16 : dtype;  // dtype of the unquantized tensors
@@ -153,10 +153,8 @@ ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype) {
       s.tensors.emplace_back(fp8_scale_name(p.key()), q.scale_inv);
       widest = std::max(widest, p.value().size(1));
     } else {
-      // A copy even when device and dtype already match: the model trains on
-      // while the snapshot is written.
-      s.tensors.emplace_back(p.key(), p.value().detach().to(torch::kCPU, plain, /*non_blocking=*/false,
-                                                            /*copy=*/true).contiguous());
+      s.tensors.emplace_back(p.key(), p.value().detach().to(torch::kCPU, plain, /*non_blocking=*/false, own_copy)
+                                          .contiguous());
     }
   }
   s.config = model->config();
@@ -185,7 +183,7 @@ void write_model_snapshot(const ModelSnapshot& snapshot, const fs::path& out_dir
 }
 
 void save_model(HybridLM& model, const fs::path& out_dir, torch::ScalarType dtype, uint64_t max_shard_bytes) {
-  write_model_snapshot(snapshot_model(model, dtype), out_dir, max_shard_bytes);
+  write_model_snapshot(snapshot_model(model, dtype, /*own_copy=*/false), out_dir, max_shard_bytes);
 }
 
 }  // namespace minipuzzle

@@ -65,7 +65,10 @@ struct ModelSnapshot {
   ModelConfig config;
   std::vector<std::pair<std::string, torch::Tensor>> tensors;  // Hub names, CPU, contiguous
 };
-ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype);
+// own_copy: copy every tensor even when it is on the CPU in `dtype` already
+// (needed when the model changes before the write; save_model, which writes
+// at once, shares those instead: no second copy of a large CPU model).
+ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype, bool own_copy = true);
 void write_model_snapshot(const ModelSnapshot& snapshot, const std::filesystem::path& out_dir,
                           uint64_t max_shard_bytes = 5'000'000'000ULL);
 
