@@ -40,11 +40,14 @@ AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, Ad
 
 double AdamW::grad_norm() { return std::sqrt(update_.grad_sum_of_squares()); }
 
-double AdamW::clip_grad_norm(double max_norm) {
-  const double norm = grad_norm();
-  grad_scale_ = max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
-  return norm;
+torch::Tensor AdamW::clip_grad_norm_on_device(double max_norm) {
+  torch::Tensor sum_of_squares = update_.grad_sum_of_squares_on_device();
+  grad_sum_of_squares_ = max_norm > 0 ? sum_of_squares : torch::Tensor();
+  max_grad_norm_ = max_norm;
+  return sum_of_squares.sqrt();
 }
+
+double AdamW::clip_grad_norm(double max_norm) { return clip_grad_norm_on_device(max_norm).item<double>(); }
 
 void AdamW::step(double lr) {
   ++step_;
@@ -55,9 +58,10 @@ void AdamW::step(double lr) {
   f.eps = opt_.eps;
   f.weight_decay = opt_.weight_decay;
   f.step = step_;
-  f.grad_scale = grad_scale_;
+  f.grad_sum_of_squares = grad_sum_of_squares_;
+  f.max_grad_norm = max_grad_norm_;
   update_.apply(f);
-  grad_scale_ = 1.0;
+  grad_sum_of_squares_ = torch::Tensor();
 }
 
 void AdamW::zero_grad() {

@@ -413,22 +413,25 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
       step_tokens += r.tokens;
     }
     sync.finish();  // the mean over ranks, before clipping
+    // Norm, clip factor and update stay on the device: the optimizer step is
+    // queued before the host waits for anything.
+    const torch::Tensor grad_norm_on_device = optimizer.clip_grad_norm_on_device(o.clip_grad);
+    optimizer.step(lr);
+    optimizer.zero_grad();
     // The step's numbers, summed over ranks in one collective and read in the
-    // step's one wait for them: loss, kd_sum, ce_sum (KdResult::sums' order),
-    // tokens, and the stop flag (a signal to any rank stops all of them at
-    // the same step).
+    // step's one wait: loss, kd_sum, ce_sum (KdResult::sums' order), tokens,
+    // and the stop flag (a signal to any rank stops all of them at the same
+    // step); the gradient norm, the same on every rank, joins them after the sum.
     auto stats = torch::cat({step_loss.view({1}), step_sums.narrow(0, 0, 2),
                              torch::full({1}, static_cast<double>(step_tokens), step_loss.options()),
                              torch::full({1}, distill_stop_flag().load() ? 1.0 : 0.0, step_loss.options())});
     dp.all_reduce_sum_in_place(stats);
-    const auto host = stats.cpu();
+    const auto host = torch::cat({stats, grad_norm_on_device.to(stats.device()).view({1})}).cpu();
     const auto h = host.accessor<double, 1>();
     const double loss_sum = h[0] / dp.world_size(), kd_sum = h[1], ce_sum = h[2];
     step_tokens = static_cast<int64_t>(h[3]);
     const bool stop_signal = h[4] > 0;
-    const double grad_norm = optimizer.clip_grad_norm(o.clip_grad);
-    optimizer.step(lr);
-    optimizer.zero_grad();
+    const double grad_norm = h[5];
     tokens += static_cast<uint64_t>(step_tokens);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json rec = {{"max_rss_bytes", max_rss_bytes()},

@@ -7,10 +7,12 @@ namespace minipuzzle::kernels {
 using namespace detail;
 
 cudaError_t adamw_update(const AdamWSlot* slots, const AdamWChunkRef* chunks, int64_t num_chunks,
-                         const AdamWFactors& factors, cudaStream_t stream) {
+                         const AdamWFactors& factors, const double* grad_sum_of_squares, cudaStream_t stream) {
   if (num_chunks < 0 || num_chunks > 0x7fffffff) return cudaErrorInvalidValue;
+  if (grad_sum_of_squares && !(factors.max_grad_norm > 0)) return cudaErrorInvalidValue;
   if (num_chunks == 0) return cudaSuccess;
-  adamw_update_kernel<<<static_cast<unsigned>(num_chunks), kAdamWThreads, 0, stream>>>(slots, chunks, factors);
+  adamw_update_kernel<<<static_cast<unsigned>(num_chunks), kAdamWThreads, 0, stream>>>(slots, chunks, factors,
+                                                                                         grad_sum_of_squares);
   return cudaGetLastError();
 }
 

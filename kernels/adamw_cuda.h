@@ -62,6 +62,11 @@ struct AdamWFactors {
   float step_size = 0;     // -lr / (1 - beta1^step)
   float decay_factor = 1;  // 1 - lr * weight_decay
   float grad_scale = 1;
+  // Clipping on the device (adamw_update's grad_sum_of_squares): the factor
+  // min(1, max_grad_norm / (norm + 1e-6)) where norm exceeds max_grad_norm,
+  // computed in fp64 by every block from the sum of squares and rounded to
+  // fp32, as the host computes grad_scale; it replaces grad_scale.
+  double max_grad_norm = 0;
 };
 
 // The factors of update number `step` (from 1), from the hyperparameters in
@@ -83,9 +88,12 @@ inline AdamWFactors adamw_factors(double lr, double beta1, double beta2, double 
   return f;
 }
 
-// slots and chunks: device memory (see above).
+// slots and chunks: device memory (see above). grad_sum_of_squares: nullptr,
+// or one fp64 in device memory (grad_sum_of_squares() below writes it) from
+// which the clip factor is taken without the host reading the norm; then
+// factors.max_grad_norm must be > 0.
 cudaError_t adamw_update(const AdamWSlot* slots, const AdamWChunkRef* chunks, int64_t num_chunks,
-                         const AdamWFactors& factors, cudaStream_t stream);
+                         const AdamWFactors& factors, const double* grad_sum_of_squares, cudaStream_t stream);
 
 // Sum of squares of every slot's gradient, as fp64 into *sum. partials:
 // num_chunks floats of scratch (one per block, then summed in a fixed order,

@@ -70,9 +70,17 @@ __device__ void adamw_chunk(const AdamWSlot& s, int64_t begin, int64_t end, cons
   }
 }
 
+// The host's clip rule (AdamW::clip_grad_norm) in the same fp64 operations,
+// so both give the same fp32 factor bit for bit.
+__device__ __forceinline__ float clip_factor(double sum_of_squares, double max_norm) {
+  const double norm = sqrt(sum_of_squares);
+  return static_cast<float>(norm > max_norm ? max_norm / (norm + 1e-6) : 1.0);
+}
+
 __global__ void __launch_bounds__(kAdamWThreads)
     adamw_update_kernel(const AdamWSlot* __restrict__ slots, const AdamWChunkRef* __restrict__ chunks,
-                        AdamWFactors factors) {
+                        AdamWFactors factors, const double* __restrict__ grad_sum_of_squares) {
+  if (grad_sum_of_squares) factors.grad_scale = clip_factor(*grad_sum_of_squares, factors.max_grad_norm);
   const AdamWChunkRef c = chunks[blockIdx.x];
   const AdamWSlot s = slots[c.slot];
   const int64_t begin = static_cast<int64_t>(c.chunk) * kAdamWChunk;

@@ -12,11 +12,20 @@ void adamw_update_reference(const AdamWTensors& t, const AdamWStepFactors& f) {
   torch::NoGradGuard no_grad;
   const double bc1 = 1.0 - std::pow(f.beta1, static_cast<double>(f.step));
   const double bc2 = 1.0 - std::pow(f.beta2, static_cast<double>(f.step));
+  torch::Tensor clip;
+  if (f.grad_sum_of_squares.defined()) {
+    TORCH_CHECK(f.max_grad_norm > 0, "AdamW: clipping on the device needs max_grad_norm > 0");
+    clip = clip_factor_reference(f.grad_sum_of_squares, f.max_grad_norm);
+  }
   for (std::size_t i = 0; i < t.params.size(); ++i) {
     const torch::Tensor& p = t.params[i];
+    if (clip.defined() && clip.device() != p.device()) clip = clip.to(p.device());
     if (!p.grad().defined()) continue;
     auto g = p.grad().to(torch::kFloat32);
-    if (f.grad_scale != 1.0) g = g * f.grad_scale;
+    if (clip.defined())
+      g = g * clip;  // a 0-dim fp32 factor: the same fp32 products as a host scalar
+    else if (f.grad_scale != 1.0)
+      g = g * f.grad_scale;
     torch::Tensor master = t.masters[i], exp_avg = t.exp_avgs[i], exp_avg_sq = t.exp_avg_sqs[i];
     exp_avg.mul_(f.beta1).add_(g, 1.0 - f.beta1);
     exp_avg_sq.mul_(f.beta2).addcmul_(g, g, 1.0 - f.beta2);
@@ -27,15 +36,26 @@ void adamw_update_reference(const AdamWTensors& t, const AdamWStepFactors& f) {
   }
 }
 
-double grad_sum_of_squares_reference(const std::vector<torch::Tensor>& params) {
-  // Added up on the device, in fp64, and read once (one wait, not one per tensor).
+torch::Tensor clip_factor_reference(const torch::Tensor& sum_of_squares, double max_norm) {
+  torch::NoGradGuard no_grad;
+  const auto norm = sum_of_squares.to(torch::kDouble).sqrt();
+  return torch::where(norm > max_norm, max_norm / (norm + 1e-6), torch::ones_like(norm)).to(torch::kFloat32);
+}
+
+torch::Tensor grad_sum_of_squares_reference_on_device(const std::vector<torch::Tensor>& params) {
+  // Added up on the device, in fp64 (no wait, not one per tensor).
+  torch::NoGradGuard no_grad;
   torch::Tensor sq;
   for (const auto& p : params) {
     if (!p.grad().defined()) continue;
     const auto s = p.grad().to(torch::kFloat32).square().sum().to(torch::kDouble);
     sq = sq.defined() ? sq.add_(s) : s;
   }
-  return sq.defined() ? sq.item<double>() : 0.0;
+  return sq.defined() ? sq : torch::zeros({}, torch::kDouble);
+}
+
+double grad_sum_of_squares_reference(const std::vector<torch::Tensor>& params) {
+  return grad_sum_of_squares_reference_on_device(params).item<double>();
 }
 
 AdamWUpdate::AdamWUpdate(AdamWTensors tensors) : t_(std::move(tensors)) {
@@ -62,12 +82,14 @@ AdamWKernelState* AdamWUpdate::kernel_state() {
 #endif
 }
 
-double AdamWUpdate::grad_sum_of_squares() {
+torch::Tensor AdamWUpdate::grad_sum_of_squares_on_device() {
 #if MINIPUZZLE_HAVE_CUDA_KERNELS
   if (AdamWKernelState* s = kernel_state()) return cuda_ops::adamw_grad_sum_of_squares(*s);
 #endif
-  return grad_sum_of_squares_reference(t_.params);
+  return grad_sum_of_squares_reference_on_device(t_.params);
 }
+
+double AdamWUpdate::grad_sum_of_squares() { return grad_sum_of_squares_on_device().item<double>(); }
 
 void AdamWUpdate::apply(const AdamWStepFactors& f) {
 #if MINIPUZZLE_HAVE_CUDA_KERNELS

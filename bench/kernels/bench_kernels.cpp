@@ -244,11 +244,15 @@ int main(int argc, char** argv) {
     AdamWStepFactors f;
     f.lr = 1e-5;
     f.weight_decay = 0.1;
+    f.max_grad_norm = 1.0;
     ops.push_back(compare("adamw_step",
-                          {{"parameters", n}, {"tensors", update.tensors().params.size()}, {"dtype", "bf16"},
-                           {"state", "fp32 master, exp_avg, exp_avg_sq"}, {"includes", "global grad norm (clip)"}},
+                          {{"parameters", n},
+                           {"tensors", update.tensors().params.size()},
+                           {"dtype", "bf16"},
+                           {"state", "fp32 master, exp_avg, exp_avg_sq"},
+                           {"includes", "global grad norm and clip factor on the device (the trainer's step)"}},
                           [&] {
-                            f.grad_scale = std::min(1.0, 1.0 / std::sqrt(update.grad_sum_of_squares()));
+                            f.grad_sum_of_squares = update.grad_sum_of_squares_on_device();
                             update.apply(f);
                             ++f.step;
                           },

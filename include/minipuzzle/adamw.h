@@ -31,11 +31,14 @@ class AdamW {
   // Global L2 norm of the gradients as they are (fp32 squares, summed in
   // fp64; one host synchronization).
   double grad_norm();
-  // Returns the global norm and makes the next step() use the gradients
-  // scaled so that their norm is at most max_norm (nothing when max_norm <= 0).
-  // The factor is folded into the update, which saves a pass over the
-  // gradients: they are left as they are.
-  double clip_grad_norm(double max_norm);
+  // Makes the next step() use the gradients scaled so that their norm is at
+  // most max_norm (nothing when max_norm <= 0) and returns the global norm as
+  // a 0-dim fp64 tensor on the gradients' device, unread: the norm and the
+  // factor stay on the device, so the step need not wait for them. The factor
+  // is folded into the update, which saves a pass over the gradients: they
+  // are left as they are.
+  torch::Tensor clip_grad_norm_on_device(double max_norm);
+  double clip_grad_norm(double max_norm);  // the same, the norm read (one wait)
   void step(double lr);
   void zero_grad();
   int64_t steps() const { return step_; }
@@ -57,7 +60,10 @@ class AdamW {
   std::vector<std::string> names_;  // index-aligned with update_.tensors()
   AdamWOptions opt_;
   AdamWUpdate update_;
-  double grad_scale_ = 1.0;  // set by clip_grad_norm for the next step
+  // Set by clip_grad_norm_on_device for the next step: its max_norm and the
+  // gradients' sum of squares (undefined: no clipping).
+  double max_grad_norm_ = 0;
+  torch::Tensor grad_sum_of_squares_;
   int64_t step_ = 0;
 };
 

@@ -18,7 +18,6 @@ struct AdamWKernelState {
   int64_t num_chunks = 0;
   torch::Tensor table;     // bytes: slots, then chunk refs
   torch::Tensor partials;  // [num_chunks] fp32
-  torch::Tensor sum;       // [1] fp64
   const kernels::AdamWSlot* device_slots() const {
     return reinterpret_cast<const kernels::AdamWSlot*>(table.data_ptr<uint8_t>());
   }
@@ -73,7 +72,6 @@ std::shared_ptr<AdamWKernelState> make_adamw_kernel_state(const AdamWTensors& t)
   state->table = to_device_async(host, device);
   state->partials = torch::empty({std::max<int64_t>(state->num_chunks, 1)},
                                  torch::TensorOptions().device(device).dtype(torch::kFloat32));
-  state->sum = torch::empty({1}, torch::TensorOptions().device(device).dtype(torch::kFloat64));
   return state;
 }
 
@@ -90,20 +88,32 @@ bool adamw_kernel_state_matches(const AdamWKernelState& s, const AdamWTensors& t
   return true;
 }
 
-double adamw_grad_sum_of_squares(AdamWKernelState& s) {
+Tensor adamw_grad_sum_of_squares(AdamWKernelState& s) {
   const c10::cuda::CUDAGuard guard(s.table.device());
-  check_launch(
-      kernels::grad_sum_of_squares(s.device_slots(), s.device_chunks(), s.num_chunks, s.partials.data_ptr<float>(),
-                                   s.sum.data_ptr<double>(), current_stream(s.table)),
-      "grad_sum_of_squares");
-  return s.sum.item<double>();  // the step's one synchronization for the norm
+  // A new tensor per call: a caller may hold the last one while asking again.
+  Tensor sum = torch::empty({}, torch::TensorOptions().device(s.table.device()).dtype(torch::kFloat64));
+  check_launch(kernels::grad_sum_of_squares(s.device_slots(), s.device_chunks(), s.num_chunks,
+                                            s.partials.data_ptr<float>(), sum.data_ptr<double>(),
+                                            current_stream(s.table)),
+               "grad_sum_of_squares");
+  return sum;
 }
 
 void adamw_update(AdamWKernelState& s, const AdamWStepFactors& f) {
   const c10::cuda::CUDAGuard guard(s.table.device());
-  const kernels::AdamWFactors k =
+  kernels::AdamWFactors k =
       kernels::adamw_factors(f.lr, f.beta1, f.beta2, f.eps, f.weight_decay, f.step, f.grad_scale);
-  check_launch(kernels::adamw_update(s.device_slots(), s.device_chunks(), s.num_chunks, k, current_stream(s.table)),
+  const double* sum_of_squares = nullptr;
+  if (f.grad_sum_of_squares.defined()) {
+    const Tensor& sq = f.grad_sum_of_squares;
+    TORCH_CHECK(f.max_grad_norm > 0, "fused AdamW: clipping on the device needs max_grad_norm > 0");
+    TORCH_CHECK(sq.device() == s.table.device() && sq.scalar_type() == torch::kFloat64 && sq.numel() == 1,
+                "fused AdamW: the sum of squares must be one fp64 on the parameters' device");
+    sum_of_squares = sq.data_ptr<double>();
+    k.max_grad_norm = f.max_grad_norm;
+  }
+  check_launch(kernels::adamw_update(s.device_slots(), s.device_chunks(), s.num_chunks, k, sum_of_squares,
+                                     current_stream(s.table)),
                "adamw_update");
 }
 

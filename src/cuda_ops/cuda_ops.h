@@ -54,7 +54,8 @@ bool adamw_kernel_supported(const AdamWTensors& t);
 std::shared_ptr<AdamWKernelState> make_adamw_kernel_state(const AdamWTensors& t);
 // False when a tensor or gradient moved, or a gradient appeared or went.
 bool adamw_kernel_state_matches(const AdamWKernelState& s, const AdamWTensors& t);
-double adamw_grad_sum_of_squares(AdamWKernelState& s);
+// A new 0-dim fp64 tensor on the device, not read (no wait).
+torch::Tensor adamw_grad_sum_of_squares(AdamWKernelState& s);
 void adamw_update(AdamWKernelState& s, const AdamWStepFactors& f);
 
 }  // namespace minipuzzle::cuda_ops

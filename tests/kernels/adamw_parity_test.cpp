@@ -68,6 +68,26 @@ TEST(AdamWCuda, FusedUpdateMatchesTheReference) {
       EXPECT_TRUE(torch::equal(p.cpu(), gpu.tensors().masters[i].to(p.scalar_type()).cpu())) << what;
     }
   }
+  // The trainer's way: the clip factor from the sum of squares in device
+  // memory, clipping and then not; the reference takes the same sum.
+  for (const auto& [step, fraction] : {std::pair<int64_t, double>{10, 0.5}, {11, 2.0}}) {
+    const torch::Tensor sum = gpu.grad_sum_of_squares_on_device();
+    ASSERT_TRUE(sum.is_cuda());
+    AdamWStepFactors f;
+    f.lr = 3e-3;
+    f.weight_decay = 0.1;
+    f.step = step;
+    f.max_grad_norm = fraction * std::sqrt(sum.item<double>());
+    f.grad_sum_of_squares = sum;
+    gpu.apply(f);
+    f.grad_sum_of_squares = sum.cpu();
+    adamw_update_reference(ref, f);
+    for (std::size_t i = 0; i < ref.params.size(); ++i) {
+      const std::string what = "device clip, step " + std::to_string(step) + " tensor " + std::to_string(i);
+      expect_close(gpu.tensors().exp_avgs[i], ref.exp_avgs[i], 1e-7, 1e-6, what + " exp_avg");
+      expect_close(gpu.tensors().masters[i], ref.masters[i], 1e-7, 1e-6, what + " master");
+    }
+  }
   // A gradient that moves (set to a new tensor): the table follows it.
   auto fresh = torch::randn({3}, torch::TensorOptions().device(torch::kCUDA));
   gpu.tensors().params[0].mutable_grad() = fresh;

@@ -373,8 +373,7 @@ AdamWTensors deep_copy(const AdamWTensors& t) {
 
 // Every dtype (fp32 its own master), the decay flag both ways, tensors of 1,
 // 3 and 45 elements, one over two chunks with a ragged end, one that starts
-// off the vector alignment, one without a gradient; two steps (a clip factor
-// on the first, other bias corrections on the second).
+// off the vector alignment, one without a gradient; four steps (see below).
 TEST(EmulatedKernels, AdamWUpdateAndGradSumOfSquares) {
   torch::manual_seed(61);
   const int64_t big = 2 * kernels::kAdamWChunk + 7;
@@ -403,14 +402,34 @@ TEST(EmulatedKernels, AdamWUpdateAndGradSumOfSquares) {
   const double expected = grad_sum_of_squares_reference(ref.params);
   EXPECT_NEAR(sum, expected, 1e-6 * expected);
 
-  for (const auto& [step, scale] : {std::pair<int64_t, double>{1, 0.37}, {3, 1.0}}) {
+  // A host factor, none, then the clip factor from the sum of squares in
+  // "device" memory (the trainer's way): clipping, then not.
+  struct Step {
+    int64_t step;
+    double scale, max_norm;
+  };
+  for (const Step& st : {Step{1, 0.37, 0}, Step{3, 1.0, 0}, Step{4, 1.0, 0.5}, Step{6, 1.0, 1e6}}) {
+    const int64_t step = st.step;
     AdamWStepFactors f;
     f.lr = 1e-2;
     f.weight_decay = 0.1;
     f.step = step;
-    f.grad_scale = scale;
-    const auto factors = kernels::adamw_factors(f.lr, f.beta1, f.beta2, f.eps, f.weight_decay, f.step, f.grad_scale);
-    launch(emu::adamw_update_kernel, grid, emu::kAdamWThreads, slots.data(), chunks.data(), factors);
+    f.grad_scale = st.scale;
+    auto factors = kernels::adamw_factors(f.lr, f.beta1, f.beta2, f.eps, f.weight_decay, f.step, f.grad_scale);
+    const double* device_sum = nullptr;
+    if (st.max_norm > 0) {
+      launch(emu::grad_squares_kernel, grid, emu::kAdamWThreads, slots.data(), chunks.data(), partials.data());
+      launch(emu::sum_partials_kernel, dim3(1), emu::kAdamWThreads, static_cast<const float*>(partials.data()),
+             static_cast<int64_t>(partials.size()), &sum);
+      device_sum = &sum;
+      factors.max_grad_norm = st.max_norm;
+      // The reference takes the kernel's sum, so the two clip factors agree exactly.
+      f.grad_sum_of_squares = torch::full({}, sum, torch::kDouble);
+      f.max_grad_norm = st.max_norm;
+      const double norm = std::sqrt(sum);
+      EXPECT_EQ(norm > st.max_norm, st.max_norm < 1) << "step " << step << ": norm " << norm;
+    }
+    launch(emu::adamw_update_kernel, grid, emu::kAdamWThreads, slots.data(), chunks.data(), factors, device_sum);
     adamw_update_reference(ref, f);
     for (std::size_t i = 0; i < ours.params.size(); ++i) {
       const std::string what = "step " + std::to_string(step) + " tensor " + std::to_string(i) + " " +
