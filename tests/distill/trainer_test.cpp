@@ -13,6 +13,7 @@
 #endif
 
 #include "../model/tiny_config.h"
+#include "adamw_test_tensors.h"
 #include "minipuzzle/activation_checkpointing.h"
 #include "minipuzzle/adamw.h"
 #include "minipuzzle/atomic_file.h"
@@ -138,17 +139,7 @@ TEST(AdamW, ClipOnTheDeviceEqualsTheHostFactor) {
     for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
       auto make = [&] {
         torch::manual_seed(18);
-        AdamWTensors t;
-        for (int64_t n : {7, 300}) {
-          auto p = torch::randn({n}).to(dtype);
-          p.mutable_grad() = torch::randn({n}).to(dtype);
-          t.params.push_back(p);
-          t.masters.push_back(dtype == torch::kFloat32 ? p : p.to(torch::kFloat32));
-          t.exp_avgs.push_back(torch::randn({n}) * 0.1);
-          t.exp_avg_sqs.push_back(torch::rand({n}) * 0.01);
-          t.decay.push_back(n > 100);
-        }
-        return t;
+        return testing::random_adamw_tensors({{7, dtype}, {300, dtype}});
       };
       AdamWTensors host = make(), device = make();
       AdamWStepFactors f;

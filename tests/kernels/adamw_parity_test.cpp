@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "../distill/adamw_test_tensors.h"
 #include "gpu_test_util.h"
 #include "minipuzzle/adamw.h"
 #include "minipuzzle/adamw_update.h"
@@ -11,6 +12,7 @@ namespace minipuzzle {
 namespace {
 
 using testing::expect_close;
+using testing::random_adamw_tensors;
 
 AdamWTensors copy_to(const AdamWTensors& t, torch::Device device) {
   AdamWTensors c = t;
@@ -24,24 +26,10 @@ AdamWTensors copy_to(const AdamWTensors& t, torch::Device device) {
   return c;
 }
 
-AdamWTensors random_tensors(const std::vector<std::pair<int64_t, torch::ScalarType>>& shapes) {
-  AdamWTensors t;
-  for (const auto& [n, dtype] : shapes) {
-    auto p = torch::randn({n}).to(dtype);
-    p.mutable_grad() = torch::randn({n}).to(dtype);
-    t.params.push_back(p);
-    t.masters.push_back(dtype == torch::kFloat32 ? p : p.to(torch::kFloat32));
-    t.exp_avgs.push_back(torch::randn({n}) * 0.1);
-    t.exp_avg_sqs.push_back(torch::rand({n}) * 0.01);
-    t.decay.push_back(n % 2 == 1);
-  }
-  return t;
-}
-
 TEST(AdamWCuda, FusedUpdateMatchesTheReference) {
   MINIPUZZLE_REQUIRE_CUDA_KERNELS();
   torch::manual_seed(71);
-  const AdamWTensors cpu = random_tensors({{3, torch::kFloat32},
+  const AdamWTensors cpu = random_adamw_tensors({{3, torch::kFloat32},
                                            {3 * 65536 + 11, torch::kBFloat16},
                                            {4096 * 3 + 1, torch::kFloat16},
                                            {65536, torch::kFloat32},
