@@ -1,38 +1,100 @@
 #!/usr/bin/env bash
-# GPU checks in one command, for a machine whose python3 already has torch
-# (the device machine): builds against that LibTorch in ./build-gpu and runs
-# every test there, the CUDA ones included (they skip on CPU-only machines):
-# the kernel parity tests (kernels_test), then the kernels' GPU tests again
-# under compute-sanitizer memcheck when it is installed, then bench_kernels
-# (kernel vs LibTorch reference, TARGETS.md shapes) into bench_kernels.json,
-# then bench/distill/bench_distill_job.py (the whole-job rows: distillation
-# step and teacher forward vs transformers + PyTorch) into bench_distill_job.json.
-# Logs go to $OUT (the device tool's result folder) or ./gpu-out.
-#   device run:  bash tools/gpu_check.sh
+# Every GPU check in one call, inside a time budget, for a machine whose
+# python3 already has torch (the device machine). A session gets about 15
+# minutes of device time, the machine's start included, so this is meant to
+# run once: each phase has a time cap, writes its results as it goes, and a
+# phase that runs out of time is cut, not the whole run.
+#
+#   bash tools/gpu_check.sh [--budget SECONDS] [--quick]
+#   device tool: run(command="GPU_CHECK_COMMIT=<sha> bash tools/gpu_check.sh", carry=[".gpu-deps"], timeout_s=600)
+#
+# Phases, in order (caps in seconds, each also bounded by what is left):
+#   build      against that LibTorch in ./build-gpu, kernels for this GPU only
+#              (GPU_CHECK_ARCHS, default "native"), only the targets run below
+#   tests      the tests with CUDA cases: kernel parity, the model on kernels,
+#              host-wait counts, peak memory, transformers parity on cuda (150)
+#   kernels    bench_kernels: each kernel against its LibTorch reference on the
+#              TARGETS.md shapes (150; --quick: small shapes)
+#   job        bench/distill/bench_distill_job.py: the whole-job rows against
+#              transformers + PyTorch (240; --quick: 3 steps)
+#   memcheck   the kernels' GPU tests under compute-sanitizer, with what is left
+#              (at most 150; skipped under 30)
+# --budget: the whole run, default 540 (leave the device call's timeout_s
+# about a minute above it: the start and the copies back are not counted here).
+#
+# Results in $OUT (the device tool's result folder; at most 8 files come back)
+# or ./gpu-out: summary.txt (GPU, commit, each phase's status and seconds),
+# build.log, tests.log, bench_kernels.json, bench_distill_job.json,
+# memcheck.log, stderr.log (the benchmarks' stderr). Exit status 0 only when
+# every phase ran whole and passed.
+#
 # The image lacks the C++ libraries the build needs (fmt, yaml-cpp,
 # GoogleTest, Eigen, nlohmann-json, Boost.Program_options): fetch their
 # Debian packages here once with tools/gpu_deps.sh and carry ".gpu-deps";
 # they are unpacked into a prefix under /tmp (never into /).
-#   --quick  only the tests that touch CUDA, and bench_kernels --quick
-#   --job    only bench_distill_job.py (a second call: ./build-gpu is kept
-#            while the machine stays warm, so the build is incremental)
 # GPU_CHECK_COMMIT names the commit in the results where the copy has no .git.
-# Kernels are compiled for this machine's GPU only (GPU_CHECK_ARCHS,
-# default "native").
-set -euo pipefail
+set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 LOG=${OUT:-$ROOT/gpu-out}
-MODE=all
-case "${1:-}" in
-  --quick) MODE=quick ;;
-  --job) MODE=job ;;
-  "") ;;
-  *) echo "gpu_check: unknown option ${1} (expected --quick or --job)" >&2; exit 2 ;;
-esac
+BUDGET=540
+QUICK=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --budget)
+      [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "gpu_check: --budget needs a number of seconds" >&2; exit 2; }
+      BUDGET=$2
+      shift ;;
+    *) echo "gpu_check: unknown option $1 (expected --budget SECONDS or --quick)" >&2; exit 2 ;;
+  esac
+  shift
+done
 mkdir -p "$LOG"
-nvidia-smi > "$LOG/nvidia-smi.txt" 2>&1 || true
-PREFIX="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+START=$(date +%s)
+SUMMARY="$LOG/summary.txt"
+: > "$SUMMARY"
+: > "$LOG/stderr.log"
+rc=0
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+cap() { local l; l=$(left); echo $((l < $1 ? l : $1)); }  # min(cap, time left)
+exec 3>&1                                       # the console, while a phase's output goes to its file
+note() { echo "$*" | tee -a "$SUMMARY" >&3; }
+# phase NAME CAP_SECONDS COMMAND...: runs COMMAND under min(CAP, time left),
+# notes its status and seconds; a phase with under 10 s left is skipped.
+phase() {
+  local name=$1 limit t0 status
+  limit=$(cap "$2")
+  shift 2
+  if [ "$limit" -lt 10 ]; then
+    note "$name: skipped (out of budget)"
+    rc=1
+    return
+  fi
+  t0=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@"
+  status=$?
+  local took=$(($(date +%s) - t0))
+  if [ $status -eq 0 ]; then
+    note "$name: ok (${took} s)"
+  elif [ $status -eq 124 ] || [ $status -eq 137 ]; then
+    note "$name: CUT after ${took} s (cap ${limit} s)"
+    rc=1
+  else
+    note "$name: FAILED, status $status (${took} s)"
+    rc=1
+  fi
+}
+
+COMMIT="${GPU_CHECK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
+note "gpu_check $(date -u +%FT%TZ) commit $COMMIT gpu ${GPU_NAME:-none} budget ${BUDGET} s quick $QUICK"
+nvidia-smi >> "$SUMMARY" 2>&1 || note "nvidia-smi: not found or failed"
+
+PREFIX="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" || {
+  note "gpu_check: $PY has no torch"
+  exit 2
+}
 if ls "$ROOT"/.gpu-deps/*.deb > /dev/null 2>&1; then
   DEPS=/tmp/minipuzzle-gpu-deps
   rm -rf "$DEPS" && mkdir -p "$DEPS"
@@ -44,64 +106,65 @@ if ls "$ROOT"/.gpu-deps/*.deb > /dev/null 2>&1; then
     fi
   done
   PREFIX="$PREFIX;$DEPS/usr"
-  echo "gpu_check: C++ libraries from .gpu-deps unpacked in $DEPS"
+  note "C++ libraries from .gpu-deps unpacked in $DEPS"
 fi
-cmake -S "$ROOT" -B "$ROOT/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
-  -DCMAKE_CUDA_ARCHITECTURES="${GPU_CHECK_ARCHS:-native}" \
-  -DMINIPUZZLE_PYTHON="$(command -v "$PY")" > "$LOG/configure.log" 2>&1 || {
-  tail -n 30 "$LOG/configure.log"
-  echo "gpu_check: configure failed; a missing package? run tools/gpu_deps.sh here and carry .gpu-deps" >&2
-  exit 2
+
+build() {
+  cmake -S "$ROOT" -B "$ROOT/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
+    -DCMAKE_CUDA_ARCHITECTURES="${GPU_CHECK_ARCHS:-native}" -DMINIPUZZLE_PYTHON="$(command -v "$PY")" || {
+    echo "gpu_check: configure failed; a missing package? run tools/gpu_deps.sh here and carry .gpu-deps"
+    return 2
+  }
+  cmake --build "$ROOT/build-gpu" -j "$(nproc)" --target kernels_test model_test distill_trainer \
+    distill_teacher_cache minipuzzle bench_kernels
 }
-tail -n 3 "$LOG/configure.log"
-# --quick and --job build only what they run (device time is short).
-TARGETS=()
-[ "$MODE" = quick ] && TARGETS=(--target kernels_test model_test distill_kd_loss distill_trainer distill_teacher_cache
-  minipuzzle bench_kernels)
-[ "$MODE" = job ] && TARGETS=(--target minipuzzle)
-cmake --build "$ROOT/build-gpu" -j "$(nproc)" "${TARGETS[@]}" > "$LOG/build.log" 2>&1 || {
+export ROOT PY PREFIX
+export -f build
+phase build 100000 bash -c build > "$LOG/build.log" 2>&1
+grep -E "CUDA kernels:" "$LOG/build.log" | tee -a "$SUMMARY"
+if ! grep -q "CUDA kernels: on" "$LOG/build.log"; then
+  note "kernels/ was not compiled (nvcc not found, or torch without CUDA): the kernel tests would skip"
   tail -n 40 "$LOG/build.log"
   exit 1
-}
+fi
 tail -n 2 "$LOG/build.log"
-cd "$ROOT/build-gpu"
-rc=0
-if ! grep -q "CUDA kernels: on" "$LOG/configure.log"; then
-  echo "gpu_check: kernels/ was not compiled (nvcc not found, or torch without CUDA): the kernel tests skip" >&2
+cd "$ROOT/build-gpu" || exit 2
+
+gpu_tests() {
+  # Every gtest case with CUDA work has Cuda (or ModelOnKernels) in its name.
+  ctest --output-on-failure -j 4 --timeout 120 -R 'Cuda|ModelOnKernels|KernelDispatch'
+  local a=$?
+  MINIPUZZLE_BIN="$ROOT/build-gpu/bin/minipuzzle" MINIPUZZLE_SOURCE_DIR="$ROOT" PYTHONDONTWRITEBYTECODE=1 \
+    "$PY" -m pytest -q -p no:cacheprovider -k cuda "$ROOT/tests/oracle/test_forward_parity.py"
+  local b=$?
+  return $((a != 0 || b != 0))
+}
+export -f gpu_tests
+phase tests 150 bash -c gpu_tests > "$LOG/tests.log" 2>&1
+grep -E "tests passed|Failed|\*\*\*|passed|failed" "$LOG/tests.log" | grep -v "Skipped" | tail -n 12
+
+META=(--meta date="$(date -u +%F)" --meta commit="$COMMIT" --meta gpu="$GPU_NAME")
+BENCH_ARGS=()
+[ "$QUICK" = 1 ] && BENCH_ARGS+=(--quick)
+phase kernels 150 bench/kernels/bench_kernels "${BENCH_ARGS[@]}" "${META[@]}" \
+  > "$LOG/bench_kernels.json" 2>> "$LOG/stderr.log"
+STEPS=10
+[ "$QUICK" = 1 ] && STEPS=3
+phase job 240 "$PY" "$ROOT/bench/distill/bench_distill_job.py" --bin bin/minipuzzle --steps "$STEPS" "${META[@]}" \
+  > "$LOG/bench_distill_job.json" 2>> "$LOG/stderr.log"
+
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -z "$SAN" ]; then
+  note "memcheck: compute-sanitizer not found, skipped"
+  echo "compute-sanitizer not found" > "$LOG/memcheck.log"
+elif [ "$(left)" -lt 30 ]; then
+  note "memcheck: skipped (out of budget)"
   rc=1
+else
+  phase memcheck 150 "$SAN" --tool memcheck --error-exitcode 9 tests/kernels/kernels_test \
+    --gtest_filter='*Cuda*:ModelOnKernels*' > "$LOG/memcheck.log" 2>&1
+  tail -n 3 "$LOG/memcheck.log"
 fi
-COMMIT="${GPU_CHECK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
-GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
-if [ "$MODE" != job ]; then
-  # The tests with CUDA cases: kernels, the model and eval, the trainer, the KD loss, the teacher cache
-  # (with the host-wait counts), parity with transformers.
-  GPU_TESTS='kernels_test|model_test|distill_trainer|distill_kd_loss|distill_teacher_cache|oracle_forward_parity'
-  if [ "$MODE" = quick ]; then
-    ctest --output-on-failure -j 4 -R "$GPU_TESTS" > "$LOG/ctest.log" 2>&1 || rc=1
-  else
-    ctest --output-on-failure -j 8 > "$LOG/ctest.log" 2>&1 || rc=1
-  fi
-  grep -E "tests passed|Failed|\*\*\*" "$LOG/ctest.log" | grep -v "Skipped" | tail -n 20 || true
-  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-  if [ -n "$SAN" ]; then
-    timeout $([ "$MODE" = quick ] && echo 150 || echo 300) "$SAN" --tool memcheck --error-exitcode 9 \
-      tests/kernels/kernels_test --gtest_filter='*Cuda*:ModelOnKernels*' > "$LOG/memcheck.log" 2>&1 || rc=1
-    tail -n 3 "$LOG/memcheck.log"
-  else
-    echo "compute-sanitizer not found: memcheck skipped" | tee "$LOG/memcheck.log"
-  fi
-  BENCH_ARGS=()
-  [ "$MODE" = quick ] && BENCH_ARGS+=(--quick)
-  bench/kernels/bench_kernels "${BENCH_ARGS[@]}" --meta date="$(date -u +%F)" --meta commit="$COMMIT" \
-    --meta gpu="$GPU_NAME" > "$LOG/bench_kernels.json" 2> "$LOG/bench_kernels.err" || rc=1
-  cat "$LOG/bench_kernels.json"
-fi
-if [ "$MODE" != quick ]; then
-  # The whole-job rows: distillation step and teacher forward on the TARGETS.md
-  # models, ours (SSD kernels off and on) against transformers + PyTorch.
-  timeout 540 "$PY" "$ROOT/bench/distill/bench_distill_job.py" --bin bin/minipuzzle --steps 10 \
-    --meta date="$(date -u +%F)" --meta commit="$COMMIT" --meta gpu="$GPU_NAME" \
-    > "$LOG/bench_distill_job.json" 2> "$LOG/bench_distill_job.err" || rc=1
-  cat "$LOG/bench_distill_job.json"
-fi
+note "gpu_check: $(($(date +%s) - START)) s in all, status $rc"
+cat "$SUMMARY" | grep -E "^(build|tests|kernels|job|memcheck|gpu_check)"
 exit "$rc"
