@@ -45,7 +45,7 @@ namespace {
 // The options that define the run: a resume with other values would not
 // continue the same run.
 json run_identity(const DistillOptions& o, int world_size) {
-  return {{"teacher", o.teacher},
+  json id = {{"teacher", o.teacher},
           {"teacher_cache", o.teacher_cache},
           {"student", o.student},
           {"data", o.data},
@@ -70,6 +70,9 @@ json run_identity(const DistillOptions& o, int world_size) {
           {"dtype", o.dtype},
           {"mode", o.train_from_scratch ? "train" : "distill"},
           {"world_size", world_size}};
+  if (o.train_from_scratch)  // no teacher: the KD settings play no part
+    for (const char* k : {"teacher", "teacher_cache", "kd_loss", "temperature", "ce_weight"}) id.erase(k);
+  return id;
 }
 
 void validate(const DistillOptions& o) {
@@ -166,9 +169,42 @@ EvalMetrics evaluate_against_teacher(HybridLM* teacher, HybridLM& student, const
   return {v[0] / n, teacher ? v[1] / n : nan, v[2] / n, teacher ? v[3] / n : nan, static_cast<uint64_t>(n)};
 }
 
+DistillSummary run_distillation_in(const DistillOptions& o,
+                                   const std::function<void(const DistillStatus&)>& on_step);
+
 }  // namespace
 
 DistillSummary run_distillation(const DistillOptions& o, const std::function<void(const DistillStatus&)>& on_step) {
+  // A new run that stops on bad input before its first checkpoint (a token id
+  // beyond the vocabulary deep in the data, say) leaves nothing behind:
+  // its run.json would make the corrected rerun ask for --resume.
+  std::error_code ec;
+  const bool out_existed = fs::exists(o.out, ec);
+  const bool new_run = !o.resume && !fs::exists(o.out / "run.json", ec) && list_checkpoints(o.out / "checkpoints").empty();
+  try {
+    return run_distillation_in(o, on_step);
+  } catch (const InputError&) {
+    bool root = false;
+    try {
+      root = DistEnv::from_environment().rank == 0;
+    } catch (const InputError&) {
+    }
+    if (new_run && root && list_checkpoints(o.out / "checkpoints").empty()) {
+      if (!out_existed) {
+        remove_tree(o.out);
+      } else {  // only what this run wrote
+        for (const char* name : {"run.json", "metrics.jsonl"}) fs::remove(o.out / name, ec);
+        fs::remove(o.out / "checkpoints", ec);  // if empty
+      }
+    }
+    throw;
+  }
+}
+
+namespace {
+
+DistillSummary run_distillation_in(const DistillOptions& o,
+                                   const std::function<void(const DistillStatus&)>& on_step) {
   validate(o);
   const DistEnv env = DistEnv::from_environment();
   const int64_t local_batch = data_parallel_local_batch(o.global_batch, o.micro_batch, env.world_size);
@@ -485,4 +521,5 @@ DistillSummary run_distillation(const DistillOptions& o, const std::function<voi
   return summary;
 }
 
+}  // namespace
 }  // namespace minipuzzle

@@ -38,7 +38,12 @@ struct Fnv64 {
 
 std::string shard_name(uint64_t i) { return fmt::format("shard-{:05d}.safetensors", i); }
 
-uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }  // no wrap near 2^64
+
+// More windows than any dataset or run uses (2^40 windows of 2^24 tokens
+// still count in 64 bits); a larger number in a file or on the command
+// line is a mistake, not a request.
+constexpr uint64_t kMaxWindows = uint64_t{1} << 40;
 
 // Window j of the training order (what WindowOrder::take hands out as its
 // j-th window from Position{0, 0}).
@@ -184,7 +189,27 @@ std::string dataset_fingerprint(const std::string& prefix) {
 
 // ---------------------------------------------------------------- writer
 
+namespace {
+TeacherCacheSummary write_teacher_cache_in(const TeacherCacheOptions& o, const TeacherCacheProgress& progress);
+}  // namespace
+
 TeacherCacheSummary write_teacher_cache(const TeacherCacheOptions& o, const TeacherCacheProgress& progress) {
+  // Bad input found after --out was made (no such device, a token id beyond
+  // the vocabulary) leaves no empty directory behind; one that holds shards
+  // stays, for the rerun to resume.
+  std::error_code ec;
+  const bool out_existed = o.out.empty() || fs::exists(o.out, ec);
+  try {
+    return write_teacher_cache_in(o, progress);
+  } catch (const InputError&) {
+    if (!out_existed && fs::is_directory(o.out, ec) && fs::is_empty(o.out, ec)) fs::remove(o.out, ec);
+    throw;
+  }
+}
+
+namespace {
+
+TeacherCacheSummary write_teacher_cache_in(const TeacherCacheOptions& o, const TeacherCacheProgress& progress) {
   if (o.out.empty()) throw InputError("missing --out");
   if (o.seq_len <= 0) throw InputError("--seq-len must be positive");
   if (o.k <= 0) throw InputError("--top-k must be positive");
@@ -194,12 +219,16 @@ TeacherCacheSummary write_teacher_cache(const TeacherCacheOptions& o, const Teac
   const ModelConfig tcfg = ModelConfig::load(o.teacher);
   if (o.k > tcfg.vocab_size)
     throw InputError(fmt::format("--top-k {} exceeds the teacher's vocabulary of {}", o.k, tcfg.vocab_size));
-  (void)parse_model_dtype(o.dtype);  // InputError on a bad name before any work
+  (void)parse_model_dtype(o.dtype);  // InputError on a bad name or a missing device before any work
+  (void)parse_device(o.device);
 
   const auto data = IndexedDataset::open(o.data);
   const WindowOrder order(data->total_tokens(), o.seq_len, o.seed);
   const uint64_t L = static_cast<uint64_t>(o.seq_len);
   const uint64_t n_windows = o.windows > 0 ? o.windows : o.tokens > 0 ? ceil_div(o.tokens, L) : order.windows();
+  if (n_windows > kMaxWindows)
+    throw InputError(fmt::format("{} {} is too large: at most {} windows", o.windows > 0 ? "--windows" : "--tokens",
+                                 o.windows > 0 ? o.windows : o.tokens, kMaxWindows));
   const uint64_t per_shard = std::max<uint64_t>(1, o.shard_tokens / L);
   const uint64_t n_shards = ceil_div(n_windows, per_shard);
 
@@ -379,6 +408,8 @@ TeacherCacheSummary write_teacher_cache(const TeacherCacheOptions& o, const Teac
   return summary;
 }
 
+}  // namespace
+
 // ---------------------------------------------------------------- reader
 
 TeacherCache TeacherCache::open(const fs::path& dir) {
@@ -425,8 +456,8 @@ TeacherCache TeacherCache::open(const fs::path& dir) {
     throw InputError(fmt::format("{}: \"k\" = {} must be in [1, vocab_size {}]", idw, c.k_, c.vocab_size_));
   if (!(c.temperature_ > 0) || !std::isfinite(c.temperature_))
     throw InputError(fmt::format("{}: \"temperature\" must be positive", idw));
-  if (c.windows_ < 1 || c.windows_per_shard_ < 1)
-    throw InputError(fmt::format("{}: \"windows\" and \"windows_per_shard\" must be positive", idw));
+  if (c.windows_ < 1 || c.windows_per_shard_ < 1 || c.windows_ > kMaxWindows || c.windows_per_shard_ > kMaxWindows)
+    throw InputError(fmt::format("{}: \"windows\" and \"windows_per_shard\" must be in [1, {}]", idw, kMaxWindows));
   const uint64_t n_shards = ceil_div(c.windows_, c.windows_per_shard_);
   const json& shards = need(j, "shards", where);
   if (!shards.is_array() || shards.size() != n_shards)

@@ -105,6 +105,9 @@ AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   if (!dir.empty() && !fs::is_directory(dir))
     throw InputError("cannot write " + target_.string() + ": directory " + dir.string() +
                      " does not exist");
+  std::error_code ec;
+  if (fs::is_directory(target_, ec))
+    throw InputError("cannot write " + target_.string() + ": it is a directory, expected a file name");
   remove_stale_temporaries(dir, target_.filename().string());
   temp_ = target_;
   temp_ += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(g_temp_counter++);

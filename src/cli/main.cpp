@@ -2,6 +2,7 @@
 // Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage.
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -36,16 +37,23 @@ const CommandEntry kCommands[] = {
 
 void print_usage(std::ostream& os) {
   os << "usage: minipuzzle <command> [options]   (minipuzzle <command> --help for details)\n\ncommands:\n";
-  for (const auto& c : kCommands) os << "  " << c.name << std::string(14 - std::strlen(c.name), ' ') << c.summary << "\n";
+  std::size_t width = 0;
+  for (const auto& c : kCommands) width = std::max(width, std::strlen(c.name));
+  for (const auto& c : kCommands)
+    os << "  " << c.name << std::string(width + 2 - std::strlen(c.name), ' ') << c.summary << "\n";
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Args rest(argv + 1, argv + argc);
-  if (rest.empty() || rest[0] == "--help" || rest[0] == "-h" || rest[0] == "help") {
-    print_usage(rest.empty() ? std::cerr : std::cout);
-    return rest.empty() ? 2 : 0;
+  if (rest.empty()) {
+    std::cerr << "minipuzzle: expected a command (run minipuzzle --help for the list)\n";
+    return 2;
+  }
+  if (rest[0] == "--help" || rest[0] == "-h" || rest[0] == "help") {
+    print_usage(std::cout);
+    return 0;
   }
   const CommandEntry* found = nullptr;
   size_t consumed = 0;
@@ -60,9 +68,18 @@ int main(int argc, char** argv) {
     }
   }
   if (!found) {
-    if (rest[0] == "data")
-      std::cerr << "minipuzzle data: expected a subcommand: build\n";
-    else
+    if (rest[0] == "data") {
+      // `data` only groups its subcommands: its help lists them.
+      const bool help = rest.size() > 1 && (rest[1] == "--help" || rest[1] == "-h");
+      (help ? std::cout : std::cerr) << (help ? "usage: minipuzzle data <subcommand> [options]\n\nsubcommands:\n  build  "
+                                              : "minipuzzle data: expected a subcommand: build (see minipuzzle data --help)\n");
+      if (help) {
+        for (const auto& c : kCommands)
+          if (std::string(c.name) == "data build") std::cout << c.summary << "\n";
+        return 0;
+      }
+      return 2;
+    }
       std::cerr << "minipuzzle: unknown command '" << rest[0] << "' (run minipuzzle --help)\n";
     return 2;
   }

@@ -12,7 +12,9 @@
 #include "training_command.h"
 #include "minipuzzle/distill_trainer.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/importance_scores.h"
 #include "minipuzzle/progress.h"
+#include "minipuzzle/teacher_cache.h"
 
 namespace minipuzzle::cli {
 
@@ -22,16 +24,25 @@ void request_stop(int) { distill_stop_flag().store(true); }
 
 int run_training_command(const Args& args, bool from_scratch) {
   const std::string usage =
-      from_scratch ? "minipuzzle train --student DIR --data PREFIX --out RUN_DIR [--eval-data PREFIX]\n"
-                   : "minipuzzle distill (--teacher DIR | --teacher-cache DIR) --student DIR --data PREFIX --out RUN_DIR [--eval-data PREFIX]\n"
-      "       [--steps N] [--seq-len N] [--micro-batch N] [--global-batch N] [--lr X] [--min-lr X] [--warmup N]\n"
-      "       [--schedule cosine|wsd|constant] [--loss forward_kl|reverse_kl|jsd] [--temperature T] [--ce-weight W]\n"
-      "       [--eval-every N] [--save-every N] [--keep-last N] [--resume]";
+      std::string(from_scratch
+                      ? "minipuzzle train --student DIR --data PREFIX --out RUN_DIR [--eval-data PREFIX]\n"
+                      : "minipuzzle distill (--teacher DIR | --teacher-cache DIR) --student DIR --data PREFIX --out "
+                        "RUN_DIR [--eval-data PREFIX]\n") +
+      "       [--steps N | --tokens N] [--seq-len N] [--micro-batch N] [--global-batch N] [--lr X] [--min-lr X]\n"
+      "       [--warmup N] [--schedule cosine|wsd|constant]" +
+      (from_scratch ? "" : " [--loss forward_kl|reverse_kl|jsd] [--temperature T] [--ce-weight W]") +
+      "\n       [--eval-every N] [--save-every N] [--keep-last N] [--resume]";
   po::options_description opts("options");
+  // The teacher's options exist for distill only: train refuses them as unknown.
+  if (!from_scratch)
+    opts.add_options()
+        ("teacher", po::value<std::string>(), "teacher checkpoint directory")
+        ("teacher-cache", po::value<std::string>(), "top-k teacher logits from `minipuzzle teacher-logits` (same --data, --seq-len, --seed)")
+        ("loss", po::value<std::string>()->default_value("forward_kl"), "forward_kl|fkl | reverse_kl|rkl | jsd")
+        ("temperature", po::value<double>()->default_value(1.0), "KD temperature")
+        ("ce-weight", po::value<double>()->default_value(0.0), "weight of the student's LM loss (0 = logits only)");
   opts.add_options()
-      ("teacher", po::value<std::string>(), "teacher checkpoint directory")
       ("student", po::value<std::string>(), "model to train: a checkpoint directory (e.g. from `minipuzzle prune`, or `tools/make_tiny_model.py` for train)")
-      ("teacher-cache", po::value<std::string>(), "top-k teacher logits from `minipuzzle teacher-logits` (same --data, --seq-len, --seed)")
       ("data", po::value<std::string>(), "training dataset prefix")
       ("eval-data", po::value<std::string>(), "held-out dataset prefix (default: --data)")
       ("val-data", po::value<std::string>(), "same as --eval-data")
@@ -50,9 +61,6 @@ int run_training_command(const Args& args, bool from_scratch) {
       ("beta1", po::value<double>()->default_value(0.9), "AdamW beta1")
       ("beta2", po::value<double>()->default_value(0.95), "AdamW beta2")
       ("clip-grad", po::value<double>()->default_value(1.0), "global gradient-norm clip (0 = off)")
-      ("loss", po::value<std::string>()->default_value("forward_kl"), "forward_kl|fkl | reverse_kl|rkl | jsd")
-      ("temperature", po::value<double>()->default_value(1.0), "KD temperature")
-      ("ce-weight", po::value<double>()->default_value(0.0), "weight of the student's LM loss (0 = logits only)")
       ("chunk-tokens", po::value<int64_t>()->default_value(0), "tokens per loss chunk (0 = ~2^24 logits)")
       ("eval-every", po::value<int64_t>()->default_value(0), "evaluate every N steps (and always at start and end)")
       ("eval-tokens", po::value<uint64_t>()->default_value(1 << 16), "held-out tokens per evaluation")
@@ -70,11 +78,14 @@ int run_training_command(const Args& args, bool from_scratch) {
   po::variables_map vm;
   if (!parse_args(usage, args, opts, pos, vm)) return 0;
   for (const char* k : {"student", "data", "out"}) require(vm, k, usage);
-  if (from_scratch && (vm.count("teacher") || vm.count("teacher-cache")))
-    throw InputError("train takes no --teacher / --teacher-cache (use distill)");
   if (!from_scratch && !vm.count("teacher") && !vm.count("teacher-cache"))
     throw InputError("give --teacher, --teacher-cache or both");
   if (vm.count("eval-data") && vm.count("val-data")) throw InputError("give --eval-data or --val-data, not both");
+  if (vm.count("teacher") && vm.count("teacher-cache")) {
+    // Both: the teacher runs the evaluations, the cache feeds the steps; they must be the same model.
+    const CheckpointFingerprint fp = checkpoint_fingerprint(vm["teacher"].as<std::string>());
+    TeacherCache::open(vm["teacher-cache"].as<std::string>()).check_teacher(fp.config_hash, fp.weights_hash);
+  }
 
   DistillOptions o;
   if (vm.count("teacher")) o.teacher = vm["teacher"].as<std::string>();
@@ -104,9 +115,11 @@ int run_training_command(const Args& args, bool from_scratch) {
   o.adamw.beta1 = vm["beta1"].as<double>();
   o.adamw.beta2 = vm["beta2"].as<double>();
   o.clip_grad = vm["clip-grad"].as<double>();
-  o.kd.loss = parse_kd_loss(vm["loss"].as<std::string>());
-  o.kd.temperature = vm["temperature"].as<double>();
-  o.kd.ce_weight = vm["ce-weight"].as<double>();
+  if (!from_scratch) {
+    o.kd.loss = parse_kd_loss(vm["loss"].as<std::string>());
+    o.kd.temperature = vm["temperature"].as<double>();
+    o.kd.ce_weight = vm["ce-weight"].as<double>();
+  }
   o.kd.chunk_tokens = vm["chunk-tokens"].as<int64_t>();
   if (!(o.kd.temperature > 0)) throw InputError("--temperature must be positive");
   if (o.kd.ce_weight < 0) throw InputError("--ce-weight must be >= 0");

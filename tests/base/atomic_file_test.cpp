@@ -47,6 +47,14 @@ TEST(AtomicFile, MissingDirectoryIsAnInputError) {
   EXPECT_THROW(AtomicFile("/nonexistent-dir-xyz/out.bin"), InputError);
 }
 
+TEST(AtomicFile, ADirectoryInTheWayIsAnInputErrorBeforeAnyWrite) {
+  auto d = fresh_dir("in_the_way");
+  fs::create_directory(d / "out.bin");
+  EXPECT_THROW(AtomicFile(d / "out.bin"), InputError);
+  EXPECT_TRUE(fs::is_empty(d / "out.bin"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 1);  // no temporary left
+}
+
 TEST(AtomicDirectory, AppearsWholeOnCommitOnly) {
   auto d = fresh_dir("dir");
   {

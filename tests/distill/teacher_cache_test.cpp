@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <cstring>
 #include <functional>
@@ -314,6 +315,16 @@ TEST_F(TeacherCacheTest, RefusesDamagedOrMismatchedCaches) {
     });
     expect_input_error([&] { TeacherCache::open(d); }, "shards[1]");
     edit_cache_json(d, [](json& j) { j["shards"][1]["file"] = "shard-00001.safetensors"; });
+    EXPECT_NO_THROW(TeacherCache::open(d));
+    // A window count near 2^64 (once written for --windows -1): the shard
+    // count must not wrap to a small number that the list then matches.
+    const json before = json::parse(read_file(d / "cache.json"));
+    edit_cache_json(d, [](json& j) {
+      j["identity"]["windows"] = std::numeric_limits<uint64_t>::max();
+      j["shards"] = json::array();
+    });
+    expect_input_error([&] { TeacherCache::open(d); }, "\"windows\"");
+    edit_cache_json(d, [&](json& j) { j = before; });
     EXPECT_NO_THROW(TeacherCache::open(d));
     write_file_atomic(d / "cache.json", "{not json");
     expect_input_error([&] { TeacherCache::open(d); }, "invalid JSON");

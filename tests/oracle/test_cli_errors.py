@@ -246,3 +246,28 @@ def test_export_bad_shard_size(good, tmp_path):
     out_parent = tmp_path / "o"
     expect_user_error(["export", good, "--out", out_parent / "exported", "--max-shard-size", "lots"], out_parent,
                       must_contain=["lots"])
+
+
+def test_negative_value_for_an_unsigned_option(good, dataset, tmp_path):
+    # Boost would read -1 as 2^64 - 1: "no limit", a huge seed, a huge window count.
+    expect_user_error(["eval", good, "--data", dataset, "--seq-len", 16, "--max-tokens", -1, "--json"],
+                      tmp_path / "o", must_contain=["--max-tokens", "-1"])
+    out_dir = tmp_path / "o2"
+    expect_user_error(["data", "build", "--input", dataset.with_suffix(".bin"), "--out", out_dir / "ds",
+                       "--max-bytes", -1], out_dir, must_contain=["--max-bytes"])
+
+
+def test_logits_out_is_a_directory(good, tokens, tmp_path):
+    out_dir = tmp_path / "o"
+    (out_dir / "taken").mkdir(parents=True)
+    msg = expect_user_error(["logits", good, "--tokens", tokens, "--out", out_dir / "taken"], out_dir)
+    assert "is a directory" in msg and ".tmp." not in msg, msg
+
+
+def test_no_command_and_group_help(tmp_path):
+    expect_user_error([], tmp_path / "o", must_contain=["--help"])
+    r = nt.run_cli("data", "--help")
+    assert r.returncode == 0 and "build" in r.stdout, r
+    expect_user_error(["data"], tmp_path / "o", must_contain=["build"])
+    listing = nt.run_cli("--help").stdout
+    assert "teacher-logits  offline" in listing, listing

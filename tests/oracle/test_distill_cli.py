@@ -105,6 +105,19 @@ def test_user_errors(work, tmp_path):
     r = nt.run_cli("distill", "--teacher", work["teacher"], "--student", stranger, "--data", work["data"],
                    "--out", tmp_path / "v", "--seq-len", 32, check=False)
     assert r.returncode == 2 and "vocab" in r.stderr, r.stderr
+    # Token ids beyond the vocabulary are found only when windows are read,
+    # after the run directory is set up: it goes again, so the corrected
+    # rerun needs no --resume (into a new directory and into an existing one).
+    bad = write_dataset(tmp_path / "bad", [np.full(900, SPEC.vocab + 5)])
+    for out in (tmp_path / "b", tmp_path / "given"):
+        if out.name == "given":
+            out.mkdir()
+            (out / "notes.txt").write_text("mine")
+        r = nt.run_cli(*[bad if a == work["data"] else a for a in distill_args(work, out, 2)], check=False)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "vocab" in r.stderr, r.stderr
+        left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        assert left == ([] if out.name == "b" else ["notes.txt"]), left
+        nt.run_cli(*distill_args(work, out, 2))
     # An existing run without --resume.
     run = tmp_path / "r"
     nt.run_cli(*distill_args(work, run, 2))
@@ -178,6 +191,13 @@ def test_train_from_scratch_learns_a_repetitive_text(work, tmp_path):
     assert evals[-1]["loss"] < 0.5 * evals[0]["loss"], evals
     assert "kl" not in evals[-1]
     assert (run / "final" / "config.json").exists()
-    r = nt.run_cli("train", "--teacher", work["teacher"], "--student", work["student"], "--data", data, "--out",
-                   tmp_path / "x", check=False)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # No teacher, so no KD settings: recorded nowhere, refused as flags.
+    run_json = json.loads((run / "run.json").read_text())
+    assert run_json["mode"] == "train" and not {"kd_loss", "temperature", "teacher"} & set(run_json), run_json
+    for extra in (["--teacher", work["teacher"]], ["--loss", "jsd"], ["--temperature", 2]):
+        r = nt.run_cli("train", *extra, "--student", work["student"], "--data", data, "--out", tmp_path / "x",
+                       check=False)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert str(extra[0]).lstrip("-") in r.stderr and not (tmp_path / "x").exists(), r.stderr
+    usage = nt.run_cli("train", "--help").stdout
+    assert "--resume" in usage and "--teacher" not in usage, usage

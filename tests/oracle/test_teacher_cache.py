@@ -43,7 +43,8 @@ def cache_args(work, out, *extra, **over):
     opts.update(over)
     args = ["teacher-logits", work["teacher"], "--data", work["data"], "--out", out]
     for k, v in opts.items():
-        args += ["--" + k.replace("_", "-"), v]
+        if v is not None:  # None leaves the option out
+            args += ["--" + k.replace("_", "-"), v]
     return [*args, *extra]
 
 
@@ -138,6 +139,19 @@ def test_user_errors(work, tmp_path):
     expect_user_error(["teacher-logits", work["teacher"], "--data", tmp_path / "nodata", "--top-k", 4, "--out", out],
                       "nodata")
     assert not (out / "cache.json").exists()
+    # Numbers that would wrap or overflow: refused before anything is written.
+    expect_user_error(cache_args(work, out, windows=-1), "--windows")
+    expect_user_error(cache_args(work, out, windows=2**62), "--windows")
+    expect_user_error(cache_args(work, out, "--tokens", -1, windows=None), "--tokens")
+    # Bad input found after --out was made leaves no empty directory.
+    bad = write_dataset(tmp_path / "bad", [np.full(300, SPEC.vocab + 3)])
+    fresh = tmp_path / "fresh"
+    expect_user_error(["teacher-logits", work["teacher"], "--data", bad, "--top-k", 4, "--seq-len", SEQ_LEN,
+                       "--windows", 2, "--out", fresh], "vocab")
+    assert not fresh.exists()
+    if not torch.cuda.is_available():
+        expect_user_error(cache_args(work, fresh, "--device", "cuda"), "cuda")
+        assert not fresh.exists()
     # A cache (complete or not) made with other settings is not overwritten.
     done = tmp_path / "done"
     nt.run_cli(*cache_args(work, done))
@@ -149,3 +163,22 @@ def test_user_errors(work, tmp_path):
     shard = done / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-100])
     expect_user_error(cache_args(work, done), "shard-00001")
+
+
+def test_distill_reads_the_cache_and_checks_its_teacher(work, tmp_path):
+    cache = tmp_path / "cache"
+    nt.run_cli(*cache_args(work, cache))
+    student = tmp_path / "student"
+    nt.run_cli("prune", work["teacher"], "--set", "drop_layers=1", "--out", student)
+
+    def distill(out, *extra):
+        return ["distill", "--teacher-cache", cache, "--student", student, "--data", work["data"], "--out", out,
+                "--seq-len", SEQ_LEN, "--seed", 5, "--temperature", T, "--micro-batch", 2, "--global-batch", 4,
+                "--steps", 3, "--eval-tokens", 48, *extra]
+
+    nt.run_cli(*distill(tmp_path / "run"))
+    assert (tmp_path / "run" / "final" / "config.json").exists()
+    # With --teacher too (it runs the evaluations), that teacher must be the cache's.
+    nt.run_cli(*distill(tmp_path / "both", "--teacher", work["teacher"]))
+    expect_user_error(distill(tmp_path / "other", "--teacher", student), "another teacher")
+    assert not (tmp_path / "other").exists()
