@@ -13,9 +13,7 @@
 
 namespace minipuzzle {
 
-void rank_candidates_on_data(HybridLM& parent, const ImportanceScores& scores, SearchResult& result,
-                             const IndexedDataset& data, const RankOptions& opt,
-                             const std::function<void(int64_t, int64_t)>& on_candidate) {
+void check_rank_options(const RankOptions& opt, const IndexedDataset& data) {
   if (opt.by != "agreement" && opt.by != "accuracy" && opt.by != "loss" && opt.by != "kl")
     throw InputError(fmt::format("--rank-by '{}': expected agreement, accuracy, loss or kl", opt.by));
   if (opt.seq_len <= 0 || opt.batch <= 0) throw InputError("--rank-seq-len and --rank-batch must be positive");
@@ -25,6 +23,12 @@ void rank_candidates_on_data(HybridLM& parent, const ImportanceScores& scores, S
   // (tokens / seq_len = 0 would mean "every window" to sequential_windows.)
   if (opt.tokens < static_cast<uint64_t>(opt.seq_len))
     throw InputError(fmt::format("--rank-tokens {} is less than one window of {} tokens", opt.tokens, opt.seq_len));
+}
+
+void rank_candidates_on_data(HybridLM& parent, const ImportanceScores& scores, SearchResult& result,
+                             const IndexedDataset& data, const RankOptions& opt,
+                             const std::function<void(int64_t, int64_t)>& on_candidate) {
+  check_rank_options(opt, data);
   const auto starts = sequential_windows(data.total_tokens(), opt.seq_len, opt.tokens / opt.seq_len);
 
   torch::NoGradGuard no_grad;

@@ -146,8 +146,11 @@ CorpusSummary build_corpus(const CorpusOptions& options) {
   }
   if (!builder) {
     std::string where = options.inputs.front() + (options.inputs.size() > 1 ? " and the other inputs" : "");
-    throw InputError("no documents found in " + where + " (" + std::to_string(files.size()) + " files seen, " +
-                     std::to_string(summary.skipped()) + " skipped as binary, unreadable or empty)");
+    std::string exts;
+    for (const auto& e : options.extensions) exts += (exts.empty() ? "" : ",") + normalise_extension(e);
+    throw InputError("no documents found in " + where + " (" + std::to_string(files.size()) + " files seen" +
+                     (exts.empty() ? "" : " with --extensions " + exts) + ", " + std::to_string(summary.skipped()) +
+                     " skipped as binary, unreadable or empty)");
   }
   builder->finish();
   return summary;

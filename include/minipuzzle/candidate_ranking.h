@@ -32,8 +32,12 @@ struct RankOptions {
   std::string by = "agreement";  // agreement | accuracy | loss | kl
 };
 
-// Throws InputError on an unknown `by`, a dataset shorter than one window,
-// or tokens below one window.
+// InputError on an unknown `by`, a dataset shorter than one window, or
+// tokens below one window (what rank_candidates_on_data checks first; a
+// command checks it before its search, too).
+void check_rank_options(const RankOptions& options, const IndexedDataset& data);
+
+// Throws check_rank_options' errors.
 void rank_candidates_on_data(HybridLM& parent, const ImportanceScores& scores, SearchResult& result,
                              const IndexedDataset& data, const RankOptions& options,
                              const std::function<void(int64_t done, int64_t total)>& on_candidate = {});

@@ -1,5 +1,6 @@
 #include "cli_common.h"
 
+#include <filesystem>
 #include <iostream>
 
 #include "minipuzzle/errors.h"
@@ -49,6 +50,17 @@ bool parse_args(const std::string& usage, const std::vector<std::string>& args,
     throw InputError(std::string(e.what()) + " (see --help)");
   }
   return true;
+}
+
+void check_output_file(const std::string& path, const char* flag) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path p(path);
+  if (p.empty()) throw InputError(std::string(flag) + ": empty path");
+  if (fs::is_directory(p, ec)) throw InputError(std::string(flag) + " " + path + ": is a directory, expected a file name");
+  const fs::path dir = p.parent_path();
+  if (!dir.empty() && !fs::is_directory(dir, ec))
+    throw InputError(std::string(flag) + " " + path + ": directory " + dir.string() + " does not exist");
 }
 
 void require(const po::variables_map& vm, const char* name, const std::string& usage) {

@@ -19,6 +19,11 @@ bool parse_args(const std::string& usage, const std::vector<std::string>& args,
                 po::options_description& options, const po::positional_options_description& positional,
                 po::variables_map& vm);
 
+// InputError, before any work, when the output file `path` (given as
+// `flag`) cannot be written: its directory is missing or a directory stands
+// at that path.
+void check_output_file(const std::string& path, const char* flag);
+
 // Throws InputError "missing argument NAME: usage ..." when absent.
 void require(const po::variables_map& vm, const char* name, const std::string& usage);
 

@@ -36,8 +36,8 @@ int cmd_compress(const Args& args) {
   const bool dry_run = vm["dry-run"].as<bool>();
   const std::vector<std::string> sets = vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
   if (const char* ws = std::getenv("WORLD_SIZE"); ws && std::string(ws) != "1")
-    throw InputError("compress runs as one process; for multi-GPU distillation run its distill stages by hand with "
-                     "torchrun (compress --dry-run prints them)");
+    throw InputError("compress runs as one process, not under torchrun or SLURM (WORLD_SIZE is set): it starts "
+                     "the distillation ranks itself, one per GPU, with distill.processes: N in the job");
 
   const CompressJob job = load_compress_job(vm["job"].as<std::string>(), sets, dry_run);
   if (dry_run) return print_dry_run(job);

@@ -26,6 +26,7 @@ int cmd_logits(const Args& args) {
   require(vm, "dir", usage);
   require(vm, "tokens", usage);
   require(vm, "out", usage);
+  check_output_file(vm["out"].as<std::string>(), "--out");
 
   const std::string tokens_path = vm["tokens"].as<std::string>();
   auto file = SafetensorsFile::open(tokens_path);

@@ -92,7 +92,12 @@ int cmd_prune(const Args& args) {
     if (!chosen)
       throw InputError(fmt::format("{}: no candidate of rank {} (it holds {} candidates)", file, rank,
                                    result.candidates.size()));
-    plan = plan_from_scores(parent_config, scores, chosen->config, chosen->kept_layers);
+    try {
+      plan = plan_from_scores(parent_config, scores, chosen->config, chosen->kept_layers);
+    } catch (const InputError& e) {
+      throw InputError(fmt::format("{} rank {} does not fit the model in {}: {} (a search of another model?)", file,
+                                   rank, dir, e.what()));
+    }
   } else {
     plan = plan_from_set(parent_config, scores, vm["set"].as<std::vector<std::string>>());
   }

@@ -40,8 +40,8 @@ int cmd_search(const Args& args) {
       ("uniform-scores", po::bool_switch(), "plan without scores: every layer counts the same, widths uninformative")
       ("budget", po::value<std::string>(), "memory per inference instance, e.g. 31.7GiB")
       ("out", po::value<std::string>(), "candidates file to write")
-      ("precision", po::value<std::string>()->default_value("bf16"), "weight precision: bf16, fp8, fp4, nvfp4")
-      ("kv-precision", po::value<std::string>()->default_value("bf16"), "KV cache precision")
+      ("precision", po::value<std::string>()->default_value("bf16"), "weight precision: bf16, fp16, fp32, fp8, fp4, nvfp4")
+      ("kv-precision", po::value<std::string>()->default_value("bf16"), "KV cache precision (the same names)")
       ("state-precision", po::value<std::string>()->default_value("bf16"), "Mamba SSM and conv state precision")
       ("context", po::value<int64_t>()->default_value(8192), "tokens per sequence in the KV cache")
       ("batch", po::value<int64_t>()->default_value(1), "concurrent sequences")
@@ -75,9 +75,21 @@ int cmd_search(const Args& args) {
     throw InputError("give exactly one of --scores SCORES_DIR and --uniform-scores");
   if (uniform && vm.count("rank-data")) throw InputError("--rank-data needs --scores (pruning picks units by score)");
 
-  const std::string rank_by = vm["rank-by"].as<std::string>();
-  if (rank_by != "agreement" && rank_by != "accuracy" && rank_by != "loss" && rank_by != "kl")
-    throw InputError("--rank-by '" + rank_by + "': expected agreement, accuracy, loss or kl");
+  if (!vm.count("rank-data"))
+    for (const char* k : {"rank-tokens", "rank-seq-len", "rank-batch", "rank-by", "dtype", "device"})
+      if (!vm[k].defaulted()) throw InputError(fmt::format("--{} ranks on data: it needs --rank-data", k));
+  const std::string out = vm["out"].as<std::string>();
+  check_output_file(out, "--out");
+  // Ranking's inputs are checked before the search, not after it.
+  const RankOptions ro{vm["rank-tokens"].as<uint64_t>(), vm["rank-seq-len"].as<int64_t>(),
+                       vm["rank-batch"].as<int64_t>(), vm["rank-by"].as<std::string>()};
+  std::shared_ptr<IndexedDataset> rank_data;
+  if (vm.count("rank-data")) {
+    rank_data = IndexedDataset::open(vm["rank-data"].as<std::string>());
+    check_rank_options(ro, *rank_data);
+  }
+  const auto rank_dtype = parse_model_dtype(vm["dtype"].as<std::string>());
+  const auto rank_device = parse_device(vm["device"].as<std::string>());
   const std::string dir = vm["dir"].as<std::string>();
   const ModelConfig parent = ModelConfig::load(dir);
   std::optional<ImportanceScores> scores;
@@ -116,17 +128,13 @@ int cmd_search(const Args& args) {
   std::cout << fmt::format("searched {} candidates, {} fit {}; kept the top {}\n", result.evaluated,
                            result.feasible, format_bytes(so.budget_bytes), result.candidates.size());
 
-  if (vm.count("rank-data")) {
-    const RankOptions ro{vm["rank-tokens"].as<uint64_t>(), vm["rank-seq-len"].as<int64_t>(),
-                         vm["rank-batch"].as<int64_t>(), vm["rank-by"].as<std::string>()};
-    auto data = IndexedDataset::open(vm["rank-data"].as<std::string>());
-    auto model = load_model(dir, parse_model_dtype(vm["dtype"].as<std::string>()),
-                            parse_device(vm["device"].as<std::string>()));
+  if (rank_data) {
+    auto model = load_model(dir, rank_dtype, rank_device);
     Progress progress("rank", result.candidates.size(), "cand");
-    rank_candidates_on_data(model, *scores, result, *data, ro,
+    rank_candidates_on_data(model, *scores, result, *rank_data, ro,
                             [&](int64_t done, int64_t) { progress.update(static_cast<uint64_t>(done)); });
   }
-  save_candidates(result, vm["out"].as<std::string>());
+  save_candidates(result, out);
 
   std::cout << fmt::format("{:>4}  {:>10}  {:>8}  {:>10}  {:<14}  {}\n", "rank", "memory", "params", "proxy",
                            "layers M/*/-", vm.count("rank-data") ? "measured" : "widths");
@@ -144,7 +152,7 @@ int cmd_search(const Args& args) {
                                          k.count(LayerType::Mlp)),
                              extra);
   }
-  std::cout << "wrote " << vm["out"].as<std::string>() << "\n";
+  std::cout << "wrote " << out << "\n";
   return 0;
 }
 

@@ -29,7 +29,7 @@ int cmd_teacher_logits(const Args& args) {
       ("seed", po::value<uint64_t>()->default_value(1234), "data order (as distill --seed)")
       ("temperature", po::value<double>()->default_value(1.0), "KD temperature the cache serves")
       ("batch", po::value<int64_t>()->default_value(1), "windows per teacher forward")
-      ("dtype", po::value<std::string>()->default_value("fp32"), "teacher compute dtype: fp32 | bf16")
+      ("dtype", po::value<std::string>()->default_value("fp32"), "teacher compute dtype: fp32 | bf16 | fp16")
       ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda | cuda:N")
       ("shard-tokens", po::value<uint64_t>()->default_value(1 << 18), "tokens per shard file (whole windows)")
       ("stop-after-shards", po::value<uint64_t>()->default_value(0), "stop after writing N shards as if killed (tests)");

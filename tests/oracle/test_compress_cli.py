@@ -237,6 +237,12 @@ def test_bad_jobs_exit_2_with_the_key_path(work):
     assert not (root / "runs" / "tiny").exists()
     expect_user_error(["compress", job, "--set", "score.samples=-1"], "--set: score.samples")
     expect_user_error(["compress", job, "--set", "data.train=nowhere"], "nowhere")
+    expect_user_error(["compress", job, "--set", "foo.bar=1"], "foo.bar: unknown key (known: ", "compute")
+    # A device this machine lacks is found before job.json records it: the corrected rerun is not refused.
+    if not torch.cuda.is_available():
+        dev = write_job(work, "no_gpu", "runs/no_gpu")
+        expect_user_error(["compress", dev, "--set", "compute.device=cuda"], "compute.device")
+        assert not (root / "runs" / "no_gpu").exists()
 
 
 def test_rerunning_with_other_settings_is_refused(work, full_run):

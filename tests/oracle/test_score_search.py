@@ -230,8 +230,24 @@ def test_search_infeasible_budget_names_the_smallest_memory(work, tmp_path):
     (["--space", "galaxy"], "--space"),
     (["--uniform-scores"], "exactly one"),
     (["--rank-by", "vibes", "--rank-data", "DATA"], "--rank-by"),
+    (["--rank-data", "NOWHERE"], "nowhere"),
+    (["--rank-data", "DATA", "--rank-tokens", 10, "--rank-seq-len", 32], "--rank-tokens"),
+    (["--rank-tokens", 4096], "needs --rank-data"),
+    (["--device", "cuda:0"], "needs --rank-data"),
+    (["--rank-data", "DATA", "--dtype", "fp13"], "fp13"),
 ])
 def test_search_bad_options(work, tmp_path, extra, needle):
-    extra = [str(work["data"]) if e == "DATA" else e for e in extra]
+    subst = {"DATA": str(work["data"]), "NOWHERE": str(tmp_path / "nowhere")}
+    extra = [subst.get(e, e) if isinstance(e, str) else e for e in extra]
     expect_user_error(["search", work["ckpt"], "--scores", work["scores"], "--budget", "1GiB",
                        "--out", tmp_path / "c.json", *extra], tmp_path / "c.json", must_contain=[needle])
+
+
+def test_search_checks_its_inputs_before_searching(work, tmp_path):
+    # Found after the search, these errors came after a results table on stdout.
+    for out, extra in ((tmp_path / "nodir" / "c.json", []),
+                       (tmp_path / "c.json", ["--rank-data", tmp_path / "nowhere"])):
+        r = nt.run_cli("search", work["ckpt"], "--scores", work["scores"], "--budget", "1GiB", "--out", out, *extra,
+                       check=False)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stdout == "", r.stdout

@@ -316,7 +316,8 @@ void set_key(CompressJob& job, const std::string& key, const std::string& value,
   const Field* f = find_field(key);
   if (!f) {
     const auto dot = key.rfind('.');
-    const std::string prefix = dot == std::string::npos ? "" : key.substr(0, dot + 1);
+    std::string prefix = dot == std::string::npos ? "" : key.substr(0, dot + 1);
+    if (known_under(prefix).empty()) prefix.clear();  // "foo.bar" under no known section: list the sections
     throw InputError(fmt::format("{}: unknown key (known{}: {})", key,
                                  prefix.empty() ? "" : " under " + prefix.substr(0, prefix.size() - 1),
                                  known_under(prefix)));

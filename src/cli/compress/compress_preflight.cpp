@@ -12,6 +12,7 @@
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/candidates_json.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/hybrid_lm.h"
 #include "minipuzzle/indexed_dataset.h"
 #include "minipuzzle/memory_model.h"
 #include "minipuzzle/safetensors.h"
@@ -83,6 +84,8 @@ void prepare_job_directory(const CompressJob& j) {
   });
   check("data.train", [&] { IndexedDataset::open(j.train_data); });
   check("data.validation", [&] { IndexedDataset::open(j.validation_data); });
+  check("compute.device", [&] { (void)parse_device(j.device); });  // a missing GPU, before job.json records it
+  check("compute.dtype", [&] { (void)parse_model_dtype(j.dtype); });
   // One device per rank: cuda:0 .. cuda:N-1.
   if (j.distill.processes > 1 && j.device.rfind("cuda", 0) == 0 &&
       j.distill.processes > static_cast<int64_t>(torch::cuda::device_count()))
