@@ -91,6 +91,7 @@ void validate(const DistillOptions& o) {
   if (!(o.adamw.beta1 >= 0 && o.adamw.beta1 < 1 && o.adamw.beta2 >= 0 && o.adamw.beta2 < 1))
     throw InputError("--beta1 and --beta2 must be in [0, 1)");
   if (o.adamw.weight_decay < 0) throw InputError("--weight-decay must be >= 0");
+  if (o.stop_at_step < 0) throw InputError("--stop-at-step must be >= 0 (0: no stop)");
   if (o.out.empty()) throw InputError("missing --out");
   if (o.train_from_scratch && (!o.teacher.empty() || !o.teacher_cache.empty()))
     throw InputError("train uses no teacher");

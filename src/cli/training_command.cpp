@@ -63,7 +63,7 @@ int run_training_command(const Args& args, bool from_scratch) {
       ("clip-grad", po::value<double>()->default_value(1.0), "global gradient-norm clip (0 = off)")
       ("chunk-tokens", po::value<int64_t>()->default_value(0), "tokens per loss chunk (0 = ~2^24 logits)")
       ("eval-every", po::value<int64_t>()->default_value(0), "evaluate every N steps (and always at start and end)")
-      ("eval-tokens", po::value<uint64_t>()->default_value(1 << 16), "held-out tokens per evaluation")
+      ("eval-tokens", po::value<uint64_t>()->default_value(1 << 16), "held-out tokens per evaluation (whole windows, at least one)")
       ("save-every", po::value<int64_t>()->default_value(0), "checkpoint every N steps (always at the end and on SIGINT/SIGTERM)")
       ("keep-last", po::value<int64_t>()->default_value(2), "checkpoints kept")
       ("seed", po::value<uint64_t>()->default_value(1234), "data order")

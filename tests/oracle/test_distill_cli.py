@@ -92,6 +92,7 @@ def test_user_errors(work, tmp_path):
         (["--warmup", 100], "--warmup"),
         (["--dtype", "fp16"], "loss scaling"),
         (["--seed", -1], "--seed"),
+        (["--stop-at-step", -1], "--stop-at-step"),
     ]
     r = nt.run_cli("distill", "--teacher", work["teacher"], "--out", tmp_path / "m", check=False)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--student" in r.stderr, r.stderr
