@@ -79,7 +79,7 @@ void validate(const DistillOptions& o) {
   if (o.seq_len <= 0) throw InputError("--seq-len must be positive");
   // fp16 gradients underflow without loss scaling, which this loop does not do.
   if (parse_model_dtype(o.dtype) == torch::kFloat16)
-    throw InputError("--dtype fp16: training in fp16 needs loss scaling, which is not implemented; use bf16");
+    throw InputError("--dtype fp16: fp16 gradients underflow without loss scaling; train in bf16 (or fp32)");
   if (o.micro_batch <= 0 || o.global_batch <= 0) throw InputError("--micro-batch and --global-batch must be positive");
   if (o.global_batch % o.micro_batch != 0)
     throw InputError(fmt::format("--global-batch {} must be a multiple of --micro-batch {}", o.global_batch,
