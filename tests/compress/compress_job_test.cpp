@@ -95,6 +95,12 @@ TEST(CompressJob, UnknownKeysNameTheirPathAndTheKnownOnes) {
   EXPECT_NE(nested.find("score.sample: unknown key (known under score: aggregation, batch, layer_metrics, samples"),
             std::string::npos)
       << nested;
+  const std::string section = error_of(kMinimal, {"search=5"});
+  EXPECT_NE(section.find("search: a section, not a key"), std::string::npos) << section;
+  const std::string nowhere = error_of(kMinimal, {"foo.bar=1"});
+  EXPECT_NE(nowhere.find("foo.bar: unknown key (known: compute"), std::string::npos) << nowhere;
+  const std::string zero = error_of(kMinimal, {"search.budget=0"});
+  EXPECT_NE(zero.find("search.budget: expected a positive size"), std::string::npos) << zero;
   const std::string axis = error_of(kMinimal, {"search.axes.ffm=1024"});
   EXPECT_NE(axis.find("--set: search.axes.ffm: unknown axis"), std::string::npos) << axis;
 }

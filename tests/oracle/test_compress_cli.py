@@ -238,6 +238,17 @@ def test_bad_jobs_exit_2_with_the_key_path(work):
     expect_user_error(["compress", job, "--set", "score.samples=-1"], "--set: score.samples")
     expect_user_error(["compress", job, "--set", "data.train=nowhere"], "nowhere")
     expect_user_error(["compress", job, "--set", "foo.bar=1"], "foo.bar: unknown key (known: ", "compute")
+    expect_user_error(["compress", job, "--set", "search=5"], "search: a section")
+    expect_user_error(["compress", job, "--set", "search.budget=0"], "search.budget")
+    # Settings only the score stage reads, and the data it needs, are checked before job.json exists.
+    for setting, key in (("score.aggregation=seq=foo", "score.aggregation"),
+                         ("score.layer_metrics=foo", "score.layer_metrics"),
+                         ("score.samples=100000", "score.samples")):
+        checked = write_job(work, "score_check", "runs/score_check")
+        expect_user_error(["compress", checked, "--set", setting], key)
+        assert not (root / "runs" / "score_check").exists(), setting
+        if key != "score.samples":  # a dry run may plan before the data exists
+            expect_user_error(["compress", checked, "--set", setting, "--dry-run"], key)
     # A device this machine lacks is found before job.json records it: the corrected rerun is not refused.
     if not torch.cuda.is_available():
         dev = write_job(work, "no_gpu", "runs/no_gpu")

@@ -167,6 +167,7 @@ const std::vector<Field>& fields() {
     auto bytes = [&](std::string key, std::function<std::string&(CompressJob&)> ref) {
       text(key, "a size such as 31.7GiB or 500MiB", ref, [](const std::string& k, const std::string& t) {
         const double b = parse_bytes(t, k);
+        if (!(b > 0)) bad_value(k, "a positive size", t);
         if (!(b < 1e18)) bad_value(k, "a size below 1e18 bytes", t);
         return t;
       });
@@ -314,6 +315,8 @@ void set_key(CompressJob& job, const std::string& key, const std::string& value,
     return;
   }
   const Field* f = find_field(key);
+  if (!f && !known_under(key + ".").empty())
+    throw InputError(fmt::format("{}: a section, not a key: set one of its keys ({})", key, known_under(key + ".")));
   if (!f) {
     const auto dot = key.rfind('.');
     std::string prefix = dot == std::string::npos ? "" : key.substr(0, dot + 1);

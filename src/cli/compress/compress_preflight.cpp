@@ -14,9 +14,11 @@
 #include "minipuzzle/errors.h"
 #include "minipuzzle/hybrid_lm.h"
 #include "minipuzzle/indexed_dataset.h"
+#include "minipuzzle/layer_importance.h"
 #include "minipuzzle/memory_model.h"
 #include "minipuzzle/safetensors.h"
 #include "minipuzzle/search_importance.h"
+#include "minipuzzle/width_statistics.h"
 
 namespace minipuzzle::cli {
 
@@ -52,7 +54,11 @@ CandidateSpace search_space_of(const CompressJob& j, const ModelConfig& parent) 
   space.max_width_reduction = j.search.max_width_reduction;
   space.maximal_only = j.search.maximal_only;
   space.min_budget_use = j.search.min_budget_use;
-  space.validate(parent);
+  try {
+    space.validate(parent);
+  } catch (const InputError& e) {  // "axis ffn: ..." from the axes above: name the job's keys
+    throw InputError(fmt::format("search.axes / search.max_*_reduction: {}", e.what()));
+  }
   return space;
 }
 
@@ -66,17 +72,27 @@ namespace {
 // Settings that change no output: a rerun may differ in them.
 bool result_neutral(const std::string& key) { return key.rfind("estimate.", 0) == 0; }
 
+// Each input named by its job key, before any stage spends time.
+void check_key(const char* key, const std::function<void()>& open) {
+  try {
+    open();
+  } catch (const InputError& e) {
+    throw InputError(fmt::format("{}: {}", key, e.what()));
+  }
+}
+
+// The score stage's settings, parsed as `minipuzzle score` will parse them
+// (the job parser is plain C++ and cannot).
+void check_score_settings(const CompressJob& j) {
+  check_key("score.aggregation", [&] { (void)Aggregation::parse(j.score.aggregation); });
+  check_key("score.layer_metrics", [&] { (void)LayerMetrics::parse(j.score.layer_metrics); });
+}
+
 }  // namespace
 
 void prepare_job_directory(const CompressJob& j) {
-  // Each input named by its job key, before any stage spends time.
-  auto check = [](const char* key, const std::function<void()>& open) {
-    try {
-      open();
-    } catch (const InputError& e) {
-      throw InputError(fmt::format("{}: {}", key, e.what()));
-    }
-  };
+  const auto& check = check_key;
+  check_score_settings(j);
   ModelConfig parent;
   check("teacher", [&] {
     parent = ModelConfig::load(j.teacher);
@@ -84,6 +100,13 @@ void prepare_job_directory(const CompressJob& j) {
   });
   check("data.train", [&] { IndexedDataset::open(j.train_data); });
   check("data.validation", [&] { IndexedDataset::open(j.validation_data); });
+  check("score.samples", [&] {  // the score stage's windows must fit the training data
+    const uint64_t need = static_cast<uint64_t>(j.score.samples) * static_cast<uint64_t>(j.score.seq_len) + 1;
+    const uint64_t have = IndexedDataset::open(j.train_data)->total_tokens();
+    if (have < need)
+      throw InputError(fmt::format("score.samples {} x score.seq_len {} (+1) = {} tokens; data.train holds {}",
+                                   j.score.samples, j.score.seq_len, need, have));
+  });
   check("compute.device", [&] { (void)parse_device(j.device); });  // a missing GPU, before job.json records it
   check("compute.dtype", [&] { (void)parse_model_dtype(j.dtype); });
   // One device per rank: cuda:0 .. cuda:N-1.
@@ -159,6 +182,7 @@ std::string quote(const std::string& a) {
 }  // namespace
 
 int print_dry_run(const CompressJob& job) {
+  check_score_settings(job);
   CompressJob j = job;
   // Placeholders for a plan made before the data exists (validation defaults to train when run).
   if (j.validation_data.empty()) j.validation_data = j.train_data.empty() ? "<data.validation>" : j.train_data;
