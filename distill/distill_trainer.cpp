@@ -140,19 +140,29 @@ std::vector<fs::path> list_checkpoints(const fs::path& dir) {
 struct EvalMetrics {
   double loss = 0, kl = 0, accuracy = 0, agreement = 0;
   uint64_t tokens = 0;
+  bool cut_short = false;  // a stop signal ended it early: not a measurement
 };
 
 // Each rank evaluates every world_size-th window; the sums are combined.
-// Without a teacher (offline cache only), KL and agreement are NaN.
+// Without a teacher (offline cache only), KL and agreement are NaN. A
+// stoppable evaluation ends before its next batch once a stop is requested
+// (a long one would hold a SIGTERM off for minutes, past a scheduler's grace
+// period); every rank still joins the final sum, so all of them see the cut.
 EvalMetrics evaluate_against_teacher(HybridLM* teacher, HybridLM& student, const IndexedDataset& data,
-                                     int64_t seq_len, int64_t batch, uint64_t max_tokens, DataParallel& dp) {
+                                     int64_t seq_len, int64_t batch, uint64_t max_tokens, DataParallel& dp,
+                                     bool stoppable) {
   torch::NoGradGuard no_grad;
   student->eval();
   const auto all = sequential_windows(data.total_tokens(), seq_len, std::max<uint64_t>(1, max_tokens / seq_len));
   std::vector<uint64_t> starts;
   for (std::size_t i = static_cast<std::size_t>(dp.rank()); i < all.size(); i += dp.world_size()) starts.push_back(all[i]);
   LogitComparison sum;
+  bool cut = false;
   for (std::size_t i = 0; i < starts.size(); i += batch) {
+    if (stoppable && distill_stop_flag().load()) {
+      cut = true;
+      break;
+    }
     std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + batch));
     auto rows = to_device_async(gather_windows(data, part, seq_len, student->config().vocab_size), student->device());
     auto in = rows.narrow(1, 0, seq_len), tg = rows.narrow(1, 1, seq_len);
@@ -166,11 +176,12 @@ EvalMetrics evaluate_against_teacher(HybridLM* teacher, HybridLM& student, const
   }
   student->train();
   std::vector<double> v = {sum.ce_other_sum, sum.kl_sum, static_cast<double>(sum.other_correct),
-                           static_cast<double>(sum.agree), static_cast<double>(sum.tokens)};
+                           static_cast<double>(sum.agree), static_cast<double>(sum.tokens), cut ? 1.0 : 0.0};
   dp.all_reduce_sum(v);
   const double n = v[4];
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  return {v[0] / n, teacher ? v[1] / n : nan, v[2] / n, teacher ? v[3] / n : nan, static_cast<uint64_t>(n)};
+  if (v[5] > 0) return {nan, nan, nan, nan, static_cast<uint64_t>(n), true};
+  return {v[0] / n, teacher ? v[1] / n : nan, v[2] / n, teacher ? v[3] / n : nan, static_cast<uint64_t>(n), false};
 }
 
 DistillSummary run_distillation_in(const DistillOptions& o,
@@ -359,9 +370,14 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     if (!metrics) throw std::runtime_error(fmt::format("write failed for {}", (o.out / "metrics.jsonl").string()));
   };
 
-  auto run_eval = [&](int64_t step) {
+  // The evaluations at the start and every --eval-every steps give way to a
+  // stop signal: the run then checkpoints the step it is at and stops, and
+  // the resumed run evaluates that step again (below), so its metrics equal
+  // an uninterrupted run's. The final one, after the last step, runs whole.
+  auto run_eval = [&](int64_t step, bool stoppable) {
     const EvalMetrics m = evaluate_against_teacher(teacher ? &teacher : nullptr, student, *eval_data, o.seq_len,
-                                                   o.micro_batch, o.eval_tokens, dp);
+                                                   o.micro_batch, o.eval_tokens, dp, stoppable);
+    if (m.cut_short) return m;  // no record
     json rec = {{"step", step}, {"eval", true}, {"loss", m.loss}, {"accuracy", m.accuracy}, {"tokens", m.tokens}};
     if (teacher) {
       rec["kl"] = m.kl;
@@ -400,16 +416,34 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     return target;
   };
 
-  if (start_step == 0) summary.first_eval_loss = run_eval(0).loss;
-  const int64_t accum = local_batch / o.micro_batch;  // micro-batches per rank and step
   const int64_t steps = o.schedule.total_steps;
+  // The evaluation due at the step the run starts from: at step 0, or where a
+  // stop cut the one due at a checkpointed step (its record is then missing).
+  bool cut_at_start = false;
+  if (start_step == 0) {
+    const EvalMetrics m = run_eval(0, /*stoppable=*/true);
+    cut_at_start = m.cut_short;
+    summary.first_eval_loss = m.loss;
+  } else if (o.eval_every > 0 && start_step % o.eval_every == 0 && start_step < steps) {
+    bool recorded = false;
+    for (const auto& l : metric_lines) {
+      const json j = parse_json_read_back(l);
+      recorded = recorded || (j.value("eval", false) && j["step"].get<int64_t>() == start_step);
+    }
+    if (!recorded) cut_at_start = run_eval(start_step, /*stoppable=*/true).cut_short;
+  }
+  if (cut_at_start) {
+    summary.last_checkpoint = save_checkpoint(start_step);  // at step 0 the untrained student, to resume from
+    summary.interrupted = true;
+  }
+  const int64_t accum = local_batch / o.micro_batch;  // micro-batches per rank and step
   const auto t0 = std::chrono::steady_clock::now();
   const uint64_t tokens_at_start = tokens;
   DistillStatus status;
   status.steps = steps;
   int64_t step = start_step;
   OverlappedAllReduce sync(dp, params);  // armed anew each step
-  for (; step < steps; ++step) {
+  for (; step < steps && !cut_at_start; ++step) {
     const double lr = o.schedule.at(step);
     reset_device_peak(device);
     // The step's sums stay on the device until all its micro-batches are
@@ -490,8 +524,9 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     if (on_step) on_step(status);
 
     const bool last = step + 1 == steps;
-    const bool stop = stop_signal || (o.stop_at_step > 0 && step + 1 >= o.stop_at_step);
-    if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && !last) run_eval(step + 1);
+    bool stop = stop_signal || (o.stop_at_step > 0 && step + 1 >= o.stop_at_step);
+    if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && !last)
+      stop = run_eval(step + 1, /*stoppable=*/true).cut_short || stop;
     if (last || stop || (o.save_every > 0 && (step + 1) % o.save_every == 0))
       summary.last_checkpoint = save_checkpoint(step + 1);
     if (stop && !last) {
@@ -507,7 +542,7 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     return summary;
   }
 
-  const EvalMetrics final_eval = run_eval(steps);
+  const EvalMetrics final_eval = run_eval(steps, /*stoppable=*/false);
   summary.final_eval_loss = final_eval.loss;
   summary.final_eval_kl = final_eval.kl;
   // The shippable student: weights in the dtype the student came in.

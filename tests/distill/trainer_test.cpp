@@ -488,6 +488,52 @@ TEST_F(DistillRun, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
   EXPECT_EQ(kept, (std::vector<std::string>{"step-00000006", "step-00000008"}));
 }
 
+// A stop signal during an evaluation (a long one would hold SIGTERM off):
+// the evaluation is abandoned, the step the run is at is checkpointed, and
+// the resumed run evaluates that step again, so its metrics equal an
+// uninterrupted run's. Before the first evaluation that checkpoint is step 0.
+TEST_F(DistillRun, AStopDuringAnEvaluationCheckpointsThatStepAndTheResumeEvaluatesIt) {
+  struct ClearStopFlag {
+    ~ClearStopFlag() { distill_stop_flag().store(false); }
+  } clear;
+  auto full = options("full");
+  run_distillation(full);
+  auto has_eval_at = [](const fs::path& run, int64_t step) {
+    std::ifstream in(run / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.value("eval", false) && j["step"] == step) return true;
+    }
+    return false;
+  };
+
+  auto at0 = options("at0");
+  distill_stop_flag().store(true);  // as if SIGTERM came during start-up
+  DistillSummary s0 = run_distillation(at0);
+  distill_stop_flag().store(false);
+  EXPECT_TRUE(s0.interrupted);
+  EXPECT_EQ(s0.steps_done, 0);
+  EXPECT_TRUE(fs::exists(at0.out / "checkpoints" / "step-00000000" / "trainer_state.json"));
+  EXPECT_FALSE(has_eval_at(at0.out, 0));
+  at0.resume = true;
+  EXPECT_FALSE(run_distillation(at0).interrupted);
+  EXPECT_EQ(step_lines(full.out), step_lines(at0.out));
+
+  auto at4 = options("at4");  // eval_every 4: the signal arrives as step 4's evaluation starts
+  DistillSummary s4 = run_distillation(at4, [](const DistillStatus& st) {
+    if (st.step == 4) distill_stop_flag().store(true);
+  });
+  distill_stop_flag().store(false);
+  EXPECT_TRUE(s4.interrupted);
+  EXPECT_EQ(s4.steps_done, 4);
+  EXPECT_TRUE(fs::exists(at4.out / "checkpoints" / "step-00000004" / "trainer_state.json"));
+  EXPECT_FALSE(has_eval_at(at4.out, 4));
+  at4.resume = true;
+  run_distillation(at4);
+  EXPECT_TRUE(has_eval_at(at4.out, 4));
+  EXPECT_EQ(step_lines(full.out), step_lines(at4.out));
+}
+
 TEST_F(DistillRun, ActivationCheckpointingGivesTheSameRun) {
   auto plain = options("plain");
   run_distillation(plain);
