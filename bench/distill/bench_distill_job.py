@@ -24,13 +24,17 @@ torch.optim.AdamW, gradient clipping. Steps after the first are timed.
 MFU = tokens/s x (6 x student + 2 x teacher non-embedding parameters) /
 989 TFLOP/s (H100 bf16 dense), as TARGETS.md counts it.
 
-Prints one JSON object.
+Prints one JSON object. On SIGTERM (a time-boxed run under `timeout`) it
+still prints it, with what was measured so far and "cut" naming what is
+missing, and exits 124; the parts run most useful first (ours, then the
+baseline, then the teacher forwards, then ours with the SSD kernels on).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -175,6 +179,15 @@ def hf_teacher_forward(a, s, tmp: Path, tokens: np.ndarray) -> dict:
     return {"tokens_per_second": n * L / (time.perf_counter() - t0), "note": "one untimed warm-up window, then all timed"}
 
 
+class Cut(BaseException):
+    """SIGTERM. A BaseException, like KeyboardInterrupt: libraries that wrap
+    an Exception (transformers' lazy imports do) must not swallow it."""
+
+
+def _on_sigterm(signum, frame):
+    raise Cut()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", choices=sorted(SCALES), default="targets")
@@ -190,35 +203,56 @@ def main() -> int:
     if s["device"] == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"benchmark": "distill_job", "skipped": "no CUDA device"}))
         return 0
+    # A time-boxed caller (tools/gpu_check.sh runs this under `timeout`) gets
+    # the parts measured so far: SIGTERM ends the run and the JSON still comes
+    # out, with "cut" naming what is missing. The parts run most useful first.
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    kernels = {"both": [False, True], "on": [True], "off": [False]}[a.ssd_kernel]
+    ours, parts, cut = [], {}, None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_model(tmp / "teacher", s["teacher"], 0)
-        make_model(tmp / "student", s["student"], 1)
-        vocab = s["teacher"]["vocab"]
-        tokens = np.random.default_rng(1).integers(0, vocab, s["seq_len"] * max(64, s["eval_windows"] + 1) + 1)
-        write_dataset(tmp / "data", tokens)
-        kernels = {"both": [False, True], "on": [True], "off": [False]}[a.ssd_kernel]
-        ours = [ours_distill(a, s, tmp, k) for k in kernels]
-        ours_fwd = ours_teacher_forward(a, s, tmp)
-        hf = hf_distill(a, s, tmp, tokens)
-        hf_fwd = hf_teacher_forward(a, s, tmp, tokens)
-        n_student, n_teacher = non_embedding_parameters(tmp / "student"), non_embedding_parameters(tmp / "teacher")
+        try:
+            make_model(tmp / "teacher", s["teacher"], 0)
+            make_model(tmp / "student", s["student"], 1)
+            parts["n_student"] = non_embedding_parameters(tmp / "student")
+            parts["n_teacher"] = non_embedding_parameters(tmp / "teacher")
+            vocab = s["teacher"]["vocab"]
+            tokens = np.random.default_rng(1).integers(0, vocab, s["seq_len"] * max(64, s["eval_windows"] + 1) + 1)
+            write_dataset(tmp / "data", tokens)
+            ours.append(ours_distill(a, s, tmp, kernels[0]))
+            parts["hf"] = hf_distill(a, s, tmp, tokens)
+            parts["ours_fwd"] = ours_teacher_forward(a, s, tmp)
+            parts["hf_fwd"] = hf_teacher_forward(a, s, tmp, tokens)
+            for k in kernels[1:]:
+                ours.append(ours_distill(a, s, tmp, k))
+        except Cut:
+            cut = "stopped by SIGTERM; missing: " + ", ".join(
+                name for name, have in (("models", "n_teacher" in parts), ("ours distill", bool(ours)),
+                                        ("hf distill", "hf" in parts), ("ours teacher forward", "ours_fwd" in parts),
+                                        ("hf teacher forward", "hf_fwd" in parts),
+                                        ("ours distill, SSD kernels on", len(ours) == len(kernels))) if not have)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # from here on the JSON comes out whole
+    n_student, n_teacher = parts.get("n_student", 0), parts.get("n_teacher", 0)
     flops_per_token = 6 * n_student + 2 * n_teacher
     mfu = lambda tps: tps * flops_per_token / PEAK_FLOPS  # noqa: E731
-    for r in ours + [hf]:
+    hf, ours_fwd, hf_fwd = parts.get("hf"), parts.get("ours_fwd"), parts.get("hf_fwd")
+    for r in ours + ([hf] if hf else []):
         r["mfu"] = mfu(r["tokens_per_second"])
-    best = max(ours, key=lambda r: r["tokens_per_second"])
+    best = max(ours, key=lambda r: r["tokens_per_second"]) if ours else None
     out = {"benchmark": "distill_job", "scale": a.scale, "device": s["device"], "dtype": s["dtype"],
            "models": {"teacher": s["teacher"], "student": s["student"], "teacher_non_embedding": n_teacher,
                       "student_non_embedding": n_student},
            "run": {"batch": 1, "seq_len": s["seq_len"], "steps_timed": a.steps - 1,
                    "teacher_forward_windows": s["eval_windows"]},
            "distill_step": {"ours": ours, "hf_pytorch": hf,
-                            "speedup": best["tokens_per_second"] / hf["tokens_per_second"]},
+                            "speedup": best["tokens_per_second"] / hf["tokens_per_second"] if best and hf else None},
            "teacher_forward": {"ours": ours_fwd, "hf_pytorch": hf_fwd,
-                               "speedup": ours_fwd["tokens_per_second"] / hf_fwd["tokens_per_second"]}}
+                               "speedup": ours_fwd["tokens_per_second"] / hf_fwd["tokens_per_second"]
+                               if ours_fwd and hf_fwd else None}}
+    if cut:
+        out["cut"] = cut
     print_result(out, a.meta)
-    return 0
+    return 124 if cut else 0
 
 
 if __name__ == "__main__":

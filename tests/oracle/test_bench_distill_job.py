@@ -57,3 +57,27 @@ def test_too_few_steps_is_a_user_error():
     r = run("--scale", "tiny", "--steps", "1")
     assert r.returncode == 2
     assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "--steps" in r.stderr
+
+
+def test_sigterm_still_prints_what_was_measured():
+    # tools/gpu_check.sh runs the benchmark under `timeout`: a cut run must
+    # still print its JSON, naming what it did not measure, and exit 124.
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, str(SCRIPT), "--bin", BIN, "--scale", "tiny", "--steps", "3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None:
+        # Once the script has started its first child (making the models), the handler is installed.
+        try:
+            children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        if children:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 124, err
+    cut = json.loads(out)
+    assert cut["cut"].startswith("stopped by SIGTERM; missing:") and "ours distill" in cut["cut"], cut["cut"]
