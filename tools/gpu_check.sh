@@ -17,6 +17,9 @@
 #              TARGETS.md shapes (150; --quick: small shapes)
 #   job        bench/distill/bench_distill_job.py: the whole-job rows against
 #              transformers + PyTorch (240; --quick: 3 steps)
+# A benchmark that is cut still leaves what it measured: bench_kernels
+# rewrites its file after each op ("partial": true), and the job benchmark
+# prints its JSON on SIGTERM ("cut" names what is missing).
 #   memcheck   the kernels' GPU tests under compute-sanitizer, with what is left
 #              (at most 150; skipped under 30)
 # --budget: the whole run, default 540 (leave the device call's timeout_s
@@ -146,8 +149,9 @@ grep -E "tests passed|Failed|\*\*\*|passed|failed" "$LOG/tests.log" | grep -v "S
 META=(--meta date="$(date -u +%F)" --meta commit="$COMMIT" --meta gpu="$GPU_NAME")
 BENCH_ARGS=()
 [ "$QUICK" = 1 ] && BENCH_ARGS+=(--quick)
-phase kernels 150 bench/kernels/bench_kernels "${BENCH_ARGS[@]}" "${META[@]}" \
-  > "$LOG/bench_kernels.json" 2>> "$LOG/stderr.log"
+# --out: rewritten after each op, so a cut run keeps the ops it finished ("partial": true).
+phase kernels 150 bench/kernels/bench_kernels "${BENCH_ARGS[@]}" "${META[@]}" --out "$LOG/bench_kernels.json" \
+  > /dev/null 2>> "$LOG/stderr.log"
 STEPS=10
 [ "$QUICK" = 1 ] && STEPS=3
 phase job 240 "$PY" "$ROOT/bench/distill/bench_distill_job.py" --bin bin/minipuzzle --steps "$STEPS" "${META[@]}" \

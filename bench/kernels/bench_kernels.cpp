@@ -1,4 +1,4 @@
-// bench_kernels [--quick] [--iters N] [--meta k=v ...]
+// bench_kernels [--quick] [--iters N] [--out FILE] [--meta k=v ...]
 //
 // Per op, fwd+bwd (the SSD scan also forward alone) on the TARGETS.md shapes (Nemotron-H-8B Mamba sizes, bf16):
 // our kernel (kernel_dispatch on) against the LibTorch reference on the same
@@ -10,8 +10,12 @@
 // over the TARGETS.md student's parameters, bf16 with fp32 masters): the
 // fused kernel against the reference's per-tensor ops. --quick: small shapes
 // (a smoke run).
-// Prints one JSON object.
+// Prints one JSON object. --out FILE also writes it there, rewritten after
+// each op with "partial": true until the last (a time-boxed run that is cut
+// keeps the ops it finished).
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -88,6 +92,7 @@ json compare(const std::string& op, const json& shape, const std::function<void(
 int main(int argc, char** argv) {
   bool quick = false;
   int iters = 20;
+  std::string out_file;
   json out = {{"benchmark", "kernels_fwd_bwd"}};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -95,6 +100,8 @@ int main(int argc, char** argv) {
       quick = true;
     } else if (a == "--iters" && i + 1 < argc) {
       iters = std::max(1, std::stoi(argv[++i]));
+    } else if (a == "--out" && i + 1 < argc) {
+      out_file = argv[++i];
     } else if (a == "--meta" && i + 1 < argc) {
       const std::string v = argv[++i];
       const auto eq = v.find('=');
@@ -107,11 +114,28 @@ int main(int argc, char** argv) {
   if (!torch::cuda::is_available() || !cuda_kernels_compiled()) {
     out["skipped"] = !cuda_kernels_compiled() ? "built without kernels/" : "no CUDA device";
     std::cout << out.dump(2) << "\n";
+    if (!out_file.empty()) std::ofstream(out_file) << out.dump(2) << "\n";
     return 0;
   }
   torch::manual_seed(0);
   const auto bf16 = torch::TensorOptions().device(torch::kCUDA).dtype(torch::kBFloat16);
   json ops = json::array();
+  // Each finished op goes to --out at once (written whole: a temporary, then a rename).
+  auto write_out = [&](bool partial) {
+    if (out_file.empty()) return;
+    json o = out;
+    o["ops"] = ops;
+    o["iters"] = iters;
+    o["quick"] = quick;
+    if (partial) o["partial"] = true;
+    const std::string tmp = out_file + ".tmp";
+    std::ofstream(tmp) << o.dump(2) << "\n";
+    std::rename(tmp.c_str(), out_file.c_str());
+  };
+  auto record = [&](json op) {
+    ops.push_back(std::move(op));
+    write_out(/*partial=*/true);
+  };
 
   {  // causal conv1d + SiLU: b=1, L=8192, 10240 channels, width 4
     const int64_t L = quick ? 1024 : 8192, C = quick ? 1280 : 10240;
@@ -119,7 +143,7 @@ int main(int argc, char** argv) {
     auto w = (torch::randn({C, 1, 4}, bf16) * 0.5).requires_grad_(true);
     auto b = torch::randn({C}, bf16).requires_grad_(true);
     auto g = torch::randn({1, L, C}, bf16);
-    ops.push_back(compare("causal_conv1d_silu", {{"b", 1}, {"L", L}, {"channels", C}, {"width", 4}, {"dtype", "bf16"}},
+    record(compare("causal_conv1d_silu", {{"b", 1}, {"L", L}, {"channels", C}, {"width", 4}, {"dtype", "bf16"}},
                           [&] {
                             auto y = causal_conv1d_silu(x, w, b);
                             auto grads = torch::autograd::grad({y}, {x, w, b}, {g});
@@ -132,7 +156,7 @@ int main(int argc, char** argv) {
     auto z = torch::randn({rows, D}, bf16).requires_grad_(true);
     auto w = (1 + 0.1 * torch::randn({D}, bf16)).requires_grad_(true);
     auto g = torch::randn({rows, D}, bf16);
-    ops.push_back(compare("gated_rms_norm", {{"rows", rows}, {"channels", D}, {"groups", 8}, {"dtype", "bf16"}},
+    record(compare("gated_rms_norm", {{"rows", rows}, {"channels", D}, {"groups", 8}, {"dtype", "bf16"}},
                           [&] {
                             auto y = gated_rms_norm(x, z, w, D / 8, 1e-5);
                             auto grads = torch::autograd::grad({y}, {x, z, w}, {g});
@@ -179,7 +203,7 @@ int main(int argc, char** argv) {
     op["kernel_cuda_cores"] = time_op(run, iters);
     set_ssd_tensor_cores_enabled(true);
     op["tensor_core_speedup"] = op["kernel_cuda_cores"]["ms"].get<double>() / op["kernel"]["ms"].get<double>();
-    ops.push_back(op);
+    record(op);
   }
   {  // KD loss + student-logit gradient (forward KL, reverse KL, JSD): 8192 tokens x 131072 vocab
     const int64_t rows = quick ? 512 : 8192, V = quick ? 32768 : 131072;
@@ -188,7 +212,7 @@ int main(int argc, char** argv) {
         {"forward_kl", KdLoss::ForwardKl}, {"reverse_kl", KdLoss::ReverseKl}, {"jsd", KdLoss::Jsd}};
     for (const auto& [name, loss] : losses) {
       const KdLoss l = loss;
-      ops.push_back(compare(name, {{"tokens", rows}, {"vocab", V}, {"dtype", "bf16"}},
+      record(compare(name, {{"tokens", rows}, {"vocab", V}, {"dtype", "bf16"}},
                             [&] { auto r = logit_divergence(s, t, l, 1.0, 1.0 / static_cast<double>(rows), true); },
                             iters));
     }
@@ -205,7 +229,7 @@ int main(int argc, char** argv) {
         {"forward_kl_topk", KdLoss::ForwardKl}, {"reverse_kl_topk", KdLoss::ReverseKl}, {"jsd_topk", KdLoss::Jsd}};
     for (const auto& [name, loss] : losses) {
       const KdLoss l = loss;
-      ops.push_back(compare(name, {{"tokens", rows}, {"vocab", V}, {"k", k}, {"dtype", "bf16"}},
+      record(compare(name, {{"tokens", rows}, {"vocab", V}, {"k", k}, {"dtype", "bf16"}},
                             [&] {
                               auto r = topk_divergence(s, vals, ids, rest, l, 1.0, 1.0 / static_cast<double>(rows),
                                                        true);
@@ -245,7 +269,7 @@ int main(int argc, char** argv) {
     f.lr = 1e-5;
     f.weight_decay = 0.1;
     f.max_grad_norm = 1.0;
-    ops.push_back(compare("adamw_step",
+    record(compare("adamw_step",
                           {{"parameters", n},
                            {"tensors", update.tensors().params.size()},
                            {"dtype", "bf16"},
@@ -258,6 +282,7 @@ int main(int argc, char** argv) {
                           },
                           iters));
   }
+  write_out(/*partial=*/false);
   out["ops"] = ops;
   out["iters"] = iters;
   out["quick"] = quick;
