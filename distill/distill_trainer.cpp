@@ -264,6 +264,8 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   std::optional<TeacherCache> cache;
   if (!o.teacher_cache.empty()) {
     cache = TeacherCache::open(o.teacher_cache);
+    // The teacher runs the evaluations, the cache feeds the steps: the same model.
+    if (!o.teacher.empty()) cache->check_teacher(o.teacher_config_hash, o.teacher_weights_hash);
     if (std::abs(cache->temperature() - o.kd.temperature) > 1e-12)
       throw InputError(fmt::format("--teacher-cache was written at temperature {}, this run uses --temperature {}",
                                    cache->temperature(), o.kd.temperature));

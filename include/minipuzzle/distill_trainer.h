@@ -34,6 +34,9 @@ struct DistillOptions {
   // used only for evaluation (KL, agreement); without it evaluation reports
   // the student's LM loss and accuracy only.
   std::string teacher_cache;
+  // With both a teacher and a cache: the teacher's checkpoint_fingerprint
+  // (importance_scores.h), checked against the cache's (empty: not checked).
+  std::string teacher_config_hash, teacher_weights_hash;
   std::filesystem::path out;
   int64_t seq_len = 2048;
   int64_t micro_batch = 1;   // windows per forward/backward

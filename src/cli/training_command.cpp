@@ -14,7 +14,6 @@
 #include "minipuzzle/errors.h"
 #include "minipuzzle/importance_scores.h"
 #include "minipuzzle/progress.h"
-#include "minipuzzle/teacher_cache.h"
 
 namespace minipuzzle::cli {
 
@@ -81,15 +80,15 @@ int run_training_command(const Args& args, bool from_scratch) {
   if (!from_scratch && !vm.count("teacher") && !vm.count("teacher-cache"))
     throw InputError("give --teacher, --teacher-cache or both");
   if (vm.count("eval-data") && vm.count("val-data")) throw InputError("give --eval-data or --val-data, not both");
-  if (vm.count("teacher") && vm.count("teacher-cache")) {
-    // Both: the teacher runs the evaluations, the cache feeds the steps; they must be the same model.
-    const CheckpointFingerprint fp = checkpoint_fingerprint(vm["teacher"].as<std::string>());
-    TeacherCache::open(vm["teacher-cache"].as<std::string>()).check_teacher(fp.config_hash, fp.weights_hash);
-  }
 
   DistillOptions o;
   if (vm.count("teacher")) o.teacher = vm["teacher"].as<std::string>();
   if (vm.count("teacher-cache")) o.teacher_cache = vm["teacher-cache"].as<std::string>();
+  if (!o.teacher.empty() && !o.teacher_cache.empty()) {  // the trainer checks them against the cache
+    const CheckpointFingerprint fp = checkpoint_fingerprint(o.teacher);
+    o.teacher_config_hash = fp.config_hash;
+    o.teacher_weights_hash = fp.weights_hash;
+  }
   o.student = vm["student"].as<std::string>();
   o.data = vm["data"].as<std::string>();
   if (vm.count("eval-data")) o.eval_data = vm["eval-data"].as<std::string>();

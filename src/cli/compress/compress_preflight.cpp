@@ -98,15 +98,15 @@ void prepare_job_directory(const CompressJob& j) {
     parent = ModelConfig::load(j.teacher);
     CheckpointFiles::open(j.teacher);  // weights present and readable, not just a config
   });
-  check("data.train", [&] { IndexedDataset::open(j.train_data); });
-  check("data.validation", [&] { IndexedDataset::open(j.validation_data); });
-  check("score.samples", [&] {  // the score stage's windows must fit the training data
-    const uint64_t need = static_cast<uint64_t>(j.score.samples) * static_cast<uint64_t>(j.score.seq_len) + 1;
+  check("data.train", [&] {
+    // One open: the score stage's windows must fit in it too.
     const uint64_t have = IndexedDataset::open(j.train_data)->total_tokens();
+    const uint64_t need = static_cast<uint64_t>(j.score.samples) * static_cast<uint64_t>(j.score.seq_len) + 1;
     if (have < need)
-      throw InputError(fmt::format("score.samples {} x score.seq_len {} (+1) = {} tokens; data.train holds {}",
-                                   j.score.samples, j.score.seq_len, need, have));
+      throw InputError(fmt::format("holds {} tokens, fewer than score.samples {} x score.seq_len {} (+1) = {}", have,
+                                   j.score.samples, j.score.seq_len, need));
   });
+  check("data.validation", [&] { IndexedDataset::open(j.validation_data); });
   check("compute.device", [&] { (void)parse_device(j.device); });  // a missing GPU, before job.json records it
   check("compute.dtype", [&] { (void)parse_model_dtype(j.dtype); });
   // One device per rank: cuda:0 .. cuda:N-1.
