@@ -333,7 +333,8 @@ def test_sigkill_during_a_two_process_distillation_leaves_no_rank_behind(work, d
     proc = subprocess.Popen([nt.minipuzzle_bin(), "compress", str(job), "--set", "distill.processes=2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while not _rank_processes(out) and proc.poll() is None and time.time() < deadline:
+    # Until both ranks run (the launcher starts them one after the other: seeing one is not enough).
+    while len(_rank_processes(out)) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     ranks = _rank_processes(out)
     assert len(ranks) == 2, f"no distill ranks seen (rc {proc.poll()}): {proc.stderr.read().decode()[-2000:]}"
