@@ -10,7 +10,9 @@
 #
 # Phases, in order (caps in seconds, each also bounded by what is left):
 #   build      against that LibTorch in ./build-gpu, kernels for this GPU only
-#              (GPU_CHECK_ARCHS, default "native"), only the targets run below
+#              (GPU_CHECK_ARCHS; by default from nvidia-smi's compute
+#              capability, 9.0 -> 90a-real, else "native"), only the targets
+#              run below
 #   tests      the tests with CUDA cases: kernel parity, the model on kernels,
 #              host-wait counts, peak memory, transformers parity on cuda (150)
 #   kernels    bench_kernels: each kernel against its LibTorch reference on the
@@ -112,16 +114,29 @@ if ls "$ROOT"/.gpu-deps/*.deb > /dev/null 2>&1; then
   note "C++ libraries from .gpu-deps unpacked in $DEPS"
 fi
 
+# The GPU's architecture from nvidia-smi rather than CMake's "native", whose
+# detection program must run at configure time: one failure there would cost
+# the whole call. Hopper gets sm_90a, as CI compiles it.
+ARCHS=${GPU_CHECK_ARCHS:-}
+if [ -z "$ARCHS" ]; then
+  CC="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')"
+  case "$CC" in
+    90) ARCHS=90a-real ;;
+    [1-9][0-9] | [1-9][0-9][0-9]) ARCHS=${CC}-real ;;
+    *) ARCHS=native ;;
+  esac
+fi
+note "CUDA architectures: $ARCHS"
 build() {
   cmake -S "$ROOT" -B "$ROOT/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
-    -DCMAKE_CUDA_ARCHITECTURES="${GPU_CHECK_ARCHS:-native}" -DMINIPUZZLE_PYTHON="$(command -v "$PY")" || {
+    -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" -DMINIPUZZLE_PYTHON="$(command -v "$PY")" || {
     echo "gpu_check: configure failed; a missing package? run tools/gpu_deps.sh here and carry .gpu-deps"
     return 2
   }
   cmake --build "$ROOT/build-gpu" -j "$(nproc)" --target kernels_test model_test distill_trainer \
     distill_teacher_cache minipuzzle bench_kernels
 }
-export ROOT PY PREFIX
+export ROOT PY PREFIX ARCHS
 export -f build
 phase build 100000 bash -c build > "$LOG/build.log" 2>&1
 grep -E "CUDA kernels:" "$LOG/build.log" | tee -a "$SUMMARY"
