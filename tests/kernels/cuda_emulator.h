@@ -2,16 +2,19 @@
 // index arithmetic, reductions, warp shuffles and atomics are tested in every
 // build, GPU or not. Host-only (g++); include before the kernel headers.
 //
-// Model: the blocks of a launch run one after another; the threads of a block
-// run as std::threads (one pool per launch), each with its threadIdx. __syncthreads() is a barrier
-// over the block, __shfl_xor_sync() an exchange through a per-warp buffer
-// between two barriers over the warp, __shared__ variables are function
-// statics (one live block at a time shares them, as on a GPU), atomicAdd
-// holds a lock. A thread that returns leaves the barriers (a finished lane).
-// Under ThreadSanitizer (kernels_racecheck_test) a race between a block's
-// threads is reported whatever order they happen to run in: the barriers are
-// the only synchronization TSan sees. What it cannot show: performance,
-// memory coalescing, register pressure, and races between blocks.
+// Model: the blocks of a launch run one after another, in a shuffled order
+// (block_order below); the threads of a block run as std::threads (one pool
+// per launch), each with its threadIdx. __syncthreads() is a barrier over the
+// block, __shfl_xor_sync() an exchange through a per-warp buffer between two
+// barriers over the warp, __shared__ variables are function statics (one live
+// block at a time shares them, as on a GPU), atomicAdd holds a lock. A thread
+// that returns leaves the barriers (a finished lane). Under ThreadSanitizer
+// (kernels_racecheck_test) a race between a block's threads is reported
+// whatever order they happen to run in: the barriers are the only
+// synchronization TSan sees. A block that depends on another block of its
+// launch having run first fails in some shuffled order. What it cannot show:
+// performance, memory coalescing, register pressure (see
+// test_kernel_resources.py), and races between blocks that run at once.
 #pragma once
 
 #ifdef __CUDACC__
@@ -26,9 +29,11 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -101,23 +106,52 @@ T shfl_xor(T v, int lane_mask) {
   return out;
 }
 
+// The order the blocks of a launch run in. A GPU gives no order, and one
+// kernel whose block reads what another block of the same launch writes
+// passes in index order when the writer has the lower index. So each launch
+// runs its blocks in a shuffled order, fixed by a launch counter (a rerun
+// repeats it); MINIPUZZLE_EMULATOR_BLOCK_ORDER=in_order runs them in index
+// order, for debugging.
+inline std::vector<uint64_t> block_order(uint64_t blocks) {
+  static uint64_t launches = 0;
+  static const bool in_order = [] {
+    const char* v = std::getenv("MINIPUZZLE_EMULATOR_BLOCK_ORDER");
+    return v != nullptr && std::string(v) == "in_order";
+  }();
+  std::vector<uint64_t> order(blocks);
+  for (uint64_t b = 0; b < blocks; ++b) order[b] = b;
+  if (in_order) return order;
+  // Fisher-Yates on splitmix64: the same order on every platform (std::shuffle's is not).
+  uint64_t state = 0x9e3779b97f4a7c15ull * ++launches;
+  const auto next = [&state] {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  for (uint64_t i = blocks; i > 1; --i) std::swap(order[i - 1], order[next() % i]);
+  return order;
+}
+
 // kernel<<<grid, threads, shared_bytes>>>(args...) for 1-D blocks. One pool of threads per
 // launch runs every block in turn (a gate between blocks), since creating
 // threads dominates on small machines.
 template <typename... Params, typename... Args>
 void launch_with_shared(void (*kernel)(Params...), dim3 grid, unsigned threads, size_t shared_bytes, Args... args) {
-  dynamic_shared_memory.assign(shared_bytes, 0);
+  dynamic_shared_memory.assign(shared_bytes, 0xff);
   block_dim = dim3(threads, 1, 1);
   grid_dim = grid;
   const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  const std::vector<uint64_t> order = block_order(blocks);
   Barrier gate(static_cast<int>(threads) + 1);
   std::unique_ptr<Block> block;
   std::vector<std::thread> pool;
   pool.reserve(threads);
   for (unsigned t = 0; t < threads; ++t)
     pool.emplace_back([&, t] {
-      for (uint64_t b = 0; b < blocks; ++b) {
+      for (uint64_t i = 0; i < blocks; ++i) {
         gate.arrive_and_wait();  // the block is set up
+        const uint64_t b = order[i];
         thread_index = uint3{t, 0, 0};
         block_index = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
                             static_cast<unsigned>(b / (uint64_t{grid.x} * grid.y))};
@@ -130,6 +164,10 @@ void launch_with_shared(void (*kernel)(Params...), dim3 grid, unsigned threads, 
     });
   for (uint64_t b = 0; b < blocks; ++b) {
     block = std::make_unique<Block>(static_cast<int>(threads));
+    // A GPU block's shared memory starts as garbage: all-ones bytes (NaN as
+    // a float, ~0 as an integer) make a read before the block's own write
+    // fail here rather than see zeros or the last block's values.
+    std::fill(dynamic_shared_memory.begin(), dynamic_shared_memory.end(), static_cast<unsigned char>(0xff));
     gate.arrive_and_wait();
     gate.arrive_and_wait();
   }

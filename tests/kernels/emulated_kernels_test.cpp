@@ -77,6 +77,35 @@ const bool references_on_one_thread = [] {
 }();
 #endif
 
+// Records, per launch, the order its blocks ran in.
+std::vector<unsigned> block_log;
+void log_block(int) {
+  if (threadIdx.x == 0) block_log.push_back(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
+}
+
+TEST(EmulatedKernels, BlocksRunOnceEachInAShuffledOrder) {
+  // A kernel whose blocks depend on each other's order must fail somewhere:
+  // every block runs once, not in index order, and not in the same order in
+  // every launch.
+  if (const char* v = std::getenv("MINIPUZZLE_EMULATOR_BLOCK_ORDER"); v && std::string(v) == "in_order")
+    GTEST_SKIP() << "MINIPUZZLE_EMULATOR_BLOCK_ORDER=in_order";
+  std::vector<std::vector<unsigned>> orders;
+  for (int i = 0; i < 2; ++i) {
+    block_log.clear();
+    launch(log_block, dim3(4, 3, 2), 64, 0);
+    orders.push_back(block_log);
+  }
+  for (const auto& order : orders) {
+    std::vector<unsigned> sorted = order;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<unsigned> each(24);
+    for (unsigned b = 0; b < 24; ++b) each[b] = b;
+    EXPECT_EQ(sorted, each);
+    EXPECT_NE(order, each);
+  }
+  EXPECT_NE(orders[0], orders[1]);
+}
+
 TEST(EmulatedKernels, CausalConv1dSiluForwardAndBackward) {
   const ConvCase cases[] = {
       {2, 150, 130, 4, torch::kFloat32, true}, {1, 65, 3, 3, torch::kFloat32, false},
