@@ -40,47 +40,37 @@ std::vector<int64_t> concat(std::initializer_list<std::vector<int64_t>> parts) {
 
 }  // namespace
 
-HybridLM prune_model(HybridLM& parent, const PrunePlan& plan) {
-  const ModelConfig& pc = parent->config();
+std::vector<TensorRecipe> prune_recipes(const ModelConfig& pc, const PrunePlan& plan) {
   plan.validate(pc);
-  torch::NoGradGuard no_grad;
-  const torch::Device device = parent->device();
-  const torch::ScalarType dtype = parent->dtype();
-  auto src = parent->named_parameters();
-  auto index = [&](const std::vector<int64_t>& v) {
-    return torch::tensor(at::ArrayRef<int64_t>(v), torch::kInt64).to(device);
+  std::vector<TensorRecipe> out;
+  auto put = [&](std::string to, std::string from, std::vector<int64_t> rows, std::vector<int64_t> cols) {
+    out.push_back({std::move(to), std::move(from), std::move(rows), std::move(cols), {}});
   };
-  auto get = [&](const std::string& name) {
-    const torch::Tensor* t = src.find(name);
-    if (!t) throw std::logic_error("prune_model: the parent has no parameter " + name);
-    return t->detach();
-  };
-
-  std::map<std::string, torch::Tensor> out;
-  const auto hid = index(plan.hidden);
-  out["backbone.embeddings.weight"] = get("backbone.embeddings.weight").index_select(1, hid);
-  out["backbone.norm_f.weight"] = get("backbone.norm_f.weight").index_select(0, hid);
-  out["lm_head.weight"] = get("lm_head.weight").index_select(1, hid);
+  const auto& hid = plan.hidden;
+  put("backbone.embeddings.weight", "backbone.embeddings.weight", {}, hid);
+  put("backbone.norm_f.weight", "backbone.norm_f.weight", hid, {});
+  put("lm_head.weight", "lm_head.weight", {}, hid);
 
   for (size_t j = 0; j < plan.kept_layers.size(); ++j) {
     const int64_t i = plan.kept_layers[j];
     const std::string from = fmt::format("backbone.layers.{}.", i), to = fmt::format("backbone.layers.{}.", j);
-    auto w = [&](const char* name) { return get(from + name); };
-    auto put = [&](const char* name, torch::Tensor t) { out[to + name] = std::move(t); };
-    put("norm.weight", w("norm.weight").index_select(0, hid));
+    auto layer = [&](const char* name, std::vector<int64_t> rows, std::vector<int64_t> cols) {
+      put(to + name, from + name, std::move(rows), std::move(cols));
+    };
+    layer("norm.weight", hid, {});
     switch (pc.layer_type(i)) {
       case LayerType::Mlp: {
-        const auto f = index(plan.ffn[static_cast<size_t>(i)]);
-        put("mixer.up_proj.weight", w("mixer.up_proj.weight").index_select(0, f).index_select(1, hid));
-        put("mixer.down_proj.weight", w("mixer.down_proj.weight").index_select(0, hid).index_select(1, f));
+        const auto& f = plan.ffn[static_cast<size_t>(i)];
+        layer("mixer.up_proj.weight", f, hid);
+        layer("mixer.down_proj.weight", hid, f);
         break;
       }
       case LayerType::Attention: {
-        const auto q = index(unit_rows(plan.attention_heads[static_cast<size_t>(i)], pc.head_dim));
-        put("mixer.q_proj.weight", w("mixer.q_proj.weight").index_select(0, q).index_select(1, hid));
-        put("mixer.k_proj.weight", w("mixer.k_proj.weight").index_select(1, hid));
-        put("mixer.v_proj.weight", w("mixer.v_proj.weight").index_select(1, hid));
-        put("mixer.o_proj.weight", w("mixer.o_proj.weight").index_select(0, hid).index_select(1, q));
+        const auto q = unit_rows(plan.attention_heads[static_cast<size_t>(i)], pc.head_dim);
+        layer("mixer.q_proj.weight", q, hid);
+        layer("mixer.k_proj.weight", {}, hid);
+        layer("mixer.v_proj.weight", {}, hid);
+        layer("mixer.o_proj.weight", hid, q);
         break;
       }
       case LayerType::Mamba: {
@@ -93,35 +83,52 @@ HybridLM prune_model(HybridLM& parent, const PrunePlan& plan) {
         for (int64_t h : heads)
           for (int64_t p : dims) ch.push_back(h * P + p);
         // in_proj rows: [z: d_inner | x: d_inner | B, C: 2GN | dt: H]
-        const auto in_rows = index(concat({ch, shifted(ch, di), range(2 * di, gn2), shifted(heads, 2 * di + gn2)}));
+        const auto in_rows = concat({ch, shifted(ch, di), range(2 * di, gn2), shifted(heads, 2 * di + gn2)});
         // conv1d channels: [x: d_inner | B, C: 2GN]
-        const auto conv_rows = index(concat({ch, range(di, gn2)}));
-        const auto c = index(ch), hd = index(heads);
-        put("mixer.in_proj.weight", w("mixer.in_proj.weight").index_select(0, in_rows).index_select(1, hid));
-        put("mixer.conv1d.weight", w("mixer.conv1d.weight").index_select(0, conv_rows));
-        if (pc.use_conv_bias) put("mixer.conv1d.bias", w("mixer.conv1d.bias").index_select(0, conv_rows));
-        put("mixer.A_log", w("mixer.A_log").index_select(0, hd));
-        put("mixer.D", w("mixer.D").index_select(0, hd));
-        put("mixer.dt_bias", w("mixer.dt_bias").index_select(0, hd));
-        put("mixer.norm.weight", w("mixer.norm.weight").index_select(0, c));
-        put("mixer.out_proj.weight", w("mixer.out_proj.weight").index_select(0, hid).index_select(1, c));
+        const auto conv_rows = concat({ch, range(di, gn2)});
+        layer("mixer.in_proj.weight", in_rows, hid);
+        layer("mixer.conv1d.weight", conv_rows, {});
+        if (pc.use_conv_bias) layer("mixer.conv1d.bias", conv_rows, {});
+        layer("mixer.A_log", heads, {});
+        layer("mixer.D", heads, {});
+        layer("mixer.dt_bias", heads, {});
+        layer("mixer.norm.weight", ch, {});
+        layer("mixer.out_proj.weight", hid, ch);
         break;
       }
     }
   }
 
-  HybridLM child(plan.target);
-  child->to(device, dtype);
+  // Output shapes from the pruned architecture itself, which also proves
+  // that the recipes name every tensor of it exactly once.
+  std::map<std::string, TensorRecipe*> by_name;
+  for (auto& r : out) by_name[r.name] = &r;
+  const auto target = identity_recipes(plan.target);
+  if (target.size() != out.size())
+    throw std::logic_error(fmt::format("prune_recipes: {} tensors for a model of {}", out.size(), target.size()));
+  for (const auto& t : target) {
+    auto it = by_name.find(t.name);
+    if (it == by_name.end()) throw std::logic_error("prune_recipes: nothing sliced for " + t.name);
+    it->second->shape = t.shape;
+  }
+  return out;
+}
+
+HybridLM prune_model(HybridLM& parent, const PrunePlan& plan) {
+  const auto recipes = prune_recipes(parent->config(), plan);
+  torch::NoGradGuard no_grad;
+  auto src = parent->named_parameters();
+  HybridLM child(plan.target, torch::TensorOptions().dtype(parent->dtype()).device(parent->device()));
   auto dst = child->named_parameters();
-  if (dst.size() != out.size())
-    throw std::logic_error(fmt::format("prune_model: sliced {} tensors for a model of {}", out.size(), dst.size()));
-  for (auto& p : dst) {
-    auto it = out.find(p.key());
-    if (it == out.end()) throw std::logic_error("prune_model: nothing sliced for " + p.key());
-    if (it->second.sizes() != p.value().sizes())
-      throw std::logic_error(fmt::format("prune_model: {} sliced to [{}], the pruned model needs [{}]", p.key(),
-                                         fmt::join(it->second.sizes(), ", "), fmt::join(p.value().sizes(), ", ")));
-    p.value().copy_(it->second);
+  for (const auto& r : recipes) {
+    const torch::Tensor* from = src.find(r.source);
+    if (!from) throw std::logic_error("prune_model: the parent has no parameter " + r.source);
+    auto sliced = apply_recipe(from->detach(), r);
+    torch::Tensor* to = dst.find(r.name);
+    if (sliced.sizes().vec() != r.shape)
+      throw std::logic_error(fmt::format("prune_model: {} sliced to [{}], the pruned model needs [{}]", r.name,
+                                         fmt::join(sliced.sizes(), ", "), fmt::join(r.shape, ", ")));
+    to->copy_(sliced);
   }
   return child;
 }

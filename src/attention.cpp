@@ -4,12 +4,12 @@
 
 namespace minipuzzle {
 
-AttentionImpl::AttentionImpl(const ModelConfig& c) : cfg_(c) {
+AttentionImpl::AttentionImpl(const ModelConfig& c, const ParameterInit& o) : cfg_(c) {
   const int64_t D = c.hidden_size;
-  q_proj = register_module("q_proj", Weights(std::vector<int64_t>{c.attention_q_dim(), D}));
-  k_proj = register_module("k_proj", Weights(std::vector<int64_t>{c.attention_kv_dim(), D}));
-  v_proj = register_module("v_proj", Weights(std::vector<int64_t>{c.attention_kv_dim(), D}));
-  o_proj = register_module("o_proj", Weights(std::vector<int64_t>{D, c.attention_q_dim()}));
+  q_proj = register_module("q_proj", weights({c.attention_q_dim(), D}, o));
+  k_proj = register_module("k_proj", weights({c.attention_kv_dim(), D}, o));
+  v_proj = register_module("v_proj", weights({c.attention_kv_dim(), D}, o));
+  o_proj = register_module("o_proj", weights({D, c.attention_q_dim()}, o));
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& h, int64_t layer, const ObserverList& obs) {

@@ -9,6 +9,8 @@
 #include <stdexcept>
 
 #include "minipuzzle/atomic_file.h"
+#include "minipuzzle/checkpoint_reader.h"
+#include "minipuzzle/checkpoint_rewrite.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/tensor_bridge.h"
 
@@ -20,40 +22,6 @@ std::string hub_tensor_name(const std::string& file_name) {
   if (file_name.rfind("model.", 0) == 0) return "backbone." + file_name.substr(6);
   return file_name;
 }
-
-namespace {
-
-bool is_float(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64; }
-
-// The fp32 weight of an F8_E4M3 tensor and its `weight_scale_inv`.
-torch::Tensor load_fp8(const CheckpointFiles::Entry& entry, const std::string& name,
-                       const std::map<std::string, const CheckpointFiles::Entry*>& by_hub_name, int64_t rank) {
-  const TensorInfo& info = *entry.info;
-  std::string file = entry.file->path().filename().string();
-  if (rank != 2)
-    throw InputError(fmt::format("{}: tensor {} is F8_E4M3, but only 2-D weights can be FP8", file, info.name));
-  const std::string scale_name = fp8_scale_name(name);
-  auto s = by_hub_name.find(scale_name);
-  if (s == by_hub_name.end())
-    throw InputError(fmt::format("{}: tensor {} is F8_E4M3 but its scale {} is missing", file, info.name, scale_name));
-  const TensorInfo& si = *s->second->info;
-  std::string sfile = s->second->file->path().filename().string();
-  if (!is_float(si.dtype))
-    throw InputError(fmt::format("{}: scale {} has dtype {}; expected F32, BF16 or F16", sfile, si.name,
-                                 dtype_name(si.dtype)));
-  if (si.shape.size() != 2 || si.shape[0] <= 0 || si.shape[1] <= 0 || info.shape[0] % si.shape[0] != 0 ||
-      info.shape[1] % si.shape[1] != 0)
-    throw InputError(fmt::format("{}: scale {} has shape [{}]; expected [{}, 1] (one per row) or a grid that "
-                                 "divides [{}, {}]",
-                                 sfile, si.name, fmt::join(si.shape, ", "), info.shape[0], info.shape[0],
-                                 info.shape[1]));
-  auto scale = tensor_view(s->second->file, si).to(torch::kFloat32);
-  if (!torch::isfinite(scale).all().item<bool>() || (scale < 0).any().item<bool>())
-    throw InputError(fmt::format("{}: scale {} holds negative or non-finite values", sfile, si.name));
-  return dequantize_fp8(tensor_view(entry.file, info), scale);
-}
-
-}  // namespace
 
 bool is_fp8_projection(const std::string& hub_name) {
   const std::string suffix = "_proj.weight";
@@ -85,55 +53,30 @@ torch::Tensor dequantize_fp8(const torch::Tensor& values, const torch::Tensor& s
   return (v * s).reshape({rows, cols});
 }
 
-void load_weights(HybridLM& model, const CheckpointFiles& files, const std::string& source) {
+void load_weights(HybridLM& model, const CheckpointReader& reader) {
   torch::NoGradGuard no_grad;
-  std::map<std::string, const CheckpointFiles::Entry*> by_hub_name;
-  for (const auto& name : files.names()) {
-    std::string hub = hub_tensor_name(name);
-    if (by_hub_name.count(hub))
-      throw InputError(fmt::format("{}: tensor {} is present under two names", source, hub));
-    by_hub_name[hub] = files.find(name);
-  }
   std::set<std::string> used;
   for (auto& p : model->named_parameters()) {
-    const std::string& name = p.key();
-    auto it = by_hub_name.find(name);
-    if (it == by_hub_name.end())
-      throw InputError(fmt::format("{}: tensor {} is missing (config.json describes it)", source, name));
-    const auto& entry = *it->second;
-    const TensorInfo& info = *entry.info;
-    std::string file = entry.file->path().filename().string();
-    if (info.shape != p.value().sizes().vec())
-      throw InputError(fmt::format("{}: tensor {} has wrong shape: expected [{}], got [{}]", file, info.name,
-                                   fmt::join(p.value().sizes(), ", "), fmt::join(info.shape, ", ")));
-    used.insert(name);
-    if (info.dtype == DType::F8_E4M3) {
-      p.value().copy_(load_fp8(entry, name, by_hub_name, p.value().dim()));
-      used.insert(fp8_scale_name(name));
-      continue;
-    }
-    if (!is_float(info.dtype))
-      throw InputError(fmt::format("{}: tensor {} has dtype {}; expected a float type (F32, BF16, F16, or F8_E4M3 "
-                                   "with a weight_scale_inv)",
-                                   file, info.name, dtype_name(info.dtype)));
-    p.value().copy_(tensor_view(entry.file, info));
+    reader.check(p.key(), p.value().sizes().vec());
+    // Tensor by tensor into the model's own dtype and device: the largest
+    // tensor is the most ever staged, never the model.
+    reader.read_into(p.key(), p.value());
+    used.insert(p.key());
   }
-  for (const auto& [hub, entry] : by_hub_name) {
-    if (used.count(hub)) continue;
-    if (hub.rfind("mtp.", 0) == 0) continue;  // multi-token-prediction heads: not part of the LM
-    throw InputError(fmt::format("{}: unexpected tensor {} in {} (does config.json match the weights?)", source,
-                                 entry->info->name, entry->file->path().filename().string()));
-  }
+  reader.check_no_extra(used);
+}
+
+void load_weights(HybridLM& model, const CheckpointFiles& files, const std::string& source) {
+  load_weights(model, CheckpointReader(files, source));
 }
 
 HybridLM load_model(const fs::path& dir, torch::ScalarType dtype, torch::Device device) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw InputError(dir.string() + ": not a checkpoint directory");
   ModelConfig cfg = ModelConfig::load(dir);
-  CheckpointFiles files = CheckpointFiles::open(dir);
-  HybridLM model(cfg);
-  load_weights(model, files, dir.string());
-  model->to(device, dtype);
+  CheckpointReader reader = CheckpointReader::open(dir);
+  HybridLM model(cfg, torch::TensorOptions().dtype(dtype).device(device));
+  load_weights(model, reader);
   model->eval();
   return model;
 }
@@ -157,17 +100,7 @@ ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype, bool own_
                                           .contiguous());
     }
   }
-  s.config = model->config();
-  ModelConfig& cfg = s.config;
-  cfg.extra["torch_dtype"] = plain == torch::kBFloat16 ? "bfloat16" : plain == torch::kFloat16 ? "float16" : "float32";
-  cfg.extra.erase("dtype");
-  cfg.extra.erase("quantization_config");  // describes the weights we read, not the ones we write
-  if (fp8)
-    cfg.extra["quantization_config"] = {{"quant_method", "fp8"},
-                                        {"fmt", "e4m3"},
-                                        {"activation_scheme", "dynamic"},
-                                        {"weight_block_size", nlohmann::json::array({1, std::max<int64_t>(widest, 1)})},
-                                        {"modules_to_not_convert", nlohmann::json::array({"lm_head"})}};
+  s.config = saved_config(model->config(), dtype, widest);
   return s;
 }
 

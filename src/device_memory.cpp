@@ -20,6 +20,11 @@ std::optional<uint64_t> device_peak_allocated_bytes(const torch::Device& device)
   return static_cast<uint64_t>(stats.allocated_bytes[aggregate].peak);
 }
 
+std::optional<uint64_t> device_total_bytes(const torch::Device& device) {
+  if (device.is_cpu()) return std::nullopt;
+  return static_cast<uint64_t>(c10::getDeviceAllocator(device.type())->getMemoryInfo(index_of(device)).second);
+}
+
 void reset_device_peak(const torch::Device& device) {
   if (device.is_cpu()) return;
   c10::getDeviceAllocator(device.type())->resetPeakStats(index_of(device));

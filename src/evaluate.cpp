@@ -11,6 +11,12 @@
 namespace minipuzzle {
 
 EvalResult evaluate(HybridLM& model, const IndexedDataset& data, const EvalOptions& opt) {
+  ForwardModel resident(model);
+  return evaluate(resident, data, opt);
+}
+
+EvalResult evaluate(ForwardModel& fm, const IndexedDataset& data, const EvalOptions& opt) {
+  HybridLM& model = fm.model();
   if (opt.seq_len <= 0) throw InputError("--seq-len must be positive");
   if (opt.batch <= 0) throw InputError("--batch must be positive");
   if (opt.warmup_batches < 0) throw InputError("--warmup-batches must be >= 0");
@@ -33,22 +39,32 @@ EvalResult evaluate(HybridLM& model, const IndexedDataset& data, const EvalOptio
   if (opt.warmup_batches > 0) {
     std::vector<uint64_t> first(starts.begin(), starts.begin() + std::min<size_t>(starts.size(), opt.batch));
     auto rows = to_device_async(gather_windows(data, first, opt.seq_len, vocab), model->device());
-    for (int64_t i = 0; i < opt.warmup_batches; ++i) model->forward(rows.narrow(1, 0, opt.seq_len));
+    for (int64_t i = 0; i < opt.warmup_batches; ++i)
+      fm.forward_logits({rows.narrow(1, 0, opt.seq_len)}, [](size_t, const torch::Tensor&) {});
     wait_for_device(model->device());
   }
   Progress progress("eval", starts.size() * opt.seq_len);
-  for (size_t i = 0; i < starts.size(); i += opt.batch) {
-    std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + opt.batch));
-    auto rows = to_device_async(gather_windows(data, part, opt.seq_len, vocab), model->device());
-    auto inputs = rows.narrow(1, 0, opt.seq_len), targets = rows.narrow(1, 1, opt.seq_len);
-    auto logits = model->forward(inputs).reshape({-1, vocab});
-    auto t = targets.reshape({-1});
-    loss_sum += torch::nn::functional::cross_entropy(
-                    logits, t, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                    .to(torch::kDouble);
-    correct += logits.argmax(-1).eq(t).sum();
-    count += t.numel();
-    progress.update(count);  // windows queued (on a GPU, not necessarily run yet)
+  // A group of batches at a time: one batch when resident, the plan's
+  // layer-major group when the weights stream.
+  const size_t group = static_cast<size_t>(opt.batch) * static_cast<size_t>(std::max<int64_t>(fm.plan().group_batches, 1));
+  for (size_t g = 0; g < starts.size(); g += group) {
+    std::vector<torch::Tensor> inputs, targets;
+    for (size_t i = g; i < std::min(starts.size(), g + group); i += opt.batch) {
+      std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + opt.batch));
+      auto rows = to_device_async(gather_windows(data, part, opt.seq_len, vocab), model->device());
+      inputs.push_back(rows.narrow(1, 0, opt.seq_len));
+      targets.push_back(rows.narrow(1, 1, opt.seq_len));
+    }
+    fm.forward_logits(inputs, [&](size_t k, const torch::Tensor& out) {
+      auto logits = out.reshape({-1, vocab});
+      auto t = targets[k].reshape({-1});
+      loss_sum += torch::nn::functional::cross_entropy(
+                      logits, t, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                      .to(torch::kDouble);
+      correct += logits.argmax(-1).eq(t).sum();
+      count += t.numel();
+      progress.update(count);  // windows queued (on a GPU, not necessarily run yet)
+    });
   }
   EvalResult r;
   r.tokens = count;

@@ -8,20 +8,26 @@
 
 namespace minipuzzle {
 
-WeightsImpl::WeightsImpl(std::vector<int64_t> weight_shape, std::vector<int64_t> bias_shape) {
-  // Uninitialised: a checkpoint load or init_random() fills them; skipping a
-  // random init keeps loading a large model cheap.
-  weight = register_parameter("weight", torch::empty(weight_shape));
-  if (!bias_shape.empty()) bias = register_parameter("bias", torch::empty(bias_shape));
+torch::Tensor ParameterInit::make(const std::vector<int64_t>& shape) const {
+  if (!placeholders) return torch::empty(shape, options);
+  return torch::empty_strided(shape, std::vector<int64_t>(shape.size(), 0), options);
 }
 
-BlockImpl::BlockImpl(const ModelConfig& c, int64_t layer)
+WeightsImpl::WeightsImpl(std::vector<int64_t> weight_shape, std::vector<int64_t> bias_shape,
+                         const ParameterInit& init) {
+  // Uninitialised: a checkpoint load or init_random() fills them; skipping a
+  // random init keeps loading a large model cheap.
+  weight = register_parameter("weight", init.make(weight_shape));
+  if (!bias_shape.empty()) bias = register_parameter("bias", init.make(bias_shape));
+}
+
+BlockImpl::BlockImpl(const ModelConfig& c, int64_t layer, const ParameterInit& init)
     : type_(c.layer_type(layer)), layer_(layer), eps_(c.layer_norm_epsilon) {
-  norm = register_module("norm", Weights(std::vector<int64_t>{c.hidden_size}));
+  norm = register_module("norm", weights({c.hidden_size}, init));
   switch (type_) {
-    case LayerType::Mamba: mamba_ = register_module("mixer", Mamba2Mixer(c)); break;
-    case LayerType::Attention: attention_ = register_module("mixer", Attention(c)); break;
-    case LayerType::Mlp: mlp_ = register_module("mixer", Mlp(c)); break;
+    case LayerType::Mamba: mamba_ = register_module("mixer", Mamba2Mixer(c, init)); break;
+    case LayerType::Attention: attention_ = register_module("mixer", Attention(c, init)); break;
+    case LayerType::Mlp: mlp_ = register_module("mixer", Mlp(c, init)); break;
   }
 }
 
@@ -43,18 +49,22 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& h, const ObserverList& obs
   return h + mixer_output(h, obs);
 }
 
-BackboneImpl::BackboneImpl(const ModelConfig& c) {
-  embeddings = register_module("embeddings", Weights(std::vector<int64_t>{c.vocab_size, c.hidden_size}));
+BackboneImpl::BackboneImpl(const ModelConfig& c, const ParameterInit& init) {
+  embeddings =
+      register_module("embeddings", weights({c.vocab_size, c.hidden_size}, init));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.num_layers(); ++i) layers->push_back(Block(c, i));
-  norm_f = register_module("norm_f", Weights(std::vector<int64_t>{c.hidden_size}));
+  for (int64_t i = 0; i < c.num_layers(); ++i) layers->push_back(Block(c, i, init));
+  norm_f = register_module("norm_f", weights({c.hidden_size}, init));
 }
 
-HybridLMImpl::HybridLMImpl(const ModelConfig& c) : cfg_(c) {
+HybridLMImpl::HybridLMImpl(const ModelConfig& c, const torch::TensorOptions& options, bool placeholders)
+    : cfg_(c) {
   c.validate();
-  backbone_ = register_module("backbone", Backbone(c));
+  const ParameterInit init{options, placeholders};
+  backbone_ = register_module("backbone", Backbone(c, init));
   for (const auto& m : *backbone_->layers) layers_.push_back(Block(std::dynamic_pointer_cast<BlockImpl>(m)));
-  lm_head_weights = register_module("lm_head", Weights(std::vector<int64_t>{c.vocab_size, c.hidden_size}));
+  lm_head_weights =
+      register_module("lm_head", weights({c.vocab_size, c.hidden_size}, init));
 }
 
 torch::Tensor HybridLMImpl::embed(const torch::Tensor& tokens) {
@@ -75,9 +85,16 @@ torch::Tensor HybridLMImpl::final_norm(const torch::Tensor& h) {
   return y;
 }
 
-torch::Tensor HybridLMImpl::lm_head(const torch::Tensor& normed) {
-  return torch::linear(normed, lm_head_weights->weight).to(torch::kFloat32);
+torch::Tensor lm_head_logits(const torch::Tensor& normed, const torch::Tensor& weight) {
+  const int64_t V = weight.size(0);
+  if (V <= kLmHeadSliceRows) return torch::linear(normed, weight).to(torch::kFloat32);
+  std::vector<torch::Tensor> parts;
+  for (int64_t v0 = 0; v0 < V; v0 += kLmHeadSliceRows)
+    parts.push_back(torch::linear(normed, weight.narrow(0, v0, std::min(kLmHeadSliceRows, V - v0))).to(torch::kFloat32));
+  return torch::cat(parts, -1);
 }
+
+torch::Tensor HybridLMImpl::lm_head(const torch::Tensor& normed) { return lm_head_logits(normed, lm_head_weights->weight); }
 
 torch::Tensor HybridLMImpl::forward_hidden(const torch::Tensor& tokens) {
   return final_norm(run_layers(embed(tokens), 0, cfg_.num_layers()));

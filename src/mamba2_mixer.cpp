@@ -5,16 +5,16 @@
 
 namespace minipuzzle {
 
-Mamba2MixerImpl::Mamba2MixerImpl(const ModelConfig& c) : cfg_(c) {
+Mamba2MixerImpl::Mamba2MixerImpl(const ModelConfig& c, const ParameterInit& o) : cfg_(c) {
   const int64_t D_ = c.hidden_size, H = c.mamba_num_heads, di = c.mamba_d_inner(), cd = c.mamba_conv_dim();
-  in_proj = register_module("in_proj", Weights(std::vector<int64_t>{c.mamba_in_proj_dim(), D_}));
+  in_proj = register_module("in_proj", weights({c.mamba_in_proj_dim(), D_}, o));
   conv1d = register_module("conv1d", Weights(std::vector<int64_t>{cd, 1, c.conv_kernel},
-                                             c.use_conv_bias ? std::vector<int64_t>{cd} : std::vector<int64_t>{}));
-  A_log = register_parameter("A_log", torch::empty({H}));
-  D = register_parameter("D", torch::empty({H}));
-  dt_bias = register_parameter("dt_bias", torch::empty({H}));
-  norm = register_module("norm", Weights(std::vector<int64_t>{di}));
-  out_proj = register_module("out_proj", Weights(std::vector<int64_t>{D_, di}));
+                                             c.use_conv_bias ? std::vector<int64_t>{cd} : std::vector<int64_t>{}, o));
+  A_log = register_parameter("A_log", o.make({H}));
+  D = register_parameter("D", o.make({H}));
+  dt_bias = register_parameter("dt_bias", o.make({H}));
+  norm = register_module("norm", weights({di}, o));
+  out_proj = register_module("out_proj", weights({D_, di}, o));
 }
 
 torch::Tensor Mamba2MixerImpl::forward(const torch::Tensor& h, int64_t layer, const ObserverList& obs) {

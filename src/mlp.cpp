@@ -2,9 +2,10 @@
 
 namespace minipuzzle {
 
-MlpImpl::MlpImpl(const ModelConfig& c) {
-  up_proj = register_module("up_proj", Weights(std::vector<int64_t>{c.intermediate_size, c.hidden_size}));
-  down_proj = register_module("down_proj", Weights(std::vector<int64_t>{c.hidden_size, c.intermediate_size}));
+MlpImpl::MlpImpl(const ModelConfig& c, const ParameterInit& o) {
+  up_proj = register_module("up_proj", weights({c.intermediate_size, c.hidden_size}, o));
+  down_proj =
+      register_module("down_proj", weights({c.hidden_size, c.intermediate_size}, o));
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& h, int64_t layer, const ObserverList& obs) {

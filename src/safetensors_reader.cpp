@@ -177,10 +177,13 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     // writer replacing the file (by rename) cannot change what we see.
     void* m = ::mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, fd, 0);
     int err = errno;
-    ::close(fd);
-    if (m == MAP_FAILED) fail(source, std::string("cannot mmap: ") + std::strerror(err));
+    if (m == MAP_FAILED) {
+      ::close(fd);
+      fail(source, std::string("cannot mmap: ") + std::strerror(err));
+    }
     file->mapping_ = m;
     file->base_ = static_cast<const uint8_t*>(m);
+    file->fd_ = fd;
   } else {
     ::close(fd);
   }
@@ -201,6 +204,27 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::from_memory(const uint8_t* byt
 
 SafetensorsFile::~SafetensorsFile() {
   if (mapping_) ::munmap(mapping_, size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void SafetensorsFile::check_intact() const {
+  if (fd_ < 0) return;  // in memory, or an empty file: nothing mapped
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0)
+    throw InputError(fmt::format("{}: cannot stat while reading it: {}", path_.string(), std::strerror(errno)));
+  if (static_cast<uint64_t>(st.st_size) < size_)
+    throw InputError(fmt::format("{}: the file shrank from {} to {} bytes while it was being read (truncated or "
+                                 "rewritten in place?)",
+                                 path_.string(), size_, static_cast<uint64_t>(st.st_size)));
+}
+
+void SafetensorsFile::release_pages(const TensorInfo& t) const {
+  if (!mapping_ || t.nbytes() == 0) return;
+  // Only whole pages inside the tensor: a page shared with a neighbour stays.
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer_ + t.begin), end = reinterpret_cast<uintptr_t>(buffer_ + t.end);
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {

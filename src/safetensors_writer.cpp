@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cctype>
 #include <limits>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
@@ -19,36 +21,53 @@ namespace {
 
 constexpr const char* kIndexName = "model.safetensors.index.json";
 
-// A wrong TensorView is our own bug, not the user's: std::invalid_argument.
-void check_views(const std::vector<TensorView>& tensors) {
+// A wrong tensor description is our own bug, not the user's: std::invalid_argument.
+void check_specs(const std::vector<TensorSpec>& tensors) {
   std::set<std::string> seen;
   for (const auto& t : tensors) {
     if (t.name == "__metadata__")
       throw std::invalid_argument("write_safetensors: \"__metadata__\" is not a tensor name");
     if (!seen.insert(t.name).second)
       throw std::invalid_argument("write_safetensors: duplicate tensor name \"" + t.name + "\"");
-    uint64_t numel = 1;
-    for (int64_t d : t.shape) {
-      if (d < 0 || __builtin_mul_overflow(numel, uint64_t(d), &numel))
-        throw std::invalid_argument("write_safetensors: bad shape for \"" + t.name + "\"");
-    }
-    uint64_t want;
-    if (__builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &want) || want != t.nbytes)
-      throw std::invalid_argument(fmt::format(
-          "write_safetensors: \"{}\" has {} bytes, {} x {} needs {}", t.name, t.nbytes, numel,
-          dtype_name(t.dtype), want));
+    t.nbytes();
+  }
+}
+
+void check_views(const std::vector<TensorView>& tensors) {
+  for (const auto& t : tensors) {
+    const uint64_t want = TensorSpec{t.name, t.dtype, t.shape}.nbytes();
+    if (want != t.nbytes)
+      throw std::invalid_argument(fmt::format("write_safetensors: \"{}\" has {} bytes, {} needs {}", t.name,
+                                              t.nbytes, dtype_name(t.dtype), want));
     if (t.nbytes > 0 && t.data == nullptr)
       throw std::invalid_argument("write_safetensors: \"" + t.name + "\" has no data");
   }
 }
 
-void sort_by_name(std::vector<TensorView>& tensors) {
+void sort_by_name(std::vector<TensorSpec>& tensors) {
   std::sort(tensors.begin(), tensors.end(),
-            [](const TensorView& a, const TensorView& b) { return a.name < b.name; });
+            [](const TensorSpec& a, const TensorSpec& b) { return a.name < b.name; });
+}
+
+std::vector<TensorSpec> specs_of(const std::vector<TensorView>& views) {
+  std::vector<TensorSpec> specs;
+  specs.reserve(views.size());
+  for (const auto& v : views) specs.push_back({v.name, v.dtype, v.shape});
+  return specs;
+}
+
+// Writes the bytes of views looked up by name.
+TensorProducer producer_of(const std::vector<TensorView>& views) {
+  auto by_name = std::make_shared<std::map<std::string, const TensorView*>>();
+  for (const auto& v : views) (*by_name)[v.name] = &v;
+  return [by_name](const TensorSpec& t, const WriteBytes& write) {
+    const TensorView& v = *by_name->at(t.name);
+    write(v.data, v.nbytes);
+  };
 }
 
 // Tensors already checked and sorted.
-void write_sorted(const fs::path& path, const std::vector<TensorView>& tensors,
+void write_sorted(const fs::path& path, const std::vector<TensorSpec>& tensors, const TensorProducer& produce,
                   const std::map<std::string, std::string>& metadata) {
   // Assembled by hand: __metadata__ first, then tensors in name order, in
   // linear time (ordered_json looks keys up linearly).
@@ -58,10 +77,10 @@ void write_sorted(const fs::path& path, const std::vector<TensorView>& tensors,
   for (const auto& t : tensors) {
     nlohmann::ordered_json entry = {{"dtype", dtype_name(t.dtype)},
                                     {"shape", t.shape},
-                                    {"data_offsets", {offset, offset + t.nbytes}}};
+                                    {"data_offsets", {offset, offset + t.nbytes()}}};
     if (text.size() > 1) text += ',';
     text += nlohmann::json(t.name).dump() + ":" + entry.dump();
-    offset += t.nbytes;
+    offset += t.nbytes();
   }
   text += '}';
   // Pad so the data buffer starts 8-aligned (as the reference writer does).
@@ -72,7 +91,18 @@ void write_sorted(const fs::path& path, const std::vector<TensorView>& tensors,
   AtomicFile out(path);
   out.write(len, sizeof len);
   out.write(text);
-  for (const auto& t : tensors) out.write(t.data, t.nbytes);
+  for (const auto& t : tensors) {
+    uint64_t written = 0;
+    const uint64_t want = t.nbytes();
+    produce(t, [&](const void* data, std::size_t n) {
+      if (written + n > want)
+        throw std::logic_error(fmt::format("write_safetensors: more than {} bytes produced for {}", want, t.name));
+      out.write(data, n);
+      written += n;
+    });
+    if (written != want)
+      throw std::logic_error(fmt::format("write_safetensors: {} of {} bytes produced for {}", written, want, t.name));
+  }
   out.commit();
 }
 
@@ -86,33 +116,56 @@ bool is_weights_file(const std::string& name) {
 
 }  // namespace
 
+uint64_t TensorSpec::nbytes() const {
+  uint64_t numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(numel, uint64_t(d), &numel))
+      throw std::invalid_argument("write_safetensors: bad shape for \"" + name + "\"");
+  }
+  uint64_t n;
+  if (__builtin_mul_overflow(numel, uint64_t(dtype_size(dtype)), &n))
+    throw std::invalid_argument("write_safetensors: bad shape for \"" + name + "\"");
+  return n;
+}
+
 void write_safetensors(const fs::path& path, std::vector<TensorView> tensors,
                        const std::map<std::string, std::string>& metadata) {
+  auto specs = specs_of(tensors);
+  check_specs(specs);
   check_views(tensors);
-  sort_by_name(tensors);
-  write_sorted(path, tensors, metadata);
+  sort_by_name(specs);
+  write_sorted(path, specs, producer_of(tensors), metadata);
 }
 
 std::vector<std::string> write_checkpoint_weights(const fs::path& dir,
                                                   std::vector<TensorView> tensors,
                                                   uint64_t max_shard_bytes) {
-  if (max_shard_bytes == 0) throw std::invalid_argument("write_checkpoint_weights: max_shard_bytes is 0");
+  auto specs = specs_of(tensors);
+  check_specs(specs);
   check_views(tensors);
+  return write_checkpoint_weights_streamed(dir, std::move(specs), producer_of(tensors), max_shard_bytes);
+}
+
+std::vector<std::string> write_checkpoint_weights_streamed(const fs::path& dir, std::vector<TensorSpec> tensors,
+                                                           const TensorProducer& produce,
+                                                           uint64_t max_shard_bytes) {
+  if (max_shard_bytes == 0) throw std::invalid_argument("write_checkpoint_weights: max_shard_bytes is 0");
+  check_specs(tensors);
   sort_by_name(tensors);
   if (!fs::is_directory(dir)) throw InputError("cannot write weights: directory " + dir.string() + " does not exist");
 
   uint64_t total = 0;
-  for (const auto& t : tensors) total += t.nbytes;
+  for (const auto& t : tensors) total += t.nbytes();
 
   // Greedy in name order: a tensor larger than the limit gets a shard alone.
-  std::vector<std::vector<TensorView>> shards(1);
+  std::vector<std::vector<TensorSpec>> shards(1);
   uint64_t current = 0;
   for (auto& t : tensors) {
-    if (total > max_shard_bytes && !shards.back().empty() && current + t.nbytes > max_shard_bytes) {
+    if (total > max_shard_bytes && !shards.back().empty() && current + t.nbytes() > max_shard_bytes) {
       shards.emplace_back();
       current = 0;
     }
-    current += t.nbytes;
+    current += t.nbytes();
     shards.back().push_back(std::move(t));
   }
 
@@ -134,7 +187,7 @@ std::vector<std::string> write_checkpoint_weights(const fs::path& dir,
   }
 
   for (std::size_t i = 0; i < names.size(); ++i)
-    write_sorted(dir / names[i], shards[i], {{"format", "pt"}});
+    write_sorted(dir / names[i], shards[i], produce, {{"format", "pt"}});
 
   if (names.size() > 1) {
     nlohmann::json index;

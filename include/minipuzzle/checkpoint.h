@@ -44,12 +44,16 @@ namespace minipuzzle {
 // The Hub name for a name found in a checkpoint file ("model.x" -> "backbone.x").
 std::string hub_tensor_name(const std::string& file_name);
 
-// Loads config.json and the weights of DIR into a model of `dtype` on `device`.
+// Loads config.json and the weights of DIR into a model of `dtype` on `device`:
+// the model is built in that dtype on that device and each tensor is read
+// into it from the mapped file (no fp32 or host copy of the whole model).
 HybridLM load_model(const std::filesystem::path& dir, torch::ScalarType dtype = torch::kFloat32,
                     torch::Device device = torch::kCPU);
 
 // Copies the checkpoint's weights into an existing model (shapes must match).
 void load_weights(HybridLM& model, const CheckpointFiles& files, const std::string& source);
+class CheckpointReader;
+void load_weights(HybridLM& model, const CheckpointReader& reader);
 
 // Writes config.json + weights (Hub names, `dtype`) as one atomic directory.
 // `dtype` is kFloat32, kBFloat16, kFloat16, or kFloat8_e4m3fn for the FP8

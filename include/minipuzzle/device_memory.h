@@ -13,6 +13,10 @@ namespace minipuzzle {
 // reset; nullopt for the CPU (use the process's peak RSS there).
 std::optional<uint64_t> device_peak_allocated_bytes(const torch::Device& device);
 
+// Total memory of an accelerator (what a run on it may plan with); nullopt
+// for the CPU.
+std::optional<uint64_t> device_total_bytes(const torch::Device& device);
+
 // Starts a new peak for `device`; no-op for the CPU.
 void reset_device_peak(const torch::Device& device);
 

@@ -6,6 +6,7 @@
 
 #include "minipuzzle/hybrid_lm.h"
 #include "minipuzzle/indexed_dataset.h"
+#include "minipuzzle/streamed_model.h"
 
 namespace minipuzzle {
 
@@ -31,5 +32,8 @@ struct EvalResult {
 // Windows: sequential_windows(total, seq_len, max_tokens / seq_len) of the
 // flat token stream; InputError when the dataset is shorter than one window.
 EvalResult evaluate(HybridLM& model, const IndexedDataset& data, const EvalOptions& opt);
+// The same with the model's weights resident or streamed (streamed_model.h):
+// bit-identical results.
+EvalResult evaluate(ForwardModel& model, const IndexedDataset& data, const EvalOptions& opt);
 
 }  // namespace minipuzzle

@@ -29,18 +29,33 @@ class ObserverList {
   std::vector<Observer*> observers_;
 };
 
+// How the model's constructors make parameters: uninitialised tensors with
+// `options`, or placeholders (`placeholders`): the right shape, dtype and
+// device over a single element (all strides 0), for weights that a
+// residency (weight_residency.h) materialises only while their block runs.
+struct ParameterInit {
+  torch::TensorOptions options;
+  bool placeholders = false;
+  torch::Tensor make(const std::vector<int64_t>& shape) const;
+};
+
 // A named group of parameters, so names come out as "<module>.weight" /
 // "<module>.bias" like PyTorch's nn.Linear, nn.Conv1d and norms.
 class WeightsImpl : public torch::nn::Module {
  public:
-  explicit WeightsImpl(std::vector<int64_t> weight_shape, std::vector<int64_t> bias_shape = {});
+  WeightsImpl(std::vector<int64_t> weight_shape, std::vector<int64_t> bias_shape = {},
+              const ParameterInit& init = {});
   torch::Tensor weight, bias;  // bias undefined when bias_shape is empty
 };
 TORCH_MODULE(Weights);
+// A bias-free group (braced shapes cannot pass through TORCH_MODULE's forwarding).
+inline Weights weights(std::vector<int64_t> shape, const ParameterInit& init) {
+  return Weights(std::move(shape), std::vector<int64_t>{}, init);
+}
 
 class Mamba2MixerImpl : public torch::nn::Module {
  public:
-  explicit Mamba2MixerImpl(const ModelConfig& c);
+  Mamba2MixerImpl(const ModelConfig& c, const ParameterInit& init);
   torch::Tensor forward(const torch::Tensor& h, int64_t layer, const ObserverList& obs);
   Weights in_proj{nullptr}, conv1d{nullptr}, norm{nullptr}, out_proj{nullptr};
   torch::Tensor A_log, D, dt_bias;
@@ -52,7 +67,7 @@ TORCH_MODULE(Mamba2Mixer);
 
 class AttentionImpl : public torch::nn::Module {
  public:
-  explicit AttentionImpl(const ModelConfig& c);
+  AttentionImpl(const ModelConfig& c, const ParameterInit& init);
   torch::Tensor forward(const torch::Tensor& h, int64_t layer, const ObserverList& obs);
   Weights q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
@@ -63,7 +78,7 @@ TORCH_MODULE(Attention);
 
 class MlpImpl : public torch::nn::Module {
  public:
-  explicit MlpImpl(const ModelConfig& c);
+  MlpImpl(const ModelConfig& c, const ParameterInit& init);
   torch::Tensor forward(const torch::Tensor& h, int64_t layer, const ObserverList& obs);
   Weights up_proj{nullptr}, down_proj{nullptr};
 };
@@ -72,7 +87,7 @@ TORCH_MODULE(Mlp);
 // One residual block: h + mixer(RMSNorm(h)).
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(const ModelConfig& c, int64_t layer);
+  BlockImpl(const ModelConfig& c, int64_t layer, const ParameterInit& init);
   torch::Tensor forward(const torch::Tensor& h, const ObserverList& obs);
   // The mixer's contribution alone (no residual): used for layer scoring.
   torch::Tensor mixer_output(const torch::Tensor& h, const ObserverList& obs);
@@ -91,7 +106,7 @@ TORCH_MODULE(Block);
 
 class BackboneImpl : public torch::nn::Module {
  public:
-  explicit BackboneImpl(const ModelConfig& c);
+  BackboneImpl(const ModelConfig& c, const ParameterInit& init);
   Weights embeddings{nullptr}, norm_f{nullptr};
   torch::nn::ModuleList layers;
 };
@@ -99,9 +114,13 @@ TORCH_MODULE(Backbone);
 
 class HybridLMImpl : public torch::nn::Module {
  public:
-  // Parameters are allocated (uninitialised values) in fp32 on the CPU; use
-  // load_checkpoint() or init_random() to give them values, to() to move.
-  explicit HybridLMImpl(const ModelConfig& c);
+  // Parameters are allocated with `options` (default fp32 on the CPU) and
+  // left uninitialised: load_model()/load_weights() or init_random() give
+  // them values. A loader builds the model in its final dtype and device
+  // (or on the meta device, allocating nothing, for weights that stream),
+  // so no full-size staging copy of the model ever exists.
+  explicit HybridLMImpl(const ModelConfig& c, const torch::TensorOptions& options = torch::kFloat32,
+                        bool placeholders = false);
 
   const ModelConfig& config() const { return cfg_; }
   ObserverList& observers() { return observers_; }
@@ -134,6 +153,16 @@ class HybridLMImpl : public torch::nn::Module {
   ObserverList observers_;
 };
 TORCH_MODULE(HybridLM);
+
+// The LM head multiplies in fixed vocabulary slices of this many rows: a run
+// that streams the head (streamed_model.h) holds a few slices at a time and
+// must get the same bits as the resident model, and a matrix product's bits
+// may depend on its width (they do on the CPU for narrow ones).
+constexpr int64_t kLmHeadSliceRows = 8192;
+// normed [.., D] x weight rows [n, D]^T -> fp32 logits [.., n], slice by
+// slice from the first row of `weight` (so rows [k*S, ...) of the head give
+// the bits of those columns of the whole product).
+torch::Tensor lm_head_logits(const torch::Tensor& normed, const torch::Tensor& weight);
 
 // The dtype names users pass: fp32 | bf16 | fp16.
 torch::ScalarType parse_model_dtype(const std::string& name);

@@ -1,6 +1,9 @@
 // Structured pruning: slice a parent HybridLM's weights to a PrunePlan.
 #pragma once
 
+#include <vector>
+
+#include "minipuzzle/checkpoint_rewrite.h"
 #include "minipuzzle/hybrid_lm.h"
 #include "minipuzzle/prune_plan.h"
 
@@ -22,5 +25,10 @@ namespace minipuzzle {
 //   D and dt_bias. The B/C rows of in_proj and conv1d are kept whole.
 // The parent is not modified.
 HybridLM prune_model(HybridLM& parent, const PrunePlan& plan);
+
+// The same slicing as recipes, one per tensor of the pruned model (in the
+// order above; shapes filled in), for `prune` to stream it from the parent's
+// files without loading the parent: prune_model applies exactly these.
+std::vector<TensorRecipe> prune_recipes(const ModelConfig& parent, const PrunePlan& plan);
 
 }  // namespace minipuzzle

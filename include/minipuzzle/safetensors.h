@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -49,6 +50,16 @@ class SafetensorsFile {
   // Pointer to the first byte of a tensor's data (not necessarily aligned).
   const uint8_t* data(const TensorInfo& t) const { return buffer_ + t.begin; }
 
+  // InputError naming the file when it is shorter than when it was opened
+  // (truncated or rewritten in place): touching a mapped page past the new
+  // end would kill the process with SIGBUS instead of reporting it. Readers
+  // that stream tensors call it before each read.
+  void check_intact() const;
+  // Drops this process's mapping of the pages that hold only `t` (the page
+  // cache keeps them; a later read faults them back in): after a tensor is
+  // copied out, its file pages no longer count in the process's memory.
+  void release_pages(const TensorInfo& t) const;
+
  private:
   SafetensorsFile() = default;
   void parse(const std::string& source);
@@ -58,6 +69,7 @@ class SafetensorsFile {
   std::size_t size_ = 0;
   const uint8_t* buffer_ = nullptr;  // data buffer after the header
   void* mapping_ = nullptr;          // munmap on destruction when set
+  int fd_ = -1;                      // kept open for check_intact()
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::size_t> by_name_;
   std::map<std::string, std::string> metadata_;
@@ -85,6 +97,27 @@ void write_safetensors(const std::filesystem::path& path, std::vector<TensorView
 std::vector<std::string> write_checkpoint_weights(const std::filesystem::path& dir,
                                                   std::vector<TensorView> tensors,
                                                   uint64_t max_shard_bytes = 5'000'000'000ULL);
+
+// A tensor whose bytes are produced only when the writer reaches it, so a
+// checkpoint larger than memory can be written one tensor at a time.
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  uint64_t nbytes() const;  // elements x dtype size (std::invalid_argument on overflow)
+};
+// Called once per tensor, in file order; it must pass exactly the tensor's
+// bytes to `write`, in any number of pieces (std::logic_error otherwise).
+using WriteBytes = std::function<void(const void* data, std::size_t nbytes)>;
+using TensorProducer = std::function<void(const TensorSpec& tensor, const WriteBytes& write)>;
+
+// write_checkpoint_weights with bytes produced on demand: the same files,
+// shard split, order and index, byte for byte, as writing the same tensors
+// from memory. At most one tensor's bytes need exist at a time.
+std::vector<std::string> write_checkpoint_weights_streamed(const std::filesystem::path& dir,
+                                                           std::vector<TensorSpec> tensors,
+                                                           const TensorProducer& produce,
+                                                           uint64_t max_shard_bytes = 5'000'000'000ULL);
 
 // Parses "5GB", "500MB", "1.5GiB", "1024" (bytes). Decimal units are powers
 // of 1000, *iB units powers of 1024. InputError on anything else.

@@ -1,4 +1,5 @@
-// minipuzzle eval DIR --data PREFIX [--seq-len N] [--batch N] [--max-tokens N] [--warmup-batches N] [--json]
+// minipuzzle eval DIR --data PREFIX [--seq-len N] [--batch N] [--max-tokens N] [--warmup-batches N]
+//                 [--max-device-memory SIZE|PCT] [--dry-run] [--json]
 #include <fmt/format.h>
 
 #include <iostream>
@@ -8,12 +9,27 @@
 #include "commands.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/evaluate.h"
+#include "minipuzzle/streamed_model.h"
+#include "residency_option.h"
+#include "minipuzzle/token_windows.h"
 
 namespace minipuzzle::cli {
 
+namespace {
+
+// Windows evaluate() will run (for the plan's group bound).
+int64_t eval_windows(const IndexedDataset& data, int64_t seq_len, uint64_t max_tokens) {
+  if (seq_len <= 0 || data.total_tokens() < static_cast<uint64_t>(seq_len) + 1) return 1;
+  if (max_tokens > 0 && max_tokens < static_cast<uint64_t>(seq_len)) return 1;  // evaluate() refuses it
+  return static_cast<int64_t>(sequential_windows(data.total_tokens(), seq_len, max_tokens / seq_len).size());
+}
+
+}  // namespace
+
 int cmd_eval(const Args& args) {
   const std::string usage =
-      "minipuzzle eval DIR --data PREFIX [--seq-len N] [--batch N] [--max-tokens N] [--warmup-batches N] [--json]";
+      "minipuzzle eval DIR --data PREFIX [--seq-len N] [--batch N] [--max-tokens N] [--warmup-batches N] "
+      "[--max-device-memory SIZE|PCT] [--dry-run] [--json]";
   po::options_description opts("options");
   opts.add_options()
       ("dir", po::value<std::string>(), "checkpoint directory (config.json + *.safetensors)")
@@ -25,6 +41,7 @@ int cmd_eval(const Args& args) {
       ("dtype", po::value<std::string>()->default_value("fp32"), "compute dtype: fp32 | bf16 | fp16")
       ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda | cuda:N")
       ("json", po::bool_switch(), "print one JSON object");
+  opts.add(residency_options());
   po::positional_options_description pos;
   pos.add("dir", 1);
   po::variables_map vm;
@@ -35,19 +52,30 @@ int cmd_eval(const Args& args) {
   auto data = IndexedDataset::open(vm["data"].as<std::string>());
   auto dtype = parse_model_dtype(vm["dtype"].as<std::string>());
   auto device = parse_device(vm["device"].as<std::string>());
-  auto model = load_model(vm["dir"].as<std::string>(), dtype, device);
   EvalOptions eo;
   eo.seq_len = vm["seq-len"].as<int64_t>();
   eo.batch = vm["batch"].as<int64_t>();
   eo.max_tokens = vm["max-tokens"].as<uint64_t>();
   eo.warmup_batches = vm["warmup-batches"].as<int64_t>();
+  const std::string dir = vm["dir"].as<std::string>();
+  const int64_t windows = eval_windows(*data, eo.seq_len, eo.max_tokens);
+  const ResidencyPlan plan =
+      plan_forward(vm, dir, dtype, device, eo.batch, eo.seq_len, (windows + eo.batch - 1) / std::max<int64_t>(eo.batch, 1));
+  if (vm["dry-run"].as<bool>()) {
+    std::cout << plan.describe() << "\n";
+    return 0;
+  }
+  if (!vm["json"].as<bool>()) std::cout << plan.describe() << std::endl;
+  ForwardModel model(dir, dtype, device, plan);
   EvalResult r = evaluate(model, *data, eo);
 
   if (vm["json"].as<bool>()) {
     nlohmann::json j = {{"loss", r.loss},         {"perplexity", r.perplexity}, {"accuracy", r.accuracy},
                         {"tokens", r.tokens},     {"windows", r.windows},       {"seq_len", eo.seq_len},
                         {"seconds", r.seconds},   {"tokens_per_second", r.tokens / std::max(r.seconds, 1e-9)},
-                        {"warmup_batches", eo.warmup_batches}};
+                        {"warmup_batches", eo.warmup_batches},
+                        {"residency", plan.streamed ? "streamed" : "resident"},
+                        {"weight_bytes_peak", model.peak_bytes_held()}};
     std::cout << j.dump() << "\n";
   } else {
     std::cout << fmt::format("loss {:.4f}  perplexity {:.3f}  accuracy {:.4f}  tokens {}  ({:.1f} s, {:.0f} tok/s)\n",

@@ -1,12 +1,13 @@
 // minipuzzle export DIR --out OUT [--dtype bf16|fp16|fp32|fp8] [--max-shard-size 5GB]
 // fp8: projections as F8_E4M3 with per-row scales, the rest bf16 (layout in checkpoint.h).
+// Streams: one row chunk of one tensor in memory at a time (checkpoint_rewrite.h).
 #include <fmt/format.h>
 
 #include <iostream>
 
 #include "cli_common.h"
 #include "commands.h"
-#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/checkpoint_rewrite.h"
 #include "minipuzzle/errors.h"
 
 namespace minipuzzle::cli {
@@ -40,11 +41,12 @@ int cmd_export(const Args& args) {
   if (std::filesystem::exists(out, ec) && !std::filesystem::is_empty(out, ec))
     throw InputError(out + " already exists and is not empty; choose a new output directory");
 
-  // Load in fp32 so the conversion to the export dtype rounds once.
-  auto model = load_model(vm["dir"].as<std::string>(), torch::kFloat32, torch::kCPU);
-  save_model(model, out, dtype, shard);
-  int64_t params = 0;
-  for (const auto& p : model->parameters()) params += p.numel();
+  // Tensor by tensor from the mapped files: the model is never held.
+  const std::string dir = vm["dir"].as<std::string>();
+  if (!std::filesystem::is_directory(dir, ec)) throw InputError(dir + ": not a checkpoint directory");
+  const ModelConfig config = ModelConfig::load(dir);
+  const CheckpointReader reader = CheckpointReader::open(dir);
+  const int64_t params = rewrite_checkpoint(reader, config, config, identity_recipes(config), dtype, out, shard);
   std::cout << fmt::format("exported {} parameters ({}) to {}\n", params, dtype_arg, out);
   return 0;
 }

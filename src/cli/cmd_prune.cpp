@@ -107,13 +107,17 @@ int cmd_prune(const Args& args) {
 
   const torch::ScalarType dtype =
       vm.count("dtype") ? parse_model_dtype(vm["dtype"].as<std::string>()) : stored_dtype(dir);
-  // fp32 so the slice is exact and the output dtype rounds once.
-  auto parent = load_model(dir, torch::kFloat32, torch::kCPU);
-  auto child = prune_model(parent, plan);
-  save_model(child, out, dtype);
-  int64_t before = 0, after = 0;
-  for (const auto& p : parent->parameters()) before += p.numel();
-  for (const auto& p : child->parameters()) after += p.numel();
+  // Streamed from the parent's files, tensor by tensor (the parent is never
+  // loaded); prune_recipes is the slicing prune_model applies in memory.
+  const CheckpointReader reader = CheckpointReader::open(dir);
+  const int64_t after = rewrite_checkpoint(reader, parent_config, plan.target, prune_recipes(parent_config, plan),
+                                           dtype, out);
+  int64_t before = 0;
+  for (const auto& r : identity_recipes(parent_config)) {
+    int64_t n = 1;
+    for (int64_t d : r.shape) n *= d;
+    before += n;
+  }
   std::cout << fmt::format("pruned {} -> {} parameters ({:.1f}%): {}\nwrote {} ({})\n", before, after,
                            100.0 * static_cast<double>(after) / static_cast<double>(before),
                            plan.summary(parent_config), out, dtype_label(dtype));

@@ -1,0 +1,58 @@
+// A checkpoint written from another one tensor by tensor: read a row chunk,
+// slice it, convert it, write it, drop it. `export` (every tensor kept, a new
+// dtype) and `prune` (rows and columns kept per the PrunePlan) are both this,
+// so neither ever holds the model: their memory is one chunk (at most
+// kRewriteChunkElements values in fp32) plus the file pages being read.
+// The bytes written are those of loading the whole model in fp32, slicing it
+// and saving it in `dtype` (save_model), which is the definition they equal.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "minipuzzle/checkpoint_reader.h"
+#include "minipuzzle/model_config.h"
+
+namespace minipuzzle {
+
+// One output tensor: `source` restricted to `rows` of dim 0, then `cols` of
+// dim 1 (an empty list keeps that dim whole), giving `shape`.
+struct TensorRecipe {
+  std::string name;    // Hub name in the output
+  std::string source;  // Hub name in the source checkpoint
+  std::vector<int64_t> rows;
+  std::vector<int64_t> cols;
+  std::vector<int64_t> shape;  // output shape
+};
+
+// Values converted per chunk: 16M (64 MiB in fp32).
+constexpr int64_t kRewriteChunkElements = int64_t{1} << 24;
+
+// Every tensor of a model of `config` kept whole (Hub names and shapes).
+std::vector<TensorRecipe> identity_recipes(const ModelConfig& config);
+
+// Applies a recipe to an in-memory tensor (the in-memory twin of the streamed
+// path: rows, then columns).
+torch::Tensor apply_recipe(const torch::Tensor& source, const TensorRecipe& recipe);
+
+// Writes `out` (config.json of `target` + weights in `dtype`: kFloat32,
+// kBFloat16, kFloat16, or kFloat8_e4m3fn for the per-row FP8 layout of
+// checkpoint.h) atomically. `source_config` is the source checkpoint's
+// architecture: every tensor it describes is checked in `reader` (presence,
+// shape, dtype; no unexpected extras) before anything is written.
+// Returns the number of parameters written.
+int64_t rewrite_checkpoint(const CheckpointReader& reader, const ModelConfig& source_config,
+                           const ModelConfig& target, const std::vector<TensorRecipe>& recipes,
+                           torch::ScalarType dtype, const std::filesystem::path& out,
+                           uint64_t max_shard_bytes = 5'000'000'000ULL);
+
+// config.json of a model written in `dtype`: torch_dtype, and for FP8 the
+// quantization_config whose block is [1, widest quantized input]; any
+// quantization_config that was read is dropped (it described other weights).
+ModelConfig saved_config(const ModelConfig& config, torch::ScalarType dtype, int64_t widest_fp8_input);
+
+}  // namespace minipuzzle

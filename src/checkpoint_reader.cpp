@@ -1,0 +1,155 @@
+#include "minipuzzle/checkpoint_reader.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/errors.h"
+#include "minipuzzle/tensor_bridge.h"
+
+namespace minipuzzle {
+
+namespace {
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64; }
+
+std::string file_of(const CheckpointFiles::Entry& e) { return e.file->path().filename().string(); }
+
+}  // namespace
+
+CheckpointReader::CheckpointReader(CheckpointFiles files, std::string source)
+    : files_(std::move(files)), source_(std::move(source)) {
+  for (const auto& name : files_.names()) {
+    const std::string hub = hub_tensor_name(name);
+    if (by_hub_.count(hub)) throw InputError(fmt::format("{}: tensor {} is present under two names", source_, hub));
+    by_hub_[hub] = files_.find(name);
+  }
+}
+
+CheckpointReader CheckpointReader::open(const std::filesystem::path& dir) {
+  return CheckpointReader(CheckpointFiles::open(dir), dir.string());
+}
+
+const CheckpointFiles::Entry& CheckpointReader::entry(const std::string& hub_name) const {
+  auto it = by_hub_.find(hub_name);
+  if (it == by_hub_.end())
+    throw InputError(fmt::format("{}: tensor {} is missing (config.json describes it)", source_, hub_name));
+  return *it->second;
+}
+
+void CheckpointReader::check(const std::string& hub_name, const std::vector<int64_t>& shape) const {
+  const auto& e = entry(hub_name);
+  const TensorInfo& info = *e.info;
+  if (info.shape != shape)
+    throw InputError(fmt::format("{}: tensor {} has wrong shape: expected [{}], got [{}]", file_of(e), info.name,
+                                 fmt::join(shape, ", "), fmt::join(info.shape, ", ")));
+  if (info.dtype == DType::F8_E4M3) {
+    if (shape.size() != 2)
+      throw InputError(
+          fmt::format("{}: tensor {} is F8_E4M3, but only 2-D weights can be FP8", file_of(e), info.name));
+    const std::string scale_name = fp8_scale_name(hub_name);
+    auto s = by_hub_.find(scale_name);
+    if (s == by_hub_.end())
+      throw InputError(
+          fmt::format("{}: tensor {} is F8_E4M3 but its scale {} is missing", file_of(e), info.name, scale_name));
+    const TensorInfo& si = *s->second->info;
+    if (!is_float(si.dtype))
+      throw InputError(fmt::format("{}: scale {} has dtype {}; expected F32, BF16 or F16", file_of(*s->second),
+                                   si.name, dtype_name(si.dtype)));
+    if (si.shape.size() != 2 || si.shape[0] <= 0 || si.shape[1] <= 0 || info.shape[0] % si.shape[0] != 0 ||
+        info.shape[1] % si.shape[1] != 0)
+      throw InputError(fmt::format("{}: scale {} has shape [{}]; expected [{}, 1] (one per row) or a grid that "
+                                   "divides [{}, {}]",
+                                   file_of(*s->second), si.name, fmt::join(si.shape, ", "), info.shape[0],
+                                   info.shape[0], info.shape[1]));
+    return;
+  }
+  if (!is_float(info.dtype))
+    throw InputError(fmt::format("{}: tensor {} has dtype {}; expected a float type (F32, BF16, F16, or F8_E4M3 "
+                                 "with a weight_scale_inv)",
+                                 file_of(e), info.name, dtype_name(info.dtype)));
+}
+
+torch::Tensor CheckpointReader::source_tensor(const std::string& hub_name, const torch::Tensor& rows) const {
+  const auto& e = entry(hub_name);
+  e.file->check_intact();
+  auto view = tensor_view(e.file, *e.info);
+  if (e.info->dtype != DType::F8_E4M3) return rows.defined() ? view.index_select(0, rows) : view;
+  check(hub_name, e.info->shape);
+  const auto& s = *by_hub_.at(fp8_scale_name(hub_name));
+  s.file->check_intact();
+  auto scale = tensor_view(s.file, *s.info).to(torch::kFloat32);
+  if (!torch::isfinite(scale).all().item<bool>() || (scale < 0).any().item<bool>())
+    throw InputError(fmt::format("{}: scale {} holds negative or non-finite values", file_of(s), s.info->name));
+  if (!rows.defined()) return dequantize_fp8(view, scale);
+  // Only the asked rows, each times its own scale row: the same fp32
+  // products as dequantizing the whole tensor.
+  const int64_t n = rows.size(0), cols = view.size(1), C = scale.size(1);
+  auto v = view.index_select(0, rows).to(torch::kFloat32).reshape({n, C, cols / C});
+  auto sr = scale.index_select(0, torch::div(rows, view.size(0) / scale.size(0), "floor")).reshape({n, C, 1});
+  return (v * sr).reshape({n, cols});
+}
+
+torch::Tensor CheckpointReader::read(const std::string& hub_name, torch::ScalarType dtype,
+                                     torch::Device device) const {
+  torch::NoGradGuard no_grad;
+  auto src = source_tensor(hub_name, {});
+  // copy=true: a tensor already in `dtype` on the CPU would otherwise come
+  // back as the read-only view of the mapping.
+  auto out = src.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
+  release(hub_name);
+  return out;
+}
+
+void CheckpointReader::read_into(const std::string& hub_name, torch::Tensor& out) const {
+  torch::NoGradGuard no_grad;
+  out.copy_(source_tensor(hub_name, {}));
+  release(hub_name);
+}
+
+torch::Tensor CheckpointReader::read_rows(const std::string& hub_name, int64_t first, int64_t count,
+                                          torch::ScalarType dtype) const {
+  torch::NoGradGuard no_grad;
+  if (entry(hub_name).info->dtype == DType::F8_E4M3)
+    return source_tensor(hub_name, torch::arange(first, first + count, torch::kInt64)).to(dtype);
+  return source_tensor(hub_name, {}).narrow(0, first, count).to(torch::kCPU, dtype, false, /*copy=*/true);
+}
+
+torch::Tensor CheckpointReader::read_rows(const std::string& hub_name, const torch::Tensor& rows,
+                                          torch::ScalarType dtype) const {
+  torch::NoGradGuard no_grad;
+  return source_tensor(hub_name, rows).to(dtype);
+}
+
+void CheckpointReader::release(const std::string& hub_name) const {
+  const auto& e = entry(hub_name);
+  e.file->release_pages(*e.info);
+  if (e.info->dtype == DType::F8_E4M3) {
+    auto s = by_hub_.find(fp8_scale_name(hub_name));
+    if (s != by_hub_.end()) s->second->file->release_pages(*s->second->info);
+  }
+}
+
+void CheckpointReader::check_no_extra(const std::set<std::string>& used) const {
+  for (const auto& [hub, e] : by_hub_) {
+    if (used.count(hub)) continue;
+    if (hub.rfind("mtp.", 0) == 0) continue;  // multi-token-prediction heads: not part of the LM
+    const std::string scale_suffix = "_scale_inv";
+    if (hub.size() > scale_suffix.size() &&
+        hub.compare(hub.size() - scale_suffix.size(), scale_suffix.size(), scale_suffix) == 0) {
+      const std::string weight = hub.substr(0, hub.size() - scale_suffix.size());
+      auto w = by_hub_.find(weight);
+      if (used.count(weight) && w != by_hub_.end() && w->second->info->dtype == DType::F8_E4M3) continue;
+    }
+    throw InputError(fmt::format("{}: unexpected tensor {} in {} (does config.json match the weights?)", source_,
+                                 e->info->name, file_of(*e)));
+  }
+}
+
+uint64_t CheckpointReader::total_bytes() const {
+  uint64_t n = 0;
+  for (const auto& [hub, e] : by_hub_) n += e->info->nbytes();
+  return n;
+}
+
+}  // namespace minipuzzle
