@@ -21,13 +21,21 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <numeric>
 #include <random>
 
 #include "../model/tiny_config.h"
+#include "minipuzzle/atomic_file.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/checkpoint_reader.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/prune_model.h"
 #include "minipuzzle/prune_plan.h"
@@ -333,6 +341,52 @@ TEST(PruneModel, AllAxesTogether) {
       w.drop_layers = {static_cast<int64_t>(seed)};
       expect_prune_matches_mask(parent, random_plan(parent->config(), w, seed + 100), seed);
     }
+}
+
+// `minipuzzle prune` streams the parent's files through prune_recipes; its
+// output must be byte for byte what loading the parent in fp32, prune_model
+// and save_model write (the definition), for every axis and output dtype.
+TEST(PruneModel, StreamedFromTheFilesEqualsPruneModelThenSaveByteForByte) {
+  const auto dir = std::filesystem::temp_directory_path() / ("mp_prune_stream_" + std::to_string(::getpid()));
+  remove_tree(dir);
+  std::filesystem::create_directories(dir);
+  auto read = [](const std::filesystem::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  for (const auto& a : kArchs) {
+    auto c = tiny_config(a.pattern, a.groups);
+    c.mamba_num_heads = 8;
+    HybridLM parent = make_model(c, 90);
+    const std::string arch = a.pattern + "-g" + std::to_string(a.groups);
+    const auto src = dir / ("src-" + arch);
+    for (auto file_dtype : {torch::kFloat32, torch::kBFloat16}) {
+      remove_tree(src);
+      save_model(parent, src, file_dtype);
+      Narrow w;
+      w.hidden = 20;
+      w.ffn = 30;
+      w.attn_heads = 2;
+      w.mamba_heads = 4;
+      w.mamba_dim = 6;
+      w.drop_layers = {1};
+      const PrunePlan plan = random_plan(parent->config(), w, 7);
+      const ModelConfig pc = ModelConfig::load(src);
+      for (auto dtype : {torch::kBFloat16, torch::kFloat32, torch::kFloat8_e4m3fn}) {
+        const std::string tag = arch + "-" + c10::toString(file_dtype) + "-" + c10::toString(dtype);
+        auto loaded = load_model(src, torch::kFloat32);
+        auto child = prune_model(loaded, plan);
+        save_model(child, dir / ("old-" + tag), dtype);
+        rewrite_checkpoint(CheckpointReader::open(src), pc, plan.target, prune_recipes(pc, plan), dtype,
+                           dir / ("new-" + tag));
+        for (const auto& e : std::filesystem::directory_iterator(dir / ("old-" + tag))) {
+          const auto name = e.path().filename();
+          EXPECT_TRUE(read(e.path()) == read(dir / ("new-" + tag) / name)) << tag << " " << name;
+        }
+      }
+    }
+  }
+  remove_tree(dir);
 }
 
 TEST(PruneModel, KeepsDtypeAndSlicesExactly) {
