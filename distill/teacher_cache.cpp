@@ -313,10 +313,23 @@ TeacherCacheSummary write_teacher_cache_in(const TeacherCacheOptions& o, const T
     }
   if (progress) progress(done, n_windows);
 
-  HybridLM teacher{nullptr};
+  std::optional<ForwardModel> teacher;
+  int64_t group = 1;  // batches per teacher pass (a layer-major group when the weights stream)
   if (summary.shards_reused < n_shards) {
-    teacher = load_model(o.teacher, parse_model_dtype(o.dtype), parse_device(o.device));
-    teacher->eval();
+    const torch::ScalarType dtype = parse_model_dtype(o.dtype);
+    const torch::Device device = parse_device(o.device);
+    ResidencyPlan plan;
+    if (o.residency) {
+      plan = *o.residency;
+    } else {
+      ResidencyOptions ro;
+      ro.batch = o.batch;
+      ro.seq_len = o.seq_len;
+      ro.batches = static_cast<int64_t>((per_shard + o.batch - 1) / o.batch);
+      plan = plan_residency(tcfg, dtype, ro, device);
+    }
+    teacher.emplace(o.teacher, dtype, device, plan);
+    group = std::max<int64_t>(plan.group_batches, 1);
   }
   const int64_t vocab = tcfg.vocab_size;
   const int64_t D = tcfg.hidden_size;
@@ -337,26 +350,33 @@ TeacherCacheSummary write_teacher_cache_in(const TeacherCacheOptions& o, const T
     auto starts = std::make_shared<std::vector<int64_t>>(count);
     for (uint64_t j = 0; j < count; ++j) (*starts)[j] = static_cast<int64_t>(window_start(order, first + j));
     // Filled by copies the host does not wait for, one wait per shard.
-    const torch::Device dev = teacher->device();
+    const torch::Device dev = teacher->model()->device();
     torch::Tensor values = host_buffer({w * o.seq_len, o.k}, torch::kFloat32, dev);
     torch::Tensor indices = host_buffer({w * o.seq_len, o.k}, torch::kInt32, dev);
     torch::Tensor rest = host_buffer({w * o.seq_len}, torch::kFloat32, dev);
     {
       torch::NoGradGuard no_grad;
-      for (int64_t b = 0; b < w; b += o.batch) {
-        const int64_t nb = std::min(o.batch, w - b);
-        std::vector<uint64_t> part(starts->begin() + b, starts->begin() + b + nb);
-        auto rows = to_device_async(gather_windows(*data, part, o.seq_len, vocab), dev);
-        auto hidden = teacher->forward_hidden(rows.narrow(1, 0, o.seq_len)).reshape({-1, D});
-        const int64_t row0 = b * o.seq_len, nrows = nb * o.seq_len;
-        for (int64_t s = 0; s < nrows; s += chunk) {
-          const int64_t len = std::min(chunk, nrows - s);
-          const TeacherTopK tk = teacher_topk(teacher->lm_head(hidden.narrow(0, s, len)), o.k, o.temperature);
-          values.narrow(0, row0 + s, len).copy_(tk.values, /*non_blocking=*/true);
-          indices.narrow(0, row0 + s, len).copy_(tk.indices, /*non_blocking=*/true);
-          rest.narrow(0, row0 + s, len).copy_(tk.rest_lse, /*non_blocking=*/true);
+      for (int64_t g = 0; g < w; g += o.batch * group) {
+        std::vector<torch::Tensor> batches;
+        std::vector<int64_t> first_window;
+        for (int64_t b = g; b < std::min(w, g + o.batch * group); b += o.batch) {
+          const int64_t nb = std::min(o.batch, w - b);
+          std::vector<uint64_t> part(starts->begin() + b, starts->begin() + b + nb);
+          batches.push_back(to_device_async(gather_windows(*data, part, o.seq_len, vocab), dev).narrow(1, 0, o.seq_len));
+          first_window.push_back(b);
         }
-        if (progress) progress(done + static_cast<uint64_t>(b + nb), n_windows);
+        teacher->forward_hidden(batches, [&](size_t j, const torch::Tensor& h) {
+          auto hidden = h.reshape({-1, D});
+          const int64_t row0 = first_window[j] * o.seq_len, nrows = hidden.size(0);
+          for (int64_t s = 0; s < nrows; s += chunk) {
+            const int64_t len = std::min(chunk, nrows - s);
+            const TeacherTopK tk = teacher_topk(teacher->head_logits(hidden.narrow(0, s, len)), o.k, o.temperature);
+            values.narrow(0, row0 + s, len).copy_(tk.values, /*non_blocking=*/true);
+            indices.narrow(0, row0 + s, len).copy_(tk.indices, /*non_blocking=*/true);
+            rest.narrow(0, row0 + s, len).copy_(tk.rest_lse, /*non_blocking=*/true);
+          }
+          if (progress) progress(done + static_cast<uint64_t>(first_window[j] + batches[j].size(0)), n_windows);
+        });
       }
     }
     wait_for_device(dev);

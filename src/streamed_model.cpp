@@ -68,7 +68,8 @@ std::string ResidencyPlan::describe() const {
 
 ResidencyPlan plan_residency(const ModelConfig& c, torch::ScalarType dtype, const ResidencyOptions& o,
                              const torch::Device& device) {
-  if (o.batch <= 0 || o.seq_len <= 0) throw InputError("batch and sequence length must be positive");
+  if (o.seq_len <= 0) throw InputError("--seq-len must be positive");
+  if (o.batch <= 0) throw InputError("--batch must be positive");
   const int64_t elem = static_cast<int64_t>(c10::elementSize(dtype));
   const uint64_t tokens = static_cast<uint64_t>(o.batch * o.seq_len);
   ResidencyPlan p;
@@ -155,6 +156,14 @@ struct ForwardModel::Stream {
   // Host tensors of a unit, read on a helper thread while the device works.
   std::future<Read> ahead;
   int64_t ahead_unit = -1;
+
+  torch::Tensor head;  // the whole LM head, when the plan lets it stay between calls
+
+  void drop_head() {
+    if (!head.defined()) return;
+    held -= static_cast<uint64_t>(head.numel()) * head.element_size();
+    head = torch::Tensor();
+  }
 
   void hold(uint64_t n) {
     held += n;
@@ -283,6 +292,7 @@ void ForwardModel::run_group(const std::vector<torch::Tensor>& batches, size_t f
   Stream& s = *stream_;
   const ModelConfig& c = model_->config();
   const int64_t layers = c.num_layers();
+  s.drop_head();  // a head held from the last pass gives its room back to the blocks
   if (layers > 0) s.prefetch(0);  // block 0 reads while the embedding rows do
 
   // Embeddings: only the rows of the tokens in this group (a gather, so the
@@ -314,50 +324,52 @@ void ForwardModel::run_group(const std::vector<torch::Tensor>& batches, size_t f
     s.release(i, model_);
   }
 
-  // The LM head in vocabulary slices; the next slice reads while this one
-  // multiplies. With one slice (the head fits) it is read once per group.
-  // Pieces start at multiples of kLmHeadSliceRows (lm_head_logits' slices).
-  const int64_t V = c.vocab_size;
-  const int64_t rows = std::max<int64_t>(plan_.head_slice_rows / kLmHeadSliceRows, 1) * kLmHeadSliceRows;
-  const uint64_t row_bytes = static_cast<uint64_t>(c.hidden_size) * c10::elementSize(s.dtype);
-  auto read_slice = [&](int64_t v0) {
-    const int64_t n = std::min(rows, V - v0);
-    s.hold(static_cast<uint64_t>(n) * row_bytes);
-    return std::async(std::launch::async,
-                      [&s, v0, n] { return s.reader->read_rows(kLmHead, v0, n, s.dtype); });
-  };
   std::vector<torch::Tensor> normed(count);
   for (size_t k = 0; k < count; ++k) normed[k] = model_->final_norm(h[k]);
   h.clear();
-  if (hidden_sink) {
-    for (size_t k = 0; k < count; ++k) (*hidden_sink)(first + k, normed[k]);
-    return;
-  }
-  auto head_pass = [&](const std::function<void(int64_t v0, const torch::Tensor& w)>& use) {
-    auto next = read_slice(0);
-    for (int64_t v0 = 0; v0 < V; v0 += rows) {
-      torch::Tensor w = to_device_async(next.get(), s.device);
-      if (v0 + rows < V) next = read_slice(v0 + rows);
-      use(v0, w);
-      s.held -= static_cast<uint64_t>(w.size(0)) * row_bytes;
-    }
-  };
-  if (rows >= V) {
-    head_pass([&](int64_t, const torch::Tensor& w) {
-      for (size_t k = 0; k < count; ++k) (*logits_sink)(first + k, lm_head_logits(normed[k], w));
-    });
-    return;
-  }
   for (size_t k = 0; k < count; ++k) {
-    const auto& x = normed[k];
-    std::vector<int64_t> shape = x.sizes().vec();
-    shape.back() = V;
-    torch::Tensor logits = torch::empty(shape, x.options().dtype(torch::kFloat32));
-    head_pass([&](int64_t v0, const torch::Tensor& w) {
-      logits.narrow(-1, v0, w.size(0)).copy_(lm_head_logits(x, w));
-    });
-    (*logits_sink)(first + k, logits);
+    if (hidden_sink) (*hidden_sink)(first + k, normed[k]);
+    if (logits_sink) (*logits_sink)(first + k, streamed_head(normed[k]));
   }
+}
+
+torch::Tensor ForwardModel::head_logits(const torch::Tensor& normed) {
+  torch::NoGradGuard no_grad;
+  return stream_ ? streamed_head(normed) : model_->lm_head(normed);
+}
+
+torch::Tensor ForwardModel::streamed_head(const torch::Tensor& x) {
+  Stream& s = *stream_;
+  const ModelConfig& c = model_->config();
+  const int64_t V = c.vocab_size;
+  // Pieces start at multiples of kLmHeadSliceRows (lm_head_logits' slices).
+  const int64_t rows = std::max<int64_t>(plan_.head_slice_rows / kLmHeadSliceRows, 1) * kLmHeadSliceRows;
+  const uint64_t row_bytes = static_cast<uint64_t>(c.hidden_size) * c10::elementSize(s.dtype);
+  if (rows >= V) {
+    // The whole head fits: read once, kept until the next pass starts.
+    if (!s.head.defined()) {
+      s.hold(static_cast<uint64_t>(V) * row_bytes);
+      s.head = to_device_async(s.reader->read(kLmHead, s.dtype), s.device);
+    }
+    return lm_head_logits(x, s.head);
+  }
+  auto read_slice = [&](int64_t v0) {
+    const int64_t n = std::min(rows, V - v0);
+    s.hold(static_cast<uint64_t>(n) * row_bytes);
+    return std::async(std::launch::async, [&s, v0, n] { return s.reader->read_rows(kLmHead, v0, n, s.dtype); });
+  };
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = V;
+  torch::Tensor logits = torch::empty(shape, x.options().dtype(torch::kFloat32));
+  // The next slice reads while this one multiplies.
+  auto next = read_slice(0);
+  for (int64_t v0 = 0; v0 < V; v0 += rows) {
+    torch::Tensor w = to_device_async(next.get(), s.device);
+    if (v0 + rows < V) next = read_slice(v0 + rows);
+    logits.narrow(-1, v0, w.size(0)).copy_(lm_head_logits(x, w));
+    s.held -= static_cast<uint64_t>(w.size(0)) * row_bytes;
+  }
+  return logits;
 }
 
 }  // namespace minipuzzle

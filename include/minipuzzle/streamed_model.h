@@ -90,6 +90,11 @@ class ForwardModel {
   void forward_logits(const std::vector<torch::Tensor>& batches, const LogitsSink& sink);
   // Each batch's final hidden state (after norm_f), [b, L, D].
   void forward_hidden(const std::vector<torch::Tensor>& batches, const HiddenSink& sink);
+  // fp32 logits of final hidden states [.., D] (the model's lm_head). When
+  // streamed, the head is read in its slices for each call, or held whole
+  // until the next pass when the plan's slice covers the vocabulary: call
+  // it on as many rows at a time as memory allows.
+  torch::Tensor head_logits(const torch::Tensor& normed);
 
   // Weight bytes materialised now, and the most at any moment (streamed).
   uint64_t bytes_held() const;
@@ -99,6 +104,8 @@ class ForwardModel {
   struct Stream;
   void run_group(const std::vector<torch::Tensor>& batches, size_t first, size_t count, const LogitsSink* logits,
                  const HiddenSink* hidden);
+
+  torch::Tensor streamed_head(const torch::Tensor& normed);
 
   HybridLM model_{nullptr};
   ResidencyPlan plan_;

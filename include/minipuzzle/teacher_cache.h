@@ -57,10 +57,12 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "minipuzzle/hybrid_lm.h"
+#include "minipuzzle/streamed_model.h"
 #include "minipuzzle/kd_loss.h"
 #include "minipuzzle/model_config.h"
 #include "minipuzzle/safetensors.h"
@@ -88,6 +90,9 @@ struct TeacherCacheOptions {
   std::string teacher_config_hash;   // config_fingerprint / checkpoint_fingerprint of `teacher`
   std::string teacher_weights_hash;
   uint64_t stop_after_shards = 0;    // > 0: stop after writing that many shards, as if killed (tests)
+  // Where the teacher's weights live (streamed_model.h); unset: resident,
+  // or streamed when the teacher does not fit the device.
+  std::optional<ResidencyPlan> residency;
 };
 
 struct TeacherCacheSummary {

@@ -9,6 +9,7 @@
 #include "minipuzzle/importance_scores.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/teacher_cache.h"
+#include "residency_option.h"
 
 namespace minipuzzle::cli {
 
@@ -16,7 +17,7 @@ int cmd_teacher_logits(const Args& args) {
   const std::string usage =
       "minipuzzle teacher-logits TEACHER --data PREFIX --top-k K --out CACHE_DIR [--seq-len N] "
       "[--windows N | --tokens N] [--seed S] [--temperature T] [--batch N] [--dtype fp32|bf16] "
-      "[--device cpu|cuda] [--shard-tokens N]";  // one line: it ends the one-line "missing X" error
+      "[--device cpu|cuda] [--shard-tokens N] [--max-device-memory SIZE|PCT] [--dry-run]";  // one line: it ends the one-line "missing X" error
   po::options_description opts("options");
   opts.add_options()
       ("teacher", po::value<std::string>(), "teacher checkpoint directory")
@@ -33,6 +34,7 @@ int cmd_teacher_logits(const Args& args) {
       ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda | cuda:N")
       ("shard-tokens", po::value<uint64_t>()->default_value(1 << 18), "tokens per shard file (whole windows)")
       ("stop-after-shards", po::value<uint64_t>()->default_value(0), "stop after writing N shards as if killed (tests)");
+  opts.add(residency_options());
   po::positional_options_description pos;
   pos.add("teacher", 1);
   po::variables_map vm;
@@ -71,6 +73,13 @@ int cmd_teacher_logits(const Args& args) {
                                  o.teacher.string()));
   o.teacher_config_hash = fp.config_hash;
   o.teacher_weights_hash = fp.weights_hash;
+  if (o.seq_len <= 0) throw InputError("--seq-len must be positive");
+  // A shard's windows are one pass's work: the plan groups batches within it.
+  const int64_t shard_windows = std::max<int64_t>(1, static_cast<int64_t>(o.shard_tokens) / o.seq_len);
+  o.residency = plan_forward(vm, o.teacher.string(), parse_model_dtype(o.dtype), parse_device(o.device), o.batch,
+                             o.seq_len, (shard_windows + o.batch - 1) / o.batch);
+  std::cout << o.residency->describe() << std::endl;
+  if (vm["dry-run"].as<bool>()) return 0;
 
   TeacherCacheSummary s;
   {

@@ -182,3 +182,40 @@ def test_distill_reads_the_cache_and_checks_its_teacher(work, tmp_path):
     nt.run_cli(*distill(tmp_path / "both", "--teacher", work["teacher"]))
     expect_user_error(distill(tmp_path / "other", "--teacher", student), "another teacher")
     assert not (tmp_path / "other").exists()
+
+
+def streaming_cap(work, tmp_path) -> str:
+    """A --max-device-memory under which the teacher streams, found with
+    --dry-run: caps shrink by 5% from where everything is resident until the
+    plan streams (a tiny teacher's logits outweigh its weights, so the window
+    between resident and too small is narrow)."""
+    cap = 64 << 20
+    while cap > 1024:
+        r = nt.run_cli(*cache_args(work, tmp_path / "dry", "--dry-run", "--max-device-memory", cap), check=False)
+        if r.returncode != 0:
+            break
+        if "weights streamed" in r.stdout:
+            return str(cap)
+        cap = int(cap * 0.95)
+    raise AssertionError(f"no cap streams this teacher; the last plan said: {r.stdout}{r.stderr}")
+
+
+def test_streamed_teacher_writes_the_resident_bytes(work, tmp_path):
+    # The weights held a block at a time, layer-major over the batches of a
+    # shard: the cache must be the resident run's, byte for byte.
+    cap = streaming_cap(work, tmp_path)
+    nt.run_cli(*cache_args(work, tmp_path / "resident"))
+    r = nt.run_cli(*cache_args(work, tmp_path / "streamed", "--max-device-memory", cap))
+    assert r.stdout.splitlines()[0].startswith("weights streamed"), r.stdout
+    names = sorted(p.name for p in (tmp_path / "resident").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "streamed").iterdir())
+    for n in names:
+        assert (tmp_path / "resident" / n).read_bytes() == (tmp_path / "streamed" / n).read_bytes(), n
+
+
+def test_a_cap_below_one_block_is_refused(work, tmp_path):
+    r = nt.run_cli(*cache_args(work, tmp_path / "c", "--max-device-memory", "1KiB"), check=False)
+    assert r.returncode == 2, r.stderr
+    assert "too small to stream this model" in r.stderr and "need at least" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "c").exists()
