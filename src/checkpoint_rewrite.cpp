@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <malloc.h>
+
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -132,6 +134,12 @@ int64_t rewrite_checkpoint(const CheckpointReader& reader, const ModelConfig& so
       }
     }
     reader.release(r.source);
+#ifdef __GLIBC__
+    // Chunks of many sizes come and go; without a trim glibc keeps the freed
+    // ones mapped and the process's memory creeps up with the tensor count
+    // instead of staying at one chunk.
+    malloc_trim(0);
+#endif
   };
 
   AtomicDirectory dir(out);

@@ -88,9 +88,22 @@ torch::Tensor HybridLMImpl::final_norm(const torch::Tensor& h) {
 torch::Tensor lm_head_logits(const torch::Tensor& normed, const torch::Tensor& weight) {
   const int64_t V = weight.size(0);
   if (V <= kLmHeadSliceRows) return torch::linear(normed, weight).to(torch::kFloat32);
+  auto slice = [&](int64_t v0) {
+    return torch::linear(normed, weight.narrow(0, v0, std::min(kLmHeadSliceRows, V - v0))).to(torch::kFloat32);
+  };
+  if (!torch::GradMode::is_enabled()) {
+    // Straight into the output: no second logits-sized buffer (eval, scoring).
+    std::vector<int64_t> shape = normed.sizes().vec();
+    shape.back() = V;
+    torch::Tensor out = torch::empty(shape, normed.options().dtype(torch::kFloat32));
+    for (int64_t v0 = 0; v0 < V; v0 += kLmHeadSliceRows) {
+      const auto part = slice(v0);
+      out.narrow(-1, v0, part.size(-1)).copy_(part);
+    }
+    return out;
+  }
   std::vector<torch::Tensor> parts;
-  for (int64_t v0 = 0; v0 < V; v0 += kLmHeadSliceRows)
-    parts.push_back(torch::linear(normed, weight.narrow(0, v0, std::min(kLmHeadSliceRows, V - v0))).to(torch::kFloat32));
+  for (int64_t v0 = 0; v0 < V; v0 += kLmHeadSliceRows) parts.push_back(slice(v0));
   return torch::cat(parts, -1);
 }
 

@@ -60,9 +60,9 @@ std::string ResidencyPlan::describe() const {
     return fmt::format("weights resident: {}{}", gib(weight_bytes),
                        cap_bytes ? fmt::format(" (cap {})", gib(cap_bytes)) : std::string());
   return fmt::format(
-      "weights streamed: cap {}, model {}; two units in flight {} (largest {}), LM head in slices of {} rows; "
+      "weights streamed: cap {}, model {}; blocks two at a time ({}), LM head {} rows at a time ({}); "
       "{} batches per layer-major group (hidden states {}, working memory {})",
-      gib(cap_bytes), gib(weight_bytes), gib(streaming_bytes), gib(largest_unit_bytes), head_slice_rows,
+      gib(cap_bytes), gib(weight_bytes), gib(streaming_bytes), head_slice_rows, gib(head_slice_bytes),
       group_batches, gib(activation_bytes_per_batch * static_cast<uint64_t>(group_batches)), gib(working_bytes));
 }
 
@@ -115,7 +115,8 @@ ResidencyPlan plan_residency(const ModelConfig& c, torch::ScalarType dtype, cons
   // are the resident model's.
   const uint64_t slices = std::max<uint64_t>(head_room / 2 / row / kLmHeadSliceRows, 1);
   p.head_slice_rows = static_cast<int64_t>(std::min<uint64_t>(slices * kLmHeadSliceRows, c.vocab_size));
-  p.largest_unit_bytes = std::max(largest_block, static_cast<uint64_t>(p.head_slice_rows) * row);
+  p.head_slice_bytes = static_cast<uint64_t>(p.head_slice_rows) * row;
+  p.largest_unit_bytes = std::max(largest_block, p.head_slice_bytes);
   return p;
 }
 

@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=32)
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the saved weights")
     a = ap.parse_args()
 
     cfg = NemotronHConfig(
@@ -51,6 +52,8 @@ def main() -> None:
                 p.copy_(torch.rand(p.shape, generator=gen) * 0.4 + 0.8)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if "conv1d" in name else 0.02))
+    if a.dtype == "bf16":
+        model.to(torch.bfloat16)
     model.save_pretrained(a.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {a.out}: pattern {a.pattern}, {n:,} parameters (transformers {__import__('transformers').__version__})")

@@ -43,6 +43,7 @@ struct ResidencyPlan {
   uint64_t activation_bytes_per_batch = 0;  // hidden state kept between blocks
   uint64_t working_bytes = 0;         // one batch through the widest op, and its logits
   int64_t head_slice_rows = 0;        // LM-head rows read at a time (streamed)
+  uint64_t head_slice_bytes = 0;
   int64_t group_batches = 1;          // batches per layer-major pass (streamed)
 
   // One line: "weights resident: 1.73 GiB" or "weights streamed: ...".

@@ -47,9 +47,11 @@ int cmd_eval(const Args& args) {
   po::variables_map vm;
   if (!parse_args(usage, args, opts, pos, vm)) return 0;
   require(vm, "dir", usage);
-  require(vm, "data", usage);
+  // --dry-run plans from the config alone; without --data it plans for one batch.
+  const bool dry_run = vm["dry-run"].as<bool>();
+  if (!dry_run) require(vm, "data", usage);
 
-  auto data = IndexedDataset::open(vm["data"].as<std::string>());
+  auto data = vm.count("data") ? IndexedDataset::open(vm["data"].as<std::string>()) : nullptr;
   auto dtype = parse_model_dtype(vm["dtype"].as<std::string>());
   auto device = parse_device(vm["device"].as<std::string>());
   EvalOptions eo;
@@ -58,10 +60,12 @@ int cmd_eval(const Args& args) {
   eo.max_tokens = vm["max-tokens"].as<uint64_t>();
   eo.warmup_batches = vm["warmup-batches"].as<int64_t>();
   const std::string dir = vm["dir"].as<std::string>();
-  const int64_t windows = eval_windows(*data, eo.seq_len, eo.max_tokens);
+  const int64_t windows = data                ? eval_windows(*data, eo.seq_len, eo.max_tokens)
+                          : eo.max_tokens > 0 ? std::max<int64_t>(static_cast<int64_t>(eo.max_tokens) / eo.seq_len, 1)
+                                              : eo.batch;
   const ResidencyPlan plan =
       plan_forward(vm, dir, dtype, device, eo.batch, eo.seq_len, (windows + eo.batch - 1) / std::max<int64_t>(eo.batch, 1));
-  if (vm["dry-run"].as<bool>()) {
+  if (dry_run) {
     std::cout << plan.describe() << "\n";
     return 0;
   }
