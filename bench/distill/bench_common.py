@@ -2,15 +2,19 @@
 v1 dataset (what `minipuzzle data build` writes) for their random tokens;
 for a PyTorch baseline, the windows and the optimizer settings of the
 `minipuzzle distill` run it is compared with; and printing a result with
-the --meta key=value pairs."""
+the run's metadata."""
 from __future__ import annotations
 
 import json
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from run_metadata import parse_notes, run_metadata  # noqa: E402,F401
 
 
 def write_dataset(prefix: Path, tokens: np.ndarray) -> None:
@@ -65,9 +69,7 @@ def adamw_like_ours(model, run: dict):
     return torch.optim.AdamW(groups, lr=run["lr"], betas=(run["beta1"], run["beta2"]), eps=run["eps"])
 
 
-def print_result(out: dict, meta: list[str]) -> None:
-    """`out` plus each key=value of --meta, as one JSON object on stdout."""
-    for kv in meta:
-        k, _, v = kv.partition("=")
-        out[k] = v
-    print(json.dumps(out, indent=2))
+def print_result(out: dict, notes: dict) -> None:
+    """`out`, the run's metadata (date, commit, machine) and the --meta
+    notes, as one JSON object on stdout."""
+    print(json.dumps({**out, **run_metadata(), **notes}, indent=2))

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import adamw_like_ours, print_result, write_dataset  # noqa: E402
+from bench_common import adamw_like_ours, parse_notes, print_result, write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # bf16 dense tensor-core peaks (NVIDIA data sheets), matched in order on the GPU's name.
@@ -215,6 +215,7 @@ def main() -> int:
     ap.add_argument("--meta", action="append", default=[])
     a = ap.parse_args()
     s = SCALES[a.scale]
+    notes = parse_notes(a.meta, "bench_distill_job")
     if a.steps < 2:
         print("bench_distill_job: --steps must be at least 2 (the first is not timed)", file=sys.stderr)
         return 2
@@ -281,7 +282,7 @@ def main() -> int:
         out["cut"] = cut
     if gpu and not peak:
         out["mfu_note"] = f"not reported: no bf16 peak known for {gpu} (PEAK_BF16)"
-    print_result(out, a.meta)
+    print_result(out, notes)
     return 124 if cut else 0
 
 

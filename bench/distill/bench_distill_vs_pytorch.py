@@ -15,7 +15,7 @@ learning rate, betas, eps, weight decay on matrices but not conv1d) and the
 same clipping.
 
 Prints one JSON object: tokens/s of both (steps after the first, which
-warms up), and ours / pytorch.
+warms up), ours / pytorch, and the run's date, commit and machine.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from transformers import NemotronHForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import adamw_like_ours, print_result, trainer_windows, write_dataset  # noqa: E402
+from bench_common import adamw_like_ours, parse_notes, print_result, trainer_windows, write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,6 +87,7 @@ def main() -> int:
     ap.add_argument("--meta", action="append", default=[])
     ap.add_argument("--seed", type=int, default=1234, help="data order of both")
     a = ap.parse_args()
+    notes = parse_notes(a.meta, "bench_distill_vs_pytorch")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         subprocess.run([sys.executable, str(ROOT / "tools" / "make_tiny_model.py"), "--out", str(tmp / "teacher"),
@@ -119,7 +120,7 @@ def main() -> int:
            # Equal up to float summation order when both saw the same windows.
            "first_step_loss": {"ours": steps[0]["loss"], "pytorch": theirs_first_loss},
            "ours_tokens_per_second": ours, "pytorch_tokens_per_second": theirs, "ours_over_pytorch": ours / theirs}
-    print_result(out, a.meta)
+    print_result(out, notes)
     return 0
 
 

@@ -4,7 +4,8 @@
 // setting (4-bit weights, FP8 KV, bf16 state, 1M context, batch 1, budget
 // 31.7 GiB) against search_architectures_reference(), which builds every
 // candidate's ModelConfig and runs the full memory model, in the same run.
-// Prints one JSON object; --meta adds top-level fields (date, machine, commit).
+// Prints one JSON object with the run's date, commit and machine
+// (run_metadata.h); --meta KEY=VALUE adds notes.
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -16,6 +17,7 @@
 
 #include "minipuzzle/architecture_search.h"
 #include "minipuzzle/candidates_json.h"
+#include "run_metadata.h"
 
 using namespace minipuzzle;
 using nlohmann::json;
@@ -76,9 +78,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--meta" && i + 1 < argc) {
-      std::string kv = argv[++i];
-      size_t eq = kv.find('=');
-      if (eq != std::string::npos) out[kv.substr(0, eq)] = kv.substr(eq + 1);
+      if (!bench::add_meta_note(out, argv[++i], "bench_search")) return 2;
     } else {
       config_path = a;
     }
@@ -134,6 +134,7 @@ int main(int argc, char** argv) {
   out["wide_grid"] = {{"axes", axes_text(wide)},
                       {"grid_points", wide.grid_size()},
                       {"fast", summary(fast_wide)}};
+  bench::add_run_metadata(out);
   std::cout << out.dump(2) << "\n";
   return same ? 0 : 1;
 }

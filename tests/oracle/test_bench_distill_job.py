@@ -25,10 +25,12 @@ def run(*args):
 
 
 def test_tiny_scale_reports_on_the_cpu_only_what_it_measures():
-    r = run("--scale", "tiny", "--steps", "3", "--meta", "commit=test")
+    r = run("--scale", "tiny", "--steps", "3", "--meta", "note=test")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["benchmark"] == "distill_job" and out["commit"] == "test" and out["run"]["steps_timed"] == 2
+    assert out["benchmark"] == "distill_job" and out["note"] == "test" and out["run"]["steps_timed"] == 2
+    # The bench records its own run: no hand-typed date, commit or machine.
+    assert out["date"] and out["commit"] and out["machine"]["cpus"] >= 1 and out["machine"]["cpu"]
     step = out["distill_step"]
     # The SSD kernel switch acts on CUDA only: one row. No accelerator, so
     # no peak memory and no MFU against a GPU's peak.
@@ -92,7 +94,9 @@ def test_parameter_counts_match_transformers(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [(["--steps", "1"], "--steps"),
-                                        (["--ssd-kernel", "on"], "CUDA only")])
+                                        (["--ssd-kernel", "on"], "CUDA only"),
+                                        (["--meta", "date=2026-01-01"], "records date itself"),
+                                        (["--meta", "nokey"], "KEY=VALUE")])
 def test_user_errors(args, needle):
     r = run("--scale", "tiny", *args)
     assert r.returncode == 2
