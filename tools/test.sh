@@ -11,7 +11,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=$("$ROOT/tools/setup.sh" | tail -n 1)
 JOBS=${MINIPUZZLE_TEST_JOBS:-$(nproc)}
 rc=0
+# Each Python file is one ctest test: its skipped cases (only needs_gpu tests
+# without a GPU may skip; tests/conftest.py) are listed here by name.
+rm -rf "$BUILD/pytest-skips"
 (cd "$BUILD" && ctest --output-on-failure -j "$JOBS" "$@") || rc=$?
+if compgen -G "$BUILD/pytest-skips/*.txt" > /dev/null; then
+  echo "[test] skipped Python cases (declared GPU skips):"
+  for f in "$BUILD"/pytest-skips/*.txt; do sed "s|^|  $(basename "$f" .txt): |" "$f"; done
+fi
 if [ "${MINIPUZZLE_SANITIZE:-1}" != 0 ]; then
   echo "[test] the torch-free suite under ASan + UBSan (tools/sanitize.sh --notorch)" >&2
   "$ROOT/tools/sanitize.sh" --notorch || rc=$((rc ? rc : 1))

@@ -16,13 +16,20 @@ tiny: a small pair on the CPU in fp32 (what the CPU test runs). Random
 weights: throughput does not depend on them.
 
 Ours runs `minipuzzle distill` (fp32 master weights, bf16 compute) and
-`minipuzzle eval` (teacher forward); with --ssd-kernel both, the
+`minipuzzle eval` (teacher forward); on CUDA with --ssd-kernel both, the
 distillation runs twice, with our SSD kernels off (the default) and on
-(MINIPUZZLE_SSD_KERNEL=1). The baseline: teacher in bf16, student fp32
-weights under bf16 autocast, F.kl_div on fp32 log-softmaxes,
-torch.optim.AdamW, gradient clipping. Steps after the first are timed.
-MFU = tokens/s x (6 x student + 2 x teacher non-embedding parameters) /
-989 TFLOP/s (H100 bf16 dense), as TARGETS.md counts it.
+(MINIPUZZLE_SSD_KERNEL=1); the switch acts on CUDA only, so the CPU scale
+runs one row (and refuses --ssd-kernel on). The baseline: teacher in bf16,
+student fp32 weights under bf16 autocast, F.kl_div on fp32 log-softmaxes,
+torch.optim.AdamW with the settings ours recorded in its run.json
+(constant learning rate, betas, eps, weight decay on matrices but not
+conv1d, as our trainer), the same gradient clipping; it reads random
+windows of the same random tokens (ours: its own order; throughput does not
+depend on which). Steps after the first are timed. On CUDA: peak
+accelerator memory, and MFU = tokens/s x (6 x student + 2 x teacher
+non-embedding parameters) / the GPU's bf16 dense peak (989 TFLOP/s for an
+H100 SXM or H200, as TARGETS.md counts it; PEAK_BF16 lists the GPUs known;
+none for others). On the CPU neither is reported: only tokens/s.
 
 Prints one JSON object. On SIGTERM (a time-boxed run under `timeout`) it
 still prints it, with what was measured so far and "cut" naming what is
@@ -47,10 +54,12 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import print_result, write_dataset  # noqa: E402
+from bench_common import adamw_like_ours, parse_notes, print_result, write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-PEAK_FLOPS = 989e12
+# bf16 dense tensor-core peaks (NVIDIA data sheets), matched in order on the GPU's name.
+PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+             ("A100", 312e12)]
 
 TEACHER = {"hidden": 2048, "pattern": "M-M-M-M*-M-M-", "ffn": 8192, "mamba-heads": 64, "mamba-head-dim": 64,
            "state": 128, "groups": 8, "attn-heads": 16, "kv-heads": 8, "head-dim": 128, "vocab": 131072,
@@ -92,24 +101,32 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def peak_gib(dev: torch.device):
-    return torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+def peak_bf16(gpu: str | None) -> float | None:
+    for name, flops in PEAK_BF16:
+        if gpu and name in gpu:
+            return flops
+    return None
 
 
-def ours_distill(a, s, tmp: Path, ssd_kernel: bool) -> dict:
+def ours_distill(a, s, tmp: Path, ssd_kernel: bool) -> tuple[dict, dict]:
+    """(its row, its run.json)."""
     run = tmp / ("run-ssd-kernel" if ssd_kernel else "run")
     env = dict(os.environ, MINIPUZZLE_SSD_KERNEL="1" if ssd_kernel else "0")
     subprocess.run([a.bin, "distill", "--teacher", tmp / "teacher", "--student", tmp / "student", "--data",
                     tmp / "data", "--out", run, "--steps", str(a.steps), "--seq-len", str(s["seq_len"]),
-                    "--micro-batch", "1", "--global-batch", "1", "--lr", "1e-4", "--warmup", "0",
-                    "--eval-tokens", str(s["seq_len"]), "--dtype", s["dtype"], "--device", s["device"]],
+                    "--micro-batch", "1", "--global-batch", "1", "--lr", "1e-4", "--schedule", "constant",
+                    "--warmup", "0", "--eval-tokens", str(s["seq_len"]), "--dtype", s["dtype"],
+                    "--device", s["device"]],
                    check=True, capture_output=True, env=env)
     steps = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' not in l]
     steps = [r for r in steps if "step" in r]
-    tps = (steps[-1]["tokens"] - steps[0]["tokens"]) / (steps[-1]["seconds"] - steps[0]["seconds"])
-    peaks = [r["device_peak_bytes"] for r in steps if "device_peak_bytes" in r]
-    return {"tokens_per_second": tps, "peak_gib": max(peaks) / 2**30 if peaks else None,
-            "ssd_kernel": ssd_kernel}
+    row = {"tokens_per_second": (steps[-1]["tokens"] - steps[0]["tokens"]) /
+                                (steps[-1]["seconds"] - steps[0]["seconds"])}
+    if s["device"] == "cuda":
+        peak = max((r["device_peak_bytes"] for r in steps if "device_peak_bytes" in r), default=None)
+        row["peak_gib"] = peak / 2**30 if peak is not None else None
+        row["ssd_kernel"] = ssd_kernel
+    return row, json.loads((run / "run.json").read_text())
 
 
 def ours_teacher_forward(a, s, tmp: Path) -> dict:
@@ -121,7 +138,7 @@ def ours_teacher_forward(a, s, tmp: Path) -> dict:
     return {"tokens_per_second": r["tokens_per_second"], "note": "one untimed warm-up window, then all timed"}
 
 
-def hf_distill(a, s, tmp: Path, tokens: np.ndarray) -> dict:
+def hf_distill(a, s, tmp: Path, tokens: np.ndarray, run: dict) -> dict:
     from transformers import NemotronHForCausalLM
 
     dev = torch.device(s["device"])
@@ -129,10 +146,7 @@ def hf_distill(a, s, tmp: Path, tokens: np.ndarray) -> dict:
     teacher = NemotronHForCausalLM.from_pretrained(tmp / "teacher", dtype=torch.bfloat16 if half else torch.float32)
     teacher = teacher.to(dev).eval()
     student = NemotronHForCausalLM.from_pretrained(tmp / "student", dtype=torch.float32).to(dev).train()
-    decay = [p for n, p in student.named_parameters() if p.dim() >= 2]
-    other = [p for n, p in student.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=1e-4, betas=(0.9, 0.95))
+    opt = adamw_like_ours(student, run)
     L = s["seq_len"]
     windows = (len(tokens) - 1) // L
     rng = np.random.default_rng(0)
@@ -152,13 +166,17 @@ def hf_distill(a, s, tmp: Path, tokens: np.ndarray) -> dict:
         loss = F.kl_div(F.log_softmax(s_logits.float(), -1).flatten(0, 1),
                         F.log_softmax(t_logits.float(), -1).flatten(0, 1), log_target=True, reduction="batchmean")
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        if run["clip_grad"] > 0:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), run["clip_grad"])
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step >= 1:
             done += ids.numel()
     sync(dev)
-    return {"tokens_per_second": done / (time.perf_counter() - t0), "peak_gib": peak_gib(dev)}
+    row = {"tokens_per_second": done / (time.perf_counter() - t0)}
+    if dev.type == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    return row
 
 
 def hf_teacher_forward(a, s, tmp: Path, tokens: np.ndarray) -> dict:
@@ -197,8 +215,13 @@ def main() -> int:
     ap.add_argument("--meta", action="append", default=[])
     a = ap.parse_args()
     s = SCALES[a.scale]
+    notes = parse_notes(a.meta, "bench_distill_job")
     if a.steps < 2:
         print("bench_distill_job: --steps must be at least 2 (the first is not timed)", file=sys.stderr)
+        return 2
+    if s["device"] == "cpu" and a.ssd_kernel == "on":
+        print(f"bench_distill_job: --ssd-kernel on: the SSD kernels run on CUDA only, and --scale {a.scale} runs "
+              "on the CPU", file=sys.stderr)
         return 2
     if s["device"] == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"benchmark": "distill_job", "skipped": "no CUDA device"}))
@@ -208,6 +231,8 @@ def main() -> int:
     # out, with "cut" naming what is missing. The parts run most useful first.
     signal.signal(signal.SIGTERM, _on_sigterm)
     kernels = {"both": [False, True], "on": [True], "off": [False]}[a.ssd_kernel]
+    if s["device"] == "cpu":
+        kernels = [False]  # the switch does nothing there: a second row would time the same code
     ours, parts, cut = [], {}, None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -219,12 +244,13 @@ def main() -> int:
             vocab = s["teacher"]["vocab"]
             tokens = np.random.default_rng(1).integers(0, vocab, s["seq_len"] * max(64, s["eval_windows"] + 1) + 1)
             write_dataset(tmp / "data", tokens)
-            ours.append(ours_distill(a, s, tmp, kernels[0]))
-            parts["hf"] = hf_distill(a, s, tmp, tokens)
+            row, run = ours_distill(a, s, tmp, kernels[0])
+            ours.append(row)
+            parts["hf"] = hf_distill(a, s, tmp, tokens, run)
             parts["ours_fwd"] = ours_teacher_forward(a, s, tmp)
             parts["hf_fwd"] = hf_teacher_forward(a, s, tmp, tokens)
             for k in kernels[1:]:
-                ours.append(ours_distill(a, s, tmp, k))
+                ours.append(ours_distill(a, s, tmp, k)[0])
         except Cut:
             cut = "stopped by SIGTERM; missing: " + ", ".join(
                 name for name, have in (("models", "n_teacher" in parts), ("ours distill", bool(ours)),
@@ -234,16 +260,19 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # from here on the JSON comes out whole
     n_student, n_teacher = parts.get("n_student", 0), parts.get("n_teacher", 0)
     flops_per_token = 6 * n_student + 2 * n_teacher
-    mfu = lambda tps: tps * flops_per_token / PEAK_FLOPS  # noqa: E731
     hf, ours_fwd, hf_fwd = parts.get("hf"), parts.get("ours_fwd"), parts.get("hf_fwd")
-    for r in ours + ([hf] if hf else []):
-        r["mfu"] = mfu(r["tokens_per_second"])
+    gpu = torch.cuda.get_device_name(0) if s["device"] == "cuda" else None
+    peak = peak_bf16(gpu)
+    if peak:
+        for r in ours + ([hf] if hf else []):
+            r["mfu"] = r["tokens_per_second"] * flops_per_token / peak
     best = max(ours, key=lambda r: r["tokens_per_second"]) if ours else None
     out = {"benchmark": "distill_job", "scale": a.scale, "device": s["device"], "dtype": s["dtype"],
            "models": {"teacher": s["teacher"], "student": s["student"], "teacher_non_embedding": n_teacher,
                       "student_non_embedding": n_student},
            "run": {"batch": 1, "seq_len": s["seq_len"], "steps_timed": a.steps - 1,
                    "teacher_forward_windows": s["eval_windows"]},
+           **({"mfu_peak_flops": peak, "mfu_flops_per_token": flops_per_token} if peak else {}),
            "distill_step": {"ours": ours, "hf_pytorch": hf,
                             "speedup": best["tokens_per_second"] / hf["tokens_per_second"] if best and hf else None},
            "teacher_forward": {"ours": ours_fwd, "hf_pytorch": hf_fwd,
@@ -251,7 +280,9 @@ def main() -> int:
                                if ours_fwd and hf_fwd else None}}
     if cut:
         out["cut"] = cut
-    print_result(out, a.meta)
+    if gpu and not peak:
+        out["mfu_note"] = f"not reported: no bf16 peak known for {gpu} (PEAK_BF16)"
+    print_result(out, notes)
     return 124 if cut else 0
 
 

@@ -19,6 +19,7 @@
 #include "minipuzzle/indexed_dataset.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/window_order.h"
+#include "run_metadata.h"
 
 using namespace minipuzzle;
 using nlohmann::json;
@@ -35,8 +36,7 @@ int main(int argc, char** argv) {
     else if (a == "--micro-batch") micro = std::stoll(v);
     else if (a == "--global-batch") global = std::stoll(v);
     else if (a == "--meta") {
-      const auto eq = v.find('=');
-      out[v.substr(0, eq)] = eq == std::string::npos ? "" : v.substr(eq + 1);
+      if (!bench::add_meta_note(out, v, "bench_distill_loop")) return 2;
     } else {
       std::cerr << "bench_distill_loop: unknown argument " << a << "\n";
       return 2;
@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
   out["loop_tokens_per_second"] = loop_tps;
   out["bare_tokens_per_second"] = bare_tps;
   out["loop_overhead"] = bare_tps / loop_tps - 1.0;
+  bench::add_run_metadata(out);
   std::cout << out.dump(2) << "\n";
   return 0;
 }

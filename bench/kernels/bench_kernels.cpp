@@ -27,6 +27,7 @@
 #include "minipuzzle/kernel_dispatch.h"
 #include "minipuzzle/rms_norm.h"
 #include "minipuzzle/ssd_scan.h"
+#include "run_metadata.h"
 
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -103,14 +104,13 @@ int main(int argc, char** argv) {
     } else if (a == "--out" && i + 1 < argc) {
       out_file = argv[++i];
     } else if (a == "--meta" && i + 1 < argc) {
-      const std::string v = argv[++i];
-      const auto eq = v.find('=');
-      out[v.substr(0, eq)] = eq == std::string::npos ? "" : v.substr(eq + 1);
+      if (!bench::add_meta_note(out, argv[++i], "bench_kernels")) return 2;
     } else {
       std::cerr << "bench_kernels: unknown argument " << a << "\n";
       return 2;
     }
   }
+  bench::add_run_metadata(out);
   if (!torch::cuda::is_available() || !cuda_kernels_compiled()) {
     out["skipped"] = !cuda_kernels_compiled() ? "built without kernels/" : "no CUDA device";
     std::cout << out.dump(2) << "\n";

@@ -10,7 +10,7 @@
 //                    layer) / plain forward, next to its ideal,
 //                    1 + (n-1)/2 forwards (one suffix per layer), and the naive
 //                    n + 1 full forwards
-// Prints one JSON object.
+// Prints one JSON object, with the run's date, commit and machine (run_metadata.h).
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -18,6 +18,7 @@
 #include <string>
 
 #include "minipuzzle/layer_importance.h"
+#include "run_metadata.h"
 #include "minipuzzle/width_statistics.h"
 
 using namespace minipuzzle;
@@ -53,8 +54,7 @@ int main(int argc, char** argv) {
     else if (a == "--device") device_name = v;
     else if (a == "--dtype") dtype_name = v;
     else if (a == "--meta") {
-      const auto eq = v.find('=');
-      out[v.substr(0, eq)] = eq == std::string::npos ? "" : v.substr(eq + 1);
+      if (!bench::add_meta_note(out, v, "bench_score")) return 2;
     } else {
       std::cerr << "bench_score: unknown argument " << a << "\n";
       return 2;
@@ -117,6 +117,7 @@ int main(int argc, char** argv) {
   out["layer_scoring_mse_only_in_forwards"] = t_layers_mse / t_forward;
   out["layer_scoring_ideal_in_forwards"] = ideal;
   out["layer_scoring_naive_in_forwards"] = static_cast<double>(layers + 1);
+  bench::add_run_metadata(out);
   std::cout << out.dump(2) << "\n";
   return 0;
 }

@@ -8,7 +8,8 @@
 //          of the fresh memory, so "owned_thp" shows the same copy into
 //          2 MiB-aligned buffers advised MADV_HUGEPAGE.
 //
-//   bench_safetensors_load [--file F] [--mb 1024] [--runs 5] [--python PY]
+//   bench_safetensors_load [--file F] [--mb 1024] [--runs 5] [--python PY] [--meta KEY=VALUE ...]
+// (with the run's date, commit and machine: run_metadata.h)
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "minipuzzle/safetensors.h"
+#include "run_metadata.h"
 
 using namespace minipuzzle;
 namespace fs = std::filesystem;
@@ -141,6 +143,7 @@ int main(int argc, char** argv) {
   fs::path file;
   std::size_t mb = 1024;
   int runs = 5;
+  nlohmann::json notes = nlohmann::json::object();
 #ifdef MINIPUZZLE_PYTHON
   std::string python = MINIPUZZLE_PYTHON;
 #else
@@ -152,7 +155,9 @@ int main(int argc, char** argv) {
     else if (a == "--mb") mb = std::stoul(argv[i + 1]);
     else if (a == "--runs") runs = std::stoi(argv[i + 1]);
     else if (a == "--python") python = argv[i + 1];
-    else { std::cerr << "unknown argument " << a << "\n"; return 2; }
+    else if (a == "--meta") {
+      if (!minipuzzle::bench::add_meta_note(notes, argv[i + 1], "bench_safetensors_load")) return 2;
+    } else { std::cerr << "unknown argument " << a << "\n"; return 2; }
   }
   bool made = file.empty();
   if (made) {
@@ -193,6 +198,8 @@ int main(int argc, char** argv) {
     out["python_versions"] = {{"safetensors", py["safetensors"]}, {"torch", py["torch"]},
                               {"torch_threads", py["torch_threads"]}};
     out["checksum"] = checksum;
+    minipuzzle::bench::add_run_metadata(out);
+    out.update(notes);
     std::cout << out.dump(2) << "\n";
   } catch (const std::exception& e) {
     std::cerr << "bench_safetensors_load: " << e.what() << "\n";

@@ -4,17 +4,20 @@
 // setting (4-bit weights, FP8 KV, bf16 state, 1M context, batch 1, budget
 // 31.7 GiB) against search_architectures_reference(), which builds every
 // candidate's ModelConfig and runs the full memory model, in the same run.
-// Prints one JSON object; --meta adds top-level fields (date, machine, commit).
+// Prints one JSON object with the run's date, commit and machine
+// (run_metadata.h); --meta KEY=VALUE adds notes.
 #include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "minipuzzle/architecture_search.h"
 #include "minipuzzle/candidates_json.h"
+#include "run_metadata.h"
 
 using namespace minipuzzle;
 using nlohmann::json;
@@ -38,6 +41,25 @@ Timed time_runs(int repeats, F&& run) {
   return t;
 }
 
+// The space as searched, in --axis syntax, plus its bounds and filters when set.
+std::string axes_text(const CandidateSpace& s) {
+  const std::pair<const char*, const IntAxis*> axes[] = {
+      {"mamba_layers", &s.mamba_layers}, {"attention_layers", &s.attention_layers}, {"mlp_layers", &s.mlp_layers},
+      {"ffn", &s.ffn},                   {"hidden", &s.hidden},                     {"mamba_heads", &s.mamba_heads},
+      {"mamba_head_dim", &s.mamba_head_dim}, {"attention_heads", &s.attention_heads}};
+  std::string out;
+  for (const auto& [name, axis] : axes) out += (out.empty() ? "" : " ") + std::string(name) + "=" + axis->to_string();
+  auto number = [](double v) {
+    std::string t = std::to_string(v);
+    return t.substr(0, t.find_last_not_of('0') + 1);
+  };
+  if (s.max_depth_reduction < 1) out += " max_depth_reduction=" + number(s.max_depth_reduction);
+  if (s.max_width_reduction < 1) out += " max_width_reduction=" + number(s.max_width_reduction);
+  if (s.min_budget_use > 0) out += " min_budget_use=" + number(s.min_budget_use);
+  if (s.maximal_only) out += " maximal_only";
+  return out;
+}
+
 json summary(const Timed& t) {
   const double median = t.seconds[t.seconds.size() / 2];
   return {{"evaluated", t.result.evaluated},
@@ -56,9 +78,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--meta" && i + 1 < argc) {
-      std::string kv = argv[++i];
-      size_t eq = kv.find('=');
-      if (eq != std::string::npos) out[kv.substr(0, eq)] = kv.substr(eq + 1);
+      if (!bench::add_meta_note(out, argv[++i], "bench_search")) return 2;
     } else {
       config_path = a;
     }
@@ -99,7 +119,7 @@ int main(int argc, char** argv) {
   out["config"] = "nemotron-h-56b";
   out["setting"] = {{"weights", "fp4"}, {"kv_cache", "fp8"}, {"state", "bf16"}, {"context", 1000000},
                     {"batch", 1}, {"budget_gib", 31.7}, {"top_k", o.top_k}};
-  out["paper_grid"] = {{"axes", "layers per type 0..parent x FFN 24576..32768 step 1024"},
+  out["paper_grid"] = {{"axes", axes_text(grid)},
                        {"grid_points", grid.grid_size()},
                        {"fast", summary(fast)},
                        {"reference", summary(reference)},
@@ -108,10 +128,13 @@ int main(int argc, char** argv) {
                        {"same_top_k", same},
                        {"best", fast.result.candidates.at(0).why}};
   out["paper_grid_maximal_only"] = summary(fast_maximal);
+  out["paper_grid_maximal_only"]["axes"] = axes_text(maximal);
   out["paper_grid_maximal_only_depth_25pct"] = summary(fast_maximal_depth);
-  out["wide_grid"] = {{"axes", "paper grid x hidden 7168..8192 step 256 x Mamba heads 224..256 step 8"},
+  out["paper_grid_maximal_only_depth_25pct"]["axes"] = axes_text(maximal_depth);
+  out["wide_grid"] = {{"axes", axes_text(wide)},
                       {"grid_points", wide.grid_size()},
                       {"fast", summary(fast_wide)}};
+  bench::add_run_metadata(out);
   std::cout << out.dump(2) << "\n";
   return same ? 0 : 1;
 }

@@ -3,9 +3,12 @@
 // cross-entropy.
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "cli_common.h"
 #include "commands.h"
@@ -19,6 +22,26 @@ namespace minipuzzle::cli {
 
 namespace {
 void request_stop(int) { distill_stop_flag().store(true); }
+
+// MINIPUZZLE_TEST_HOLD_AFTER_STEP=N: after step N is logged, wait for a stop
+// signal (at most 10 minutes) before going on. The interrupt-and-resume tests
+// signal a run they see at step N, and without the hold a fast machine
+// finishes the run first. 0 or unset: no hold.
+int64_t hold_after_step() {
+  const char* v = std::getenv("MINIPUZZLE_TEST_HOLD_AFTER_STEP");
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  if (*end != '\0' || n < 0)
+    throw InputError(fmt::format("MINIPUZZLE_TEST_HOLD_AFTER_STEP: expected a step number, got '{}'", v));
+  return n;
+}
+
+void wait_for_stop_signal() {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+  while (!distill_stop_flag().load() && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
 }  // namespace
 
 int run_training_command(const Args& args, bool from_scratch) {
@@ -135,12 +158,17 @@ int run_training_command(const Args& args, bool from_scratch) {
   o.overlap_all_reduce = !vm["no-overlap-all-reduce"].as<bool>();
   o.stop_at_step = vm["stop-at-step"].as<int64_t>();
 
+  const int64_t hold = hold_after_step();
+
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
   DistillSummary s;
   {
     Progress progress(from_scratch ? "train" : "distill", static_cast<uint64_t>(o.schedule.total_steps), "step");
-    s = run_distillation(o, [&](const DistillStatus& st) { progress.update(static_cast<uint64_t>(st.step)); });
+    s = run_distillation(o, [&](const DistillStatus& st) {
+      progress.update(static_cast<uint64_t>(st.step));
+      if (st.step == hold) wait_for_stop_signal();
+    });
   }
   if (s.interrupted) {
     std::cerr << fmt::format("minipuzzle {}: stopped after step {}; checkpoint {}; rerun with --resume\n",

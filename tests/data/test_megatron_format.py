@@ -14,7 +14,7 @@ import pytest
 
 TOOL = os.environ.get("MINIPUZZLE_DATASET_TOOL")
 if not TOOL or not os.path.exists(TOOL):
-    pytest.skip("MINIPUZZLE_DATASET_TOOL not set (run through ctest)", allow_module_level=True)
+    pytest.fail("MINIPUZZLE_DATASET_TOOL not set or not built: run through ctest", pytrace=False)
 
 MAGIC = b"MMIDIDX\x00\x00"
 # Megatron's DType enum: float64 is 6 and float32 is 7.

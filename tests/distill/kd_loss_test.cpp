@@ -235,20 +235,31 @@ TEST(KdLoss, LogitDivergenceAgreesWithTheTrainersDefinition) {
   }
 }
 
-TEST(KdLoss, TemperatureScalingKeepsGradientMagnitude) {
-  // T^2 convention: the forward-KL gradient w.r.t. the logits is
-  // T (q_T - p_T), which stays of the same order as T grows (without the
-  // T^2 factor it would shrink like 1/T^2).
+TEST(KdLoss, ForwardKlGradientFollowsTheTSquaredConvention) {
+  // loss = T^2 * mean over tokens of KL(p_T || q_T) (Hinton et al.), so
+  // d loss / d z = T (q_T - p_T) / N for the student's logits z, and the
+  // gradient keeps its order as T grows: a factor T instead of T^2 would
+  // make it shrink like 1/T, none at all like 1/T^2.
   HybridLM student = make_model(1), teacher = make_model(2);
   Tensor xs = hidden_states(2, 5, 32, 21), xt = hidden_states(2, 5, 32, 22);
+  auto definition = [&](double t) {
+    torch::NoGradGuard ng;
+    const Tensor w = student->lm_head_weights->weight;
+    const Tensor z = torch::linear(xs.reshape({-1, 32}), w);
+    const Tensor zt = teacher->lm_head(xt.reshape({-1, 32}));
+    const Tensor dz = t * (torch::softmax(z / t, -1) - torch::softmax(zt / t, -1)) / z.size(0);
+    return dz.matmul(w).reshape(xs.sizes());
+  };
   KdOptions o;
   o.chunk_tokens = 3;
   Outcome g1 = ours(student, xs, [&](const Tensor& x) { return kd_loss_online(student, x, teacher, xt, {}, o); });
   o.temperature = 4.0;
   Outcome g4 = ours(student, xs, [&](const Tensor& x) { return kd_loss_online(student, x, teacher, xt, {}, o); });
-  const double ratio = max_abs(g4.grad_x) / max_abs(g1.grad_x);
-  EXPECT_GT(ratio, 0.1);
-  EXPECT_LT(ratio, 10.0);
+  const Tensor d1 = definition(1.0), d4 = definition(4.0);
+  EXPECT_LE(max_abs(g1.grad_x - d1), 1e-4 * max_abs(d1));
+  EXPECT_LE(max_abs(g4.grad_x - d4), 1e-4 * max_abs(d4));
+  const double want = max_abs(d4) / max_abs(d1);
+  EXPECT_NEAR(max_abs(g4.grad_x) / max_abs(g1.grad_x), want, 1e-4 * want);
 }
 
 TEST(KdLoss, SameDistributionGivesZeroLossAndGradient) {

@@ -1,7 +1,8 @@
 """bench/distill/bench_distill_job.py (the TARGETS.md whole-job rows, run on a
-GPU) at its tiny CPU scale: it runs end to end, its MFU follows its own
-formula, its parameter counts match transformers' model, and a bad
---steps exits 2 with one line."""
+GPU) at its tiny CPU scale: it runs end to end and reports on the CPU only
+what it measures, its MFU peak follows the GPU, its baseline's optimizer is
+ours, its parameter counts match transformers' model, and bad arguments
+exit 2 with one line."""
 
 from __future__ import annotations
 
@@ -23,22 +24,61 @@ def run(*args):
                           timeout=600)
 
 
-def test_tiny_scale_runs_end_to_end():
-    r = run("--scale", "tiny", "--steps", "3", "--meta", "commit=test")
+def test_tiny_scale_reports_on_the_cpu_only_what_it_measures():
+    r = run("--scale", "tiny", "--steps", "3", "--meta", "note=test")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["benchmark"] == "distill_job" and out["commit"] == "test" and out["run"]["steps_timed"] == 2
+    assert out["benchmark"] == "distill_job" and out["note"] == "test" and out["run"]["steps_timed"] == 2
+    # The bench records its own run: no hand-typed date, commit or machine.
+    assert out["date"] and out["commit"] and out["machine"]["cpus"] >= 1 and out["machine"]["cpu"]
     step = out["distill_step"]
-    assert [o["ssd_kernel"] for o in step["ours"]] == [False, True]
-    flops = 6 * out["models"]["student_non_embedding"] + 2 * out["models"]["teacher_non_embedding"]
+    # The SSD kernel switch acts on CUDA only: one row. No accelerator, so
+    # no peak memory and no MFU against a GPU's peak.
+    assert len(step["ours"]) == 1
     for r in step["ours"] + [step["hf_pytorch"]]:
+        assert set(r) == {"tokens_per_second"}, r
         assert r["tokens_per_second"] > 0
-        assert r["mfu"] == pytest.approx(r["tokens_per_second"] * flops / 989e12, rel=1e-12)
-        assert r["peak_gib"] is None  # CPU: no accelerator memory
+    assert "mfu_peak_flops" not in out
     best = max(o["tokens_per_second"] for o in step["ours"])
     assert step["speedup"] == pytest.approx(best / step["hf_pytorch"]["tokens_per_second"])
     fwd = out["teacher_forward"]
     assert fwd["ours"]["tokens_per_second"] > 0 and fwd["hf_pytorch"]["tokens_per_second"] > 0
+
+
+def test_mfu_peak_follows_the_gpu():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_distill_job as bench
+
+    assert bench.peak_bf16("NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.peak_bf16("NVIDIA H100 PCIe") == 756e12
+    assert bench.peak_bf16("NVIDIA H200") == 989e12
+    assert bench.peak_bf16("NVIDIA GeForce RTX 4090") is None
+    assert bench.peak_bf16(None) is None
+
+
+def test_baseline_optimizer_is_ours(tmp_path):
+    """The baseline's AdamW takes ours' run.json settings and decays what
+    ours decays: matrices, not conv1d, norms, biases, A_log, D, dt_bias."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_distill_job as bench
+    from bench_common import adamw_like_ours
+    from transformers import NemotronHForCausalLM
+
+    bench.make_model(tmp_path / "m", bench.SCALES["tiny"]["student"], 3)
+    model = NemotronHForCausalLM.from_pretrained(tmp_path / "m")
+    run = {"lr": 3e-4, "schedule": "constant", "warmup": 0, "weight_decay": 0.05, "beta1": 0.8, "beta2": 0.9,
+           "eps": 1e-7}
+    opt = adamw_like_ours(model, run)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed and all(p.dim() == 2 for n, p in model.named_parameters() if n in decayed)
+    assert not any("conv1d" in n or "norm" in n or n.endswith(("A_log", ".D", "dt_bias")) for n in decayed)
+    assert {n for n, p in model.named_parameters() if p.dim() >= 2 and "conv1d" not in n} == decayed
+    for g in opt.param_groups:
+        assert (g["lr"], g["betas"], g["eps"]) == (3e-4, (0.8, 0.9), 1e-7)
+        assert g["weight_decay"] in (0.0, 0.05)
+    with pytest.raises(ValueError, match="--schedule constant"):
+        adamw_like_ours(model, {**run, "schedule": "cosine"})
 
 
 def test_parameter_counts_match_transformers(tmp_path):
@@ -53,10 +93,14 @@ def test_parameter_counts_match_transformers(tmp_path):
     assert bench.non_embedding_parameters(tmp_path / "m") == want
 
 
-def test_too_few_steps_is_a_user_error():
-    r = run("--scale", "tiny", "--steps", "1")
+@pytest.mark.parametrize("args,needle", [(["--steps", "1"], "--steps"),
+                                        (["--ssd-kernel", "on"], "CUDA only"),
+                                        (["--meta", "date=2026-01-01"], "records date itself"),
+                                        (["--meta", "nokey"], "KEY=VALUE")])
+def test_user_errors(args, needle):
+    r = run("--scale", "tiny", *args)
     assert r.returncode == 2
-    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and "--steps" in r.stderr
+    assert r.stdout == "" and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
 
 
 def test_sigterm_still_prints_what_was_measured():

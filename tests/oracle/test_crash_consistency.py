@@ -41,7 +41,7 @@ Full disk (``test_full_disk[...]``, ``test_full_disk_keeps_the_last_checkpoint``
 export (single file and sharded), prune, score, search, data build and a
 distill checkpoint write where a file cannot grow: RLIMIT_FSIZE with SIGXFSZ
 ignored (write() fails with EFBIG; needs no privileges), and a small tmpfs
-(ENOSPC; skipped when mount is not permitted). Expected: exit 1 (or 2), one
+(ENOSPC; root only: fails when mount is not permitted). Expected: exit 1 (or 2), one
 line on stderr, no output that looks complete, no temporary left behind;
 distill keeps its previous checkpoint intact, and an unrestricted
 ``--resume`` afterwards finishes equal to the reference.
@@ -536,7 +536,7 @@ def limited(fsize: int):
 
 
 class Tmpfs:
-    """A size-limited tmpfs mounted on `path` (root only; skips otherwise)."""
+    """A size-limited tmpfs mounted on `path` (root only; fails otherwise)."""
 
     def __init__(self, path: Path, size: int):
         self.path = path
@@ -544,7 +544,8 @@ class Tmpfs:
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
+            pytest.fail(f"cannot mount a tmpfs (needs root / CAP_SYS_ADMIN, as tools/test.sh has): {r.stderr.strip()}",
+                        pytrace=False)
 
     def __enter__(self):
         return self.path

@@ -5,6 +5,7 @@ student, load the result in transformers; SIGINT saves a checkpoint and
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -58,25 +59,36 @@ def test_distilled_student_loads_in_transformers(work, tmp_path):
     torch.testing.assert_close(ours, nt.hf_logits(model, ids), rtol=0, atol=1e-4)
 
 
+def held_run(work, out, steps, hold_after):
+    """A distill run that waits after step `hold_after` until it is signalled
+    (MINIPUZZLE_TEST_HOLD_AFTER_STEP): the signal lands mid-run on any machine."""
+    cmd = [nt.minipuzzle_bin(), *[str(a) for a in distill_args(work, out, steps)]]
+    env = dict(os.environ, MINIPUZZLE_TEST_HOLD_AFTER_STEP=str(hold_after))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_step(proc, run: Path, step: int) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and any(s == step for s, *_ in step_losses(run)):
+            return
+        time.sleep(0.02)
+    proc.kill()
+    _, err = proc.communicate()
+    pytest.fail(f"the run did not reach step {step} (exit {proc.returncode}): {err[-2000:]}")
+
+
 def test_sigint_checkpoints_and_resume_matches(work, tmp_path):
     full = tmp_path / "full"
     nt.run_cli(*distill_args(work, full, 12))
     part = tmp_path / "part"
-    cmd = [nt.minipuzzle_bin(), *[str(a) for a in distill_args(work, part, 12)]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = part / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline:  # interrupt once training has started
-        if metrics.exists() and any('"step":1,' in l or '"step": 1,' in l for l in metrics.read_text().splitlines()
-                                    if '"eval"' not in l):
-            break
-        time.sleep(0.05)
+    proc = held_run(work, part, 12, hold_after=1)
+    wait_for_step(proc, part, 1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
     assert proc.returncode == 130, err
     assert "--resume" in err
+    assert [s for s, *_ in step_losses(part)] == [1, 2], "SIGINT during the hold after step 1 stops after step 2"
     ckpts = sorted(p.name for p in (part / "checkpoints").iterdir())
     assert ckpts and all(not n.startswith(".") for n in ckpts), ckpts
     nt.run_cli(*distill_args(work, part, 12), "--resume")
@@ -134,8 +146,7 @@ def test_two_ranks_match_one_process(work, tmp_path):
     import shutil
     import sys
     torchrun = Path(sys.executable).parent / "torchrun"
-    if not torchrun.exists():
-        pytest.skip("torchrun not in the venv")
+    assert torchrun.exists(), f"{torchrun} missing: the torch wheel installs it (rerun tools/setup.sh)"
     single = tmp_path / "single"
     nt.run_cli(*distill_args(work, single, 4))
     multi = tmp_path / "multi"
@@ -162,24 +173,18 @@ def test_two_ranks_match_one_process(work, tmp_path):
 
 
 def test_sigkill_then_resume_is_bit_identical(work, tmp_path):
-    """SIGKILL at an arbitrary step (no chance to checkpoint): --resume restarts
-    from the last periodic checkpoint and the loss curve equals an
-    uninterrupted run's, bit for bit."""
+    """SIGKILL after step 5 (no chance to checkpoint; the step-4 checkpoint
+    may still be being written): --resume restarts from the last whole
+    periodic checkpoint and the loss curve equals an uninterrupted run's,
+    bit for bit."""
     full = tmp_path / "full"
     nt.run_cli(*distill_args(work, full, 10))
     part = tmp_path / "part"
-    cmd = [nt.minipuzzle_bin(), *[str(a) for a in distill_args(work, part, 10)]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = part / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(step_losses(part)) >= 5:
-            break
-        time.sleep(0.02)
+    proc = held_run(work, part, 10, hold_after=5)
+    wait_for_step(proc, part, 5)
     proc.kill()
-    proc.wait()
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the kill")
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
     nt.run_cli(*distill_args(work, part, 10), "--resume")
     assert step_losses(part) == step_losses(full)
 

@@ -177,7 +177,7 @@ def test_bf16_close_to_hf_fp32(models, ckpts, tmp_path, name, batch, length):
 # CUDA (skipped without a GPU)
 # ----------------------------------------------------------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.needs_gpu  # skipped without a CUDA device (tests/conftest.py)
 
 
 @cuda

@@ -9,7 +9,6 @@ weight = fp8 * scale; every other tensor is bfloat16; config.json has
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -139,8 +138,6 @@ def test_our_binary_reads_it_back(models, exported, name, tmp_path):
     assert errb < err8 <= 32 * errb, (err8, errb)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("accelerate") is None,
-                    reason="transformers' FP8 loader needs `accelerate`, which the venv does not pin")
 @pytest.mark.parametrize("name", NAMES)
 def test_transformers_loads_it(models, exported, name):
     """transformers (FineGrainedFP8, dequantizing on CPU) gets the same weights, rounded to bf16."""

@@ -71,7 +71,7 @@ def test_numpy_reads_every_numpy_dtype(samples, dtype):
 
 @pytest.mark.parametrize("dtype", TORCH_ONLY)
 def test_torch_reads_bf16_and_fp8(samples, dtype):
-    torch = pytest.importorskip("torch")
+    import torch  # in the venv (tools/requirements.txt)
     with safe_open(str(samples / "all_dtypes.safetensors"), framework="pt") as f:
         t = f.get_tensor(dtype.lower())
     want = {"BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
@@ -124,7 +124,7 @@ def test_our_reader_reads_numpy_written_files(tmp_path):
 
 
 def test_our_reader_reads_torch_written_bf16_fp8_and_sharded(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch  # in the venv (tools/requirements.txt)
     from safetensors.torch import save_file as save_torch
 
     tensors = {

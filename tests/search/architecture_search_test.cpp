@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "minipuzzle/candidates_json.h"
 #include "minipuzzle/errors.h"
@@ -77,7 +78,7 @@ TEST(Search, Published47BShapeIsAFeasibleMaximalPointOfThePaperGrid) {
   const SearchResult r = search_architectures(parent, SearchImportance::synthetic(parent), s, paper_options());
   ASSERT_EQ(r.feasible, 1);
   const Candidate& c = r.candidates.at(0);
-  EXPECT_EQ(c.params.total, count_parameters(reference_config("47b")).total);
+  EXPECT_EQ(c.params.total, test::transformers_counts("nemotron-h-47b").total);
   EXPECT_NEAR(c.memory.total / kGiB, 31.69, 0.01);
   EXPECT_EQ(c.dropped_layers.size(), 20u);
 
@@ -112,10 +113,13 @@ TEST(Search, InfeasibleBudgetStatesTheSmallestReachableMemory) {
     search_architectures(parent, SearchImportance::synthetic(parent), CandidateSpace::paper_grid(parent), o);
     FAIL() << "expected InputError";
   } catch (const InputError& e) {
-    // Embeddings + lm_head at 4 bits (1.00 GiB) plus one MLP layer at FFN 24576 (0.19 GiB).
-    EXPECT_NE(std::string(e.what()).find("smallest memory reachable in the allowed space is 1.19 GiB"),
-              std::string::npos)
-        << e.what();
+    // The smallest point: embeddings, lm_head, norm_f and one MLP layer at
+    // FFN 24576 (transformers' count of that config), at 4 bits; no KV
+    // cache or state without attention or Mamba layers.
+    const double bytes = test::transformers_counts("nemotron-h-56b-one-mlp-ffn24576").total / 2.0;
+    char want[96];
+    std::snprintf(want, sizeof want, "smallest memory reachable in the allowed space is %.2f GiB", bytes / kGiB);
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what() << "\nexpected: " << want;
   }
 }
 

@@ -3,34 +3,73 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <string>
+
 #include "minipuzzle/errors.h"
 #include "search_test_util.h"
 
 namespace minipuzzle {
 namespace {
 
+// The first line of `text` after `section` that starts with `label` (after
+// its indent), or "".
+std::string line_of(const std::string& text, const std::string& label, const std::string& section = "") {
+  size_t start = section.empty() ? 0 : text.find(section);
+  if (start == std::string::npos) return "";
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    const size_t first = line.find_first_not_of(' ');
+    if (first != std::string::npos && line.compare(first, label.size(), label) == 0) return line;
+    start = end + 1;
+  }
+  return "";
+}
+
+std::string grouped(int64_t v) {  // 1234567 -> "1,234,567"
+  std::string digits = std::to_string(v), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out.push_back(',');
+    out.push_back(digits[i]);
+  }
+  return out;
+}
+
+std::string gib_text(double bytes) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / kGiB);
+  return buf;
+}
+
 TEST(InspectReport, JsonHasCountsParametersAndMemory) {
   const nlohmann::json j = inspect_json(test::reference_config("47b"), test::paper_deployment(), "47b");
+  const int64_t hf_total = test::transformers_counts("nemotron-h-47b").total;
   EXPECT_EQ(j["architecture"]["layers"], 98);
   EXPECT_EQ(j["architecture"]["counts"]["mamba"], 45);
   EXPECT_EQ(j["architecture"]["counts"]["attention"], 5);
   EXPECT_EQ(j["architecture"]["counts"]["mlp"], 48);
-  EXPECT_EQ(j["parameters"]["total"], 46791554816);
-  EXPECT_DOUBLE_EQ(j["weight_bytes"]["fp4"].get<double>(), 46791554816.0 / 2);
-  EXPECT_DOUBLE_EQ(j["weight_bytes"]["nvfp4"].get<double>(), 46791554816.0 * 9 / 16);
-  EXPECT_NEAR(j["memory"]["total_gib"].get<double>(), 31.69, 0.01);
+  EXPECT_EQ(j["parameters"]["total"], hf_total);
+  EXPECT_DOUBLE_EQ(j["weight_bytes"]["fp4"].get<double>(), hf_total / 2.0);
+  EXPECT_DOUBLE_EQ(j["weight_bytes"]["nvfp4"].get<double>(), hf_total * 9.0 / 16);
+  EXPECT_LT(j["memory"]["total_gib"].get<double>(), 31.7);  // the paper's budget, which the 47B fits
   EXPECT_EQ(j["deployment"]["kv_cache"], "fp8");
 }
 
 TEST(InspectReport, TextShowsTheSameNumbers) {
   const std::string t = inspect_text(test::reference_config("56b"), test::paper_deployment(), "56b");
+  const int64_t hf_total = test::transformers_counts("nemotron-h-56b").total;
+  const double params = static_cast<double>(hf_total);
+  const double kv_cache = 2.0 * 10 * 8 * 128 * 1000000;  // K+V, 10 attention layers, 8 kv x 128, fp8
+  const double state = 54 * (256.0 * 64 * 256 + 3.0 * (256 * 64 + 2 * 8 * 256)) * 2;  // bf16
   EXPECT_NE(t.find("54 Mamba (M), 10 attention (*), 54 MLP (-)"), std::string::npos) << t;
-  EXPECT_NE(t.find("56,324,350,464"), std::string::npos) << t;
-  EXPECT_NE(t.find("(56.32B)"), std::string::npos) << t;
-  EXPECT_NE(t.find("fp4 26.23 GiB"), std::string::npos) << t;
-  EXPECT_NE(t.find("19.07 GiB"), t.find("KV cache")) << t;
-  EXPECT_NE(t.find("19.07 GiB"), std::string::npos) << t;
-  EXPECT_NE(t.find("45.73 GiB"), std::string::npos) << t;
+  EXPECT_NE(line_of(t, "total (56.32B)").find(grouped(hf_total)), std::string::npos) << t;  // 56.32B: published
+  EXPECT_NE(line_of(t, "weights:").find("fp4 " + gib_text(params / 2)), std::string::npos) << t;
+  const std::string memory = "\nmemory at";
+  EXPECT_NE(line_of(t, "weights ", memory).find(gib_text(params / 2)), std::string::npos) << t;
+  EXPECT_NE(line_of(t, "KV cache ", memory).find(gib_text(kv_cache)), std::string::npos) << t;
+  EXPECT_NE(line_of(t, "total ", memory).find(gib_text(params / 2 + kv_cache + state)), std::string::npos) << t;
 }
 
 TEST(DeploymentJson, RoundTripsAndRejectsBadValues) {

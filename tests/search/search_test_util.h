@@ -1,8 +1,12 @@
 // Shared by the search tests: the published configs and a tiny hand-checkable
-// one, and the paper's deployment.
+// one, transformers' parameter counts of them, and the paper's deployment.
 #pragma once
 
+#include <fstream>
+#include <stdexcept>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "minipuzzle/memory_model.h"
 #include "minipuzzle/model_config.h"
@@ -12,6 +16,34 @@ namespace minipuzzle::test {
 inline ModelConfig reference_config(const std::string& name) {  // "8b", "47b", "56b"
   return ModelConfig::load(std::string(MINIPUZZLE_SOURCE_DIR) + "/tests/search/configs/nemotron-h-" + name +
                            ".config.json");
+}
+
+// Any config of tests/search/configs by its file stem ("nemotron-nano-9b-v2").
+inline ModelConfig published_config(const std::string& stem) {
+  return ModelConfig::load(std::string(MINIPUZZLE_SOURCE_DIR) + "/tests/search/configs/" + stem + ".config.json");
+}
+
+// transformers' own count of a config's parameters (NemotronHForCausalLM on
+// the meta device), per module group: an outside reference for ours.
+// Regenerate with tests/search/make_transformers_counts.py.
+inline ParamCounts transformers_counts(const std::string& key) {  // "nemotron-h-56b", ...
+  const std::string path = std::string(MINIPUZZLE_SOURCE_DIR) + "/tests/search/transformers_param_counts.json";
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  const nlohmann::json all = nlohmann::json::parse(in);
+  const nlohmann::json& j = all.at("configs").at(key);
+  ParamCounts p;
+  p.embeddings = j.at("embeddings");
+  p.lm_head = j.at("lm_head");
+  p.final_norm = j.at("final_norm");
+  p.per_mamba_layer = j.at("per_mamba_layer");
+  p.per_attention_layer = j.at("per_attention_layer");
+  p.per_mlp_layer = j.at("per_mlp_layer");
+  p.mamba = j.at("mamba");
+  p.attention = j.at("attention");
+  p.mlp = j.at("mlp");
+  p.total = j.at("total");
+  return p;
 }
 
 // D=64, V=100, "M*-M", Mamba 4 heads x 8, state 16, 2 groups, conv 4;
