@@ -35,17 +35,22 @@
 //
 // Activations (training_activations.h): the blocks' saved tensors for one
 // micro-batch, or with activation checkpointing every block's input plus
-// one block's recompute; the backward scratch of the widest block; the
-// online teacher's final hidden states, which live through the student's
-// pass. They do not depend on N (each rank runs its own micro-batch).
+// one block's recompute; each block's forward transient and backward
+// scratch, walked layer by layer for the highest point of the forward and
+// of the backward; the online teacher's final hidden states, which live
+// through the student's forward and the loss. They do not depend on N
+// (each rank runs its own micro-batch).
 //
-// Peak: the persistent state plus the largest of three phases that do not
-// overlap: forward/backward (activations + KD loss + a teacher-cache
-// batch), the end of the step's backward (communication buckets: by then
-// the activations are freed), and the optimizer step's scratch (the
+// Peak: the persistent state plus the largest of phases that do not
+// overlap: the micro-batch (the largest of the teacher's forward, the
+// student's forward, the KD loss and the backward, plus a teacher-cache
+// batch: step_peak), the end of the step's backward (communication buckets:
+// by then the activations are freed), and the optimizer step's scratch (the
 // reference AdamW's fp32 temporaries of the largest tensor; none for the
-// fused CUDA kernel). The CUDA context, NCCL's own buffers and allocator
-// fragmentation are not counted: give --device-memory some headroom.
+// fused CUDA kernel). On the CPU the micro-batch's figure is within 3% of
+// what LibTorch's allocator holds (tests/distill/activation_memory_test.cpp).
+// The CUDA context, NCCL's own buffers and allocator fragmentation are not
+// counted: give --device-memory some headroom.
 #pragma once
 
 #include <cstdint>

@@ -55,14 +55,25 @@ int world_size_of(const po::variables_map& vm) {
   return n;
 }
 
-// k of a teacher cache, from its cache.json alone (the shards are not needed to plan).
-int64_t cache_top_k(const std::string& dir) {
+// k of a teacher cache, from its cache.json alone (the shards are not needed
+// to plan), checked against the student's vocabulary as the trainer will.
+int64_t cache_top_k(const std::string& dir, int64_t student_vocab) {
   const fs::path file = fs::path(dir) / "cache.json";
   const nlohmann::json j = parse_json_lenient(read_file(file), file.string());
-  if (!j.is_object() || j.value("format", "") != "minipuzzle-teacher-cache" || !j.contains("k") ||
-      !j["k"].is_number_integer() || j["k"].get<int64_t>() < 1)
-    throw InputError(fmt::format("--teacher-cache {}: cache.json is not a teacher cache with a positive \"k\"", dir));
-  return j["k"].get<int64_t>();
+  auto integer = [](const nlohmann::json& o, const char* key) {
+    return o.is_object() && o.contains(key) && o[key].is_number_integer() ? o[key].get<int64_t>() : int64_t{0};
+  };
+  const nlohmann::json none;
+  const nlohmann::json& id = j.is_object() && j.contains("identity") ? j["identity"] : none;
+  const int64_t k = integer(id, "k");
+  const int64_t vocab = integer(id.is_object() && id.contains("teacher") ? id["teacher"] : none, "vocab_size");
+  if (!j.is_object() || j.value("format", "") != "minipuzzle-teacher-cache" || k < 1 || vocab < 1)
+    throw InputError(fmt::format("--teacher-cache {}: cache.json is not a teacher cache (identity.k, "
+                                 "identity.teacher.vocab_size)",
+                                 dir));
+  if (vocab != student_vocab)
+    throw InputError(fmt::format("--teacher-cache {}: teacher vocab {} != student vocab {}", dir, vocab, student_vocab));
+  return k;
 }
 
 // The ops the trainer will run, as kernel_dispatch.h chooses them.
@@ -78,7 +89,8 @@ TrainingJob job_of(const po::variables_map& vm) {
   TrainingJob job;
   job.student = ModelConfig::load(vm["student"].as<std::string>());
   if (vm.count("teacher")) job.teacher = ModelConfig::load(vm["teacher"].as<std::string>());
-  if (vm.count("teacher-cache")) job.cache_top_k = cache_top_k(vm["teacher-cache"].as<std::string>());
+  if (vm.count("teacher-cache"))
+    job.cache_top_k = cache_top_k(vm["teacher-cache"].as<std::string>(), job.student.vocab_size);
   job.seq_len = vm["seq-len"].as<int64_t>();
   job.micro_batch = vm["micro-batch"].as<int64_t>();
   job.activation_checkpointing = vm["activation-checkpointing"].as<bool>();

@@ -159,3 +159,21 @@ def test_refusals(work, tmp_path):
     one_line_exit_2(r, "smallest shard level that fits at 1 rank: no level fits")
     # Enough memory: the run goes ahead.
     nt.run_cli(*run_args(work, tmp_path / "ok", "--device-memory", "1GiB"))
+
+
+def test_a_teacher_cache_replaces_the_teachers_weights_and_output(work, tmp_path):
+    cache = tmp_path / "cache"
+    nt.run_cli("teacher-logits", work["teacher"], "--data", work["data"], "--top-k", 8, "--out", cache,
+               "--seq-len", 32, "--windows", 16)
+    j = json.loads(nt.run_cli("distill", "--plan", "--json", "--teacher-cache", cache, "--student", work["student"],
+                              *shape_args()).stdout)
+    assert j["teacher"] is None and j["teacher_cache"]["k"] == 8
+    b = j["bytes"]
+    assert b["teacher_weights"] == 0 and j["activations"]["teacher_hidden"] == 0
+    assert b["teacher_cache_batch"] == 2 * 32 * (8 * (4 + 8) + 4)  # fp32 values, int64 ids, fp32 rest per token
+    run = tmp_path / "run"
+    nt.run_cli("distill", "--teacher-cache", cache, "--student", work["student"], "--data", work["data"], "--out", run,
+               "--steps", 2, *shape_args(), "--global-batch", 4, "--eval-tokens", 64)
+    assert_matches(first_state_bytes(run)[0], b)
+    one_line_exit_2(nt.run_cli("distill", "--plan", "--teacher-cache", tmp_path, "--student", work["student"],
+                               check=False), "cache.json")
