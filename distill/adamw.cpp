@@ -72,6 +72,16 @@ void AdamW::zero_grad() {
   if (!grads.empty()) at::_foreach_zero_(grads);
 }
 
+AdamW::StateBytes AdamW::state_bytes() const {
+  StateBytes b;
+  const AdamWTensors& t = update_.tensors();
+  for (std::size_t i = 0; i < t.params.size(); ++i) {
+    if (!t.masters[i].is_same(t.params[i])) b.master += static_cast<int64_t>(t.masters[i].nbytes());
+    b.moments += static_cast<int64_t>(t.exp_avgs[i].nbytes() + t.exp_avg_sqs[i].nbytes());
+  }
+  return b;
+}
+
 AdamW::State AdamW::snapshot() const {
   State s;
   s.step = step_;

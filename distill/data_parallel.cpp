@@ -26,6 +26,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -249,8 +250,10 @@ void DataParallel::all_reduce_gradients(std::vector<torch::Tensor>& params) {
     grads.push_back(p.grad());
   }
   const double scale = 1.0 / env_.world_size;
+  last_bucket_buffer_bytes_ = 0;
   for (const auto& b : make_buckets(grads, options_.bucket_bytes)) {
     torch::Tensor flat = flatten(b, b.tensors.front().device());
+    last_bucket_buffer_bytes_ = std::max(last_bucket_buffer_bytes_, static_cast<int64_t>(flat.nbytes()));
     start_sum(flat)();
     flat.mul_(scale);
     unflatten(b, flat);

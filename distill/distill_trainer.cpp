@@ -30,6 +30,7 @@
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/token_windows.h"
 #include "minipuzzle/window_order.h"
+#include "rank_state_bytes.h"
 
 namespace minipuzzle {
 namespace fs = std::filesystem;
@@ -516,6 +517,10 @@ DistillSummary run_distillation_in(const DistillOptions& o,
                 {"tokens", tokens},         {"seconds", seconds},    {"tokens_per_second", (tokens - tokens_at_start) / std::max(seconds, 1e-9)}};
     // This step's peak on the accelerator: teacher + student + activations + optimizer.
     if (const auto peak = device_peak_allocated_bytes(device)) rec["device_peak_bytes"] = *peak;
+    // What each rank holds, by the planner's kinds (`distill --plan`), in the
+    // run's first step record (a resumed run keeps that record).
+    if (step == 0)
+      rec["state_bytes"] = rank_state_bytes(teacher ? &teacher : nullptr, student, optimizer, sync.buffer_bytes(), dp);
     log(rec);
     status.step = step + 1;
     status.tokens = tokens;

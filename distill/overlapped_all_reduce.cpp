@@ -106,6 +106,7 @@ void OverlappedAllReduce::finish() {
   if (!state_) {
     std::vector<torch::Tensor> params = params_;
     dp_.all_reduce_gradients(params);
+    buffer_bytes_ = dp_.last_bucket_buffer_bytes();
     return;
   }
   for (const auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
@@ -133,6 +134,8 @@ void OverlappedAllReduce::finish() {
     s.flat[i].mul_(scale);
     unflatten(grads_of(s.buckets[i]), s.flat[i]);
   }
+  buffer_bytes_ = 0;
+  for (const auto& f : s.flat) buffer_bytes_ += static_cast<int64_t>(f.nbytes());
 }
 
 }  // namespace minipuzzle

@@ -133,7 +133,7 @@ build() {
     echo "gpu_check: configure failed; a missing package? run tools/gpu_deps.sh here and carry .gpu-deps"
     return 2
   }
-  cmake --build "$ROOT/build-gpu" -j "$(nproc)" --target kernels_test model_test distill_trainer \
+  cmake --build "$ROOT/build-gpu" -j "$(nproc)" --target kernels_test model_test distill_trainer distill_activation_memory \
     distill_teacher_cache minipuzzle bench_kernels
 }
 export ROOT PY PREFIX ARCHS

@@ -43,6 +43,12 @@ class AdamW {
   void zero_grad();
   int64_t steps() const { return step_; }
   static bool decays(const std::string& name, const torch::Tensor& p);
+  // Bytes of the fp32 masters (those that are not the parameters
+  // themselves) and of the two moments.
+  struct StateBytes {
+    int64_t master = 0, moments = 0;
+  };
+  StateBytes state_bytes() const;
 
   void save(const std::filesystem::path& file) const;  // atomic
   // save() in two halves: the state copied to the host now, written later

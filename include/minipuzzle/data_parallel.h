@@ -124,6 +124,9 @@ class DataParallel {
   // reduces the same layout). Buckets of ~bucket_bytes, reduced in fp32 even
   // for bf16/fp16 grads (then rounded back once).
   void all_reduce_gradients(std::vector<torch::Tensor>& params);
+  // Bytes of the largest fp32 bucket buffer the last all_reduce_gradients
+  // held (one at a time): what the planner's `buckets` counts without overlap.
+  int64_t last_bucket_buffer_bytes() const { return last_bucket_buffer_bytes_; }
   // Starts summing `flat` (one tensor, in place) over ranks and returns
   // what waits for it (throws as the blocking collectives do). Every rank
   // must start the same sums in the same order.
@@ -144,6 +147,7 @@ class DataParallel {
   DataParallelOptions options_;
   torch::Device device_;
   std::unique_ptr<Impl> impl_;
+  int64_t last_bucket_buffer_bytes_ = 0;
 };
 
 // Whether this build can use NCCL for CUDA tensors.

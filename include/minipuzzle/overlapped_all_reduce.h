@@ -39,6 +39,10 @@ class OverlappedAllReduce {
   // Starts what backward did not, waits for every sum and writes the means
   // into .grad(); removes the hooks. Without arm(): the plain all-reduce.
   void finish();
+  // Bytes of the fp32 bucket buffers the last finish() held at once: every
+  // bucket's when armed (they live until the means are written back), one
+  // bucket's otherwise; 0 for one rank. The rank's `buckets` state.
+  int64_t buffer_bytes() const { return buffer_bytes_; }
 
   struct State;
 
@@ -46,6 +50,7 @@ class OverlappedAllReduce {
   DataParallel& dp_;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<State> state_;
+  int64_t buffer_bytes_ = 0;
 };
 
 }  // namespace minipuzzle

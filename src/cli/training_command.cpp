@@ -12,6 +12,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "distill_plan.h"
 #include "training_command.h"
 #include "minipuzzle/distill_trainer.h"
 #include "minipuzzle/errors.h"
@@ -53,7 +54,11 @@ int run_training_command(const Args& args, bool from_scratch) {
       "       [--steps N | --tokens N] [--seq-len N] [--micro-batch N] [--global-batch N] [--lr X] [--min-lr X]\n"
       "       [--warmup N] [--schedule cosine|wsd|constant]" +
       (from_scratch ? "" : " [--loss forward_kl|reverse_kl|jsd] [--temperature T] [--ce-weight W]") +
-      "\n       [--eval-every N] [--save-every N] [--keep-last N] [--resume]";
+      "\n       [--eval-every N] [--save-every N] [--keep-last N] [--resume]" +
+      (from_scratch ? "" : "\n       [--world-size N] [--shard LEVEL] [--device-memory SIZE]\n"
+                           "   or: minipuzzle distill --plan (--teacher DIR | --teacher-cache DIR) --student DIR "
+                           "[--world-size N] [--shard LEVEL] [--seq-len N] [--micro-batch N] [--device-memory SIZE] "
+                           "[--json]");
   po::options_description opts("options");
   // The teacher's options exist for distill only: train refuses them as unknown.
   if (!from_scratch)
@@ -96,9 +101,11 @@ int run_training_command(const Args& args, bool from_scratch) {
       ("no-overlap-all-reduce", po::bool_switch(),
        "data-parallel: all-reduce the gradients after backward instead of during it (same result)")
       ("stop-at-step", po::value<int64_t>()->default_value(0), "stop after this step as if interrupted (time-boxed runs, tests)");
+  if (!from_scratch) add_plan_options(opts);
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_args(usage, args, opts, pos, vm)) return 0;
+  if (!from_scratch && plan_requested(vm)) return print_distill_plan(vm);
   for (const char* k : {"student", "data", "out"}) require(vm, k, usage);
   if (!from_scratch && !vm.count("teacher") && !vm.count("teacher-cache"))
     throw InputError("give --teacher, --teacher-cache or both");
@@ -160,6 +167,8 @@ int run_training_command(const Args& args, bool from_scratch) {
 
   const int64_t hold = hold_after_step();
 
+  // Before anything loads: a job that cannot run here is refused in seconds.
+  if (!from_scratch) check_distill_plan(vm);
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
   DistillSummary s;

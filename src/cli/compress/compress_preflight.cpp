@@ -7,6 +7,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "../distill_plan.h"
 #include "compress_stages.h"
 #include "local_processes.h"
 #include "minipuzzle/atomic_file.h"
@@ -220,6 +221,21 @@ int print_dry_run(const CompressJob& job) {
                                          k.count(LayerType::Mlp)),
                              k.intermediate_size, k.hidden_size, format_bytes(c.memory.weights),
                              format_bytes(c.memory.kv_cache), format_bytes(c.memory.state()));
+  }
+
+  // What each distillation rank holds, for the largest candidate shown.
+  if (!result.candidates.empty()) {
+    const Candidate* largest = &result.candidates.front();
+    for (const Candidate& c : result.candidates)
+      if (c.params.total > largest->params.total) largest = &c;
+    std::cout << fmt::format("distillation memory per rank (rank {}, the largest candidate; {} process{}, {}, "
+                             "seq-len {} x micro-batch {}{}; `minipuzzle distill --plan` for the table):\n  {}\n",
+                             largest->rank, j.distill.processes, j.distill.processes == 1 ? "" : "es", j.dtype,
+                             j.distill.seq_len, j.distill.micro_batch,
+                             j.distill.activation_checkpointing ? ", activation checkpointing" : "",
+                             distill_plan_line(parent, largest->config, static_cast<int>(j.distill.processes),
+                                               j.distill.seq_len, j.distill.micro_batch,
+                                               j.distill.activation_checkpointing, j.dtype, j.device));
   }
 
   // FLOPs per stage (teacher forward Ft, mean candidate forward Fs).

@@ -1,0 +1,25 @@
+// The bytes of the training state each rank actually holds, by the kinds of
+// the distillation planner (training_memory_plan.h), for metrics.jsonl's
+// `state_bytes`: the planner's figures are checked against these (internal
+// to distill/).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include "minipuzzle/adamw.h"
+#include "minipuzzle/data_parallel.h"
+#include "minipuzzle/hybrid_lm.h"
+
+namespace minipuzzle {
+
+// [{"rank": 0, "teacher_weights": B, "student_weights": B, "gradients": B,
+//   "master": B, "moments": B, "buckets": B}, ...] in rank order: each kind
+// is the sum of numel x element size of the tensors of that kind on that
+// rank (buckets: the fp32 bucket buffers the step's all-reduce held at
+// once). A collective: every rank must call it at the same point.
+nlohmann::json rank_state_bytes(HybridLM* teacher, HybridLM& student, const AdamW& optimizer, int64_t bucket_bytes,
+                                DataParallel& dp);
+
+}  // namespace minipuzzle
