@@ -249,8 +249,10 @@ TEST(EmulatedKernels, ForwardKlLossGradientAndArgmax) {
       });
       expect_close(kl, ref.kl, 2e-5, 2e-5, what + " kl");
       // Reverse KL and JSD subtract the divergence (a difference of log-sum-exps) from
-      // each entry: fp32 rounding of about 1e-6 there, against gradients of about 0.03.
-      const double fp32_rtol = loss == KdLoss::ForwardKl ? 1e-5 : 1e-4;
+      // each entry: fp32 rounding of a few 1e-6 there, against gradients of about 0.03.
+      // The reference's exp/log are LibTorch's vectorised ones, whose last bits differ
+      // between CPUs: 1.3e-4 relative was seen on an AMD EPYC at V 5000 (2026-12-06).
+      const double fp32_rtol = loss == KdLoss::ForwardKl ? 1e-5 : 3e-4;
       expect_close(grad, ref.grad, 1e-7, c.student == torch::kFloat32 ? fp32_rtol : 1e-2, what + " grad");
       EXPECT_TRUE(torch::equal(s_arg, ref.student_argmax)) << what;
       EXPECT_TRUE(torch::equal(t_arg, ref.teacher_argmax)) << what;
