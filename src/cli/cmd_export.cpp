@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "minipuzzle/checkpoint_rewrite.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/hybrid_lm.h"
 
 namespace minipuzzle::cli {
 
