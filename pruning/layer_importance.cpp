@@ -78,8 +78,8 @@ void LayerImportance::add_batch(HybridLM& model, const torch::Tensor& inputs, co
       if (metrics_.mse) mse_batch.push_back((dropped.to(torch::kFloat32) - full32).square().sum().to(torch::kDouble));
       if (metrics_.needs_logits()) {
         const LogitComparison c = full_logprobs.defined()
-                                      ? compare_logits(full_logprobs, model, dropped, targets)
-                                      : compare_logits(model, full, model, dropped, targets);
+                                      ? compare_logits(full_logprobs, model, dropped, targets, &scratch_)
+                                      : compare_logits(model, full, model, dropped, targets, &scratch_);
         kl_[i] += c.kl_sum;
         loss_[i] += c.ce_other_sum - c.ce_reference_sum;
         if (!have_full_loss) full_loss_ += c.ce_reference_sum;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "minipuzzle/hybrid_lm.h"
+#include "minipuzzle/logit_comparison.h"
 
 namespace minipuzzle {
 
@@ -52,6 +53,8 @@ class LayerImportance {
   std::vector<double> mse_, kl_, loss_, bi_;
   double full_loss_ = 0;
   uint64_t tokens_ = 0, elements_ = 0;
+  // One set of logit buffers for every dropped layer of every batch.
+  LogitScratch scratch_;
 };
 
 }  // namespace minipuzzle

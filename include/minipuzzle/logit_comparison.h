@@ -5,7 +5,7 @@
 //
 // Works from the final normed hidden states and the models' LM heads, in
 // chunks of tokens, so [tokens x vocab] fp32 logits of both models are
-// never in memory at once (at most ~64 MB per model per chunk).
+// never in memory at once (~64 MB per buffer per chunk, in a LogitScratch).
 #pragma once
 
 #include <torch/torch.h>
@@ -27,16 +27,33 @@ struct LogitComparison {
   LogitComparison& operator+=(const LogitComparison& o);
 };
 
+// The chunk-sized [rows, V] fp32 buffers a comparison works in, kept for
+// as long as this lives. Each is ~64 MB, over glibc's largest mmap threshold
+// (32 MiB): a fresh tensor per chunk would be a fresh mapping whose pages
+// fault in (zeroed by the kernel) again every time, which is where layer
+// scoring, one comparison per dropped layer, spent its system time.
+class LogitScratch {
+ public:
+  // Buffer `slot` (0..3) viewed as [rows, vocab] on `device`.
+  torch::Tensor view(int slot, int64_t rows, int64_t vocab, const torch::Device& device);
+
+ private:
+  torch::Tensor buffers_[4];
+};
+
 // normed_*: [..., D] outputs of final_norm of each model (same leading
 // shape); targets: [...] int64 next tokens. `reference` and `other` may be
 // the same model (layer scoring) or different widths (pruned vs parent).
+// Without `scratch`, the buffers live for this call only.
 LogitComparison compare_logits(HybridLM& reference, const torch::Tensor& normed_reference, HybridLM& other,
-                               const torch::Tensor& normed_other, const torch::Tensor& targets);
+                               const torch::Tensor& normed_other, const torch::Tensor& targets,
+                               LogitScratch* scratch = nullptr);
 
 // The same with the reference's log-probabilities given ([N, V] fp32, N =
 // number of target tokens): callers comparing many models against one
 // reference (layer scoring) compute them once.
 LogitComparison compare_logits(const torch::Tensor& reference_logprobs, HybridLM& other,
-                               const torch::Tensor& normed_other, const torch::Tensor& targets);
+                               const torch::Tensor& normed_other, const torch::Tensor& targets,
+                               LogitScratch* scratch = nullptr);
 
 }  // namespace minipuzzle
