@@ -70,17 +70,24 @@ torch::Tensor BatchAccumulator::result(BatchAggregation a) const {
 
 WidthStatistics::WidthStatistics(HybridLM& model, Aggregation aggregation)
     : cfg_(model->config()), agg_(aggregation) {
-  torch::NoGradGuard no_grad;
   const auto params = model->named_parameters();
   for (int64_t i = 0; i < cfg_.num_layers(); ++i) {
     if (cfg_.layer_type(i) != LayerType::Attention) continue;
     const auto* w = params.find(fmt::format("backbone.layers.{}.mixer.o_proj.weight", i));
     if (!w) throw std::logic_error(fmt::format("model has no o_proj in attention layer {}", i));
-    // [D, heads*hd] -> per head W_h [D, hd]; G_h = W_h^T W_h, so that
-    // ||W_h o||^2 = o^T G_h o costs hd^2 per head and token instead of D*hd.
-    auto wh = w->to(torch::kFloat64).reshape({cfg_.hidden_size, cfg_.num_attention_heads, cfg_.head_dim});
-    o_proj_gram_[i] = torch::einsum("dhk,dhj->hkj", {wh, wh});  // on the model's device, as w
+    // The parameter itself, not its values: a streamed model's weights
+    // exist only while their block runs, which is when it is observed.
+    o_proj_[i] = *w;
   }
+}
+
+const torch::Tensor& WidthStatistics::o_proj_gram(int64_t layer) {
+  auto it = o_proj_gram_.find(layer);
+  if (it != o_proj_gram_.end()) return it->second;
+  // [D, heads*hd] -> per head W_h [D, hd]; G_h = W_h^T W_h, so that
+  // ||W_h o||^2 = o^T G_h o costs hd^2 per head and token instead of D*hd.
+  auto wh = o_proj_.at(layer).to(torch::kFloat64).reshape({cfg_.hidden_size, cfg_.num_attention_heads, cfg_.head_dim});
+  return o_proj_gram_[layer] = torch::einsum("dhk,dhj->hkj", {wh, wh});  // on the model's device, as w
 }
 
 void WidthStatistics::observe(ObservePoint point, int64_t layer, const torch::Tensor& value) {
@@ -93,7 +100,7 @@ void WidthStatistics::observe(ObservePoint point, int64_t layer, const torch::Te
     case ObservePoint::MambaX: per_token = value; break;
     case ObservePoint::AttentionHeads: {
       auto o = value.to(torch::kFloat64);
-      const auto& g = o_proj_gram_.at(layer);
+      const auto& g = o_proj_gram(layer);
       per_token = torch::einsum("blhk,hkj,blhj->blh", {o, g, o}).clamp_min(0.0).sqrt();
       break;
     }

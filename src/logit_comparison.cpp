@@ -6,53 +6,8 @@ namespace minipuzzle {
 
 namespace {
 
-// Tokens per chunk: [rows, V] fp32 is 64 MB whatever the vocabulary.
-int64_t chunk_rows(int64_t vocab) { return std::max<int64_t>(1, (int64_t{1} << 24) / vocab); }
-
 // Slots of LogitScratch.
 constexpr int kLogits = 0, kOther = 1, kDifference = 2, kReference = 3;
-
-// Sums over chunks kept on the models' device, read once per call (on a GPU
-// the host then queues every chunk without waiting for any).
-class DeviceSums {
- public:
-  explicit DeviceSums(const torch::Device& device)
-      : sums_(torch::zeros({5}, torch::TensorOptions().dtype(torch::kDouble).device(device))) {}
-
-  // One chunk of tokens: log-probabilities of both models [n, V], targets [n];
-  // `work` and `difference` are free [n, V] buffers. The KL terms are
-  // exp(lp) * (lp - lq) as one expression would compute them, so the sums
-  // keep their bits.
-  void add_chunk(const torch::Tensor& lp, const torch::Tensor& lq, const torch::Tensor& tt, torch::Tensor work,
-                 torch::Tensor difference) {
-    const auto greedy = lq.argmax(-1);
-    at::exp_out(work, lp);
-    at::sub_out(difference, lp, lq);
-    work.mul_(difference);
-    sums_ += torch::stack({work.sum().to(torch::kDouble),
-                           -lp.gather(1, tt.unsqueeze(1)).sum().to(torch::kDouble),
-                           -lq.gather(1, tt.unsqueeze(1)).sum().to(torch::kDouble),
-                           greedy.eq(tt).sum().to(torch::kDouble), greedy.eq(lp.argmax(-1)).sum().to(torch::kDouble)});
-    tokens_ += static_cast<uint64_t>(tt.numel());
-  }
-
-  LogitComparison result() const {
-    const auto h = sums_.cpu();
-    const auto a = h.accessor<double, 1>();
-    LogitComparison r;
-    r.kl_sum = a[0];
-    r.ce_reference_sum = a[1];
-    r.ce_other_sum = a[2];
-    r.other_correct = static_cast<uint64_t>(a[3]);
-    r.agree = static_cast<uint64_t>(a[4]);
-    r.tokens = tokens_;
-    return r;
-  }
-
- private:
-  torch::Tensor sums_;
-  uint64_t tokens_ = 0;
-};
 
 // model->lm_head(normed) written into `out`: the same slices as
 // lm_head_logits, so the same bits, without a fresh vocabulary-wide tensor.
@@ -77,6 +32,38 @@ torch::Tensor logprobs_into(HybridLM& model, const torch::Tensor& normed, LogitS
 }
 
 }  // namespace
+
+int64_t comparison_chunk_rows(int64_t vocab) { return std::max<int64_t>(1, (int64_t{1} << 24) / vocab); }
+
+ComparisonSums::ComparisonSums(const torch::Device& device)
+    : sums_(torch::zeros({5}, torch::TensorOptions().dtype(torch::kDouble).device(device))) {}
+
+void ComparisonSums::add_chunk(const torch::Tensor& lp, const torch::Tensor& lq, const torch::Tensor& tt,
+                               torch::Tensor work, torch::Tensor difference) {
+  const auto greedy = lq.argmax(-1);
+  // The KL terms are exp(lp) * (lp - lq) as one expression would compute
+  // them, so the sums keep their bits.
+  at::exp_out(work, lp);
+  at::sub_out(difference, lp, lq);
+  work.mul_(difference);
+  sums_ += torch::stack({work.sum().to(torch::kDouble), -lp.gather(1, tt.unsqueeze(1)).sum().to(torch::kDouble),
+                         -lq.gather(1, tt.unsqueeze(1)).sum().to(torch::kDouble),
+                         greedy.eq(tt).sum().to(torch::kDouble), greedy.eq(lp.argmax(-1)).sum().to(torch::kDouble)});
+  tokens_ += static_cast<uint64_t>(tt.numel());
+}
+
+LogitComparison ComparisonSums::result() const {
+  const auto h = sums_.cpu();
+  const auto a = h.accessor<double, 1>();
+  LogitComparison r;
+  r.kl_sum = a[0];
+  r.ce_reference_sum = a[1];
+  r.ce_other_sum = a[2];
+  r.other_correct = static_cast<uint64_t>(a[3]);
+  r.agree = static_cast<uint64_t>(a[4]);
+  r.tokens = tokens_;
+  return r;
+}
 
 torch::Tensor LogitScratch::view(int slot, int64_t rows, int64_t vocab, const torch::Device& device) {
   torch::Tensor& b = buffers_[slot];
@@ -105,8 +92,8 @@ LogitComparison compare_logits(HybridLM& reference, const torch::Tensor& normed_
   auto a = normed_reference.reshape({-1, normed_reference.size(-1)});
   auto b = normed_other.reshape({-1, normed_other.size(-1)});
   auto t = targets.reshape({-1});
-  const int64_t rows = chunk_rows(vocab);
-  DeviceSums sums(b.device());
+  const int64_t rows = comparison_chunk_rows(vocab);
+  ComparisonSums sums(b.device());
   for (int64_t start = 0; start < a.size(0); start += rows) {
     const int64_t len = std::min(rows, a.size(0) - start);
     const auto lp = logprobs_into(reference, a.narrow(0, start, len), s, kReference);
@@ -126,8 +113,8 @@ LogitComparison compare_logits(const torch::Tensor& reference_logprobs, HybridLM
   const int64_t vocab = reference_logprobs.size(-1);
   auto b = normed_other.reshape({-1, normed_other.size(-1)});
   auto t = targets.reshape({-1});
-  const int64_t rows = chunk_rows(vocab);
-  DeviceSums sums(b.device());
+  const int64_t rows = comparison_chunk_rows(vocab);
+  ComparisonSums sums(b.device());
   for (int64_t start = 0; start < b.size(0); start += rows) {
     const int64_t len = std::min(rows, b.size(0) - start);
     const auto lq = logprobs_into(other, b.narrow(0, start, len), s, kOther);

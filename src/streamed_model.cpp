@@ -85,8 +85,9 @@ ResidencyPlan plan_residency(const ModelConfig& c, torch::ScalarType dtype, cons
   // the mixer derives from it, a copy in fp32 for the norms) and its fp32
   // logits with one temporary of their size (softmax, argmax).
   const int64_t widest = std::max({c.mamba_in_proj_dim(), c.intermediate_size, c.attention_q_dim(), c.hidden_size});
-  p.working_bytes = tokens * static_cast<uint64_t>(4 * widest * elem + 2 * c.vocab_size * 4);
-  p.activation_bytes_per_batch = tokens * static_cast<uint64_t>(c.hidden_size * elem);
+  p.working_bytes = tokens * static_cast<uint64_t>(4 * widest * elem + 2 * c.vocab_size * 4) + o.extra_working_bytes;
+  p.activation_bytes_per_batch =
+      tokens * static_cast<uint64_t>(c.hidden_size * elem) * static_cast<uint64_t>(std::max<int64_t>(o.states_per_batch, 1));
   uint64_t cap = o.max_device_memory.value_or(device_total_memory(device));
   p.cap_bytes = o.max_device_memory ? cap : 0;
   if (cap == 0 || p.weight_bytes + p.working_bytes <= cap) return p;
@@ -290,59 +291,99 @@ void ForwardModel::forward_hidden(const std::vector<torch::Tensor>& batches, con
 
 void ForwardModel::run_group(const std::vector<torch::Tensor>& batches, size_t first, size_t count,
                              const LogitsSink* logits_sink, const HiddenSink* hidden_sink) {
-  Stream& s = *stream_;
-  const ModelConfig& c = model_->config();
-  const int64_t layers = c.num_layers();
-  s.drop_head();  // a head held from the last pass gives its room back to the blocks
-  if (layers > 0) s.prefetch(0);  // block 0 reads while the embedding rows do
-
-  // Embeddings: only the rows of the tokens in this group (a gather, so the
-  // same values as indexing the whole table).
-  std::vector<torch::Tensor> h(count);
-  {
-    std::vector<torch::Tensor> flat;
-    for (size_t k = 0; k < count; ++k) flat.push_back(batches[first + k].reshape({-1}).to(torch::kCPU));
-    auto [rows, inverse, counts] = at::_unique2(torch::cat(flat), /*sorted=*/true, /*return_inverse=*/true);
-    const uint64_t row_bytes = static_cast<uint64_t>(c.hidden_size) * c10::elementSize(s.dtype);
-    s.hold(static_cast<uint64_t>(rows.numel()) * row_bytes);
-    auto table = to_device_async(s.reader->read_rows(kEmbeddings, rows, s.dtype), s.device);
-    inverse = to_device_async(inverse, s.device);
-    int64_t offset = 0;
-    for (size_t k = 0; k < count; ++k) {
-      const auto& b = batches[first + k];
-      h[k] = torch::embedding(table, inverse.narrow(0, offset, b.numel()).reshape(b.sizes()));
-      offset += b.numel();
-    }
-    table = torch::Tensor();
-    s.held -= static_cast<uint64_t>(rows.numel()) * row_bytes;
-  }
-
-  for (int64_t i = 0; i < layers; ++i) {
-    s.materialise(i);
-    s.prefetch(i + 1);
+  std::vector<torch::Tensor> h = embed(batches, first, count);
+  for_each_block([&](int64_t i) {
     auto block = model_->layer(i);
-    for (size_t k = 0; k < count; ++k) h[k] = block->forward(h[k], model_->observers());
-    s.release(i, model_);
-  }
-
+    for (auto& x : h) x = block->forward(x, model_->observers());
+  });
   std::vector<torch::Tensor> normed(count);
   for (size_t k = 0; k < count; ++k) normed[k] = model_->final_norm(h[k]);
   h.clear();
   for (size_t k = 0; k < count; ++k) {
     if (hidden_sink) (*hidden_sink)(first + k, normed[k]);
-    if (logits_sink) (*logits_sink)(first + k, streamed_head(normed[k]));
+    if (logits_sink) (*logits_sink)(first + k, head_logits(normed[k]));
+  }
+}
+
+std::vector<torch::Tensor> ForwardModel::embed(const std::vector<torch::Tensor>& batches, size_t first,
+                                               size_t count) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> h(count);
+  if (!stream_) {
+    for (size_t k = 0; k < count; ++k) h[k] = model_->embed(batches[first + k]);
+    return h;
+  }
+  Stream& s = *stream_;
+  const ModelConfig& c = model_->config();
+  s.drop_head();  // a head held from the last pass gives its room back to the blocks
+  if (c.num_layers() > 0) s.prefetch(0);  // block 0 reads while the embedding rows do
+  // Only the rows of the tokens in this group (a gather, so the same values
+  // as indexing the whole table).
+  std::vector<torch::Tensor> flat;
+  for (size_t k = 0; k < count; ++k) flat.push_back(batches[first + k].reshape({-1}).to(torch::kCPU));
+  auto [rows, inverse, counts] = at::_unique2(torch::cat(flat), /*sorted=*/true, /*return_inverse=*/true);
+  const uint64_t row_bytes = static_cast<uint64_t>(c.hidden_size) * c10::elementSize(s.dtype);
+  s.hold(static_cast<uint64_t>(rows.numel()) * row_bytes);
+  auto table = to_device_async(s.reader->read_rows(kEmbeddings, rows, s.dtype), s.device);
+  inverse = to_device_async(inverse, s.device);
+  int64_t offset = 0;
+  for (size_t k = 0; k < count; ++k) {
+    const auto& b = batches[first + k];
+    h[k] = torch::embedding(table, inverse.narrow(0, offset, b.numel()).reshape(b.sizes()));
+    offset += b.numel();
+  }
+  table = torch::Tensor();
+  s.held -= static_cast<uint64_t>(rows.numel()) * row_bytes;
+  return h;
+}
+
+void ForwardModel::for_each_block(const std::function<void(int64_t)>& visit) {
+  torch::NoGradGuard no_grad;
+  const int64_t layers = model_->config().num_layers();
+  if (!stream_) {
+    for (int64_t i = 0; i < layers; ++i) visit(i);
+    return;
+  }
+  Stream& s = *stream_;
+  s.drop_head();
+  for (int64_t i = 0; i < layers; ++i) {
+    s.materialise(i);
+    s.prefetch(i + 1);
+    visit(i);
+    s.release(i, model_);
   }
 }
 
 torch::Tensor ForwardModel::head_logits(const torch::Tensor& normed) {
   torch::NoGradGuard no_grad;
-  return stream_ ? streamed_head(normed) : model_->lm_head(normed);
+  if (!stream_) return model_->lm_head(normed);
+  std::vector<int64_t> shape = normed.sizes().vec();
+  shape.back() = model_->config().vocab_size;
+  torch::Tensor logits = torch::empty(shape, normed.options().dtype(torch::kFloat32));
+  for_each_head_slice([&](int64_t v0, const torch::Tensor& w) {
+    logits.narrow(-1, v0, w.size(0)).copy_(lm_head_logits(normed, w));
+  });
+  return logits;
 }
 
-torch::Tensor ForwardModel::streamed_head(const torch::Tensor& x) {
+bool ForwardModel::head_read_per_pass() const {
+  return stream_ && std::max<int64_t>(plan_.head_slice_rows / kLmHeadSliceRows, 1) * kLmHeadSliceRows <
+                        model_->config().vocab_size;
+}
+
+void ForwardModel::for_each_head_slice(const std::function<void(int64_t, const torch::Tensor&)>& visit) {
+  torch::NoGradGuard no_grad;
+  const int64_t V = model_->config().vocab_size;
+  auto visit_slices = [&](int64_t v_first, const torch::Tensor& w) {
+    for (int64_t r = 0; r < w.size(0); r += kLmHeadSliceRows)
+      visit(v_first + r, w.narrow(0, r, std::min(kLmHeadSliceRows, w.size(0) - r)));
+  };
+  if (!stream_) {
+    visit_slices(0, model_->lm_head_weights->weight);
+    return;
+  }
   Stream& s = *stream_;
   const ModelConfig& c = model_->config();
-  const int64_t V = c.vocab_size;
   // Pieces start at multiples of kLmHeadSliceRows (lm_head_logits' slices).
   const int64_t rows = std::max<int64_t>(plan_.head_slice_rows / kLmHeadSliceRows, 1) * kLmHeadSliceRows;
   const uint64_t row_bytes = static_cast<uint64_t>(c.hidden_size) * c10::elementSize(s.dtype);
@@ -352,25 +393,22 @@ torch::Tensor ForwardModel::streamed_head(const torch::Tensor& x) {
       s.hold(static_cast<uint64_t>(V) * row_bytes);
       s.head = to_device_async(s.reader->read(kLmHead, s.dtype), s.device);
     }
-    return lm_head_logits(x, s.head);
+    visit_slices(0, s.head);
+    return;
   }
   auto read_slice = [&](int64_t v0) {
     const int64_t n = std::min(rows, V - v0);
     s.hold(static_cast<uint64_t>(n) * row_bytes);
     return std::async(std::launch::async, [&s, v0, n] { return s.reader->read_rows(kLmHead, v0, n, s.dtype); });
   };
-  std::vector<int64_t> shape = x.sizes().vec();
-  shape.back() = V;
-  torch::Tensor logits = torch::empty(shape, x.options().dtype(torch::kFloat32));
-  // The next slice reads while this one multiplies.
+  // The next piece reads while this one multiplies.
   auto next = read_slice(0);
   for (int64_t v0 = 0; v0 < V; v0 += rows) {
     torch::Tensor w = to_device_async(next.get(), s.device);
     if (v0 + rows < V) next = read_slice(v0 + rows);
-    logits.narrow(-1, v0, w.size(0)).copy_(lm_head_logits(x, w));
+    visit_slices(v0, w);
     s.held -= static_cast<uint64_t>(w.size(0)) * row_bytes;
   }
-  return logits;
 }
 
 }  // namespace minipuzzle

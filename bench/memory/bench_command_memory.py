@@ -78,6 +78,20 @@ def make_model(python: str, out: Path, arch: dict, pattern: str) -> int:
     return sum(p.stat().st_size for p in out.glob("*.safetensors"))
 
 
+def score_result(work: Path, key: str, tag: str) -> dict:
+    """A score run's residency and weights held (importance.json), and for the
+    streamed run whether its scores equal the resident run's byte for byte."""
+    out = work / (f"s-{tag}-streamed" if key.endswith("_streamed") else f"s-{tag}")
+    prov = json.loads((out / "importance.json").read_text()).get("measured", {})
+    r = {"residency": prov.get("residency"), "weight_bytes_peak": prov.get("weight_bytes_peak")}
+    if key.endswith("_streamed"):
+        from safetensors.numpy import load_file
+        want, got = load_file(work / f"s-{tag}" / "importance.safetensors"), load_file(out / "importance.safetensors")
+        r["scores_identical_to_resident"] = sorted(want) == sorted(got) and all(
+            want[n].tobytes() == got[n].tobytes() for n in want)
+    return r
+
+
 def run_metadata() -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -88,7 +102,7 @@ def run_metadata() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--bin", default=str(ROOT / "build/src/cli/minipuzzle"))
+    ap.add_argument("--bin", default=str(ROOT / "build/bin/minipuzzle"))
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--scale", choices=SCALES, default="targets")
     ap.add_argument("--work", help="keep the checkpoints here (default: a temporary directory)")
@@ -118,6 +132,8 @@ def main() -> None:
 
         def commands(d: Path, tag: str):
             ev = [a.bin, "eval", str(d), "--data", str(data), "--seq-len", "256", "--max-tokens", "512", "--json"]
+            sc = [a.bin, "score", str(d), "--data", str(data), "--samples", "2", "--seq-len", "64", "--batch", "1",
+                  "--dtype", "fp32"]
             all_commands = {
                 "eval_bf16": ev + ["--dtype", "bf16"],
                 "eval_fp32": ev + ["--dtype", "fp32"],
@@ -125,19 +141,25 @@ def main() -> None:
                 "export_bf16": [a.bin, "export", str(d), "--out", str(work / f"x-bf16-{tag}"), "--dtype", "bf16"],
                 "export_fp8": [a.bin, "export", str(d), "--out", str(work / f"x-fp8-{tag}"), "--dtype", "fp8"],
                 "prune": [a.bin, "prune", str(d), "--set", "drop_layers=1", "--out", str(work / f"p-{tag}")],
+                # fp32: bf16 products are slow on this CPU (eval_bf16 180 s vs 36 s at fp32).
+                "score_fp32": sc + ["--out", str(work / f"s-{tag}")],
+                "score_fp32_streamed": sc + ["--out", str(work / f"s-{tag}-streamed"), "--max-device-memory",
+                                             a.stream_cap],
             }
             only = set(a.only.split(",")) if a.only else set(all_commands)
-            return {k: v for k, v in all_commands.items() if k in only or (k == "eval_bf16" and tag == "tiny")}
+            return {k: v for k, v in all_commands.items()
+                    if k in only or (k in ("eval_bf16", "score_fp32") and tag == "tiny")}
 
         def clean():
-            for p in work.glob("[xp]-*"):
+            for p in work.glob("[xps]-*"):
                 shutil.rmtree(p)
 
         clean()
         # The binary's own memory: the same command on a tiny model (the
         # streamed eval's is the resident one's: a tiny model cannot stream).
-        own = {k: measure(c) for k, c in commands(tiny, "tiny").items() if k != "eval_bf16_streamed"}
-        own["eval_bf16_streamed"] = own["eval_bf16"]
+        own = {k: measure(c) for k, c in commands(tiny, "tiny").items() if not k.endswith("_streamed")}
+        own["eval_bf16_streamed"] = own.get("eval_bf16")
+        own["score_fp32_streamed"] = own.get("score_fp32")
         rows = {}
         clean()
         for name, (d, nbytes) in models.items():
@@ -153,6 +175,7 @@ def main() -> None:
                     "peak_rss_bytes": m["peak_rss"], "peak_anon_bytes": m["peak_anon"],
                     "own_anon_bytes": own[k]["peak_anon"],
                     **({"result": m["stdout"]} if k.startswith("eval") else {}),
+                    **(score_result(work, k, name) if k.startswith("score") else {}),
                 }
             clean()
         result = {"bench": "command_memory", "scale": a.scale, "stream_cap": a.stream_cap, **run_metadata(),

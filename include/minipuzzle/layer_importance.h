@@ -1,11 +1,15 @@
 // Drop-one layer importance: for every layer i, how much the model's output
 // changes when layer i is removed (its block becomes the identity).
 //
-// Cost: the full forward caches the residual stream entering every layer
-// (n_layers x [b, L, D] in the model dtype); dropping layer i then runs only
-// layers i+1..n-1 from the cached input of layer i. Per batch that is one
-// full pass plus n(n-1)/2 layer evaluations, i.e. about one suffix pass per
-// layer (~ (n+1)/2 full forwards in all), instead of n full forwards.
+// Cost: layer-major, block by block. Entering block j, each batch holds the
+// full residual stream and one stream per dropped layer i < j (the stream
+// that skipped i); block j runs on all of them, and the stream entering j
+// becomes "j dropped". Per batch that is one full pass plus n(n-1)/2 layer
+// evaluations, i.e. about one suffix pass per layer (~ (n+1)/2 full
+// forwards in all), instead of n full forwards, with n+1 states of
+// [b, L, D] in the model dtype. Each block's weights are needed once per
+// group of batches, which is what lets a streamed model (streamed_model.h)
+// score with one read of the weights per group.
 //
 // Metrics (per layer, averaged over all tokens of all batches):
 //   mse  : mean squared difference of the norm_f output (what lm_head sees)
@@ -22,6 +26,7 @@
 
 #include "minipuzzle/hybrid_lm.h"
 #include "minipuzzle/logit_comparison.h"
+#include "minipuzzle/streamed_model.h"
 
 namespace minipuzzle {
 
@@ -35,11 +40,18 @@ struct LayerMetrics {
 
 class LayerImportance {
  public:
-  LayerImportance(const ModelConfig& config, LayerMetrics metrics);
+  // head_pass_bytes: fp32 logits gathered per pass over the LM head when a
+  // streamed model reads its head from the checkpoint on every pass (each
+  // pass reads it once); a resident head computes them a chunk at a time.
+  LayerImportance(const ModelConfig& config, LayerMetrics metrics, uint64_t head_pass_bytes = uint64_t{1} << 30);
 
-  // One batch: inputs/targets [b, L] int64 on the model's device. The full
-  // pass runs with the model's observers attached (so width statistics can
-  // listen); the drop-one passes run with them detached.
+  // A group of batches: inputs/targets [b, L] int64 on the model's device,
+  // in order. The full pass runs with the model's observers attached (so
+  // width statistics can listen); the drop-one passes run with them
+  // detached. Resident and streamed models give the same bits.
+  void add_group(ForwardModel& model, const std::vector<torch::Tensor>& inputs,
+                 const std::vector<torch::Tensor>& targets);
+  // One batch of a resident model.
   void add_batch(HybridLM& model, const torch::Tensor& inputs, const torch::Tensor& targets);
 
   // metric -> one value per layer.
@@ -53,8 +65,14 @@ class LayerImportance {
   std::vector<double> mse_, kl_, loss_, bi_;
   double full_loss_ = 0;
   uint64_t tokens_ = 0, elements_ = 0;
-  // One set of logit buffers for every dropped layer of every batch.
+  uint64_t head_pass_bytes_;
+  // One set of logit buffers for every dropped layer of every batch, and
+  // the logits of a pass over the head.
   LogitScratch scratch_;
+  torch::Tensor head_pass_pool_;
+
+  void compare_dropped(ForwardModel& model, const torch::Tensor& normed_full, std::vector<torch::Tensor>& normed_dropped,
+                       const torch::Tensor& targets);
 };
 
 }  // namespace minipuzzle

@@ -41,6 +41,26 @@ class LogitScratch {
   torch::Tensor buffers_[4];
 };
 
+// Tokens per comparison chunk: [rows, V] fp32 is 64 MB whatever the vocabulary.
+int64_t comparison_chunk_rows(int64_t vocab);
+
+// One comparison's sums, fed chunk by chunk and kept on the models' device
+// until result() reads them once (on a GPU the host then queues every chunk
+// without waiting for any).
+class ComparisonSums {
+ public:
+  explicit ComparisonSums(const torch::Device& device);
+  // Log-probabilities of both models [n, V], targets [n]; `work` and
+  // `difference` are free [n, V] buffers.
+  void add_chunk(const torch::Tensor& lp, const torch::Tensor& lq, const torch::Tensor& tt, torch::Tensor work,
+                 torch::Tensor difference);
+  LogitComparison result() const;
+
+ private:
+  torch::Tensor sums_;
+  uint64_t tokens_ = 0;
+};
+
 // normed_*: [..., D] outputs of final_norm of each model (same leading
 // shape); targets: [...] int64 next tokens. `reference` and `other` may be
 // the same model (layer scoring) or different widths (pruned vs parent).

@@ -10,6 +10,7 @@
 #include "minipuzzle/importance_scores.h"
 #include "minipuzzle/indexed_dataset.h"
 #include "minipuzzle/layer_importance.h"
+#include "minipuzzle/streamed_model.h"
 #include "minipuzzle/width_statistics.h"
 
 namespace minipuzzle {
@@ -36,9 +37,24 @@ struct ScoreProgress {
 // claim more data than exists).
 std::vector<uint64_t> calibration_windows(const IndexedDataset& data, const ScoreOptions& opt);
 
+// What scoring needs beyond a plain forward, for plan_residency: the drop-one
+// metrics keep n+1 hidden states per batch, and kl/loss their logit
+// buffers (the chunk scratch, the full model's log-probabilities and a pass
+// over the head).
+ResidencyOptions score_residency_needs(const ModelConfig& config, const ScoreOptions& opt, torch::ScalarType dtype);
+// Logits one pass over a streamed LM head gathers: a quarter of the head's
+// bytes, at most 1 GiB (on the CPU the products of a pass then take ~10x
+// longer than reading the head from the page cache).
+uint64_t score_head_pass_bytes(const ModelConfig& config, torch::ScalarType dtype);
+
 // Scores `model` (any dtype/device) on `data`. The result's hashes are left
 // empty: the caller knows which checkpoint the model came from.
 ImportanceScores score_importance(HybridLM& model, const IndexedDataset& data, const ScoreOptions& opt,
+                                  const std::function<void(const ScoreProgress&)>& on_batch = {});
+// The same on a model whose weights may be streamed (streamed_model.h):
+// layer-major over the plan's groups of batches; the scores have the bits
+// of the resident run.
+ImportanceScores score_importance(ForwardModel& model, const IndexedDataset& data, const ScoreOptions& opt,
                                   const std::function<void(const ScoreProgress&)>& on_batch = {});
 
 }  // namespace minipuzzle

@@ -58,6 +58,12 @@ struct ResidencyOptions {
   int64_t batch = 1;    // windows per batch
   int64_t seq_len = 2048;
   int64_t batches = 1;  // batches the command will run (bounds the group)
+  // Hidden states a batch keeps between blocks: 1 for a forward; drop-one
+  // layer scoring keeps the full stream and one per dropped layer.
+  int64_t states_per_batch = 1;
+  // Working memory beyond one batch through the model (score's logit
+  // buffers), bytes.
+  uint64_t extra_working_bytes = 0;
 };
 
 // Streams when the weights plus one batch's working memory exceed the cap.
@@ -97,6 +103,23 @@ class ForwardModel {
   // it on as many rows at a time as memory allows.
   torch::Tensor head_logits(const torch::Tensor& normed);
 
+  // The same passes in pieces, for work that keeps more than one state per
+  // batch (drop-one layer scoring). Streamed or resident alike:
+  //   embed: batches [first, first+count) embedded (streamed: only the rows
+  //     of their tokens are read);
+  //   for_each_block: visit(i) for every block in order, block i's weights
+  //     materialised for the call only (the next block read meanwhile);
+  //   for_each_head_slice: visit(v0, w) for the LM head's kLmHeadSliceRows
+  //     slices in order, w [n, D] on the device: logits computed per slice
+  //     have the bits of lm_head_logits. Streamed, each call reads the head
+  //     again unless the plan lets it stay whole.
+  std::vector<torch::Tensor> embed(const std::vector<torch::Tensor>& batches, size_t first, size_t count);
+  void for_each_block(const std::function<void(int64_t block)>& visit);
+  void for_each_head_slice(const std::function<void(int64_t v0, const torch::Tensor& w)>& visit);
+  // True when for_each_head_slice reads the head from the checkpoint on
+  // every call (streamed, head larger than the plan's slice).
+  bool head_read_per_pass() const;
+
   // Weight bytes materialised now, and the most at any moment (streamed).
   uint64_t bytes_held() const;
   uint64_t peak_bytes_held() const;
@@ -106,7 +129,6 @@ class ForwardModel {
   void run_group(const std::vector<torch::Tensor>& batches, size_t first, size_t count, const LogitsSink* logits,
                  const HiddenSink* hidden);
 
-  torch::Tensor streamed_head(const torch::Tensor& normed);
 
   HybridLM model_{nullptr};
   ResidencyPlan plan_;

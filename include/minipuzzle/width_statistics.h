@@ -58,7 +58,8 @@ class BatchAccumulator {
 
 class WidthStatistics : public Observer {
  public:
-  // Reads the o_proj weights of `model` (for the attention-head scores).
+  // Keeps the o_proj parameters of `model` (for the attention-head scores),
+  // read when their layer is first observed.
   WidthStatistics(HybridLM& model, Aggregation aggregation);
   void observe(ObservePoint point, int64_t layer, const torch::Tensor& value) override;
   // Fills hidden, ffn, attention_heads and the mamba_* vectors of `scores`
@@ -69,7 +70,9 @@ class WidthStatistics : public Observer {
   ModelConfig cfg_;
   Aggregation agg_;
   std::map<std::pair<int, int64_t>, BatchAccumulator> acc_;  // (point, layer)
-  std::map<int64_t, torch::Tensor> o_proj_gram_;              // layer -> [heads, hd, hd] fp64
+  std::map<int64_t, torch::Tensor> o_proj_;                   // layer -> the o_proj parameter
+  std::map<int64_t, torch::Tensor> o_proj_gram_;              // layer -> [heads, hd, hd] fp64, on first use
+  const torch::Tensor& o_proj_gram(int64_t layer);
 };
 
 }  // namespace minipuzzle

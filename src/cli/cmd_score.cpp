@@ -1,5 +1,6 @@
 // minipuzzle score DIR --data PREFIX [--samples N] [--seq-len N] [--batch N]
 //   [--aggregation seq=mean,batch=l2] [--layer-metrics mse,kl,loss,bi] --out SCORES_DIR
+//   [--max-device-memory SIZE|PCT] [--dry-run]
 #include <fmt/format.h>
 
 #include <fstream>
@@ -15,13 +16,16 @@
 #include "minipuzzle/importance_report.h"
 #include "minipuzzle/progress.h"
 #include "minipuzzle/score_importance.h"
+#include "minipuzzle/streamed_model.h"
+#include "residency_option.h"
 
 namespace minipuzzle::cli {
 
 int cmd_score(const Args& args) {
   const std::string usage =
       "minipuzzle score DIR --data PREFIX --out SCORES_DIR [--samples N] [--seq-len N] [--batch N]\n"
-      "       [--aggregation seq=mean|l2|max,batch=mean|l2|var] [--layer-metrics mse,kl,loss,bi]";
+      "       [--aggregation seq=mean|l2|max,batch=mean|l2|var] [--layer-metrics mse,kl,loss,bi]\n"
+      "       [--max-device-memory SIZE|PCT] [--dry-run]";
   po::options_description opts("options");
   opts.add_options()
       ("dir", po::value<std::string>(), "checkpoint directory (config.json + *.safetensors)")
@@ -37,13 +41,18 @@ int cmd_score(const Args& args) {
        "drop-one layer metrics to measure (kl and loss need the LM head per dropped layer)")
       ("dtype", po::value<std::string>()->default_value("fp32"), "compute dtype: fp32 | bf16 | fp16")
       ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda | cuda:N");
+  opts.add(residency_options());
   po::positional_options_description pos;
   pos.add("dir", 1);
   po::variables_map vm;
   if (!parse_args(usage, args, opts, pos, vm)) return 0;
   require(vm, "dir", usage);
-  require(vm, "data", usage);
-  require(vm, "out", usage);
+  // --dry-run plans from the config alone: no dataset or output needed.
+  const bool dry_run = vm["dry-run"].as<bool>();
+  if (!dry_run) {
+    require(vm, "data", usage);
+    require(vm, "out", usage);
+  }
 
   ScoreOptions so;
   so.samples = vm["samples"].as<int64_t>();
@@ -53,12 +62,20 @@ int cmd_score(const Args& args) {
   so.aggregation = Aggregation::parse(vm["aggregation"].as<std::string>());
   so.layer_metrics = LayerMetrics::parse(vm["layer-metrics"].as<std::string>());
   const std::string dir = vm["dir"].as<std::string>();
+  auto dtype = parse_model_dtype(vm["dtype"].as<std::string>());
+  auto device = parse_device(vm["device"].as<std::string>());
+  const ResidencyPlan plan = plan_forward(vm, dir, dtype, device, so.batch, so.seq_len,
+                                          (so.samples + so.batch - 1) / std::max<int64_t>(so.batch, 1),
+                                          score_residency_needs(ModelConfig::load(dir), so, dtype));
+  if (dry_run) {
+    std::cout << plan.describe() << "\n";
+    return 0;
+  }
+  std::cout << plan.describe() << std::endl;
   auto data = IndexedDataset::open(vm["data"].as<std::string>());
   calibration_windows(*data, so);  // the length check, before loading a large model
   const CheckpointFingerprint fp = checkpoint_fingerprint(dir);
-  auto dtype = parse_model_dtype(vm["dtype"].as<std::string>());
-  auto device = parse_device(vm["device"].as<std::string>());
-  auto model = load_model(dir, dtype, device);
+  ForwardModel model(dir, dtype, device, plan);
 
   // Everything goes into a hidden partial directory renamed at the end, so a
   // killed run never leaves a scores dir that looks complete.
@@ -83,15 +100,16 @@ int cmd_score(const Args& args) {
   {
     auto prov = nlohmann::json::parse(scores.provenance_json);
     prov["checkpoint"] = dir;
+    prov["weight_bytes_peak"] = model.peak_bytes_held();
     scores.provenance_json = prov.dump();
   }
-  save_importance(scores, model->config(), out.path());
-  write_importance_report(scores, model->config(), out.path());
+  save_importance(scores, model.model()->config(), out.path());
+  write_importance_report(scores, model.model()->config(), out.path());
   out.commit();
 
   const auto prov = nlohmann::json::parse(scores.provenance_json);
   std::cout << fmt::format("scored {} layers on {} tokens in {:.1f} s ({:.0f} tok/s); wrote {}\n",
-                           model->config().num_layers(), prov["tokens"].get<uint64_t>(),
+                           model.model()->config().num_layers(), prov["tokens"].get<uint64_t>(),
                            prov["seconds"].get<double>(),
                            prov["tokens"].get<double>() / std::max(prov["seconds"].get<double>(), 1e-9),
                            out.target().string());

@@ -16,9 +16,9 @@ po::options_description residency_options() {
 }
 
 ResidencyPlan plan_forward(const po::variables_map& vm, const std::string& dir, torch::ScalarType dtype,
-                           const torch::Device& device, int64_t batch, int64_t seq_len, int64_t batches) {
+                           const torch::Device& device, int64_t batch, int64_t seq_len, int64_t batches,
+                           ResidencyOptions o) {
   const ModelConfig config = ModelConfig::load(dir);
-  ResidencyOptions o;
   o.batch = batch;
   o.seq_len = seq_len;
   o.batches = batches;

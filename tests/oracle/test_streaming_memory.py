@@ -109,3 +109,42 @@ def test_streamed_eval_holds_at_most_its_cap_and_matches(work):
     own, _ = peak_anon(["eval", work["root"] / "tiny", "--data", work["root"] / "data", "--seq-len", "64",
                         "--max-tokens", "256", "--dtype", "bf16", "--json"])
     assert peak - own < work["bytes"], (peak - own, work["bytes"])
+
+
+def _find(obj, key):
+    """The first value stored under `key` anywhere in a JSON document."""
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for v in obj:
+            found = _find(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def test_streamed_score_matches_the_resident_scores_and_holds_its_cap(work):
+    from safetensors.numpy import load_file
+
+    root = work["root"]
+    base = ["score", root / "model", "--data", root / "data", "--samples", "3", "--seq-len", "32", "--batch", "1",
+            "--dtype", "bf16"]
+    _, out = peak_anon([*base, "--out", root / "score-resident"])
+    assert out.startswith("weights resident"), out
+    cap = int(0.6 * work["bytes"])
+    peak, out = peak_anon([*base, "--out", root / "score-streamed", "--max-device-memory", cap])
+    assert out.startswith("weights streamed"), out
+    want = load_file(root / "score-resident" / "importance.safetensors")
+    got = load_file(root / "score-streamed" / "importance.safetensors")
+    assert sorted(want) == sorted(got)
+    for name in want:
+        assert want[name].tobytes() == got[name].tobytes(), name
+    meta = json.loads((root / "score-streamed" / "importance.json").read_text())
+    assert _find(meta, "residency") == "streamed"
+    assert _find(meta, "weight_bytes_peak") <= cap
+    own, _ = peak_anon(["score", root / "tiny", "--data", root / "data", "--samples", "3", "--seq-len", "32",
+                        "--batch", "1", "--dtype", "bf16", "--out", root / "score-tiny"])
+    # Weights at most the cap, plus the drop-one states and logit buffers.
+    assert peak - own < work["bytes"], (peak - own, work["bytes"])

@@ -13,6 +13,9 @@
 #include "minipuzzle/indexed_dataset.h"
 #include "minipuzzle/layer_importance.h"
 #include "minipuzzle/score_importance.h"
+#include "minipuzzle/streamed_model.h"
+#include "minipuzzle/checkpoint.h"
+#include "minipuzzle/token_batches.h"
 #include "minipuzzle/width_statistics.h"
 
 namespace minipuzzle {
@@ -355,6 +358,157 @@ TEST_F(ImportanceTest, SearchImportanceAveragesTheLayersKeptFractions) {
     }
     EXPECT_NEAR(kept_fraction(si.ffn, 48, k), mean, 1e-9) << k;
   }
+}
+
+// Streamed scoring (streamed_model.h): the same scores, bit for bit, from a
+// model whose blocks exist only while they run, with the LM head read in
+// slices, in groups of batches, and with head passes of any size.
+class StreamedScore : public ImportanceTest {
+ protected:
+  static constexpr int64_t kVocab = 2 * kLmHeadSliceRows + 700;  // the head streams in pieces
+
+  void SetUp() override {
+    ImportanceTest::SetUp();
+    nlohmann::json j = tiny_config("M*-M-").to_json();
+    j["vocab_size"] = kVocab;
+    HybridLM m(ModelConfig::from_json(j, "tiny"));
+    m->init_random(5);
+    save_model(m, dir_ / "model", torch::kFloat32);
+    IndexedDatasetBuilder b((dir_ / "wide").string(), TokenDType::I32);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+    for (int d = 0; d < 4; ++d) {
+      auto t = torch::randint(0, kVocab, {80}, gen, torch::kInt64);
+      b.add_document(std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()));
+    }
+    b.finish();
+    wide_ = IndexedDataset::open((dir_ / "wide").string());
+  }
+
+  ResidencyPlan streamed(int64_t group, int64_t head_rows) const {
+    ResidencyPlan p;
+    p.streamed = true;
+    p.group_batches = group;
+    p.head_slice_rows = head_rows;
+    return p;
+  }
+
+  ScoreOptions wide_options() const {
+    ScoreOptions o = options();
+    o.samples = 5;  // groups of 2 leave a short last group, batches of 2 a short last batch
+    return o;
+  }
+
+  std::shared_ptr<IndexedDataset> wide_;
+};
+
+void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << what << "[" << i << "]";
+}
+
+void expect_same_scores(const ImportanceScores& a, const ImportanceScores& b) {
+  ASSERT_EQ(a.layer.size(), b.layer.size());
+  for (const auto& [metric, values] : a.layer) expect_same_bits(values, b.layer.at(metric), metric);
+  expect_same_bits(a.hidden, b.hidden, "hidden");
+  const std::vector<std::pair<std::string, const std::vector<std::vector<float>>*>> axes_a{
+      {"ffn", &a.ffn}, {"heads", &a.attention_heads}, {"channels", &a.mamba_channels},
+      {"mamba_heads", &a.mamba_heads}, {"head_channels", &a.mamba_head_channels}};
+  const std::vector<const std::vector<std::vector<float>>*> axes_b{
+      &b.ffn, &b.attention_heads, &b.mamba_channels, &b.mamba_heads, &b.mamba_head_channels};
+  for (size_t k = 0; k < axes_a.size(); ++k) {
+    ASSERT_EQ(axes_a[k].second->size(), axes_b[k]->size()) << axes_a[k].first;
+    for (size_t l = 0; l < axes_b[k]->size(); ++l)
+      expect_same_bits((*axes_a[k].second)[l], (*axes_b[k])[l], axes_a[k].first + " layer " + std::to_string(l));
+  }
+}
+
+TEST_F(StreamedScore, ScoresAreBitIdenticalToTheResidentModel) {
+  auto resident = load_model(dir_ / "model", torch::kFloat32, torch::kCPU);
+  const ImportanceScores want = score_importance(resident, *wide_, wide_options());
+  ASSERT_GT(want.layer.at("kl")[0], 0.0f);
+  uint64_t weights = 0;
+  for (const auto& p : resident->parameters()) weights += static_cast<uint64_t>(p.numel() * p.element_size());
+  for (auto [group, head_rows] : {std::pair<int64_t, int64_t>{1, kLmHeadSliceRows}, {2, kLmHeadSliceRows},
+                                  {2, 2 * kLmHeadSliceRows}, {3, kVocab}}) {
+    ForwardModel m(dir_ / "model", torch::kFloat32, torch::kCPU, streamed(group, head_rows));
+    const ImportanceScores got = score_importance(m, *wide_, wide_options());
+    SCOPED_TRACE("group " + std::to_string(group) + ", head rows " + std::to_string(head_rows));
+    expect_same_scores(want, got);
+    // Two blocks (or the head's pieces) at most, plus the group's embedding rows.
+    EXPECT_LT(m.peak_bytes_held(), weights / 2);
+  }
+}
+
+TEST_F(StreamedScore, HeadPassesOfAnySizeGiveTheSameLayerScores) {
+  auto resident = load_model(dir_ / "model", torch::kFloat32, torch::kCPU);
+  const ModelConfig& cfg = resident->config();
+  const auto starts = calibration_windows(*wide_, wide_options());
+  std::vector<torch::Tensor> inputs, targets;
+  for (size_t i = 0; i < starts.size(); i += 2) {
+    std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + 2));
+    auto rows = gather_windows(*wide_, part, 16, kVocab);
+    inputs.push_back(rows.narrow(1, 0, 16));
+    targets.push_back(rows.narrow(1, 1, 16));
+  }
+  LayerImportance want(cfg, LayerMetrics{});
+  for (size_t k = 0; k < inputs.size(); ++k) want.add_batch(resident, inputs[k], targets[k]);
+  // One unit per pass (1 byte), a few units per pass, every unit of a batch in one pass.
+  for (uint64_t budget : {uint64_t{1}, uint64_t{3} * 32 * kVocab * 4, uint64_t{1} << 30}) {
+    ForwardModel m(dir_ / "model", torch::kFloat32, torch::kCPU, streamed(2, kLmHeadSliceRows));
+    ASSERT_TRUE(m.head_read_per_pass());
+    LayerImportance got(cfg, LayerMetrics{}, budget);
+    for (size_t k = 0; k < inputs.size(); k += 2) {
+      const size_t n = std::min<size_t>(2, inputs.size() - k);
+      got.add_group(m, {inputs.begin() + k, inputs.begin() + k + n}, {targets.begin() + k, targets.begin() + k + n});
+    }
+    for (const auto& [metric, values] : want.result())
+      expect_same_bits(values, got.result().at(metric), metric + " at budget " + std::to_string(budget));
+    EXPECT_EQ(want.full_model_loss(), got.full_model_loss());
+  }
+}
+
+TEST(ScoreResidency, PlansTheDropOneStatesAndRefusesACapBelowThem) {
+  const ModelConfig c = tiny_config("M*-M-");
+  ScoreOptions o;
+  o.batch = 2;
+  o.seq_len = 64;
+  const ResidencyOptions needs = score_residency_needs(c, o, torch::kFloat32);
+  EXPECT_EQ(needs.states_per_batch, c.num_layers() + 1);
+  EXPECT_GT(needs.extra_working_bytes, 0u);
+  o.layer_metrics = LayerMetrics::parse("bi");
+  EXPECT_EQ(score_residency_needs(c, o, torch::kFloat32).states_per_batch, 1);
+  EXPECT_EQ(score_residency_needs(c, o, torch::kFloat32).extra_working_bytes, 0u);
+
+  ResidencyOptions r = needs;
+  r.batch = 2;
+  r.seq_len = 64;
+  r.batches = 4;
+  const uint64_t weights = plan_residency(c, torch::kFloat32, {}, torch::kCPU).weight_bytes;
+  r.max_device_memory = weights / 4;
+  try {
+    plan_residency(c, torch::kFloat32, r, torch::kCPU);
+    FAIL() << "a quarter of a tiny model's weights cannot hold six hidden states and the logits";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("--max-device-memory"), std::string::npos);
+  }
+  // States count: a cap that streams a forward with several batches per
+  // group holds fewer batches of score's n+1 states.
+  ResidencyOptions f = r;
+  f.states_per_batch = 1;
+  f.extra_working_bytes = 0;
+  f.batches = 1000;
+  f.batch = 1;
+  f.seq_len = 8;  // short windows: room for many batches of hidden states beside the working memory
+  f.max_device_memory.reset();
+  const ResidencyPlan all = plan_residency(c, torch::kFloat32, f, torch::kCPU);
+  f.max_device_memory = all.weight_bytes + all.working_bytes - 1;  // just short of resident
+  const ResidencyPlan forward = plan_residency(c, torch::kFloat32, f, torch::kCPU);
+  ASSERT_TRUE(forward.streamed);
+  f.states_per_batch = c.num_layers() + 1;
+  const ResidencyPlan scoring = plan_residency(c, torch::kFloat32, f, torch::kCPU);
+  EXPECT_EQ(scoring.activation_bytes_per_batch, forward.activation_bytes_per_batch * (c.num_layers() + 1));
+  EXPECT_GT(forward.group_batches, 1);
+  EXPECT_LT(scoring.group_batches, forward.group_batches);
 }
 
 }  // namespace

@@ -180,6 +180,21 @@ const std::vector<Field>& fields() {
     path("data.validation", &CompressJob::validation_data, "held-out dataset prefix");
     text("compute.device", "cpu, cuda or cuda:N", [](CompressJob& j) -> std::string& { return j.device; }, to_device);
     choice("compute.dtype", [](CompressJob& j) -> std::string& { return j.dtype; }, {"fp32", "bf16"});
+    text("compute.max_device_memory", "a size such as 40GiB or a percentage such as 50%",
+         [](CompressJob& j) -> std::string& { return j.max_device_memory; },
+         [](const std::string& k, const std::string& t) {
+           if (!t.empty() && t.back() == '%') {
+             char* end = nullptr;
+             const std::string number = t.substr(0, t.size() - 1);
+             const double pct = std::strtod(number.c_str(), &end);
+             if (number.empty() || end != number.c_str() + number.size() || !(pct > 0) || pct > 100)
+               bad_value(k, "a percentage in (0, 100]", t);
+             return t;
+           }
+           const double b = parse_bytes(t, k);
+           if (!(b > 0) || !(b < 1e18)) bad_value(k, "a positive size below 1e18 bytes", t);
+           return t;
+         });
 
     integer("score.samples", [](CompressJob& j) -> int64_t& { return j.score.samples; }, 1, 1 << 24);
     integer("score.seq_len", [](CompressJob& j) -> int64_t& { return j.score.seq_len; }, 1, kMaxSeq);

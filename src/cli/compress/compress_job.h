@@ -29,6 +29,10 @@ struct CompressJob {
 
   std::string device = "cpu";    // compute.device: cpu | cuda | cuda:N
   std::string dtype = "fp32";    // compute.dtype: fp32 | bf16
+  // compute.max_device_memory: score's --max-device-memory (a size or a
+  // percentage); empty: the command's default (the GPU's memory, or
+  // everything resident on the CPU).
+  std::string max_device_memory;
 
   struct Score {
     int64_t samples = 256, seq_len = 2048, batch = 1;

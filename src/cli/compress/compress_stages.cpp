@@ -149,13 +149,17 @@ std::vector<Stage> plan_stages(const CompressJob& j) {
   std::vector<Stage> s;
   const std::string cands = p.candidates.string();
 
-  s.push_back({"score",
-               {"score", j.teacher, "--data", j.train_data, "--out", p.scores.string(),
-                "--samples", std::to_string(j.score.samples), "--seq-len", std::to_string(j.score.seq_len),
-                "--batch", std::to_string(j.score.batch), "--seed", std::to_string(j.score.seed),
-                "--aggregation", j.score.aggregation, "--layer-metrics", j.score.layer_metrics,
-                "--dtype", j.dtype, "--device", j.device},
-               path_exists(p.scores / "importance.json")});
+  std::vector<std::string> score = {
+      "score", j.teacher, "--data", j.train_data, "--out", p.scores.string(),
+      "--samples", std::to_string(j.score.samples), "--seq-len", std::to_string(j.score.seq_len),
+      "--batch", std::to_string(j.score.batch), "--seed", std::to_string(j.score.seed),
+      "--aggregation", j.score.aggregation, "--layer-metrics", j.score.layer_metrics,
+      "--dtype", j.dtype, "--device", j.device};
+  if (!j.max_device_memory.empty()) {
+    score.push_back("--max-device-memory");
+    score.push_back(j.max_device_memory);
+  }
+  s.push_back({"score", score, path_exists(p.scores / "importance.json")});
 
   std::vector<std::string> search = {
       "search", j.teacher, "--scores", p.scores.string(), "--budget", j.search.budget,
