@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <csignal>
 #include <iostream>
 #include <string>
 
@@ -46,6 +47,10 @@ void print_usage(std::ostream& os) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A file-size limit (ulimit -f) is a full disk by another name: let the
+  // write fail with EFBIG and be reported like ENOSPC (one line, the partial
+  // output removed) instead of the process dying of SIGXFSZ mid-file.
+  std::signal(SIGXFSZ, SIG_IGN);
   Args rest(argv + 1, argv + argc);
   if (rest.empty()) {
     std::cerr << "minipuzzle: expected a command (run minipuzzle --help for the list)\n";
