@@ -18,13 +18,12 @@ constexpr std::size_t kNumKinds = sizeof(kKinds) / sizeof(kKinds[0]);
 
 }  // namespace
 
-nlohmann::json rank_state_bytes(HybridLM* teacher, HybridLM& student, const AdamW& optimizer, int64_t bucket_bytes,
-                                DataParallel& dp) {
+nlohmann::json rank_state_bytes(HybridLM* teacher, HybridLM& student, const OptimizerBytes& opt,
+                                int64_t bucket_bytes, DataParallel& dp) {
   const auto params = student->parameters();
-  const AdamW::StateBytes opt = optimizer.state_bytes();
   const double mine[kNumKinds] = {teacher && *teacher ? bytes_of((*teacher)->parameters(), false) : 0.0,
                                   bytes_of(params, false),
-                                  bytes_of(params, true),
+                                  bytes_of(params, true) + static_cast<double>(opt.extra_gradients),
                                   static_cast<double>(opt.master),
                                   static_cast<double>(opt.moments),
                                   static_cast<double>(bucket_bytes)};
