@@ -574,29 +574,22 @@ DistillSummary run_distillation_in(const DistillOptions& o,
         }
         r = kd_loss_online(student, student_hidden(), teacher, t_hidden, tg, o.kd);
       }
-      if (sharded && sharded->reduces_every_micro_batch()) {
-        // Each backward's gradients go to their owners as it produces them.
-        if (o.overlap_all_reduce) sharded->arm();
-        (r.loss / static_cast<double>(accum)).backward();
-        sharded->finish();
-      } else {
-        if (o.overlap_all_reduce && m + 1 == accum) {  // the step's gradients are final in this backward
-          if (sharded)
-            sharded->arm();
-          else
-            sync.arm();
-        }
-        (r.loss / static_cast<double>(accum)).backward();
+      if (o.overlap_all_reduce && m + 1 == accum) {  // the step's gradients are final in this backward
+        if (sharded)
+          sharded->arm();
+        else
+          sync.arm();
       }
+      (r.loss / static_cast<double>(accum)).backward();
       step_loss += r.loss.detach().to(torch::kDouble) / static_cast<double>(accum);
       step_sums += r.sums;
       step_tokens += r.tokens;
     }
-    // The mean over ranks, before clipping (at `gradients` already done).
-    if (!sharded)
-      sync.finish();
-    else if (!sharded->reduces_every_micro_batch())
+    // The mean over ranks (sharded: into each owner's range), before clipping.
+    if (sharded)
       sharded->finish();
+    else
+      sync.finish();
     // Norm, clip factor and update stay on the device: the optimizer step is
     // queued before the host waits for anything.
     const torch::Tensor grad_norm_on_device = sharded ? sharded->clip_grad_norm_on_device(o.clip_grad)

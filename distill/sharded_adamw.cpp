@@ -42,8 +42,7 @@ ShardedAdamW::ShardedAdamW(std::vector<std::pair<std::string, torch::Tensor>> na
                 torch::NoGradGuard no_grad;
                 const int64_t begin = layout_.begin(dp_.rank());
                 if (level_ == ShardLevel::Gradients) {
-                  // Summed over the step's micro-batches, each already the mean over ranks.
-                  grad_shard_.narrow(0, lo - begin, mean.numel()).add_(mean);
+                  grad_shard_.narrow(0, lo - begin, mean.numel()).copy_(mean);
                   return;
                 }
                 for (const auto& piece : layout_.pieces(lo, lo + mean.numel())) {

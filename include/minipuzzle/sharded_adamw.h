@@ -6,13 +6,18 @@
 // adamw_update.h's arithmetic (so every element gets the update the
 // unsharded AdamW gives it), then the updated parameters are all-gathered.
 //
-//   --shard optimizer: gradients are reduced into each owner's range after
-//     the last micro-batch's backward (overlapped with it); every rank still
-//     holds full-size gradients, only its range of which is summed.
-//   --shard gradients: every micro-batch's backward reduces its gradients
-//     bucket by bucket into the owner's gradient shard as backward produces
-//     them and drops each parameter's .grad once its buckets are copied out:
-//     no rank holds a full-size gradient after its buckets are reduced.
+//   Both levels reduce the step's accumulated gradients into each owner's
+//   range bucket by bucket during the last micro-batch's backward, as the
+//   unsharded all-reduce does (the same sums in the same order, so the same
+//   weights: reducing every micro-batch would sum in another order, and
+//   AdamW turns the rounding of gradients that nearly cancel into visible
+//   weight differences, eps being 1e-8).
+//   --shard optimizer: every rank keeps its full-size gradients (only its
+//     range of them is summed).
+//   --shard gradients: the owner's range goes into a gradient shard and each
+//     parameter's .grad is dropped once its buckets are copied out: after
+//     the last backward no rank holds a full-size gradient. (Between the
+//     micro-batches of one step the local gradients are still whole.)
 //
 // Clipping uses the global norm: each rank's sum of squares over its range,
 // summed over ranks in one all-reduce. Weight decay follows the parameter an
@@ -46,13 +51,8 @@ class ShardedAdamW {
 
   ShardLevel level() const { return level_; }
   const FlatParameterLayout& layout() const { return layout_; }
-  // Whether each micro-batch's backward is reduced (gradients) or only the
-  // step's accumulated gradient after the last one (optimizer).
-  bool reduces_every_micro_batch() const { return level_ == ShardLevel::Gradients; }
-
-  // Around a backward whose gradients are to be reduced: arm() before it
-  // (the reduce overlaps it), finish() after it (without arm(): the whole
-  // reduce then).
+  // Around the step's last backward: arm() before it (the reduce overlaps
+  // it), finish() after it (without arm(): the whole reduce then).
   void arm() { reduce_.arm(); }
   void finish();
 

@@ -105,8 +105,16 @@ def test_sharded_levels_match_none(runs, world):
         wa, wb = weights(none), weights(run)
         assert wa.keys() == wb.keys()
         for k in wa:
-            diff = np.abs(wa[k].astype(np.float64) - wb[k].astype(np.float64))
-            assert np.all(diff <= 1e-6 * np.maximum(np.abs(wa[k]), 1e-3)), (level, k, diff.max())
+            if world == 2:
+                # a + b is b + a: the reduce into the owner sums as the all-reduce does, bit for bit.
+                assert np.array_equal(wa[k], wb[k]), (level, k)
+                continue
+            # 4 ranks: Gloo's all-reduce and reduce add the four terms in other
+            # orders; AdamW turns the rounding of gradients that nearly cancel
+            # into ~1e-5 in a few elements, so the bound is per tensor.
+            x, y = wa[k].astype(np.float64), wb[k].astype(np.float64)
+            assert np.linalg.norm(x - y) <= 1e-6 * np.linalg.norm(x), (level, k, np.linalg.norm(x - y) / np.linalg.norm(x))
+            assert np.abs(x - y).max() <= 1e-4, (level, k)
         # The checkpoint holds every rank's shard and the manifest, no whole optimizer.
         ckpt = run / "checkpoints" / "step-00000003"
         manifest = json.loads((ckpt / "optimizer_manifest.json").read_text())
