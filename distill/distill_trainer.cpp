@@ -630,14 +630,14 @@ DistillSummary run_distillation_in(const DistillOptions& o,
       int64_t buckets = sync.buffer_bytes();
       if (sharded) {
         const ShardedAdamW::StateBytes b = sharded->state_bytes();
-        ob = {b.master, b.moments, b.gradients};
+        ob = {b.master, b.moments, b.gradients, b.gradients_peak};
         buckets = b.buckets;
         // state_bytes counts the parameters' .grad itself: only the shard is extra.
         for (const auto& p : params)
           if (p.grad().defined()) ob.extra_gradients -= static_cast<int64_t>(p.grad().nbytes());
       } else {
         const AdamW::StateBytes b = whole_optimizer->state_bytes();
-        ob = {b.master, b.moments, 0};
+        ob = {b.master, b.moments, 0, -1};
       }
       rec["state_bytes"] = rank_state_bytes(teacher ? &teacher : nullptr, student, ob, buckets, dp);
     }

@@ -29,6 +29,8 @@ struct OverlappedShardReduce::State {
   };
   std::deque<InFlight> in_flight;
   int64_t bytes = 0, peak = 0;
+  std::vector<bool> counted;        // per parameter: its .grad is in live_grad_bytes
+  int64_t live_grad_bytes = 0, peak_grad_bytes = 0;
   std::exception_ptr error;
   std::mutex mutex;
 };
@@ -66,7 +68,14 @@ struct ShardReduceOps {
     // The parameters' gradients are copied out: the whole gradient of one
     // whose every bucket is, can go.
     for (const auto& piece : s.pieces[b])
-      if (--s.unstarted[piece.entry] == 0 && r.free_grads_) r.params_[piece.entry].mutable_grad() = torch::Tensor();
+      if (--s.unstarted[piece.entry] == 0 && r.free_grads_) {
+        torch::Tensor& p = r.params_[piece.entry];
+        if (s.counted[piece.entry] && p.grad().defined()) {
+          s.live_grad_bytes -= static_cast<int64_t>(p.grad().nbytes());
+          s.counted[piece.entry] = false;
+        }
+        p.mutable_grad() = torch::Tensor();
+      }
     const auto [lo, hi] = r.ranges_[b];
     (void)hi;
     const int owner = static_cast<int>(lo / r.layout_.shard);
@@ -86,6 +95,12 @@ struct ShardReduceOps {
       throw std::runtime_error(fmt::format(
           "sharded gradient reduce: {} accumulated a gradient twice in one backward after its buckets started",
           r.layout_.entries[param].name));
+    const torch::Tensor& g = r.params_[param].grad();
+    if (!s.counted[param] && g.defined()) {
+      s.live_grad_bytes += static_cast<int64_t>(g.nbytes());
+      s.counted[param] = true;
+      s.peak_grad_bytes = std::max(s.peak_grad_bytes, s.live_grad_bytes);
+    }
     for (std::size_t b : s.buckets_of[param]) --s.waiting[b];
     start_ready(r, s);
   }
@@ -140,6 +155,7 @@ std::unique_ptr<OverlappedShardReduce::State> fresh_shard_state(const FlatParame
   s->buckets_of.resize(layout.entries.size());
   s->unstarted.assign(layout.entries.size(), 0);
   s->accumulated.assign(layout.entries.size(), 0);
+  s->counted.assign(layout.entries.size(), false);
   for (std::size_t b = 0; b < ranges.size(); ++b) {
     s->pieces.push_back(layout.pieces(ranges[b].first, ranges[b].second));
     for (const auto& piece : s->pieces.back()) {
@@ -156,6 +172,13 @@ std::unique_ptr<OverlappedShardReduce::State> fresh_shard_state(const FlatParame
 
 void OverlappedShardReduce::arm() {
   state_ = fresh_shard_state(layout_, ranges_);
+  // Gradients already held (earlier micro-batches of the step) count from the start.
+  for (std::size_t i = 0; i < params_.size(); ++i)
+    if (params_[i].grad().defined()) {
+      state_->counted[i] = true;
+      state_->live_grad_bytes += static_cast<int64_t>(params_[i].grad().nbytes());
+    }
+  state_->peak_grad_bytes = state_->live_grad_bytes;
   for (std::size_t i = 0; i < params_.size(); ++i)
     torch::autograd::impl::set_post_acc_grad_hooks(params_[i], std::make_unique<ShardAccumulatedHook>(this, state_.get(), i));
 }
@@ -166,6 +189,8 @@ void OverlappedShardReduce::finish() {
     for (const auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
   } else {
     owned = fresh_shard_state(layout_, ranges_);
+    for (const auto& p : params_)  // backward ran unwatched: every gradient it left is alive now
+      if (p.grad().defined()) owned->peak_grad_bytes += static_cast<int64_t>(p.grad().nbytes());
   }
   State& s = *owned;
   if (s.error) std::rethrow_exception(s.error);
@@ -176,6 +201,7 @@ void OverlappedShardReduce::finish() {
   ShardReduceOps::start_ready(*this, s);
   while (!s.in_flight.empty()) ShardReduceOps::complete_oldest(*this, s);
   buffer_bytes_ = s.peak;
+  peak_grad_bytes_ = s.peak_grad_bytes;
 }
 
 }  // namespace minipuzzle

@@ -181,6 +181,7 @@ ShardedAdamW::StateBytes ShardedAdamW::state_bytes() const {
     if (p.grad().defined()) b.gradients += static_cast<int64_t>(p.grad().nbytes());
   if (grad_shard_.defined()) b.gradients += static_cast<int64_t>(grad_shard_.nbytes());
   b.buckets = std::max(reduce_.buffer_bytes(), gather_bytes_);
+  b.gradients_peak = reduce_.peak_grad_bytes() + (grad_shard_.defined() ? static_cast<int64_t>(grad_shard_.nbytes()) : 0);
   return b;
 }
 

@@ -47,6 +47,10 @@ class OverlappedShardReduce {
   // the hooks' part): the rank's `buckets` state.
   int64_t buffer_bytes() const { return buffer_bytes_; }
   int64_t buckets() const { return static_cast<int64_t>(ranges_.size()); }
+  // The most bytes of parameter gradients (.grad) alive at once during the
+  // last armed backward, as the hooks saw them: what shows that at
+  // `gradients` no rank holds a full-size gradient (0 when not armed).
+  int64_t peak_grad_bytes() const { return peak_grad_bytes_; }
 
   struct State;
 
@@ -60,6 +64,7 @@ class OverlappedShardReduce {
   std::vector<std::pair<int64_t, int64_t>> ranges_;  // the buckets' flat ranges
   std::unique_ptr<State> state_;
   int64_t buffer_bytes_ = 0;
+  int64_t peak_grad_bytes_ = 0;
 };
 
 }  // namespace minipuzzle

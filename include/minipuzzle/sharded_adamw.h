@@ -65,6 +65,9 @@ class ShardedAdamW {
 
   struct StateBytes {
     int64_t master = 0, moments = 0, gradients = 0, buckets = 0;
+    // The most parameter-gradient bytes alive at once during the last
+    // (armed) backward, plus the gradient shard.
+    int64_t gradients_peak = 0;
   };
   // What this rank holds: master, moments and (gradients) its gradient shard
   // plus whatever parameter gradients exist now; buckets: the most fp32

@@ -126,6 +126,22 @@ def test_sharded_levels_match_none(runs, world):
         assert not (ckpt / "optimizer.safetensors").exists()
 
 
+def test_gradients_level_never_holds_a_full_gradient(runs):
+    """One micro-batch per rank and step (4 ranks, global batch 4): at
+    `gradients` each .grad goes as soon as its buckets are copied out, so the
+    most gradient bytes a rank holds at once in backward (gradients_peak, seen
+    from the accumulation hooks, plus its gradient shard) stay below one
+    full-size gradient; at `optimizer` the same measure sees all of it."""
+    S = sum(w.size for w in weights(runs(4, "none")).values())
+    for level in ("optimizer", "gradients"):
+        for m in records(runs(4, level))[0]["state_bytes"]:
+            if level == "gradients":
+                assert m["gradients_peak"] < 0.75 * 4 * S, (m, S)
+                assert m["gradients"] == 4 * (-(-S // 4))  # after the step: the shard alone
+            else:
+                assert m["gradients_peak"] >= 4 * S, (m, S)
+
+
 def plan_bytes(work, world, level, dtype):
     r = nt.run_cli("distill", "--plan", "--json", "--teacher", work["teacher"], "--student", work["student"],
                    "--seq-len", 32, "--micro-batch", 1, "--world-size", world, "--shard", level, "--dtype", dtype,
