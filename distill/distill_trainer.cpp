@@ -254,6 +254,11 @@ DistillSummary run_distillation_in(const DistillOptions& o,
                                  o.out.string()));
   if (o.resume && fs::exists(o.out / "run.json")) {
     json before = parse_json_read_back(read_file(o.out / "run.json"));
+    // A sharded run re-shards its optimizer state on load: it may go on at
+    // another world size (the global batch, and so the data order, is the same).
+    if (o.shard != ShardLevel::None && before.is_object() && before.contains("world_size") &&
+        before.value("shard", "none") == shard_level_name(o.shard))
+      before["world_size"] = env.world_size;
     if (before.is_discarded() || before != identity) {
       std::string diff;
       if (!before.is_discarded())
@@ -357,19 +362,29 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   uint64_t tokens = 0;  // trained tokens, across resumes
   if (!resume_from.empty()) {
     if (sharded) {
-      // The manifest is the same for every rank (they fail together); a shard
-      // file is each rank's own: all agree on which failed before any stops.
+      // The manifest is the same for every rank (they fail together); each
+      // rank checks the old ranks' files that overlap its range, and all
+      // agree on which failed before any stops.
       const json manifest = read_optimizer_manifest(resume_from, sharded->layout(), o.shard);
-      const std::string bad = check_optimizer_shard(resume_from, manifest, dp.rank());
-      std::vector<double> failed(static_cast<std::size_t>(dp.world_size()), 0.0);
-      failed[static_cast<std::size_t>(dp.rank())] = bad.empty() ? 0.0 : 1.0;
+      const FlatParameterLayout& layout = sharded->layout();
+      const auto mine = optimizer_shards_over(manifest, layout.begin(dp.rank()),
+                                              std::min(layout.end(dp.rank()), layout.total));
+      std::string bad;
+      std::vector<double> failed(manifest["files"].size(), 0.0);
+      for (int q : mine) {
+        const std::string why = check_optimizer_shard(resume_from, manifest, q);
+        if (!why.empty()) {
+          failed[static_cast<std::size_t>(q)] = 1.0;
+          if (bad.empty()) bad = why;
+        }
+      }
       dp.all_reduce_sum(failed);
       if (!bad.empty()) throw InputError(bad);
-      for (std::size_t r = 0; r < failed.size(); ++r)
-        if (failed[r] > 0)
+      for (std::size_t q = 0; q < failed.size(); ++q)
+        if (failed[q] > 0)
           throw InputError(fmt::format("{}: optimizer shard of rank {} is missing or corrupt",
-                                       (resume_from / manifest["files"][r].value("file", "?")).string(), r));
-      sharded->load(resume_from / manifest["files"][static_cast<std::size_t>(dp.rank())]["file"].get<std::string>());
+                                       (resume_from / manifest["files"][q].value("file", "?")).string(), q));
+      sharded->load(resume_from, manifest);
     } else {
       whole_optimizer->load(resume_from / "optimizer.safetensors");
     }

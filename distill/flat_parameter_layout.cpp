@@ -40,8 +40,6 @@ nlohmann::json FlatParameterLayout::to_json() const {
 
 std::string FlatParameterLayout::difference(const nlohmann::json& j) const {
   if (!j.is_object() || !j.contains("parameters") || !j["parameters"].is_array()) return "no layout";
-  if (j.value("world_size", -1) != world_size)
-    return fmt::format("world size {} (this run: {})", j.value("world_size", -1), world_size);
   const auto& p = j["parameters"];
   if (p.size() != entries.size())
     return fmt::format("{} parameters (this model: {})", p.size(), entries.size());
@@ -51,8 +49,9 @@ std::string FlatParameterLayout::difference(const nlohmann::json& j) const {
       return fmt::format("parameter {} is {} (this model: {} of {} elements)", i, p[i].dump(), entries[i].name,
                          entries[i].numel);
   }
-  if (j.value("total", int64_t{-1}) != total || j.value("shard", int64_t{-1}) != shard)
-    return "total or shard length";
+  if (j.value("total", int64_t{-1}) != total) return "total length";
+  const int w = j.value("world_size", 0);
+  if (w < 1 || j.value("shard", int64_t{-1}) != (total + w - 1) / w) return "world size or shard length";
   return "";
 }
 

@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "minipuzzle/errors.h"
+#include "minipuzzle/sharded_checkpoint.h"
 #include "minipuzzle/safetensors.h"
 #include "minipuzzle/tensor_bridge.h"
 
@@ -210,45 +212,60 @@ void ShardedAdamW::write_state(const AdamW::State& state, const FlatParameterLay
                      {"range", fmt::format("{}:{}", layout.begin(rank), layout.end(rank))}});
 }
 
-void ShardedAdamW::load(const std::filesystem::path& file) {
-  std::shared_ptr<SafetensorsFile> f;
-  try {
-    f = SafetensorsFile::open(file);
-  } catch (const std::exception& e) {
-    throw InputError(fmt::format("{}: unreadable optimizer shard ({})", file.string(), e.what()));
-  }
-  auto meta = f->metadata();
-  if (meta["format"] != "minipuzzle-adamw-shard")
-    throw InputError(fmt::format("{}: not an optimizer shard file", file.string()));
-  if (meta["rank"] != std::to_string(dp_.rank()) || meta["world_size"] != std::to_string(layout_.world_size))
-    throw InputError(fmt::format("{}: holds rank {} of {}, this is rank {} of {}", file.string(), meta["rank"],
-                                 meta["world_size"], dp_.rank(), layout_.world_size));
-  int64_t step = 0;
-  try {
-    step = std::stoll(meta["step"]);
-  } catch (...) {
-    throw InputError(fmt::format("{}: bad 'step' in metadata", file.string()));
-  }
+void ShardedAdamW::load(const std::filesystem::path& dir, const nlohmann::json& manifest) {
   torch::NoGradGuard no_grad;
-  auto read = [&](const std::string& name, const torch::Tensor& into) {
-    const TensorInfo* t = f->find(name);
-    if (!t || t->dtype != DType::F32 || t->shape != into.sizes().vec())
-      throw InputError(fmt::format("{}: tensor {} missing or of the wrong shape (a shard of another layout?)",
-                                   file.string(), name));
-    into.copy_(tensor_view(f, *t));
-  };
-  read("exp_avg", exp_avg_);
-  read("exp_avg_sq", exp_avg_sq_);
-  std::size_t expected = 2;
-  if (master_.defined() && f->find("master")) {
-    read("master", master_);
+  const int rank = dp_.rank();
+  const int old_world = manifest["world_size"].get<int>();
+  const int64_t old_shard = manifest["layout"]["shard"].get<int64_t>();
+  const int64_t lo = layout_.begin(rank), hi = std::min(layout_.end(rank), layout_.total);
+  int64_t step = manifest.value("step", int64_t{0});
+  bool master_read = false;
+  for (int q : optimizer_shards_over(manifest, lo, hi)) {
+    const std::filesystem::path file = dir / manifest["files"][static_cast<std::size_t>(q)]["file"].get<std::string>();
+    std::shared_ptr<SafetensorsFile> f;
+    try {
+      f = SafetensorsFile::open(file);
+    } catch (const std::exception& e) {
+      throw InputError(fmt::format("{}: unreadable optimizer shard ({})", file.string(), e.what()));
+    }
+    auto meta = f->metadata();
+    if (meta["format"] != "minipuzzle-adamw-shard" || meta["rank"] != std::to_string(q) ||
+        meta["world_size"] != std::to_string(old_world))
+      throw InputError(fmt::format("{}: not the optimizer shard of rank {} of {}", file.string(), q, old_world));
+    try {
+      step = std::stoll(meta["step"]);
+    } catch (...) {
+      throw InputError(fmt::format("{}: bad 'step' in metadata", file.string()));
+    }
+    const int64_t qlo = old_shard * q;
+    const int64_t a = std::max(lo, qlo), b = std::min({hi, qlo + old_shard, layout_.total});
+    auto read = [&](const std::string& name, const torch::Tensor& into) {
+      const TensorInfo* t = f->find(name);
+      if (!t || t->dtype != DType::F32 || t->shape != std::vector<int64_t>{old_shard})
+        throw InputError(fmt::format("{}: tensor {} missing or of the wrong shape (a shard of another layout?)",
+                                     file.string(), name));
+      into.narrow(0, a - lo, b - a).copy_(tensor_view(f, *t).narrow(0, a - qlo, b - a));
+    };
+    read("exp_avg", exp_avg_);
+    read("exp_avg_sq", exp_avg_sq_);
+    std::size_t expected = 2;
+    if (f->find("master")) {
+      ++expected;
+      if (master_.defined()) {
+        read("master", master_);
+        master_read = true;
+      }
+      // Saved from a bf16 run, resumed in fp32: the parameters hold the
+      // master rounded; the fp32 weights of the checkpoint are what we have.
+    }
+    if (f->tensors().size() != expected)
+      throw InputError(fmt::format("{}: holds {} tensors, expected {}", file.string(), f->tensors().size(), expected));
+  }
+  if (master_read) {
     // The parameters take the master's rounding, as after the step that saved it.
     const AdamWTensors& t = update_->tensors();
     for (std::size_t i = 0; i < t.params.size(); ++i) t.params[i].copy_(t.masters[i]);
-    ++expected;
   }
-  if (f->tensors().size() != expected)
-    throw InputError(fmt::format("{}: holds {} tensors, expected {}", file.string(), f->tensors().size(), expected));
   step_ = step;
 }
 

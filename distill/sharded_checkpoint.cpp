@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <vector>
 
@@ -60,20 +61,25 @@ nlohmann::json read_optimizer_manifest(const fs::path& dir, const FlatParameterL
   if (!m.is_object() || m.value("format", "") != "minipuzzle-sharded-optimizer" || !m.contains("files") ||
       !m["files"].is_array())
     throw InputError(fmt::format("{}: not a sharded optimizer manifest", file.string()));
-  if (m.value("world_size", -1) != layout.world_size)
-    throw InputError(fmt::format("{}: written by {} ranks, this run has {} (resuming at another world size is not "
-                                 "supported yet)",
-                                 file.string(), m.value("world_size", -1), layout.world_size));
   if (m.value("shard", "") != shard_level_name(level))
     throw InputError(fmt::format("{}: written with --shard {}, this run uses --shard {}", file.string(),
                                  m.value("shard", "?"), shard_level_name(level)));
   const std::string diff = layout.difference(m.value("layout", nlohmann::json()));
   if (!diff.empty())
     throw InputError(fmt::format("{}: the flat layout is of another model ({})", file.string(), diff));
-  if (m["files"].size() != static_cast<std::size_t>(layout.world_size))
-    throw InputError(fmt::format("{}: lists {} shard files for {} ranks", file.string(), m["files"].size(),
-                                 layout.world_size));
+  const int world = m["layout"].value("world_size", 0);
+  if (m.value("world_size", -1) != world || m["files"].size() != static_cast<std::size_t>(world))
+    throw InputError(fmt::format("{}: lists {} shard files for {} ranks", file.string(), m["files"].size(), world));
   return m;
+}
+
+std::vector<int> optimizer_shards_over(const nlohmann::json& manifest, int64_t lo, int64_t hi) {
+  const int world = manifest["world_size"].get<int>();
+  const int64_t shard = manifest["layout"]["shard"].get<int64_t>(), total = manifest["layout"]["total"].get<int64_t>();
+  std::vector<int> out;
+  for (int q = 0; q < world; ++q)
+    if (std::max(lo, shard * q) < std::min({hi, shard * (q + 1), total})) out.push_back(q);
+  return out;
 }
 
 std::string check_optimizer_shard(const fs::path& dir, const nlohmann::json& manifest, int rank) {

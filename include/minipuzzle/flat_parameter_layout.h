@@ -46,7 +46,8 @@ struct FlatParameterLayout {
 
   // {"world_size", "total", "shard", "parameters": [[name, numel], ...]}
   nlohmann::json to_json() const;
-  // Empty when `j` describes this layout, else what differs (one phrase).
+  // Empty when `j` lays out the same parameters (at any world size, its
+  // shard length consistent with it), else what differs (one phrase).
   std::string difference(const nlohmann::json& j) const;
 };
 

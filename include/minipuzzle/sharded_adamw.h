@@ -27,6 +27,8 @@
 
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -76,11 +78,14 @@ class ShardedAdamW {
 
   // This rank's range of the state as flat fp32 tensors ("exp_avg",
   // "exp_avg_sq" and, when the parameters are not fp32, "master"), copied to
-  // the host, and back (InputError naming the file when it does not fit).
+  // the host, and back from a checkpoint's files (sharded_checkpoint.h; its
+  // manifest already checked): this rank's range out of every old rank's file
+  // that overlaps it, so the old world size may differ. InputError naming the
+  // file when one does not fit.
   AdamW::State snapshot() const;
   static void write_state(const AdamW::State& state, const FlatParameterLayout& layout, int rank,
                           const std::filesystem::path& file);
-  void load(const std::filesystem::path& file);
+  void load(const std::filesystem::path& dir, const nlohmann::json& manifest);
 
  private:
   void bind_gradients();

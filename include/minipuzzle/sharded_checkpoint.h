@@ -38,10 +38,13 @@ nlohmann::json optimizer_manifest(const FlatParameterLayout& layout, ShardLevel 
                                   const std::vector<ShardFileRecord>& files);
 
 // Reads dir's manifest and checks it against this run's layout and level
-// (InputError naming the manifest: another model, world size or level).
-// Returns it.
+// (InputError naming the manifest: another model or level). The world size
+// may differ: a rank then reads the parts of the old ranks' files that
+// overlap its range (re-sharding on load). Returns it.
 nlohmann::json read_optimizer_manifest(const std::filesystem::path& dir, const FlatParameterLayout& layout,
                                        ShardLevel level);
+// The old ranks (of a checked manifest) whose ranges overlap [lo, hi).
+std::vector<int> optimizer_shards_over(const nlohmann::json& manifest, int64_t lo, int64_t hi);
 // Checks rank's file against the manifest (present, size, CRC-32):
 // empty when it is whole, else the one-line reason naming the file.
 std::string check_optimizer_shard(const std::filesystem::path& dir, const nlohmann::json& manifest, int rank);

@@ -189,6 +189,28 @@ def test_stop_and_resume_is_bit_identical(work, runs, tmp_path, level):
     assert (part / "final" / "model.safetensors").read_bytes() == (full / "final" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("before,after,level", [(4, 2, "optimizer"), (2, 4, "gradients")])
+def test_resume_at_another_world_size_reshards(work, runs, tmp_path, before, after, level):
+    """Stopped after step 2 at one world size, resumed at another: each new
+    rank reads its range out of the old ranks' files, and the run goes on as
+    an uninterrupted run at the new world size (within float summation order)."""
+    part = tmp_path / "part"
+    codes, errs = run_ranks(before, distill_args(work, part, 4, "--shard", level, "--stop-at-step", 2), check=False)
+    assert codes == [130] * before, errs
+    run_ranks(after, distill_args(work, part, 4, "--shard", level, "--resume"))
+    full = runs(after, level, "fp32", 4)
+    a, b = records(full), records(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6, abs=0), x["step"]
+    wa, wb = weights(full), weights(part)
+    for k in wa:
+        x, y = wa[k].astype(np.float64), wb[k].astype(np.float64)
+        assert np.linalg.norm(x - y) <= 1e-5 * np.linalg.norm(x), k
+    manifest = json.loads((part / "checkpoints" / "step-00000004" / "optimizer_manifest.json").read_text())
+    assert manifest["world_size"] == after
+
+
 def copy_stopped(work, tmp_path, level="optimizer"):
     """A 2-rank run stopped after step 2 (a sharded checkpoint there)."""
     part = tmp_path / "stopped"
