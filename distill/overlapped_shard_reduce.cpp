@@ -76,9 +76,7 @@ struct ShardReduceOps {
         }
         p.mutable_grad() = torch::Tensor();
       }
-    const auto [lo, hi] = r.ranges_[b];
-    (void)hi;
-    const int owner = static_cast<int>(lo / r.layout_.shard);
+    const int owner = static_cast<int>(r.ranges_[b].first / r.layout_.shard);
     auto wait = r.dp_.start_reduce(flat, owner);
     s.bytes += static_cast<int64_t>(flat.nbytes());
     s.peak = std::max(s.peak, s.bytes);
