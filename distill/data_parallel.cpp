@@ -281,6 +281,42 @@ std::function<void()> DataParallel::start_sum(torch::Tensor flat) {
   }
 }
 
+std::function<void()> DataParallel::start_reduce(torch::Tensor flat, int root) {
+  if (!impl_) return [] {};
+  try {
+    std::vector<torch::Tensor> bufs{std::move(flat)};
+    c10d::ReduceOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    o.rootRank = root;
+    o.timeout = options_.timeout;
+    auto work = impl_->backend->reduce(bufs, o);
+    const int rank = env_.rank;
+    return [work, rank] {
+      try {
+        work->wait();
+      } catch (...) {
+        rethrow("reduce_gradients", rank);
+      }
+    };
+  } catch (...) {
+    rethrow("reduce_gradients", env_.rank);
+  }
+}
+
+void DataParallel::all_gather(torch::Tensor all, torch::Tensor mine) {
+  if (!impl_) {
+    all.copy_(mine.reshape(all.sizes()));
+    return;
+  }
+  try {
+    c10d::AllgatherOptions o;
+    o.timeout = options_.timeout;
+    impl_->backend->_allgather_base(all, mine, o)->wait();
+  } catch (...) {
+    rethrow("all_gather_parameters", env_.rank);
+  }
+}
+
 void DataParallel::all_reduce_sum_in_place(torch::Tensor t) {
   if (!impl_) return;
   try {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -26,6 +27,8 @@
 #include "minipuzzle/json_read_back.h"
 #include "minipuzzle/logit_comparison.h"
 #include "minipuzzle/overlapped_all_reduce.h"
+#include "minipuzzle/sharded_adamw.h"
+#include "minipuzzle/sharded_checkpoint.h"
 #include "minipuzzle/teacher_cache.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/token_windows.h"
@@ -71,6 +74,8 @@ json run_identity(const DistillOptions& o, int world_size) {
           {"dtype", o.dtype},
           {"mode", o.train_from_scratch ? "train" : "distill"},
           {"world_size", world_size}};
+  // Runs from before the sharded levels have no "shard": none.
+  if (o.shard != ShardLevel::None) id["shard"] = shard_level_name(o.shard);
   if (o.train_from_scratch)  // no teacher: the KD settings play no part
     for (const char* k : {"teacher", "teacher_cache", "kd_loss", "temperature", "ce_weight"}) id.erase(k);
   return id;
@@ -93,6 +98,10 @@ void validate(const DistillOptions& o) {
     throw InputError("--beta1 and --beta2 must be in [0, 1)");
   if (o.adamw.weight_decay < 0) throw InputError("--weight-decay must be >= 0");
   if (o.stop_at_step < 0) throw InputError("--stop-at-step must be >= 0 (0: no stop)");
+  if (o.shard == ShardLevel::Parameters)
+    throw InputError("--shard parameters: planned but not implemented yet; distill runs with --shard none, "
+                     "optimizer or gradients (`minipuzzle distill --plan --shard parameters` shows its memory)");
+  if (o.bucket_bytes < 1) throw InputError("--bucket-size must be positive");
   if (o.out.empty()) throw InputError("missing --out");
   if (o.train_from_scratch && (!o.teacher.empty() || !o.teacher_cache.empty()))
     throw InputError("train uses no teacher");
@@ -245,6 +254,11 @@ DistillSummary run_distillation_in(const DistillOptions& o,
                                  o.out.string()));
   if (o.resume && fs::exists(o.out / "run.json")) {
     json before = parse_json_read_back(read_file(o.out / "run.json"));
+    // A sharded run re-shards its optimizer state on load: it may go on at
+    // another world size (the global batch, and so the data order, is the same).
+    if (o.shard != ShardLevel::None && before.is_object() && before.contains("world_size") &&
+        before.value("shard", "none") == shard_level_name(o.shard))
+      before["world_size"] = env.world_size;
     if (before.is_discarded() || before != identity) {
       std::string diff;
       if (!before.is_discarded())
@@ -259,7 +273,9 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   torch::Device device = parse_device(o.device);
   // One device per process: rank r of a node uses cuda:LOCAL_RANK.
   if (device.is_cuda() && env.world_size > 1) device = torch::Device(torch::kCUDA, env.local_rank);
-  DataParallel dp(env, device);
+  DataParallelOptions dp_options;
+  dp_options.bucket_bytes = o.bucket_bytes;
+  DataParallel dp(env, device, dp_options);
   // Every rank has checked the run directory before rank 0 writes into it.
   dp.barrier();
   std::optional<TeacherCache> cache;
@@ -306,7 +322,14 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   // Replicas start bit-identical (also after a resume, where every rank read
   // the same checkpoint; the broadcast makes it exact regardless).
   dp.broadcast_parameters(params);
-  AdamW optimizer(named, o.adamw);
+  // Either the whole optimizer state on every rank or this rank's range of it.
+  std::optional<AdamW> whole_optimizer;
+  std::unique_ptr<ShardedAdamW> sharded;
+  if (o.shard == ShardLevel::None)
+    whole_optimizer.emplace(named, o.adamw);
+  else
+    sharded = std::make_unique<ShardedAdamW>(named, o.adamw, dp, o.shard);
+  auto optimizer_steps = [&] { return sharded ? sharded->steps() : whole_optimizer->steps(); };
 
   if (dp.is_root()) fs::create_directories(ckpt_dir, ec);
   if (ec) throw InputError(fmt::format("cannot create {}: {}", ckpt_dir.string(), ec.message()));
@@ -324,13 +347,47 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   };
   if (dp.is_root()) {  // what a killed run left: checkpoints half written or half removed, temporary files,
     remove_stale_temporaries(ckpt_dir);  // checkpoints beyond --keep-last (killed before removing them)
+    // and the staging directories of sharded checkpoints never completed.
+    std::vector<fs::path> staging;
+    for (const auto& e : fs::directory_iterator(ckpt_dir, ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind(".step-", 0) == 0 && n.size() > 7 && n.compare(n.size() - 7, 7, ".shards") == 0)
+        staging.push_back(e.path());
+    }
+    for (const auto& p : staging) remove_tree(p);
     remove_stale_temporaries(o.out);
     remove_old_checkpoints();
   }
   std::vector<std::string> metric_lines;
   uint64_t tokens = 0;  // trained tokens, across resumes
   if (!resume_from.empty()) {
-    optimizer.load(resume_from / "optimizer.safetensors");
+    if (sharded) {
+      // The manifest is the same for every rank (they fail together); each
+      // rank checks the old ranks' files that overlap its range, and all
+      // agree on which failed before any stops.
+      const json manifest = read_optimizer_manifest(resume_from, sharded->layout(), o.shard);
+      const FlatParameterLayout& layout = sharded->layout();
+      const auto mine = optimizer_shards_over(manifest, layout.begin(dp.rank()),
+                                              std::min(layout.end(dp.rank()), layout.total));
+      std::string bad;
+      std::vector<double> failed(manifest["files"].size(), 0.0);
+      for (int q : mine) {
+        const std::string why = check_optimizer_shard(resume_from, manifest, q);
+        if (!why.empty()) {
+          failed[static_cast<std::size_t>(q)] = 1.0;
+          if (bad.empty()) bad = why;
+        }
+      }
+      dp.all_reduce_sum(failed);
+      if (!bad.empty()) throw InputError(bad);
+      for (std::size_t q = 0; q < failed.size(); ++q)
+        if (failed[q] > 0)
+          throw InputError(fmt::format("{}: optimizer shard of rank {} is missing or corrupt",
+                                       (resume_from / manifest["files"][q].value("file", "?")).string(), q));
+      sharded->load(resume_from, manifest);
+    } else {
+      whole_optimizer->load(resume_from / "optimizer.safetensors");
+    }
     json st = parse_json_read_back(read_file(resume_from / "trainer_state.json"));
     auto count = [&](const char* key) {
       return st.contains(key) && st[key].is_number_integer() && st[key].get<int64_t>() >= 0;
@@ -394,7 +451,56 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   // write's error stops the run at the next checkpoint or at the end, with
   // the checkpoints before it intact.
   BackgroundJob checkpoint_writer;  // after everything its jobs use: destroyed (waited for) first
+  // Sharded: every rank writes its optimizer shard into a staging directory
+  // (now, on this thread), their sizes and checksums are summed to rank 0,
+  // which moves the files into the checkpoint with the manifest before the
+  // checkpoint is renamed into place.
+  auto save_sharded_checkpoint = [&](int64_t step) {
+    const fs::path target = ckpt_dir / step_name(step);
+    if (fs::exists(target / "trainer_state.json")) {  // the same answer on every rank
+      dp.barrier();
+      return target;
+    }
+    const fs::path staging = optimizer_shard_staging(target);
+    std::error_code mk;
+    fs::create_directories(staging, mk);
+    const int world = dp.world_size(), rank = dp.rank();
+    const fs::path mine = staging / optimizer_shard_file_name(rank, world);
+    ShardedAdamW::write_state(sharded->snapshot(), sharded->layout(), rank, mine);
+    const ShardFileRecord record = shard_file_record(mine);
+    std::vector<double> v(2 * static_cast<std::size_t>(world), 0.0);  // bytes and CRC-32: exact in a double
+    v[2 * static_cast<std::size_t>(rank)] = static_cast<double>(record.bytes);
+    v[2 * static_cast<std::size_t>(rank) + 1] = static_cast<double>(record.crc32);
+    dp.all_reduce_sum(v);
+    if (dp.is_root()) {
+      std::vector<ShardFileRecord> files;
+      for (int r = 0; r < world; ++r)
+        files.push_back({optimizer_shard_file_name(r, world), static_cast<int64_t>(v[2 * r]),
+                         static_cast<uint32_t>(v[2 * r + 1])});
+      checkpoint_writer.finish();
+      auto model = std::make_shared<ModelSnapshot>(snapshot_model(student, torch::kFloat32));
+      json st = {{"step", step}, {"epoch", pos.epoch}, {"index", pos.index}, {"tokens", tokens},
+                 {"optimizer_steps", optimizer_steps()}, {"lr_next", o.schedule.at(step)},
+                 {"note", "no other random state: the window order is keyed by seed"}};
+      const std::string manifest = optimizer_manifest(sharded->layout(), o.shard, step, files).dump(2) + "\n";
+      checkpoint_writer.start([target, staging, files, model, manifest, state = st.dump(2) + "\n",
+                               &remove_old_checkpoints] {
+        remove_tree(target);
+        AtomicDirectory dir(target);
+        write_model_snapshot(*model, dir.path());
+        for (const auto& f : files) fs::rename(staging / f.file, dir.path() / f.file);
+        write_file_atomic(dir.path() / kOptimizerManifest, manifest);
+        write_file_atomic(dir.path() / "trainer_state.json", state);
+        dir.commit();
+        remove_tree(staging);
+        remove_old_checkpoints();
+      });
+    }
+    dp.barrier();
+    return target;
+  };
   auto save_checkpoint = [&](int64_t step) {
+    if (sharded) return save_sharded_checkpoint(step);
     const fs::path target = ckpt_dir / step_name(step);
     if (!dp.is_root() || fs::exists(target / "trainer_state.json")) {  // rank 0 writes; others wait
       dp.barrier();
@@ -402,9 +508,9 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     }
     checkpoint_writer.finish();
     auto model = std::make_shared<ModelSnapshot>(snapshot_model(student, torch::kFloat32));
-    auto optimizer_state = std::make_shared<AdamW::State>(optimizer.snapshot());
+    auto optimizer_state = std::make_shared<AdamW::State>(whole_optimizer->snapshot());
     json st = {{"step", step}, {"epoch", pos.epoch}, {"index", pos.index}, {"tokens", tokens},
-               {"optimizer_steps", optimizer.steps()},
+               {"optimizer_steps", optimizer_steps()},
                {"lr_next", o.schedule.at(step)}, {"note", "no other random state: the window order is keyed by seed"}};
     checkpoint_writer.start([target, model, optimizer_state, state = st.dump(2) + "\n", &remove_old_checkpoints] {
       remove_tree(target);
@@ -483,18 +589,33 @@ DistillSummary run_distillation_in(const DistillOptions& o,
         }
         r = kd_loss_online(student, student_hidden(), teacher, t_hidden, tg, o.kd);
       }
-      if (o.overlap_all_reduce && m + 1 == accum) sync.arm();  // the step's gradients are final in this backward
+      if (o.overlap_all_reduce && m + 1 == accum) {  // the step's gradients are final in this backward
+        if (sharded)
+          sharded->arm();
+        else
+          sync.arm();
+      }
       (r.loss / static_cast<double>(accum)).backward();
       step_loss += r.loss.detach().to(torch::kDouble) / static_cast<double>(accum);
       step_sums += r.sums;
       step_tokens += r.tokens;
     }
-    sync.finish();  // the mean over ranks, before clipping
+    // The mean over ranks (sharded: into each owner's range), before clipping.
+    if (sharded)
+      sharded->finish();
+    else
+      sync.finish();
     // Norm, clip factor and update stay on the device: the optimizer step is
     // queued before the host waits for anything.
-    const torch::Tensor grad_norm_on_device = optimizer.clip_grad_norm_on_device(o.clip_grad);
-    optimizer.step(lr);
-    optimizer.zero_grad();
+    const torch::Tensor grad_norm_on_device = sharded ? sharded->clip_grad_norm_on_device(o.clip_grad)
+                                                      : whole_optimizer->clip_grad_norm_on_device(o.clip_grad);
+    if (sharded) {
+      sharded->step(lr);  // this rank's range, then the all-gather of the parameters
+      sharded->zero_grad();
+    } else {
+      whole_optimizer->step(lr);
+      whole_optimizer->zero_grad();
+    }
     // The step's numbers, summed over ranks in one collective and read in the
     // step's one wait: loss, kd_sum, ce_sum (KdResult::sums' order), tokens,
     // and the stop flag (a signal to any rank stops all of them at the same
@@ -519,8 +640,22 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     if (const auto peak = device_peak_allocated_bytes(device)) rec["device_peak_bytes"] = *peak;
     // What each rank holds, by the planner's kinds (`distill --plan`), in the
     // run's first step record (a resumed run keeps that record).
-    if (step == 0)
-      rec["state_bytes"] = rank_state_bytes(teacher ? &teacher : nullptr, student, optimizer, sync.buffer_bytes(), dp);
+    if (step == 0) {
+      OptimizerBytes ob;
+      int64_t buckets = sync.buffer_bytes();
+      if (sharded) {
+        const ShardedAdamW::StateBytes b = sharded->state_bytes();
+        ob = {b.master, b.moments, b.gradients, b.gradients_peak};
+        buckets = b.buckets;
+        // state_bytes counts the parameters' .grad itself: only the shard is extra.
+        for (const auto& p : params)
+          if (p.grad().defined()) ob.extra_gradients -= static_cast<int64_t>(p.grad().nbytes());
+      } else {
+        const AdamW::StateBytes b = whole_optimizer->state_bytes();
+        ob = {b.master, b.moments, 0, -1};
+      }
+      rec["state_bytes"] = rank_state_bytes(teacher ? &teacher : nullptr, student, ob, buckets, dp);
+    }
     log(rec);
     status.step = step + 1;
     status.tokens = tokens;

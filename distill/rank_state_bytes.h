@@ -15,11 +15,19 @@
 namespace minipuzzle {
 
 // [{"rank": 0, "teacher_weights": B, "student_weights": B, "gradients": B,
-//   "master": B, "moments": B, "buckets": B}, ...] in rank order: each kind
+//   "master": B, "moments": B, "buckets": B, "gradients_peak": B}, ...] in rank order: each kind
 // is the sum of numel x element size of the tensors of that kind on that
 // rank (buckets: the fp32 bucket buffers the step's all-reduce held at
 // once). A collective: every rank must call it at the same point.
-nlohmann::json rank_state_bytes(HybridLM* teacher, HybridLM& student, const AdamW& optimizer, int64_t bucket_bytes,
-                                DataParallel& dp);
+// master, moments: the optimizer's (AdamW::state_bytes, or a sharded
+// optimizer's range); extra_gradients: gradient bytes held outside the
+// parameters' .grad (a sharded optimizer's gradient shard).
+// gradients_peak: the most gradient bytes held at once during the step's
+// backward (sharded levels; otherwise the gradients' own bytes).
+struct OptimizerBytes {
+  int64_t master = 0, moments = 0, extra_gradients = 0, gradients_peak = -1;
+};
+nlohmann::json rank_state_bytes(HybridLM* teacher, HybridLM& student, const OptimizerBytes& optimizer,
+                                int64_t bucket_bytes, DataParallel& dp);
 
 }  // namespace minipuzzle

@@ -27,7 +27,7 @@ ShardLevel parse_shard_level(const std::string& text, const std::string& what) {
   throw InputError(what + ": unknown shard level '" + text + "'; expected none, optimizer, gradients or parameters");
 }
 
-bool shard_level_implemented(ShardLevel level) { return level == ShardLevel::None; }
+bool shard_level_implemented(ShardLevel level) { return level != ShardLevel::Parameters; }
 
 void TrainingJob::validate() const {
   if (dtype != Precision::Bf16 && dtype != Precision::Fp32)

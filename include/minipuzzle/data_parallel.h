@@ -131,6 +131,13 @@ class DataParallel {
   // what waits for it (throws as the blocking collectives do). Every rank
   // must start the same sums in the same order.
   std::function<void()> start_sum(torch::Tensor flat);
+  // Starts summing `flat` over ranks into rank `root`'s `flat` (the others'
+  // are left as they were): the reduce of the sharded levels, where each
+  // bucket of the flat layout has one owner (sharded_adamw.h).
+  std::function<void()> start_reduce(torch::Tensor flat, int root);
+  // Every rank's `mine` (the same numel everywhere) concatenated in rank
+  // order into `all` (world_size x that numel), on every rank.
+  void all_gather(torch::Tensor all, torch::Tensor mine);
   int64_t bucket_bytes() const { return options_.bucket_bytes; }
   // Sum over ranks (fp64). The vector form is one collective.
   double all_reduce_sum(double value);

@@ -10,6 +10,8 @@
 //                                 and per evaluation ("eval": true)
 //   checkpoints/step-00000100/    config.json + model.safetensors (Hub layout),
 //                                 optimizer.safetensors, trainer_state.json;
+//                                 sharded runs: optimizer-RRRRR-of-NNNNN.safetensors
+//                                 per rank + optimizer_manifest.json instead;
 //                                 each written as a whole, the last `keep_last` kept
 //   final/                        the student after the last step (Hub layout)
 //   report.md, loss.png, eval.png
@@ -24,6 +26,7 @@
 #include "minipuzzle/adamw.h"
 #include "minipuzzle/kd_loss.h"
 #include "minipuzzle/lr_schedule.h"
+#include "minipuzzle/training_memory_plan.h"
 
 namespace minipuzzle {
 
@@ -63,6 +66,15 @@ struct DistillOptions {
   // Data-parallel: start each gradient bucket's all-reduce while backward
   // still runs (overlapped_all_reduce.h); the same sums as after it.
   bool overlap_all_reduce = true;
+  // Data-parallel: what each rank keeps of the optimizer state
+  // (sharded_adamw.h): None (all of it), Optimizer (ZeRO-1: master and
+  // moments of its 1/N range), Gradients (ZeRO-2: also only its range of the
+  // reduced gradient). Parameters (ZeRO-3) is not implemented: refused.
+  // Sharded checkpoints: sharded_checkpoint.h.
+  ShardLevel shard = ShardLevel::None;
+  // Data-parallel: fp32 bytes per gradient bucket (and per all-gather chunk
+  // of all ranks together at the sharded levels).
+  int64_t bucket_bytes = 25 << 20;
 };
 
 struct DistillStatus {

@@ -17,9 +17,9 @@
 //               + two gathered units (embedding, block or head) of each model, e bytes each
 //
 // At e = 2 that is the issue's 2T + 16S, 2T + 4S + 12S/N and (2T + 16S)/N.
-// Only `none` is implemented by the trainer today; the other rows are the
-// plan it is to follow (DESIGN.md, "Scale: where weights live"): the
-// sharded levels reduce-scatter the gradients bucket by bucket into each
+// The trainer runs none, optimizer and gradients (sharded_adamw.h);
+// parameters is the plan it is to follow (DESIGN.md, "Scale: where weights
+// live"). The sharded levels reduce-scatter the gradients bucket by bucket into each
 // rank's fp32 shard (one bucket reducing while the next is filled) and
 // all-gather the updated weights the same way. One rank alone shards
 // nothing and runs no collective.

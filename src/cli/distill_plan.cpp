@@ -25,7 +25,8 @@ void add_plan_options(po::options_description& options) {
       ("json", po::bool_switch(), "--plan: print JSON")
       ("world-size", po::value<int>(), "ranks to plan for (default: the launcher's WORLD_SIZE, else 1); a run checks it against the launcher's")
       ("shard", po::value<std::string>()->default_value("none"),
-       "none | optimizer | gradients | parameters (ZeRO 1-3); only none runs today, the others can be planned")
+       "none | optimizer | gradients | parameters (ZeRO 1-3): what each data-parallel rank keeps of the optimizer "
+       "state; none, optimizer and gradients run, parameters can only be planned")
       ("device-memory", po::value<std::string>(),
        "bytes per device, e.g. 80GB: --plan says whether the job fits; a run that does not fit is refused (on CUDA "
        "the device's total memory by default)");
@@ -94,6 +95,7 @@ TrainingJob job_of(const po::variables_map& vm) {
   job.seq_len = vm["seq-len"].as<int64_t>();
   job.micro_batch = vm["micro-batch"].as<int64_t>();
   job.activation_checkpointing = vm["activation-checkpointing"].as<bool>();
+  if (vm.count("bucket-size")) job.bucket_bytes = static_cast<int64_t>(parse_bytes(vm["bucket-size"].as<std::string>(), "--bucket-size"));
   const std::string dtype = vm["dtype"].as<std::string>();
   if (dtype == "fp16" || dtype == "float16")
     throw InputError("--dtype fp16: fp16 gradients underflow without loss scaling; train in bf16 (or fp32)");
@@ -134,7 +136,8 @@ void check_distill_plan(const po::variables_map& vm) {
   if (vm["json"].as<bool>()) throw InputError("--json prints a plan: use it with --plan");
   const ShardLevel shard = parse_shard_level(vm["shard"].as<std::string>());
   if (!shard_level_implemented(shard))
-    throw InputError(fmt::format("--shard {}: planned but not implemented yet; distill runs with --shard none today "
+    throw InputError(fmt::format("--shard {}: planned but not implemented yet; distill runs with --shard none, "
+                                 "optimizer or gradients "
                                  "(`minipuzzle distill --plan --shard {}` shows its memory)",
                                  shard_level_name(shard), shard_level_name(shard)));
   const int world = launcher_world_size();
@@ -158,7 +161,7 @@ void check_distill_plan(const po::variables_map& vm) {
 
 std::string distill_plan_line(const ModelConfig& teacher, const ModelConfig& student, int world_size,
                               int64_t seq_len, int64_t micro_batch, bool activation_checkpointing,
-                              const std::string& dtype, const std::string& device) {
+                              const std::string& dtype, const std::string& device, const std::string& shard) {
   TrainingJob job;
   job.teacher = teacher;
   job.student = student;
@@ -167,7 +170,7 @@ std::string distill_plan_line(const ModelConfig& teacher, const ModelConfig& stu
   job.activation_checkpointing = activation_checkpointing;
   job.dtype = parse_model_dtype(dtype) == torch::kFloat32 ? Precision::Fp32 : Precision::Bf16;
   job.ops = ops_for(device);
-  const RankBytes b = plan_training_memory(job, world_size, ShardLevel::None).bytes;
+  const RankBytes b = plan_training_memory(job, world_size, parse_shard_level(shard, "distill.shard")).bytes;
   return fmt::format("peak {} = teacher {} + student weights, gradients, master and moments {} + the largest of: "
                      "activations and KD loss {}, all-reduce buckets {}, optimizer scratch {}",
                      format_bytes(b.peak()), format_bytes(b.teacher_weights),

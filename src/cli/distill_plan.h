@@ -25,9 +25,9 @@ int print_distill_plan(const po::variables_map& vm);
 void check_distill_plan(const po::variables_map& vm);
 
 // For `compress --dry-run`: one line with a distillation stage's plan per
-// rank (--shard none, as it runs), e.g. "peak 1.2 GiB = teacher ... ".
+// rank (at distill.shard, as it runs), e.g. "peak 1.2 GiB = teacher ... ".
 std::string distill_plan_line(const ModelConfig& teacher, const ModelConfig& student, int world_size,
                               int64_t seq_len, int64_t micro_batch, bool activation_checkpointing,
-                              const std::string& dtype, const std::string& device);
+                              const std::string& dtype, const std::string& device, const std::string& shard);
 
 }  // namespace minipuzzle::cli

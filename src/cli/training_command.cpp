@@ -17,6 +17,7 @@
 #include "minipuzzle/distill_trainer.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/importance_scores.h"
+#include "minipuzzle/memory_model.h"
 #include "minipuzzle/progress.h"
 
 namespace minipuzzle::cli {
@@ -54,8 +55,8 @@ int run_training_command(const Args& args, bool from_scratch) {
       "       [--steps N | --tokens N] [--seq-len N] [--micro-batch N] [--global-batch N] [--lr X] [--min-lr X]\n"
       "       [--warmup N] [--schedule cosine|wsd|constant]" +
       (from_scratch ? "" : " [--loss forward_kl|reverse_kl|jsd] [--temperature T] [--ce-weight W]") +
-      "\n       [--eval-every N] [--save-every N] [--keep-last N] [--resume]" +
-      (from_scratch ? "" : "\n       [--world-size N] [--shard LEVEL] [--device-memory SIZE]\n"
+      "\n       [--eval-every N] [--save-every N] [--keep-last N] [--resume] [--bucket-size SIZE]" +
+      (from_scratch ? "" : "\n       [--world-size N] [--shard none|optimizer|gradients] [--device-memory SIZE]\n"
                            "   or: minipuzzle distill --plan (--teacher DIR | --teacher-cache DIR) --student DIR "
                            "[--world-size N] [--shard LEVEL] [--seq-len N] [--micro-batch N] [--device-memory SIZE] "
                            "[--json]");
@@ -100,6 +101,8 @@ int run_training_command(const Args& args, bool from_scratch) {
       ("activation-checkpointing", po::bool_switch(), "recompute each block in backward: less memory, ~1/3 more compute")
       ("no-overlap-all-reduce", po::bool_switch(),
        "data-parallel: all-reduce the gradients after backward instead of during it (same result)")
+      ("bucket-size", po::value<std::string>()->default_value("25MiB"),
+       "data-parallel: fp32 bytes per gradient bucket (one collective each), e.g. 25MiB")
       ("stop-at-step", po::value<int64_t>()->default_value(0), "stop after this step as if interrupted (time-boxed runs, tests)");
   if (!from_scratch) add_plan_options(opts);
   po::positional_options_description pos;
@@ -164,6 +167,12 @@ int run_training_command(const Args& args, bool from_scratch) {
   o.activation_checkpointing = vm["activation-checkpointing"].as<bool>();
   o.overlap_all_reduce = !vm["no-overlap-all-reduce"].as<bool>();
   o.stop_at_step = vm["stop-at-step"].as<int64_t>();
+  {
+    const double bucket = parse_bytes(vm["bucket-size"].as<std::string>(), "--bucket-size");
+    if (!(bucket >= 1)) throw InputError("--bucket-size must be at least one byte");
+    o.bucket_bytes = static_cast<int64_t>(bucket);
+  }
+  if (!from_scratch) o.shard = parse_shard_level(vm["shard"].as<std::string>());
 
   const int64_t hold = hold_after_step();
 

@@ -78,10 +78,10 @@ def test_plan_from_configs_alone(work, tmp_path):
     text = nt.run_cli(*args).stdout
     for needle in ("teacher weights", "student weights", "gathered-block buffers", "gradients", "fp32 master",
                    "moments", "activations", "KD loss", "communication buckets", "peak", "fits",
-                   "--shard optimizer (planned, not implemented yet)"):
+                   "--shard optimizer"):
         assert needle in text, (needle, text)
     j = json.loads(nt.run_cli(*args, "--json").stdout)
-    assert j["world_size"] == 4 and j["shard"] == "optimizer" and j["shard_implemented"] is False
+    assert j["world_size"] == 4 and j["shard"] == "optimizer" and j["shard_implemented"] is True
     T, S = j["teacher"]["parameters"], j["student"]["parameters"]
     b = j["bytes"]
     # CPU, fp32: teacher 4T, student 4S + gradients 4S, no separate master, moments 8S/N.
@@ -144,7 +144,7 @@ def test_refusals(work, tmp_path):
     r = nt.run_cli(*base, "--device-memory", "1KiB")
     assert "does NOT fit" in r.stdout and "smallest world size that fits" in r.stdout, r.stdout
     # Runs that cannot start: refused before anything is written.
-    cases = [(["--shard", "optimizer"], "--shard optimizer: planned but not implemented yet"),
+    cases = [(["--shard", "parameters"], "--shard parameters: planned but not implemented yet"),
              (["--device-memory", "1KiB"], "smallest world size that fits at --shard none: no world size fits"),
              (["--world-size", 2], "--world-size 2 but the launcher started 1 rank"),
              (["--json"], "--json prints a plan")]

@@ -71,6 +71,9 @@ struct CompressJob {
     // Data-parallel processes per distillation, started by compress on this
     // machine (one per GPU on CUDA: cuda:0..N-1; Gloo on CPU).
     int64_t processes = 1;
+    // What each process keeps of the optimizer state: none | optimizer |
+    // gradients (distill --shard; parameters is not implemented).
+    std::string shard = "none";
   } distill;
 
   struct DistillRun {

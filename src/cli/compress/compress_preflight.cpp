@@ -235,7 +235,8 @@ int print_dry_run(const CompressJob& job) {
                              j.distill.activation_checkpointing ? ", activation checkpointing" : "",
                              distill_plan_line(parent, largest->config, static_cast<int>(j.distill.processes),
                                                j.distill.seq_len, j.distill.micro_batch,
-                                               j.distill.activation_checkpointing, j.dtype, j.device));
+                                               j.distill.activation_checkpointing, j.dtype, j.device,
+                                               j.distill.shard));
   }
 
   // FLOPs per stage (teacher forward Ft, mean candidate forward Fs).

@@ -73,6 +73,11 @@ std::vector<std::string> distill_argv(const CompressJob& j, const CompressJob::D
                                 "--seed", std::to_string(j.distill.seed),
                                 "--dtype", j.dtype, "--device", j.device, "--resume"};
   if (j.distill.activation_checkpointing) a.push_back("--activation-checkpointing");
+  // Only when sharded: the argv of an unsharded job (the demo's) is as before.
+  if (j.distill.shard != "none") {
+    a.push_back("--shard");
+    a.push_back(j.distill.shard);
+  }
   return a;
 }
 

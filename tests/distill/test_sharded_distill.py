@@ -1,0 +1,269 @@
+"""`minipuzzle distill --shard optimizer|gradients` (ZeRO stages 1 and 2) on
+Gloo, CPU, fp32, with 2 and 4 ranks started as the launcher would (RANK,
+WORLD_SIZE, MASTER_ADDR/PORT): the same per-step losses and the same weights
+as `--shard none` at the same world size; each rank holds 1/N of the master
+and moments (state_bytes in metrics.jsonl) and, at `gradients`, no
+full-size gradient; the planner's figures match those bytes within 10%;
+sharded checkpoints (one file per rank + a manifest) resume bit for bit;
+bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
+import nemotron_tiny as nt  # noqa: E402
+from test_score_search import write_dataset  # noqa: E402
+
+SPEC = nt.SPECS_BY_NAME["g2_state32"]
+RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "TORCHELASTIC")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shard")
+    teacher = nt.save_checkpoint(nt.build_model(SPEC), SPEC, root / "teacher", "hub")
+    rng = np.random.default_rng(8)
+    data = write_dataset(root / "train", [rng.integers(0, SPEC.vocab, 900) for _ in range(6)])
+    student = root / "student"
+    nt.run_cli("prune", teacher, "--set", "drop_layers=1", "--out", student)
+    return {"root": root, "teacher": teacher, "student": student, "data": data}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distill_args(work, out, steps, *extra):
+    # 4 KiB buckets: many per rank, cut inside parameters and at the ranks' ranges.
+    return ["distill", "--teacher", work["teacher"], "--student", work["student"], "--data", work["data"],
+            "--out", out, "--steps", steps, "--seq-len", 32, "--micro-batch", 1, "--global-batch", 4,
+            "--lr", "3e-3", "--min-lr", "3e-4", "--warmup", 1, "--eval-tokens", 64, "--bucket-size", "4KiB", *extra]
+
+
+def run_ranks(world, args, check=True, timeout=300):
+    port = free_port()
+    procs = []
+    for r in range(world):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(RANK_VARS)}
+        env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([nt.minipuzzle_bin(), *[str(a) for a in args]], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    codes = [p.returncode for p in procs]
+    if check:
+        assert codes == [0] * world, [e[-2000:] for _, e in outs]
+    return codes, [e for _, e in outs]
+
+
+def records(run: Path):
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if not json.loads(l).get("eval")]
+
+
+def weights(run: Path, sub="final"):
+    from safetensors.numpy import load_file
+    return load_file(str(run / sub / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(work):
+    """Runs by (world, level, dtype), made once."""
+    cache = {}
+
+    def get(world, level, dtype="fp32", steps=3):
+        key = (world, level, dtype, steps)
+        if key not in cache:
+            out = work["root"] / f"w{world}-{level}-{dtype}-{steps}"
+            run_ranks(world, distill_args(work, out, steps, "--shard", level, "--dtype", dtype))
+            cache[key] = out
+        return cache[key]
+    return get
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sharded_levels_match_none(runs, world):
+    none = runs(world, "none")
+    for level in ("optimizer", "gradients"):
+        run = runs(world, level)
+        a, b = records(none), records(run)
+        assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+        for x, y in zip(a, b):
+            assert x["tokens"] == y["tokens"]
+            assert y["loss"] == pytest.approx(x["loss"], rel=1e-6, abs=0), (level, x["step"])
+            assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-6, abs=0), (level, x["step"])
+        wa, wb = weights(none), weights(run)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            if world == 2:
+                # a + b is b + a: the reduce into the owner sums as the all-reduce does, bit for bit.
+                assert np.array_equal(wa[k], wb[k]), (level, k)
+                continue
+            # 4 ranks: Gloo's all-reduce and reduce add the four terms in other
+            # orders; AdamW turns the rounding of gradients that nearly cancel
+            # into ~1e-5 in a few elements, so the bound is per tensor.
+            x, y = wa[k].astype(np.float64), wb[k].astype(np.float64)
+            assert np.linalg.norm(x - y) <= 1e-6 * np.linalg.norm(x), (level, k, np.linalg.norm(x - y) / np.linalg.norm(x))
+            assert np.abs(x - y).max() <= 1e-4, (level, k)
+        # The checkpoint holds every rank's shard and the manifest, no whole optimizer.
+        ckpt = run / "checkpoints" / "step-00000003"
+        manifest = json.loads((ckpt / "optimizer_manifest.json").read_text())
+        assert manifest["world_size"] == world and manifest["shard"] == level
+        assert [f["file"] for f in manifest["files"]] == [f"optimizer-{r:05d}-of-{world:05d}.safetensors"
+                                                          for r in range(world)]
+        for f in manifest["files"]:
+            assert (ckpt / f["file"]).stat().st_size == f["bytes"]
+        assert not (ckpt / "optimizer.safetensors").exists()
+
+
+def test_gradients_level_never_holds_a_full_gradient(runs):
+    """One micro-batch per rank and step (4 ranks, global batch 4): at
+    `gradients` each .grad goes as soon as its buckets are copied out, so the
+    most gradient bytes a rank holds at once in backward (gradients_peak, seen
+    from the accumulation hooks, plus its gradient shard) stay below one
+    full-size gradient; at `optimizer` the same measure sees all of it."""
+    S = sum(w.size for w in weights(runs(4, "none")).values())
+    for level in ("optimizer", "gradients"):
+        for m in records(runs(4, level))[0]["state_bytes"]:
+            if level == "gradients":
+                assert m["gradients_peak"] < 0.75 * 4 * S, (m, S)
+                assert m["gradients"] == 4 * (-(-S // 4))  # after the step: the shard alone
+            else:
+                assert m["gradients_peak"] >= 4 * S, (m, S)
+
+
+def plan_bytes(work, world, level, dtype):
+    r = nt.run_cli("distill", "--plan", "--json", "--teacher", work["teacher"], "--student", work["student"],
+                   "--seq-len", 32, "--micro-batch", 1, "--world-size", world, "--shard", level, "--dtype", dtype,
+                   "--bucket-size", "4KiB")
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("level", ["optimizer", "gradients"])
+def test_each_rank_holds_its_share(work, runs, level, dtype):
+    world = 2
+    run = runs(world, level, dtype)
+    measured = records(run)[0]["state_bytes"]
+    plan = plan_bytes(work, world, level, dtype)
+    S = plan["student"]["parameters"]
+    e = 4 if dtype == "fp32" else 2
+    shard = -(-S // world)  # ceil: the ranges are padded to equal length
+    assert len(measured) == world
+    for m in measured:
+        # Master + moments: 1/N of the whole plus at most the padding.
+        whole = (0 if dtype == "fp32" else 4) * S + 8 * S
+        assert m["master"] + m["moments"] <= whole / world + 12 * (shard * world - S)
+        assert m["moments"] == 8 * shard and m["master"] == (0 if dtype == "fp32" else 4 * shard)
+        if level == "gradients":
+            # No full-size gradient: only this rank's range of it.
+            assert m["gradients"] == e * shard and m["gradients"] < e * S
+        else:
+            assert m["gradients"] == e * S
+        for kind in ("master", "moments", "gradients"):
+            p = plan["bytes"][kind]
+            assert abs(m[kind] - p) <= 0.10 * p if p else m[kind] == 0, (kind, m[kind], p)
+
+
+@pytest.mark.parametrize("level", ["optimizer", "gradients"])
+def test_stop_and_resume_is_bit_identical(work, runs, tmp_path, level):
+    world = 2
+    full = runs(world, level, "fp32", 4)
+    part = tmp_path / "part"
+    codes, errs = run_ranks(world, distill_args(work, part, 4, "--shard", level, "--stop-at-step", 2), check=False)
+    assert codes == [130] * world, errs
+    assert (part / "checkpoints" / "step-00000002" / "optimizer_manifest.json").exists()
+    run_ranks(world, distill_args(work, part, 4, "--shard", level, "--resume"))
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in records(part)] == \
+           [(r["step"], r["loss"], r["grad_norm"]) for r in records(full)]
+    assert (part / "final" / "model.safetensors").read_bytes() == (full / "final" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("before,after,level", [(4, 2, "optimizer"), (2, 4, "gradients")])
+def test_resume_at_another_world_size_reshards(work, runs, tmp_path, before, after, level):
+    """Stopped after step 2 at one world size, resumed at another: each new
+    rank reads its range out of the old ranks' files, and the run goes on as
+    an uninterrupted run at the new world size (within float summation order)."""
+    part = tmp_path / "part"
+    codes, errs = run_ranks(before, distill_args(work, part, 4, "--shard", level, "--stop-at-step", 2), check=False)
+    assert codes == [130] * before, errs
+    run_ranks(after, distill_args(work, part, 4, "--shard", level, "--resume"))
+    full = runs(after, level, "fp32", 4)
+    a, b = records(full), records(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6, abs=0), x["step"]
+    wa, wb = weights(full), weights(part)
+    for k in wa:
+        x, y = wa[k].astype(np.float64), wb[k].astype(np.float64)
+        assert np.linalg.norm(x - y) <= 1e-5 * np.linalg.norm(x), k
+    manifest = json.loads((part / "checkpoints" / "step-00000004" / "optimizer_manifest.json").read_text())
+    assert manifest["world_size"] == after
+
+
+def copy_stopped(work, tmp_path, level="optimizer"):
+    """A 2-rank run stopped after step 2 (a sharded checkpoint there)."""
+    part = tmp_path / "stopped"
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", level, "--stop-at-step", 2), check=False)
+    assert codes == [130, 130], errs
+    return part
+
+
+def assert_one_line_exit_2(codes, errs, needle):
+    assert codes == [2] * len(codes), errs
+    for e in errs:
+        assert len(e.strip().splitlines()) == 1 and needle in e, e
+
+
+def test_bad_input(work, tmp_path):
+    # Unknown level, and the one that is planned only.
+    r = nt.run_cli(*distill_args(work, tmp_path / "u", 2, "--shard", "stage2"), check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown shard level" in r.stderr
+    r = nt.run_cli(*distill_args(work, tmp_path / "p", 2, "--shard", "parameters"), check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not implemented" in r.stderr
+    # A world size that does not divide the global batch.
+    codes, errs = run_ranks(3, distill_args(work, tmp_path / "w3", 2, "--shard", "optimizer"), check=False)
+    assert_one_line_exit_2(codes, errs, "multiple of --micro-batch 1 x 3 processes")
+
+    part = copy_stopped(work, tmp_path)
+    ckpt = part / "checkpoints" / "step-00000002"
+    manifest = ckpt / "optimizer_manifest.json"
+    # Another level than the checkpoint's: the run's options differ.
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "gradients", "--resume"), check=False)
+    assert_one_line_exit_2(codes, errs, "shard")
+    # A manifest of another layout.
+    original = manifest.read_text()
+    m = json.loads(original)
+    m["layout"]["parameters"][0][1] += 1
+    manifest.write_text(json.dumps(m))
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"), check=False)
+    assert_one_line_exit_2(codes, errs, "optimizer_manifest.json")
+    manifest.write_text(original)
+    # A truncated shard: every rank stops, naming it.
+    shard = ckpt / "optimizer-00001-of-00002.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-100])
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"), check=False)
+    assert_one_line_exit_2(codes, errs, "optimizer-00001-of-00002.safetensors")
+    # The same length, other bytes: the checksum.
+    shard.write_bytes(data[:-4] + bytes(4 * [0x5A]))
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"), check=False)
+    assert_one_line_exit_2(codes, errs, "optimizer-00001-of-00002.safetensors")
+    # Missing.
+    shard.unlink()
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"), check=False)
+    assert_one_line_exit_2(codes, errs, "optimizer-00001-of-00002.safetensors")
+    # Whole again: the run finishes.
+    shard.write_bytes(data)
+    run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"))
+    assert (part / "final" / "model.safetensors").exists()
