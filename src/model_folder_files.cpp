@@ -15,7 +15,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_file(const fs::path& p) {
+std::string read_whole_file(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   if (!f) throw InputError(p.string() + ": cannot be read");
   std::ostringstream s;
@@ -51,10 +51,11 @@ std::vector<fs::path> check_model_folder_files(const fs::path& source) {
     std::error_code ec;
     if (!fs::exists(p, ec)) continue;
     if (!fs::is_regular_file(p, ec)) throw InputError(p.string() + ": not a regular file");
-    const std::string text = read_file(p);
+    const std::string text = read_whole_file(p);
     if (ends_with(name, ".json")) {
       try {
-        (void)nlohmann::json::parse(text);
+        const nlohmann::json parsed = nlohmann::json::parse(text);
+        (void)parsed;
       } catch (const nlohmann::json::exception& e) {
         throw InputError(fmt::format("{}: not valid JSON ({}); fix or remove it, nothing was written", p.string(),
                                      e.what()));
@@ -70,7 +71,7 @@ std::vector<std::string> copy_model_folder_files(const fs::path& source, const f
   std::vector<std::string> copied;
   for (const auto& p : files) {
     AtomicFile out(dest / p.filename());
-    out.write(read_file(p));
+    out.write(read_whole_file(p));
     out.commit();
     copied.push_back(p.filename().string());
   }
@@ -81,7 +82,7 @@ std::vector<std::string> source_license_lines(const fs::path& source) {
   std::error_code ec;
   const fs::path readme = source / "README.md";
   if (!fs::is_regular_file(readme, ec)) return {};
-  std::istringstream in(read_file(readme));
+  std::istringstream in(read_whole_file(readme));
   std::string line;
   if (!std::getline(in, line) || trim(line) != "---") return {};
   std::vector<std::string> found[3];
@@ -104,7 +105,7 @@ std::string source_model_name(const fs::path& source) {
   const fs::path cfg = source / "config.json";
   if (fs::is_regular_file(cfg, ec)) {
     try {
-      const auto j = nlohmann::json::parse(read_file(cfg));
+      const auto j = nlohmann::json::parse(read_whole_file(cfg));
       if (j.contains("_name_or_path") && j["_name_or_path"].is_string()) {
         const std::string id = j["_name_or_path"];
         // org/name, not a local path

@@ -128,6 +128,10 @@ int cmd_export(const Args& args) {
   const std::string dir = vm["dir"].as<std::string>();
   if (!std::filesystem::is_directory(dir, ec)) throw InputError(dir + ": not a checkpoint directory");
   const ModelConfig config = ModelConfig::load(dir);
+  if (config.extra.contains("quantization_config") && config.extra["quantization_config"].is_object() &&
+      config.extra["quantization_config"].value("quant_method", "") == "compressed-tensors")
+    throw InputError(dir + " is a compressed-tensors export (packed weights minipuzzle does not read); export from "
+                           "the checkpoint it came from, or from an `export --dequantized` one");
   check_model_folder_files(dir);  // a broken tokenizer file is refused before anything is written
   const CheckpointReader reader = CheckpointReader::open(dir);
 
