@@ -157,3 +157,29 @@ def test_transformers_loads_the_export_and_matches_our_dequantized_logits(export
     assert (hf - ours).abs().max().item() <= 0.05 * scale, ((hf - ours).abs().max(), scale)
     # the compressed model is the dequantized one, op for op in transformers
     assert (hf - hf_dq).abs().max().item() <= 0.02 * scale, ((hf - hf_dq).abs().max(), scale)
+
+
+def test_a_compressed_export_is_not_an_input(exports, tmp_path):
+    q, _, _ = exports[("q128", "nvfp4")]
+    r = nt.run_cli("export", q, "--out", tmp_path / "o", check=False)
+    assert r.returncode == 2 and "compressed-tensors export" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "int4"])
+def test_the_demo_teachers_export_loads_with_auto_classes(fmt, tmp_path):
+    """The demo teacher (examples/demo/teacher, byte-level tokenizer files) exported: AutoTokenizer and
+    AutoModelForCausalLM both load it and the model continues a prompt the tokenizer encoded."""
+    from pathlib import Path
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    teacher = Path(__file__).resolve().parents[2] / "examples" / "demo" / "teacher"
+    out = tmp_path / fmt
+    nt.run_cli("export", teacher, "--out", out, "--dtype", fmt)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.bfloat16).eval()
+    enc = tok("def forward(self, x):\n", return_tensors="pt")
+    assert enc["input_ids"][0, 0].item() == 1 and enc["input_ids"].shape[1] == 1 + len("def forward(self, x):\n")
+    with torch.no_grad():
+        gen = model.generate(**enc, max_new_tokens=8, do_sample=False)
+    text = tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert isinstance(text, str) and gen.shape[1] > enc["input_ids"].shape[1]
