@@ -183,3 +183,15 @@ def test_the_demo_teachers_export_loads_with_auto_classes(fmt, tmp_path):
         gen = model.generate(**enc, max_new_tokens=8, do_sample=False)
     text = tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert isinstance(text, str) and gen.shape[1] > enc["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", SPECS)
+def test_our_tools_read_the_export_as_its_dequantized_weights(exports, name, fmt, tmp_path):
+    """`minipuzzle logits` (any command that loads weights) on a compressed export gives exactly the
+    logits of the dequantized bf16 checkpoint: the reader decompresses as compressed-tensors does."""
+    q, d, _ = exports[(name, fmt)]
+    ids = nt.random_tokens(SPECS[name].vocab, 1, 13, seed=7)
+    a = nt.cli_logits(q, ids, tmp_path, tag="q")
+    b = nt.cli_logits(d, ids, tmp_path, tag="d")
+    assert torch.equal(a, b)
