@@ -140,10 +140,12 @@ def test_formats_shrink_the_weights(exports):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_transformers_loads_the_export_and_matches_our_dequantized_logits(exports, fmt, tmp_path):
+@pytest.mark.parametrize("name", SPECS)
+def test_transformers_loads_the_export_and_matches_our_dequantized_logits(exports, name, fmt, tmp_path):
+    """m_a_f_g1 covers the kept-bf16 projections: transformers must leave them (they are in `ignore`)."""
     from transformers import AutoModelForCausalLM
-    q, d, _ = exports[("q128", fmt)]
-    ids = nt.random_tokens(Q128.vocab, 2, 21, seed=5)
+    q, d, _ = exports[(name, fmt)]
+    ids = nt.random_tokens(SPECS[name].vocab, 2, 21, seed=5)
     model = AutoModelForCausalLM.from_pretrained(str(q), dtype=torch.bfloat16).eval()
     with torch.no_grad():
         hf = model(ids).logits.float()
