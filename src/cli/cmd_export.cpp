@@ -40,7 +40,8 @@ int64_t parameter_count(const ModelConfig& config) {
 }
 
 std::string card_body(const std::string& source, const ModelConfig& config, int64_t params,
-                      const std::string& precision, const QuantizationReport* report, const Args& args) {
+                      const std::string& precision, const QuantizationReport* report, const Args& args,
+                      const std::string& out_name) {
   std::string b;
   b += "Exported by MiniPuzzle (`minipuzzle export`) from `" + source + "`.\n\n";
   b += "## Lineage\n\n";
@@ -60,8 +61,15 @@ std::string card_body(const std::string& source, const ModelConfig& config, int6
                        report->kept_bf16.size());
   }
   b += "\nWhat stays bf16 in quantized exports: embeddings, lm_head, norms, conv1d, A_log, D, dt_bias.\n";
+  // --out as the folder's own name: the card is the same wherever the folder
+  // was written (and moves with it).
   b += "\n## Reproduce\n\n```sh\nminipuzzle export";
-  for (const auto& a : args) b += " " + shell_quote(a);
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string a = args[i];
+    if (i > 0 && args[i - 1] == "--out") a = out_name;
+    if (a.rfind("--out=", 0) == 0) a = "--out=" + out_name;
+    b += " " + shell_quote(a);
+  }
   b += "\n```\n";
   return b;
 }
@@ -143,13 +151,15 @@ int cmd_export(const Args& args) {
                                      options.dequantized ? ", written dequantized in bf16" : "")
       : dtype == torch::kFloat8_e4m3fn ? "fp8 (transformers FineGrainedFP8 layout, per-row scales)"
                                        : dtype_arg;
+  const std::filesystem::path out_path(out);
+  const std::string out_name =
+      out_path.filename().empty() ? out_path.parent_path().filename().string() : out_path.filename().string();
   std::vector<std::string> copied;
   options.add_files = [&](const std::filesystem::path& staging) {
     copied = copy_model_folder_files(dir, staging);
     ModelCard card;
     card.base_model = vm.count("base-model") ? vm["base-model"].as<std::string>() : source_model_name(dir);
-    card.title = std::filesystem::path(out).filename().empty() ? std::filesystem::path(out).parent_path().filename().string()
-                                                               : std::filesystem::path(out).filename().string();
+    card.title = out_name;
     card.tags = {"minipuzzle", "nemotron-h", "hybrid-mamba"};
     if (options.quantize && !options.dequantized) {
       card.tags.push_back("compressed-tensors");
@@ -158,7 +168,8 @@ int cmd_export(const Args& args) {
       card.tags.push_back("fp8");
     }
     card.license_lines = source_license_lines(dir);
-    card.body = card_body(dir, config, parameter_count(config), precision, options.quantize ? &report : nullptr, args);
+    card.body = card_body(dir, config, parameter_count(config), precision, options.quantize ? &report : nullptr, args,
+                          out_name);
     write_model_card(staging, card);
   };
   const int64_t params = rewrite_checkpoint(reader, config, config, identity_recipes(config), dtype, out, shard, options);

@@ -56,7 +56,7 @@ def test_export_is_a_complete_hub_folder(teacher, tmp_path, dtype):
     assert (fm["license"], fm["license_name"], fm["license_link"]) == ("other", "test-license", "LICENSE")
     assert "minipuzzle" in fm["tags"] and (dtype != "nvfp4" or {"compressed-tensors", "nvfp4"} <= set(fm["tags"]))
     card = (out / "README.md").read_text()
-    assert f"minipuzzle export {teacher} --out {out} --dtype {dtype}" in card  # the command to reproduce
+    assert f"minipuzzle export {teacher} --out export --dtype {dtype}" in card  # the command to reproduce
     assert f"hidden {SPEC.hidden}" in card and SPEC.pattern in card
     tok = AutoTokenizer.from_pretrained(str(out))
     ids = tok("hello")["input_ids"]
