@@ -1,3 +1,4 @@
+#include "minipuzzle/model_folder_files.h"
 #include "minipuzzle/distill_trainer.h"
 
 #include <fmt/format.h>
@@ -107,6 +108,9 @@ void validate(const DistillOptions& o) {
     throw InputError("train uses no teacher");
   if (!o.train_from_scratch && o.teacher.empty() && o.teacher_cache.empty())
     throw InputError("give --teacher, --teacher-cache or both");
+  // final/ carries these files: a broken one is refused now, not after training.
+  for (const auto& dir : {o.teacher, o.student})
+    if (!dir.empty()) check_model_folder_files(dir);
 }
 
 // Peak resident memory of this process (host memory; device memory is
@@ -695,6 +699,10 @@ DistillSummary run_distillation_in(const DistillOptions& o,
       remove_tree(final_dir);
       save_model(student, final_dir, dtype == torch::kFloat32 ? torch::kFloat32 : torch::kBFloat16);
     }
+    // The teacher's tokenizer / generation files (the student's when the
+    // teacher folder has none, e.g. an offline-cache run).
+    const bool teacher_has = !o.teacher.empty() && !check_model_folder_files(o.teacher).empty();
+    if (teacher_has || !o.student.empty()) copy_model_folder_files(teacher_has ? o.teacher : o.student, final_dir);
     write_distill_report(o.out);
   }
   summary.final_dir = final_dir;

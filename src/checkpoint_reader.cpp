@@ -6,6 +6,7 @@
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/tensor_bridge.h"
+#include "minipuzzle/weight_quantization.h"
 
 namespace minipuzzle {
 
@@ -15,7 +16,56 @@ bool is_float(DType t) { return t == DType::F32 || t == DType::BF16 || t == DTyp
 
 std::string file_of(const CheckpointFiles::Entry& e) { return e.file->path().filename().string(); }
 
+// "X.weight" -> "X." (the module prefix of compressed-tensors' parts).
+std::string module_of(const std::string& weight_name) {
+  const std::string tail = "weight";
+  if (weight_name.size() < tail.size() || weight_name.compare(weight_name.size() - tail.size(), tail.size(), tail) != 0)
+    return "";
+  return weight_name.substr(0, weight_name.size() - tail.size());
+}
+
 }  // namespace
+
+// A weight stored in a compressed-tensors format (weight_quantization.h):
+// nvfp4 / int4 by their `weight_packed`, fp8 channel by an F8_E4M3 weight
+// with `weight_scale` (FineGrainedFP8 uses `weight_scale_inv`).
+std::optional<WeightFormat> CheckpointReader::compressed_format(const std::string& hub_name) const {
+  const std::string m = module_of(hub_name);
+  if (m.empty() || hub_name.size() != m.size() + 6) return std::nullopt;
+  auto p = by_hub_.find(m + "weight_packed");
+  if (p != by_hub_.end()) {
+    if (p->second->info->dtype == DType::U8) return WeightFormat::kNvfp4;
+    if (p->second->info->dtype == DType::I32) return WeightFormat::kInt4Group128;
+    throw InputError(fmt::format("{}: tensor {} has dtype {}; expected U8 (nvfp4) or I32 (int4)", file_of(*p->second),
+                                 p->second->info->name, dtype_name(p->second->info->dtype)));
+  }
+  auto w = by_hub_.find(hub_name);
+  if (w != by_hub_.end() && w->second->info->dtype == DType::F8_E4M3 && !by_hub_.count(fp8_scale_name(hub_name)) &&
+      by_hub_.count(m + "weight_scale"))
+    return WeightFormat::kFp8Channel;
+  return std::nullopt;
+}
+
+const CheckpointFiles::Entry& CheckpointReader::part(const std::string& hub_name, const std::string& suffix) const {
+  return entry(module_of(hub_name) + suffix);
+}
+
+void CheckpointReader::check_compressed(const std::string& hub_name, WeightFormat f,
+                                        const std::vector<int64_t>& shape) const {
+  if (shape.size() != 2 || shape[1] % weight_format_group(f) != 0)
+    throw InputError(fmt::format("{}: tensor {} is stored {} but has shape [{}]; {} needs 2-D weights whose width "
+                                 "is a multiple of {}",
+                                 source_, hub_name, weight_format_name(f), fmt::join(shape, ", "),
+                                 weight_format_name(f), weight_format_group(f)));
+  for (const auto& p : quantized_parts(f, shape[0], shape[1])) {
+    const auto& e = part(hub_name, p.suffix);
+    if (e.info->shape != p.shape || e.info->dtype != p.dtype)
+      throw InputError(fmt::format("{}: tensor {} is {} [{}]; {} of a [{}, {}] weight is {} [{}]", file_of(e),
+                                   e.info->name, dtype_name(e.info->dtype), fmt::join(e.info->shape, ", "),
+                                   weight_format_name(f), shape[0], shape[1], dtype_name(p.dtype),
+                                   fmt::join(p.shape, ", ")));
+  }
+}
 
 CheckpointReader::CheckpointReader(CheckpointFiles files, std::string source)
     : files_(std::move(files)), source_(std::move(source)) {
@@ -38,6 +88,7 @@ const CheckpointFiles::Entry& CheckpointReader::entry(const std::string& hub_nam
 }
 
 void CheckpointReader::check(const std::string& hub_name, const std::vector<int64_t>& shape) const {
+  if (auto f = compressed_format(hub_name)) return check_compressed(hub_name, *f, shape);
   const auto& e = entry(hub_name);
   const TensorInfo& info = *e.info;
   if (info.shape != shape)
@@ -71,6 +122,31 @@ void CheckpointReader::check(const std::string& hub_name, const std::vector<int6
 }
 
 torch::Tensor CheckpointReader::source_tensor(const std::string& hub_name, const torch::Tensor& rows) const {
+  if (auto f = compressed_format(hub_name)) {
+    // W' exactly as compressed-tensors decompresses it (bf16), then fp32.
+    auto view_of = [&](const std::string& suffix) {
+      const auto& e = part(hub_name, suffix);
+      e.file->check_intact();
+      return tensor_view(e.file, *e.info);
+    };
+    torch::Tensor values = view_of(*f == WeightFormat::kFp8Channel ? "weight" : "weight_packed");
+    torch::Tensor scale = view_of("weight_scale");
+    torch::Tensor gs = *f == WeightFormat::kNvfp4 ? view_of("weight_global_scale").to(torch::kFloat32) : torch::Tensor();
+    if (*f == WeightFormat::kInt4Group128) {
+      auto shp = view_of("weight_shape");
+      if (shp[0].item<int64_t>() != values.size(0) || shp[1].item<int64_t>() != values.size(1) * 8)
+        throw InputError(fmt::format("{}: {}weight_shape does not match its packed weight", source_,
+                                     module_of(hub_name)));
+    }
+    if (!torch::isfinite(scale.to(torch::kFloat32)).all().item<bool>() ||
+        (gs.defined() && !torch::isfinite(gs).all().item<bool>()))
+      throw InputError(fmt::format("{}: the scales of {} hold non-finite values", source_, hub_name));
+    if (rows.defined()) {
+      values = values.index_select(0, rows);
+      scale = scale.index_select(0, rows);
+    }
+    return dequantize_rows(*f, values.contiguous(), scale.contiguous(), gs).to(torch::kFloat32);
+  }
   const auto& e = entry(hub_name);
   e.file->check_intact();
   auto view = tensor_view(e.file, *e.info);
@@ -110,7 +186,7 @@ void CheckpointReader::read_into(const std::string& hub_name, torch::Tensor& out
 torch::Tensor CheckpointReader::read_rows(const std::string& hub_name, int64_t first, int64_t count,
                                           torch::ScalarType dtype) const {
   torch::NoGradGuard no_grad;
-  if (entry(hub_name).info->dtype == DType::F8_E4M3)
+  if (compressed_format(hub_name) || entry(hub_name).info->dtype == DType::F8_E4M3)
     return source_tensor(hub_name, torch::arange(first, first + count, torch::kInt64)).to(dtype);
   return source_tensor(hub_name, {}).narrow(0, first, count).to(torch::kCPU, dtype, false, /*copy=*/true);
 }
@@ -122,6 +198,13 @@ torch::Tensor CheckpointReader::read_rows(const std::string& hub_name, const tor
 }
 
 void CheckpointReader::release(const std::string& hub_name) const {
+  if (auto f = compressed_format(hub_name)) {
+    for (const auto& p : quantized_parts(*f, 0, 0)) {
+      const auto& e = part(hub_name, p.suffix);
+      e.file->release_pages(*e.info);
+    }
+    return;
+  }
   const auto& e = entry(hub_name);
   e.file->release_pages(*e.info);
   if (e.info->dtype == DType::F8_E4M3) {
@@ -134,6 +217,16 @@ void CheckpointReader::check_no_extra(const std::set<std::string>& used) const {
   for (const auto& [hub, e] : by_hub_) {
     if (used.count(hub)) continue;
     if (hub.rfind("mtp.", 0) == 0) continue;  // multi-token-prediction heads: not part of the LM
+    // compressed-tensors parts of a used weight
+    bool is_part = false;
+    for (const char* suffix : {"weight_packed", "weight_scale", "weight_global_scale", "weight_shape"}) {
+      const std::string tail = suffix;
+      if (hub.size() > tail.size() && hub.compare(hub.size() - tail.size(), tail.size(), tail) == 0) {
+        const std::string weight = hub.substr(0, hub.size() - tail.size()) + "weight";
+        if (used.count(weight) && compressed_format(weight)) is_part = true;
+      }
+    }
+    if (is_part) continue;
     const std::string scale_suffix = "_scale_inv";
     if (hub.size() > scale_suffix.size() &&
         hub.compare(hub.size() - scale_suffix.size(), scale_suffix.size(), scale_suffix) == 0) {

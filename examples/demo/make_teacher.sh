@@ -39,4 +39,6 @@ rm -rf "$WORK/train"
 if [ "${2:-}" = --install ]; then
   mkdir -p "$ROOT/examples/demo/teacher"
   cp "$WORK/train/final/config.json" "$WORK/train/final/model.safetensors" "$ROOT/examples/demo/teacher/"
+  # the byte-level tokenizer as Hub files (AutoTokenizer reads the teacher and everything made from it)
+  "$PY" "$ROOT/tools/make_tiny_model.py" --tokenizer-only "$ROOT/examples/demo/teacher"
 fi

@@ -6,7 +6,9 @@
 // block's tensors while the block runs), and prune and export (row chunks of
 // one tensor at a time). So a load never stages the model in another dtype,
 // and what a tensor reads as is defined once (FP8 weights are dequantized in
-// fp32 with their `weight_scale_inv`, then converted).
+// fp32 with their `weight_scale_inv`, then converted; compressed-tensors
+// weights, fp8 / nvfp4 / int4 of `export`, read as the W' compressed-tensors
+// decompresses them to, see weight_quantization.h).
 //
 // After a tensor is read its file pages are dropped from the process
 // (release_pages), and every read first checks that the file has not shrunk
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "minipuzzle/safetensors.h"
+#include "minipuzzle/weight_quantization.h"
 
 namespace minipuzzle {
 
@@ -32,7 +35,9 @@ class CheckpointReader {
   static CheckpointReader open(const std::filesystem::path& dir);
 
   const std::string& source() const { return source_; }
-  bool contains(const std::string& hub_name) const { return by_hub_.count(hub_name) > 0; }
+  bool contains(const std::string& hub_name) const {
+    return by_hub_.count(hub_name) > 0 || compressed_format(hub_name).has_value();
+  }
   // InputError naming the tensor when it is absent, of another shape, or of
   // a dtype that is not a float (F8_E4M3 needs its scale).
   void check(const std::string& hub_name, const std::vector<int64_t>& shape) const;
@@ -61,6 +66,10 @@ class CheckpointReader {
 
  private:
   const CheckpointFiles::Entry& entry(const std::string& hub_name) const;
+  // The compressed-tensors format `hub_name` ("X.weight") is stored in, if any.
+  std::optional<WeightFormat> compressed_format(const std::string& hub_name) const;
+  const CheckpointFiles::Entry& part(const std::string& hub_name, const std::string& suffix) const;
+  void check_compressed(const std::string& hub_name, WeightFormat f, const std::vector<int64_t>& shape) const;
   // The CPU tensor over the mapped bytes, or its `rows` when defined (fp8:
   // dequantized to fp32).
   torch::Tensor source_tensor(const std::string& hub_name, const torch::Tensor& rows) const;

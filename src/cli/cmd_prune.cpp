@@ -1,6 +1,7 @@
 // minipuzzle prune DIR [--scores SCORES_DIR] (--candidate FILE[#RANK] | --set key=value ...) --out OUT
 //                  [--dtype fp32|bf16|fp16]
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <iostream>
 
@@ -9,6 +10,7 @@
 #include "minipuzzle/candidates_json.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/model_folder_files.h"
 #include "minipuzzle/importance_scores.h"
 #include "minipuzzle/prune_model.h"
 #include "minipuzzle/prune_plan.h"
@@ -79,6 +81,7 @@ int cmd_prune(const Args& args) {
     throw InputError(out + " already exists and is not empty; choose a new output directory");
 
   const ModelConfig parent_config = ModelConfig::load(dir);
+  check_model_folder_files(dir);  // a broken tokenizer file is refused before anything is written
   ImportanceScores scores;
   if (vm.count("scores")) scores = load_importance_for(vm["scores"].as<std::string>(), dir);
 
@@ -110,8 +113,12 @@ int cmd_prune(const Args& args) {
   // Streamed from the parent's files, tensor by tensor (the parent is never
   // loaded); prune_recipes is the slicing prune_model applies in memory.
   const CheckpointReader reader = CheckpointReader::open(dir);
+  // The tokenizer and generation files travel with the weights (same vocab).
+  std::vector<std::string> copied;
+  RewriteOptions options;
+  options.add_files = [&](const std::filesystem::path& staging) { copied = copy_model_folder_files(dir, staging); };
   const int64_t after = rewrite_checkpoint(reader, parent_config, plan.target, prune_recipes(parent_config, plan),
-                                           dtype, out);
+                                           dtype, out, 5'000'000'000ULL, options);
   int64_t before = 0;
   for (const auto& r : identity_recipes(parent_config)) {
     int64_t n = 1;
@@ -121,6 +128,7 @@ int cmd_prune(const Args& args) {
   std::cout << fmt::format("pruned {} -> {} parameters ({:.1f}%): {}\nwrote {} ({})\n", before, after,
                            100.0 * static_cast<double>(after) / static_cast<double>(before),
                            plan.summary(parent_config), out, dtype_label(dtype));
+  if (!copied.empty()) std::cout << fmt::format("copied {} from {}\n", fmt::join(copied, ", "), dir);
   return 0;
 }
 

@@ -1,4 +1,4 @@
-"""`minipuzzle export --dtype fp8`: read back with the Python `safetensors`
+"""`minipuzzle export --dtype fp8 --format fp8-transformers`: read back with the Python `safetensors`
 package (and, when `accelerate` is installed, with transformers' FP8 loader).
 
 Layout (include/minipuzzle/checkpoint.h): every `*_proj.weight` is
@@ -37,7 +37,7 @@ def exported(src, tmp_path_factory):
     out = {}
     for n in NAMES:
         out[n] = root / n
-        nt.run_cli("export", src(n), "--out", out[n], "--dtype", "fp8")
+        nt.run_cli("export", src(n), "--out", out[n], "--dtype", "fp8", "--format", "fp8-transformers")
     return out
 
 
@@ -182,7 +182,7 @@ def test_damaged_fp8_checkpoints_exit_2(exported, tmp_path):
 def test_sharded_fp8_export_reads_back(src, exported, tmp_path):
     """Weights and their scales may land in different shards."""
     out = tmp_path / "sharded"
-    nt.run_cli("export", src("g4_gqa"), "--out", out, "--dtype", "fp8", "--max-shard-size", "20KB")
+    nt.run_cli("export", src("g4_gqa"), "--out", out, "--dtype", "fp8", "--format", "fp8-transformers", "--max-shard-size", "20KB")
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = set(index["weight_map"].values())
     assert len(shards) >= 2, shards
