@@ -78,6 +78,7 @@ int cmd_prune(const Args& args) {
   if (std::filesystem::exists(out, ec) && !std::filesystem::is_empty(out, ec))
     throw InputError(out + " already exists and is not empty; choose a new output directory");
 
+  refuse_moe_model(dir, "prune");
   const ModelConfig parent_config = ModelConfig::load(dir);
   ImportanceScores scores;
   if (vm.count("scores")) scores = load_importance_for(vm["scores"].as<std::string>(), dir);

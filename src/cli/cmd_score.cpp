@@ -53,6 +53,7 @@ int cmd_score(const Args& args) {
   so.aggregation = Aggregation::parse(vm["aggregation"].as<std::string>());
   so.layer_metrics = LayerMetrics::parse(vm["layer-metrics"].as<std::string>());
   const std::string dir = vm["dir"].as<std::string>();
+  refuse_moe_model(dir, "score");
   auto data = IndexedDataset::open(vm["data"].as<std::string>());
   calibration_windows(*data, so);  // the length check, before loading a large model
   const CheckpointFingerprint fp = checkpoint_fingerprint(dir);
