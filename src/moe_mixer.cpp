@@ -77,15 +77,14 @@ torch::Tensor MoeMixerImpl::routed_experts(const torch::Tensor& x, const RouterC
   auto token = order.div(k, "floor");
   auto counts = torch::bincount(flat, {}, E).to(torch::kCPU);
   const auto* n = counts.data_ptr<int64_t>();
-  auto xs = x.index_select(0, token);
+  // One split (its backward is one cat), not a narrow per expert (each of
+  // whose backward would zero-fill a [T*k, D] gradient: 3x the whole block).
+  const auto segments = x.index_select(0, token).split_with_sizes(std::vector<int64_t>(n, n + E));
   std::vector<torch::Tensor> parts;
-  int64_t offset = 0;
   for (int64_t e = 0; e < E; ++e) {
     if (n[e] == 0) continue;
-    auto seg = xs.narrow(0, offset, n[e]);
-    auto act = torch::relu(torch::linear(seg, experts[e]->up_proj->weight)).square();
+    auto act = torch::relu(torch::linear(segments[e], experts[e]->up_proj->weight)).square();
     parts.push_back(torch::linear(act, experts[e]->down_proj->weight));
-    offset += n[e];
   }
   // bf16 expert outputs times fp32 routing weights, summed in fp32, as transformers.
   auto y = torch::cat(parts, 0) * choice.weights.reshape({-1}).index_select(0, order).unsqueeze(1);
