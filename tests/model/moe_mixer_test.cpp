@@ -111,6 +111,7 @@ torch::Tensor dense_reference(MoeMixerImpl& m, const torch::Tensor& x, const Rou
 }
 
 TEST(MoeMixer, GroupedExpertsMatchADenseReference) {
+  torch::manual_seed(7);  // fixed inputs, whichever tests ran before in this process
   for (int64_t latent : {0, 8}) {
     const ModelConfig c = moe_config("ME", latent);
     HybridLM model(c);
@@ -144,6 +145,7 @@ TEST(MoeMixer, NamesFollowTheHub) {
 }
 
 TEST(MoeMixer, RouterTrainsThroughTheWeightsAndTheBiasDoesNot) {
+  torch::manual_seed(7);  // fixed inputs, whichever tests ran before in this process
   HybridLM model(moe_config("ME"));
   model->init_random(9);
   auto tokens = torch::randint(0, 61, {2, 9}, torch::kInt64);
@@ -165,6 +167,7 @@ TEST(MoeMixer, RouterTrainsThroughTheWeightsAndTheBiasDoesNot) {
 // d(loss)/d(router weight) by central differences (fp64) vs autograd: the
 // routing weights are the differentiable path (choices fixed nearby).
 TEST(MoeMixer, RouterGradientMatchesFiniteDifferences) {
+  torch::manual_seed(7);  // fixed inputs, whichever tests ran before in this process
   ModelConfig c = moe_config("E");
   auto x = torch::randn({5, c.hidden_size}, torch::kFloat64);
   auto w = (torch::randn({6, c.hidden_size}, torch::kFloat64) * 0.3).requires_grad_(true);

@@ -294,3 +294,15 @@ def test_unsupported_commands_refuse_moe_models(ckpts, dataset, tmp_path):
     for args in cases:
         _expect_user_error(args, "not supported for MoE models yet")
         assert not any(tmp_path.iterdir()), args
+
+
+def test_streamed_eval_equals_resident(ckpts, dataset):
+    """`eval --max-device-memory` below the model streams the MoE blocks' weights
+    (experts included) and gives the resident run's loss."""
+    d = ckpts("e6_g3", "hub")
+    args = ["eval", d, "--data", dataset, "--seq-len", 16, "--batch", 1, "--json"]
+    resident = json.loads(nt.run_cli(*args).stdout)
+    streamed = json.loads(nt.run_cli(*args, "--max-device-memory", "250KB").stdout)
+    assert resident["residency"] == "resident" and streamed["residency"] == "streamed", (resident, streamed)
+    assert streamed["weight_bytes_peak"] < resident["weight_bytes_peak"]
+    assert streamed["loss"] == resident["loss"]
