@@ -97,7 +97,6 @@ void prepare_job_directory(const CompressJob& j) {
   ModelConfig parent;
   check("teacher", [&] {
     parent = ModelConfig::load(j.teacher);
-    if (parent.has_moe()) throw InputError("compress: not supported for MoE models yet (" + j.teacher + " has MoE (E) layers; see README, MoE)");
     CheckpointFiles::open(j.teacher);  // weights present and readable, not just a config
   });
   check("data.train", [&] {
