@@ -7,6 +7,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "minipuzzle/checkpoint.h"
 #include "minipuzzle/checkpoint_rewrite.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/hybrid_lm.h"  // parse_model_dtype
@@ -47,6 +48,18 @@ int cmd_export(const Args& args) {
   if (!std::filesystem::is_directory(dir, ec)) throw InputError(dir + ": not a checkpoint directory");
   const ModelConfig config = ModelConfig::load(dir);
   const CheckpointReader reader = CheckpointReader::open(dir);
+  const std::string first_expert = "backbone.layers." + std::to_string(config.pattern.find('E')) + ".mixer.experts.0.up_proj.weight";
+  if (config.has_moe() && !reader.contains(first_expert)) {
+    // transformers-5 fused expert tensors: the tensor-by-tensor rewrite reads
+    // Hub names only, so the model is loaded (fp32, whole) and written in the
+    // Hub layout.
+    HybridLM model = load_model(dir, torch::kFloat32, torch::kCPU);
+    save_model(model, out, dtype, shard);
+    int64_t params = 0;
+    for (const auto& p : model->parameters()) params += p.numel();
+    std::cout << fmt::format("exported {} parameters ({}) to {}\n", params, dtype_arg, out);
+    return 0;
+  }
   const int64_t params = rewrite_checkpoint(reader, config, config, identity_recipes(config), dtype, out, shard);
   std::cout << fmt::format("exported {} parameters ({}) to {}\n", params, dtype_arg, out);
   return 0;

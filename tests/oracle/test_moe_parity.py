@@ -318,3 +318,17 @@ def test_compress_refuses_moe_teacher(ckpts, dataset, tmp_path):
     for extra in ([], ["--dry-run"]):
         _expect_user_error(["compress", job, *extra], "not supported for MoE models yet")
     assert not (tmp_path / "run").exists()
+
+
+def test_export_of_fused_layout_writes_hub_layout(models, ckpts, tmp_path):
+    """A transformers-5 fused checkpoint exports to the Hub layout, which
+    transformers loads back into the same model."""
+    name = "e10_latent"
+    out = tmp_path / "export"
+    nt.run_cli("export", ckpts(name, "fused"), "--out", out, "--dtype", "fp32")
+    tensors = load_file(str(out / "model.safetensors"))
+    assert "backbone.layers.0.mixer.experts.9.down_proj.weight" in tensors
+    assert not any(k.endswith("mixer.experts.up_proj") for k in tensors)
+    m2 = nt.load_hf(out)
+    for k, v in models[name].state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
