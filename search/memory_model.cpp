@@ -98,11 +98,24 @@ int64_t mlp_layer_params(const ModelConfig& c) {
   return c.hidden_size + 2 * c.hidden_size * c.intermediate_size;  // norm, up + down
 }
 
+int64_t moe_routed_expert_params(const ModelConfig& c) {
+  return c.n_routed_experts * 2 * c.moe_expert_input_dim() * c.moe_intermediate_size;  // up + down each
+}
+
+int64_t moe_layer_params(const ModelConfig& c) {
+  const int64_t d = c.hidden_size;
+  const int64_t router = c.n_routed_experts * d;
+  const int64_t shared = 2 * d * c.moe_shared_expert_intermediate_size;
+  const int64_t latent = c.moe_latent_size > 0 ? 2 * d * c.moe_latent_size : 0;
+  return d + router + moe_routed_expert_params(c) + shared + latent;
+}
+
 int64_t layer_params(const ModelConfig& c, LayerType t) {
   switch (t) {
     case LayerType::Mamba: return mamba_layer_params(c);
     case LayerType::Attention: return attention_layer_params(c);
     case LayerType::Mlp: return mlp_layer_params(c);
+    case LayerType::Moe: return moe_layer_params(c);
   }
   return 0;
 }
@@ -118,7 +131,16 @@ ParamCounts count_parameters(const ModelConfig& c) {
   p.mamba = c.count(LayerType::Mamba) * p.per_mamba_layer;
   p.attention = c.count(LayerType::Attention) * p.per_attention_layer;
   p.mlp = c.count(LayerType::Mlp) * p.per_mlp_layer;
-  p.total = p.embeddings + p.lm_head + p.final_norm + p.mamba + p.attention + p.mlp;
+  const int64_t moe_layers = c.count(LayerType::Moe);
+  if (moe_layers > 0) {
+    p.per_moe_layer = moe_layer_params(c);
+    p.moe = moe_layers * p.per_moe_layer;
+    p.moe_routed_experts = moe_layers * moe_routed_expert_params(c);
+  }
+  p.total = p.embeddings + p.lm_head + p.final_norm + p.mamba + p.attention + p.mlp + p.moe;
+  p.active = p.total;
+  if (moe_layers > 0)
+    p.active -= p.moe_routed_experts / c.n_routed_experts * (c.n_routed_experts - c.num_experts_per_tok);
   return p;
 }
 

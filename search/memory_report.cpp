@@ -73,13 +73,21 @@ Deployment deployment_from_json(const json& j, const std::string& source) {
 }
 
 json params_to_json(const ParamCounts& p) {
-  return {{"total", p.total},
+  json j = {{"total", p.total},
           {"non_embedding", p.non_embedding()},
           {"embeddings", p.embeddings},
           {"lm_head", p.lm_head},
           {"final_norm", p.final_norm},
           {"per_layer", {{"mamba", p.per_mamba_layer}, {"attention", p.per_attention_layer}, {"mlp", p.per_mlp_layer}}},
           {"by_type", {{"mamba", p.mamba}, {"attention", p.attention}, {"mlp", p.mlp}}}};
+  // MoE keys only for MoE models: the JSON of the others stays as it was.
+  if (p.moe > 0) {
+    j["per_layer"]["moe"] = p.per_moe_layer;
+    j["by_type"]["moe"] = p.moe;
+    j["moe_routed_experts"] = p.moe_routed_experts;
+    j["active"] = p.active;
+  }
+  return j;
 }
 
 ParamCounts params_from_json(const json& j, const std::string& source) {
@@ -96,6 +104,13 @@ ParamCounts params_from_json(const json& j, const std::string& source) {
   p.mamba = get_int(by, "mamba", source + " by_type");
   p.attention = get_int(by, "attention", source + " by_type");
   p.mlp = get_int(by, "mlp", source + " by_type");
+  p.active = p.total;
+  if (by.contains("moe")) {
+    p.per_moe_layer = get_int(per, "moe", source + " per_layer");
+    p.moe = get_int(by, "moe", source + " by_type");
+    p.moe_routed_experts = get_int(j, "moe_routed_experts", source);
+    p.active = get_int(j, "active", source);
+  }
   return p;
 }
 
@@ -138,6 +153,19 @@ json inspect_json(const ModelConfig& c, const Deployment& d, const std::string& 
                {"conv_kernel", c.conv_kernel},
                {"mamba_d_inner", c.mamba_d_inner()},
                {"mamba_conv_dim", c.mamba_conv_dim()}};
+  if (c.has_moe()) {
+    arch["counts"]["moe"] = c.count(LayerType::Moe);
+    arch["moe"] = {{"n_routed_experts", c.n_routed_experts},
+                   {"num_experts_per_tok", c.num_experts_per_tok},
+                   {"moe_intermediate_size", c.moe_intermediate_size},
+                   {"moe_shared_expert_intermediate_size", c.moe_shared_expert_intermediate_size},
+                   {"moe_latent_size", c.moe_latent_size},
+                   {"n_group", c.n_group},
+                   {"topk_group", c.topk_group},
+                   {"norm_topk_prob", c.norm_topk_prob},
+                   {"routed_scaling_factor", c.routed_scaling_factor},
+                   {"num_nextn_predict_layers", c.num_nextn_predict_layers}};
+  }
   return {{"source", source},
           {"architecture", arch},
           {"parameters", params_to_json(p)},
@@ -150,8 +178,9 @@ std::string inspect_text(const ModelConfig& c, const Deployment& d, const std::s
   const ParamCounts p = count_parameters(c);
   const MemoryBreakdown m = memory_breakdown(c, d);
   std::string out = fmt::format("{}\n", source);
-  out += fmt::format("architecture: {} layers: {} Mamba (M), {} attention (*), {} MLP (-)\n", c.num_layers(),
+  out += fmt::format("architecture: {} layers: {} Mamba (M), {} attention (*), {} MLP (-)", c.num_layers(),
                      c.count(LayerType::Mamba), c.count(LayerType::Attention), c.count(LayerType::Mlp));
+  out += c.has_moe() ? fmt::format(", {} MoE (E)\n", c.count(LayerType::Moe)) : std::string("\n");
   out += fmt::format("  pattern    {}\n", c.pattern);
   out += fmt::format("  hidden     {}, vocab {}, FFN {}\n", c.hidden_size, c.vocab_size, c.intermediate_size);
   if (c.count(LayerType::Attention) > 0)
@@ -161,6 +190,15 @@ std::string inspect_text(const ModelConfig& c, const Deployment& d, const std::s
     out += fmt::format("  mamba      {} heads x {}, state {}, {} groups, conv {} (d_inner {}, conv_dim {})\n",
                        c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size, c.n_groups, c.conv_kernel,
                        c.mamba_d_inner(), c.mamba_conv_dim());
+  if (c.has_moe()) {
+    out += fmt::format("  moe        {} routed experts, {} per token, expert FFN {}, shared expert FFN {}", c.n_routed_experts,
+                       c.num_experts_per_tok, c.moe_intermediate_size, c.moe_shared_expert_intermediate_size);
+    if (c.moe_latent_size > 0) out += fmt::format(", latent {}", c.moe_latent_size);
+    out += fmt::format(", router {} groups (top {}), scaling {}\n", c.n_group, c.topk_group, c.routed_scaling_factor);
+  }
+  if (c.num_nextn_predict_layers > 0)
+    out += fmt::format("  mtp        {} multi-token-prediction layers in the config: not loaded, not counted, not "
+                       "written (as transformers)\n", c.num_nextn_predict_layers);
   out += "parameters:\n";
   auto row = [&](const std::string& name, int64_t v) { out += fmt::format("  {:<28}{:>18}\n", name, grouped(v)); };
   row("embeddings", p.embeddings);
@@ -169,12 +207,21 @@ std::string inspect_text(const ModelConfig& c, const Deployment& d, const std::s
   row(fmt::format("mamba     {:>3} x {}", c.count(LayerType::Mamba), grouped(p.per_mamba_layer)), p.mamba);
   row(fmt::format("attention {:>3} x {}", c.count(LayerType::Attention), grouped(p.per_attention_layer)), p.attention);
   row(fmt::format("mlp       {:>3} x {}", c.count(LayerType::Mlp), grouped(p.per_mlp_layer)), p.mlp);
+  if (c.has_moe())
+    row(fmt::format("moe       {:>3} x {}", c.count(LayerType::Moe), grouped(p.per_moe_layer)), p.moe);
   row(fmt::format("total ({:.2f}B)", static_cast<double>(p.total) / 1e9), p.total);
+  if (c.has_moe()) {
+    row(fmt::format("active per token ({:.2f}B)", static_cast<double>(p.active) / 1e9), p.active);
+    const int64_t active_non_embedding = p.active - p.embeddings - p.lm_head;
+    row(fmt::format("  without embeddings ({:.2f}B)", static_cast<double>(active_non_embedding) / 1e9),
+        active_non_embedding);
+  }
   out += "weights:";
   for (Precision w : kWeightPrecisions)
     out += fmt::format("  {} {}", precision_name(w), gib(static_cast<double>(p.total) * precision_bits(w) / 8));
-  out += fmt::format("\nmemory at weights {}, KV cache {}, state {}, context {}, batch {}:\n", precision_name(d.weights),
-                     precision_name(d.kv_cache), precision_name(d.state), d.context, d.batch);
+  out += fmt::format("\nmemory at weights {}, KV cache {}, state {}, context {}, batch {}{}:\n", precision_name(d.weights),
+                     precision_name(d.kv_cache), precision_name(d.state), d.context, d.batch,
+                     c.has_moe() ? ", every routed expert resident" : "");
   auto mem = [&](const char* name, double bytes) { out += fmt::format("  {:<12}{:>14}\n", name, gib(bytes)); };
   mem("weights", m.weights);
   mem("KV cache", m.kv_cache);

@@ -12,6 +12,7 @@
 #include "minipuzzle/checkpoint_reader.h"
 #include "minipuzzle/checkpoint_rewrite.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/moe_mixer.h"
 #include "minipuzzle/tensor_bridge.h"
 
 namespace minipuzzle {
@@ -57,6 +58,8 @@ void load_weights(HybridLM& model, const CheckpointReader& reader) {
   torch::NoGradGuard no_grad;
   std::set<std::string> used;
   for (auto& p : model->named_parameters()) {
+    // transformers-5 fused expert tensors stand in for the Hub's per-expert ones.
+    if (!reader.contains(p.key()) && read_fused_expert(reader, model->config(), p.key(), p.value(), used)) continue;
     reader.check(p.key(), p.value().sizes().vec());
     // Tensor by tensor into the model's own dtype and device: the largest
     // tensor is the most ever staged, never the model.

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "minipuzzle/errors.h"
+#include "minipuzzle/moe_mixer.h"
 #include "minipuzzle/rms_norm.h"
 
 namespace minipuzzle {
@@ -28,6 +29,7 @@ BlockImpl::BlockImpl(const ModelConfig& c, int64_t layer, const ParameterInit& i
     case LayerType::Mamba: mamba_ = register_module("mixer", Mamba2Mixer(c, init)); break;
     case LayerType::Attention: attention_ = register_module("mixer", Attention(c, init)); break;
     case LayerType::Mlp: mlp_ = register_module("mixer", Mlp(c, init)); break;
+    case LayerType::Moe: moe_ = register_module("mixer", std::make_shared<MoeMixerImpl>(c, init)); break;
   }
 }
 
@@ -39,6 +41,7 @@ torch::Tensor BlockImpl::mixer_output(const torch::Tensor& h, const ObserverList
     case LayerType::Mamba: y = mamba_->forward(x, layer_, obs); break;
     case LayerType::Attention: y = attention_->forward(x, layer_, obs); break;
     case LayerType::Mlp: y = mlp_->forward(x, layer_, obs); break;
+    case LayerType::Moe: y = moe_->forward(x, layer_, obs); break;
   }
   if (!obs.empty()) obs.notify(ObservePoint::MixerOutput, layer_, y);
   return y;

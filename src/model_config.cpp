@@ -15,6 +15,7 @@ const char* layer_type_name(LayerType t) {
     case LayerType::Mamba: return "mamba";
     case LayerType::Attention: return "attention";
     case LayerType::Mlp: return "mlp";
+    case LayerType::Moe: return "moe";
   }
   return "?";
 }
@@ -96,9 +97,9 @@ char block_type_char(const std::string& name, const std::string& source, size_t 
   if (name == "mamba" || name == "linear_attention") return 'M';
   if (name == "attention" || name == "full_attention") return '*';
   if (name == "mlp") return '-';
-  if (name == "moe") fail(source, "layers_block_type[" + std::to_string(index) + "] is \"moe\": MoE layers are not supported yet");
+  if (name == "moe") return 'E';
   fail(source, "layers_block_type[" + std::to_string(index) + "] is \"" + name +
-                   "\"; expected \"linear_attention\" (or \"mamba\"), \"full_attention\" (or \"attention\") or \"mlp\"");
+                   "\"; expected \"linear_attention\" (or \"mamba\"), \"full_attention\" (or \"attention\"), \"mlp\" or \"moe\"");
 }
 
 // Every key the reader interprets; the rest goes to `extra`.
@@ -111,6 +112,15 @@ const std::set<std::string>& interpreted_keys() {
       "mamba_chunk_size", "expand", "mamba_expand", "time_step_min", "mamba_dt_min",
       "use_conv_bias", "mamba_conv_bias", "mamba_proj_bias", "attention_bias", "mlp_bias",
       "tie_word_embeddings", "layer_norm_epsilon"};
+  return keys;
+}
+
+// Keys interpreted only when the pattern has MoE layers (written back then).
+const std::set<std::string>& moe_keys() {
+  static const std::set<std::string> keys = {
+      "n_routed_experts", "num_local_experts", "n_shared_experts", "moe_intermediate_size",
+      "moe_shared_expert_intermediate_size", "moe_latent_size", "num_experts_per_tok", "n_group",
+      "topk_group", "norm_topk_prob", "routed_scaling_factor"};
   return keys;
 }
 
@@ -152,10 +162,9 @@ void ModelConfig::validate(const std::string& source) const {
                      std::to_string(kMaxLayers));
   for (size_t i = 0; i < pattern.size(); ++i) {
     char c = pattern[i];
-    if (c == 'E') fail(source, "hybrid_override_pattern has an MoE layer (E) at " + std::to_string(i) + ": MoE layers are not supported yet");
-    if (c != 'M' && c != '*' && c != '-')
+    if (c != 'M' && c != '*' && c != '-' && c != 'E')
       fail(source, std::string("hybrid_override_pattern has unknown layer character '") + c + "' at position " +
-                       std::to_string(i) + "; expected M (Mamba2), * (attention) or - (MLP)");
+                       std::to_string(i) + "; expected M (Mamba2), * (attention), - (MLP) or E (MoE)");
   }
   if (count(LayerType::Mlp) > 0) positive(intermediate_size, "intermediate_size", kMaxDim);
   if (count(LayerType::Attention) > 0) {
@@ -181,6 +190,30 @@ void ModelConfig::validate(const std::string& source) const {
     if (!(time_step_min >= 0) || !std::isfinite(time_step_min))
       fail(source, "time_step_min must be a finite number >= 0");
   }
+  if (has_moe()) {
+    positive(n_routed_experts, "n_routed_experts", kMaxDim);
+    positive(moe_intermediate_size, "moe_intermediate_size", kMaxDim);
+    positive(moe_shared_expert_intermediate_size, "moe_shared_expert_intermediate_size", kMaxDim);
+    in_range(moe_latent_size, "moe_latent_size", kMaxDim);
+    in_range(n_shared_experts, "n_shared_experts", kMaxDim);
+    positive(n_group, "n_group", kMaxDim);
+    positive(topk_group, "topk_group", kMaxDim);
+    positive(num_experts_per_tok, "num_experts_per_tok", kMaxDim);
+    const std::string e = std::to_string(n_routed_experts), g = std::to_string(n_group);
+    if (n_routed_experts % n_group != 0)
+      fail(source, "n_routed_experts (" + e + ") must be a multiple of n_group (" + g + ")");
+    // The router ranks a group by the sum of its two best scores.
+    if (n_routed_experts / n_group < 2)
+      fail(source, "n_routed_experts (" + e + ") / n_group (" + g + ") must be at least 2 experts per group");
+    if (topk_group > n_group)
+      fail(source, "topk_group (" + std::to_string(topk_group) + ") must be at most n_group (" + g + ")");
+    if (num_experts_per_tok > topk_group * (n_routed_experts / n_group))
+      fail(source, "num_experts_per_tok (" + std::to_string(num_experts_per_tok) + ") is more than the " +
+                       std::to_string(topk_group * (n_routed_experts / n_group)) +
+                       " experts of the topk_group groups a token may use");
+    if (!std::isfinite(routed_scaling_factor)) fail(source, "routed_scaling_factor must be a finite number");
+  }
+  in_range(num_nextn_predict_layers, "num_nextn_predict_layers", kMaxLayers);
   if (!(layer_norm_epsilon > 0) || !std::isfinite(layer_norm_epsilon))
     fail(source, "layer_norm_epsilon must be a positive number");
 }
@@ -237,6 +270,30 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.tie_word_embeddings = get_bool(j, {"tie_word_embeddings"}, source, false);
   c.layer_norm_epsilon = get_double(j, {"layer_norm_epsilon"}, source, 1e-5);
 
+  const bool moe = c.count(LayerType::Moe) > 0;
+  if (moe) {
+    // The sizes have transformers defaults, but a checkpoint without them is
+    // almost surely not the model it claims to be: required.
+    auto required = [&](std::initializer_list<const char*> keys) {
+      if (!find_key(j, keys, nullptr))
+        fail(source, std::string("missing key \"") + *keys.begin() + "\" (required: the pattern has MoE layers)");
+      return get_int(j, keys, source, true, 0);
+    };
+    c.n_routed_experts = required({"n_routed_experts", "num_local_experts"});
+    c.moe_intermediate_size = required({"moe_intermediate_size"});
+    c.moe_shared_expert_intermediate_size = required({"moe_shared_expert_intermediate_size"});
+    c.num_experts_per_tok = required({"num_experts_per_tok"});
+    c.n_shared_experts = get_int(j, {"n_shared_experts"}, source, false, 1);
+    c.moe_latent_size = get_int(j, {"moe_latent_size"}, source, false, 0);
+    c.n_group = get_int(j, {"n_group"}, source, false, 1);
+    c.topk_group = get_int(j, {"topk_group"}, source, false, 1);
+    c.norm_topk_prob = get_bool(j, {"norm_topk_prob"}, source, true);
+    c.routed_scaling_factor = get_double(j, {"routed_scaling_factor"}, source, 1.0);
+  }
+  // Left in `extra` as well: written back unchanged (MTP tensors are not
+  // loaded; README, MoE).
+  c.num_nextn_predict_layers = get_int(j, {"num_nextn_predict_layers"}, source, false, 0);
+
   // transformers builds the Mamba projections with `use_bias` (mamba_proj_bias
   // is unused there) and the attention projections without bias.
   if (c.attention_bias || c.mlp_bias || get_bool(j, {"use_bias"}, source, false))
@@ -250,7 +307,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     // time_step_min) and transformers 5 writes it with a tagged Infinity; we
     // neither use nor rewrite it.
     if (it.key() == "time_step_limit" || it.key() == "mamba_dt_limit") continue;
-    if (!interpreted_keys().count(it.key())) c.extra[it.key()] = *it;
+    if (!interpreted_keys().count(it.key()) && !(moe && moe_keys().count(it.key()))) c.extra[it.key()] = *it;
   }
   c.validate(source);
   return c;
@@ -329,6 +386,19 @@ json ModelConfig::to_json() const {
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["layer_norm_epsilon"] = layer_norm_epsilon;
   j["time_step_min"] = time_step_min;
+  if (has_moe()) {
+    j["n_routed_experts"] = n_routed_experts;
+    j["n_shared_experts"] = n_shared_experts;
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["moe_shared_expert_intermediate_size"] = moe_shared_expert_intermediate_size;
+    if (moe_latent_size > 0) j["moe_latent_size"] = moe_latent_size;
+    else j["moe_latent_size"] = nullptr;
+    j["num_experts_per_tok"] = num_experts_per_tok;
+    j["n_group"] = n_group;
+    j["topk_group"] = topk_group;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["routed_scaling_factor"] = routed_scaling_factor;
+  }
   return j;
 }
 

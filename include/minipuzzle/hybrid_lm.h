@@ -84,6 +84,8 @@ class MlpImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Mlp);
 
+class MoeMixerImpl;  // moe_mixer.h
+
 // One residual block: h + mixer(RMSNorm(h)).
 class BlockImpl : public torch::nn::Module {
  public:
@@ -101,6 +103,7 @@ class BlockImpl : public torch::nn::Module {
   Mamba2Mixer mamba_{nullptr};
   Attention attention_{nullptr};
   Mlp mlp_{nullptr};
+  std::shared_ptr<MoeMixerImpl> moe_;
 };
 TORCH_MODULE(Block);
 

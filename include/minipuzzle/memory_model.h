@@ -47,15 +47,26 @@ struct Deployment {
 int64_t mamba_layer_params(const ModelConfig& c);
 int64_t attention_layer_params(const ModelConfig& c);
 int64_t mlp_layer_params(const ModelConfig& c);
+// An MoE layer with every routed expert: norm, router, experts, shared
+// expert, latent projections. The router's e_score_correction_bias is a
+// buffer in transformers and not counted (E fp32 values per layer).
+int64_t moe_layer_params(const ModelConfig& c);
+// The routed experts of one MoE layer alone (all E of them).
+int64_t moe_routed_expert_params(const ModelConfig& c);
 int64_t layer_params(const ModelConfig& c, LayerType t);
 
 struct ParamCounts {
   int64_t embeddings = 0;  // vocab x hidden
   int64_t lm_head = 0;     // vocab x hidden (untied)
   int64_t final_norm = 0;  // norm_f
-  int64_t per_mamba_layer = 0, per_attention_layer = 0, per_mlp_layer = 0;
-  int64_t mamba = 0, attention = 0, mlp = 0;  // totals over the layers of each type
+  int64_t per_mamba_layer = 0, per_attention_layer = 0, per_mlp_layer = 0, per_moe_layer = 0;
+  int64_t mamba = 0, attention = 0, mlp = 0, moe = 0;  // totals over the layers of each type
+  int64_t moe_routed_experts = 0;  // all routed experts of all MoE layers (inside `moe`)
   int64_t total = 0;
+  // Used by one token: the total less the routed experts it is not sent to
+  // ((E - k)/E of them); equal to total for a model without MoE layers.
+  // Embeddings and lm_head included.
+  int64_t active = 0;
 
   int64_t non_embedding() const { return total - embeddings - lm_head; }
 };

@@ -16,9 +16,9 @@
 namespace minipuzzle {
 
 // The layer kinds of the hybrid pattern, by their Hub pattern character.
-enum class LayerType : char { Mamba = 'M', Attention = '*', Mlp = '-' };
+enum class LayerType : char { Mamba = 'M', Attention = '*', Mlp = '-', Moe = 'E' };
 
-const char* layer_type_name(LayerType t);  // "mamba", "attention", "mlp"
+const char* layer_type_name(LayerType t);  // "mamba", "attention", "mlp", "moe"
 
 struct ModelConfig {
   int64_t vocab_size = 0;
@@ -49,6 +49,25 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   double layer_norm_epsilon = 1e-5;
 
+  // Mixture-of-experts (`E`) layers, transformers' NemotronHMoE: a sigmoid
+  // top-k router over `n_routed_experts` no-gate relu^2 experts of width
+  // `moe_intermediate_size` (optionally between latent projections of
+  // width `moe_latent_size`; 0 = none) plus one shared expert of width
+  // `moe_shared_expert_intermediate_size`. Interpreted (and written) only
+  // when the pattern has E layers; otherwise such keys stay in `extra`.
+  int64_t n_routed_experts = 0;
+  int64_t n_shared_experts = 1;  // informational: transformers builds one shared MLP
+  int64_t moe_intermediate_size = 0;
+  int64_t moe_shared_expert_intermediate_size = 0;
+  int64_t moe_latent_size = 0;
+  int64_t num_experts_per_tok = 0;
+  int64_t n_group = 1;     // router groups (not Mamba's n_groups)
+  int64_t topk_group = 1;  // groups each token may choose experts from
+  bool norm_topk_prob = true;
+  double routed_scaling_factor = 1.0;
+  // Multi-token-prediction layers: counted, never built (see README, MoE).
+  int64_t num_nextn_predict_layers = 0;
+
   // Keys we do not interpret (token ids, dt init ranges, torch_dtype, ...),
   // carried through so an exported config keeps them.
   nlohmann::json extra = nlohmann::json::object();
@@ -63,6 +82,9 @@ struct ModelConfig {
   int64_t mamba_in_proj_dim() const { return mamba_d_inner() + mamba_conv_dim() + mamba_num_heads; }
   int64_t attention_q_dim() const { return num_attention_heads * head_dim; }
   int64_t attention_kv_dim() const { return num_key_value_heads * head_dim; }
+  bool has_moe() const { return count(LayerType::Moe) > 0; }
+  // The experts' input width: the latent size when there is one.
+  int64_t moe_expert_input_dim() const { return moe_latent_size > 0 ? moe_latent_size : hidden_size; }
 
   // Throws InputError naming the offending key (prefixed by `source`).
   void validate(const std::string& source = "config") const;

@@ -11,6 +11,7 @@
 
 #include "cli_common.h"
 #include "commands.h"
+#include "minipuzzle/checkpoint.h"
 #include "minipuzzle/checkpoint_rewrite.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/hybrid_lm.h"  // parse_model_dtype
@@ -142,6 +143,23 @@ int cmd_export(const Args& args) {
                            "the checkpoint it came from, or from an `export --dequantized` one");
   check_model_folder_files(dir);  // a broken tokenizer file is refused before anything is written
   const CheckpointReader reader = CheckpointReader::open(dir);
+  const std::string first_expert = "backbone.layers." + std::to_string(config.pattern.find('E')) + ".mixer.experts.0.up_proj.weight";
+  if (config.has_moe() && !reader.contains(first_expert)) {
+    // transformers-5 fused expert tensors: the tensor-by-tensor rewrite reads
+    // Hub names only, so the model is loaded (fp32, whole) and written in the
+    // Hub layout.
+    if (options.quantize)
+      throw InputError(dir + " holds fused expert tensors (transformers-5 layout): export it to bf16 first, then "
+                             "quantize that export");
+    HybridLM model = load_model(dir, torch::kFloat32, torch::kCPU);
+    save_model(model, out, dtype, shard);
+    int64_t params = 0;
+    for (const auto& p : model->parameters()) params += p.numel();
+    const auto copied = copy_model_folder_files(dir, out);
+    std::cout << fmt::format("exported {} parameters ({}) to {}; copied {} tokenizer/generation files\n", params,
+                             dtype_arg, out, copied.size());
+    return 0;
+  }
 
   QuantizationReport report;
   options.report = &report;

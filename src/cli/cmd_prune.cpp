@@ -80,6 +80,7 @@ int cmd_prune(const Args& args) {
   if (std::filesystem::exists(out, ec) && !std::filesystem::is_empty(out, ec))
     throw InputError(out + " already exists and is not empty; choose a new output directory");
 
+  refuse_moe_model(dir, "prune");
   const ModelConfig parent_config = ModelConfig::load(dir);
   check_model_folder_files(dir);  // a broken tokenizer file is refused before anything is written
   ImportanceScores scores;

@@ -91,6 +91,7 @@ int cmd_search(const Args& args) {
   const auto rank_dtype = parse_model_dtype(vm["dtype"].as<std::string>());
   const auto rank_device = parse_device(vm["device"].as<std::string>());
   const std::string dir = vm["dir"].as<std::string>();
+  refuse_moe_model(dir, "search");
   const ModelConfig parent = ModelConfig::load(dir);
   std::optional<ImportanceScores> scores;
   SearchImportance importance = SearchImportance::uniform(parent);

@@ -102,10 +102,11 @@ TEST(ModelConfig, RejectsUnknownLayerCharacter) {
   expect_error_mentions(j, "unknown layer character 'X'");
 }
 
-TEST(ModelConfig, RejectsMoeLayersForNow) {
+// MoE layers need their sizes (tests/model/moe_mixer_test.cpp reads them).
+TEST(ModelConfig, RejectsMoeLayersWithoutMoeKeys) {
   json j = tiny_hub();
   j["hybrid_override_pattern"] = "M*E-";
-  expect_error_mentions(j, "MoE");
+  expect_error_mentions(j, "missing key \"n_routed_experts\" (required: the pattern has MoE layers)");
 }
 
 TEST(ModelConfig, RejectsLayerCountMismatch) {

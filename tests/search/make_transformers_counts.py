@@ -7,8 +7,11 @@ write. The models are built on the meta device: no weights, seconds each.
 
     ~/.cache/minipuzzle/venv-py311/bin/python tests/search/make_transformers_counts.py
 
-Needs the repo's venv (torch, transformers). The MoE config (Nemotron 3
-Nano 30B-A3B) is left out: our model has no MoE layers yet."""
+Needs the repo's venv (torch, transformers). For MoE configs (Nemotron 3
+Nano 30B-A3B) it also records the routed experts' parameters and the active
+parameters per token: the total less the (E - k)/E of the routed experts a
+token does not use (from transformers' own expert tensor shapes). The
+router's e_score_correction_bias is a buffer in transformers, not counted."""
 from __future__ import annotations
 
 import json
@@ -22,7 +25,7 @@ from transformers import NemotronHConfig, NemotronHForCausalLM
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "transformers_param_counts.json"
 PUBLISHED = ["nemotron-h-4b", "nemotron-h-8b", "nemotron-h-47b", "nemotron-h-56b", "nemotron-nano-9b-v2",
-             "nemotron-nano-12b-v2"]
+             "nemotron-nano-12b-v2", "nemotron-3-nano-30b-a3b"]
 # name: (published config, key overrides). The smallest point of the paper's
 # grid on the 56B: one MLP layer at 3/4 of its FFN (architecture_search_test).
 DERIVED = {"nemotron-h-56b-one-mlp-ffn24576": ("nemotron-h-56b", {"hybrid_override_pattern": "-",
@@ -30,7 +33,7 @@ DERIVED = {"nemotron-h-56b-one-mlp-ffn24576": ("nemotron-h-56b", {"hybrid_overri
                                                                    "intermediate_size": 24576})}
 # transformers' block names -> ours.
 GROUP = {"mamba": "mamba", "linear_attention": "mamba", "attention": "attention", "full_attention": "attention",
-         "mlp": "mlp"}
+         "mlp": "mlp", "moe": "moe"}
 
 
 def counts(config: dict) -> dict:
@@ -39,12 +42,18 @@ def counts(config: dict) -> dict:
         model = NemotronHForCausalLM(cfg)
     kinds = [GROUP[k] for k in cfg.layers_block_type]
     out = {"embeddings": 0, "lm_head": 0, "final_norm": 0, "mamba": 0, "attention": 0, "mlp": 0}
+    has_moe = "moe" in kinds
+    if has_moe:
+        out["moe"] = 0
+        routed = 0
     per_layer: dict[int, int] = {}
     for name, p in model.named_parameters():
         m = re.match(r"(?:model|backbone)\.layers\.(\d+)\.", name)
         if m:
             i = int(m.group(1))
             out[kinds[i]] += p.numel()
+            if re.search(r"\.mixer\.experts\.(up|down)_proj$", name):
+                routed += p.numel()
             per_layer[i] = per_layer.get(i, 0) + p.numel()
         elif "embeddings" in name:
             out["embeddings"] += p.numel()
@@ -54,13 +63,19 @@ def counts(config: dict) -> dict:
             out["final_norm"] += p.numel()
         else:
             raise SystemExit(f"make_transformers_counts: parameter {name} fits no group")
-    for kind in ("mamba", "attention", "mlp"):
+    for kind in ("mamba", "attention", "mlp") + (("moe",) if has_moe else ()):
         sizes = {per_layer[i] for i, k in enumerate(kinds) if k == kind}
         if len(sizes) > 1:
             raise SystemExit(f"make_transformers_counts: {kind} layers of different sizes {sorted(sizes)}")
         out[f"per_{kind}_layer"] = sizes.pop() if sizes else 0
     out["total"] = sum(p.numel() for p in model.parameters())
-    assert out["total"] == sum(out[k] for k in ("embeddings", "lm_head", "final_norm", "mamba", "attention", "mlp"))
+    assert out["total"] == sum(out[k] for k in ("embeddings", "lm_head", "final_norm", "mamba", "attention", "mlp")
+                               + (("moe",) if has_moe else ()))
+    if has_moe:
+        e, k = cfg.n_routed_experts, cfg.num_experts_per_tok
+        assert routed % e == 0
+        out["moe_routed_experts"] = routed
+        out["active"] = out["total"] - routed // e * (e - k)
     return out
 
 

@@ -37,6 +37,52 @@ TEST(ParameterCount, PublishedConfigsMatchTransformers) {
   }
 }
 
+// Nemotron 3 Nano 30B-A3B (23 MoE layers of 128 routed experts, 6 per
+// token): every group, the routed experts and the active count against
+// transformers' count of the same config.
+TEST(ParameterCount, MoeConfigMatchesTransformers) {
+  const char* name = "nemotron-3-nano-30b-a3b";
+  const ModelConfig c = test::published_config(name);
+  ASSERT_EQ(c.count(LayerType::Moe), 23);
+  const ParamCounts ours = count_parameters(c);
+  const ParamCounts hf = test::transformers_counts(name);
+  EXPECT_EQ(ours.embeddings, hf.embeddings);
+  EXPECT_EQ(ours.per_mamba_layer, hf.per_mamba_layer);
+  EXPECT_EQ(ours.per_attention_layer, hf.per_attention_layer);
+  EXPECT_EQ(ours.per_moe_layer, hf.per_moe_layer);
+  EXPECT_EQ(ours.moe, hf.moe);
+  EXPECT_EQ(ours.moe_routed_experts, hf.moe_routed_experts);
+  EXPECT_EQ(ours.total, hf.total);
+  EXPECT_EQ(ours.active, hf.active);
+  // Announced as 31.6B total (transformers: 31.58B), ~3.5B active with embeddings.
+  EXPECT_DOUBLE_EQ(billions(ours.total), 31.58);
+  EXPECT_DOUBLE_EQ(billions(ours.active), 3.58);
+  // Memory counts every expert resident: bf16 weights are 2 bytes x total.
+  EXPECT_DOUBLE_EQ(memory_breakdown(c, Deployment{}).weights, 2.0 * static_cast<double>(ours.total));
+}
+
+// An MoE layer by hand, with latent projections: norm D, router E*D, E
+// experts of 2*L*F, shared 2*D*Fs, latent 2*D*L.
+TEST(ParameterCount, MoeLayerByHand) {
+  ModelConfig c = tiny_config();
+  c.pattern = "ME";
+  c.n_routed_experts = 6;
+  c.num_experts_per_tok = 2;
+  c.moe_intermediate_size = 10;
+  c.moe_shared_expert_intermediate_size = 12;
+  c.moe_latent_size = 8;
+  c.n_group = 3;
+  c.topk_group = 2;
+  c.validate();
+  const int64_t D = 64;
+  EXPECT_EQ(moe_layer_params(c), D + 6 * D + 6 * 2 * 8 * 10 + 2 * D * 12 + 2 * D * 8);
+  const ParamCounts p = count_parameters(c);
+  EXPECT_EQ(p.total, p.embeddings + p.lm_head + p.final_norm + p.mamba + moe_layer_params(c));
+  EXPECT_EQ(p.total - p.active, 4 * 2 * 8 * 10);  // the 4 experts a token does not use
+  c.moe_latent_size = 0;  // experts then read the hidden state
+  EXPECT_EQ(moe_routed_expert_params(c), 6 * 2 * D * 10);
+}
+
 // The sizes the papers and model cards publish, to 0.01B.
 TEST(ParameterCount, PublishedSizesRoundAsAnnounced) {
   EXPECT_DOUBLE_EQ(billions(count_parameters(reference_config("56b")).total), 56.32);

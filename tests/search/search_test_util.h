@@ -43,6 +43,13 @@ inline ParamCounts transformers_counts(const std::string& key) {  // "nemotron-h
   p.attention = j.at("attention");
   p.mlp = j.at("mlp");
   p.total = j.at("total");
+  p.active = p.total;
+  if (j.contains("moe")) {  // MoE configs
+    p.per_moe_layer = j.at("per_moe_layer");
+    p.moe = j.at("moe");
+    p.moe_routed_experts = j.at("moe_routed_experts");
+    p.active = j.at("active");
+  }
   return p;
 }
 

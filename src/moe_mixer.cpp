@@ -1,0 +1,123 @@
+#include "minipuzzle/moe_mixer.h"
+
+#include <fmt/format.h>
+
+#include <limits>
+#include <regex>
+
+#include "minipuzzle/checkpoint_reader.h"
+#include "minipuzzle/errors.h"
+
+namespace minipuzzle {
+
+RouterChoice route_tokens(const torch::Tensor& x, const torch::Tensor& router_weight,
+                          const torch::Tensor& correction_bias, const ModelConfig& c) {
+  const int64_t E = c.n_routed_experts, G = c.n_group, per_group = E / G;
+  // The op sequence is transformers' so ties (equal scores) resolve alike.
+  auto logits = torch::linear(x.to(torch::kFloat32), router_weight.to(torch::kFloat32));
+  auto scores = logits.sigmoid();
+  auto for_choice = scores + correction_bias.to(torch::kFloat32);
+  torch::Tensor indices;
+  {
+    torch::NoGradGuard no_grad;  // the choice is discrete; only the weights carry gradient
+    auto choice = for_choice.detach();
+    auto group_scores = std::get<0>(choice.view({-1, G, per_group}).topk(2, -1)).sum(-1);
+    auto group_idx = std::get<1>(torch::topk(group_scores, c.topk_group, -1, /*largest=*/true, /*sorted=*/false));
+    auto group_mask = torch::zeros_like(group_scores);
+    group_mask.scatter_(1, group_idx, 1);
+    auto score_mask = group_mask.unsqueeze(-1).expand({-1, G, per_group}).reshape({-1, E});
+    choice = choice.masked_fill(score_mask.logical_not(), -std::numeric_limits<float>::infinity());
+    indices = std::get<1>(torch::topk(choice, c.num_experts_per_tok, -1, /*largest=*/true, /*sorted=*/false));
+  }
+  auto weights = scores.gather(1, indices);
+  if (c.norm_topk_prob) weights = weights / (weights.sum(-1, /*keepdim=*/true) + 1e-20);
+  weights = weights * c.routed_scaling_factor;
+  return {weights, indices};
+}
+
+MoeRouterImpl::MoeRouterImpl(const ModelConfig& c, const ParameterInit& init) {
+  weight = register_parameter("weight", init.make({c.n_routed_experts, c.hidden_size}));
+  ParameterInit fp32 = init;
+  fp32.options = init.options.dtype(torch::kFloat32);
+  e_score_correction_bias =
+      register_parameter("e_score_correction_bias", fp32.make({c.n_routed_experts}), /*requires_grad=*/false);
+}
+
+MoeExpertImpl::MoeExpertImpl(const ModelConfig& c, const ParameterInit& init) {
+  up_proj = register_module("up_proj", weights({c.moe_intermediate_size, c.moe_expert_input_dim()}, init));
+  down_proj = register_module("down_proj", weights({c.moe_expert_input_dim(), c.moe_intermediate_size}, init));
+}
+
+MoeMixerImpl::MoeMixerImpl(const ModelConfig& c, const ParameterInit& init) : cfg_(c) {
+  gate = register_module("gate", MoeRouter(c, init));
+  auto list = register_module("experts", torch::nn::ModuleList());
+  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+    experts.push_back(MoeExpert(c, init));
+    list->push_back(experts.back());
+  }
+  auto shared = register_module("shared_experts", std::make_shared<torch::nn::Module>("SharedExpert"));
+  shared_up = shared->register_module(
+      "up_proj", weights({c.moe_shared_expert_intermediate_size, c.hidden_size}, init));
+  shared_down = shared->register_module(
+      "down_proj", weights({c.hidden_size, c.moe_shared_expert_intermediate_size}, init));
+  if (c.moe_latent_size > 0) {
+    fc1_latent_proj = register_module("fc1_latent_proj", weights({c.moe_latent_size, c.hidden_size}, init));
+    fc2_latent_proj = register_module("fc2_latent_proj", weights({c.hidden_size, c.moe_latent_size}, init));
+  }
+}
+
+torch::Tensor MoeMixerImpl::routed_experts(const torch::Tensor& x, const RouterChoice& choice) {
+  const int64_t T = x.size(0), k = choice.indices.size(1), E = cfg_.n_routed_experts;
+  if (T == 0) return torch::zeros_like(x);
+  auto flat = choice.indices.reshape({-1});  // [T*k], token-major
+  // Stable, so within an expert the tokens keep their order and the fp32
+  // sums below add each token's experts in ascending expert order, as
+  // transformers' per-expert index_add_ does.
+  auto order = std::get<1>(flat.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  auto token = order.div(k, "floor");
+  auto counts = torch::bincount(flat, {}, E).to(torch::kCPU);
+  const auto* n = counts.data_ptr<int64_t>();
+  // One split (its backward is one cat), not a narrow per expert (each of
+  // whose backward would zero-fill a [T*k, D] gradient: 3x the whole block).
+  const auto segments = x.index_select(0, token).split_with_sizes(std::vector<int64_t>(n, n + E));
+  std::vector<torch::Tensor> parts;
+  for (int64_t e = 0; e < E; ++e) {
+    if (n[e] == 0) continue;
+    auto act = torch::relu(torch::linear(segments[e], experts[e]->up_proj->weight)).square();
+    parts.push_back(torch::linear(act, experts[e]->down_proj->weight));
+  }
+  // bf16 expert outputs times fp32 routing weights, summed in fp32, as transformers.
+  auto y = torch::cat(parts, 0) * choice.weights.reshape({-1}).index_select(0, order).unsqueeze(1);
+  auto out = torch::zeros({T, x.size(1)}, x.options().dtype(torch::kFloat32)).index_add(0, token, y);
+  return out.to(x.scalar_type());
+}
+
+torch::Tensor MoeMixerImpl::forward(const torch::Tensor& h, int64_t /*layer*/, const ObserverList& /*obs*/) {
+  auto x = h.reshape({-1, h.size(-1)});
+  RouterChoice choice = route_tokens(x, gate->weight, gate->e_score_correction_bias, cfg_);
+  auto xl = fc1_latent_proj ? torch::linear(x, fc1_latent_proj->weight) : x;
+  auto routed = routed_experts(xl, choice);
+  if (fc2_latent_proj) routed = torch::linear(routed, fc2_latent_proj->weight);
+  auto shared = torch::linear(torch::relu(torch::linear(h, shared_up->weight)).square(), shared_down->weight);
+  return routed.view(h.sizes()) + shared;
+}
+
+bool read_fused_expert(const CheckpointReader& reader, const ModelConfig& c, const std::string& hub_name,
+                       torch::Tensor& out, std::set<std::string>& used) {
+  static const std::regex per_expert(R"((.*\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.weight)");
+  std::smatch m;
+  if (!std::regex_match(hub_name, m, per_expert)) return false;
+  const std::string fused = m[1].str() + "." + m[3].str();
+  if (!reader.contains(fused)) return false;
+  const int64_t F = c.moe_intermediate_size, Din = c.moe_expert_input_dim();
+  const bool up = m[3].str() == "up_proj";
+  reader.check(fused, up ? std::vector<int64_t>{c.n_routed_experts, F, Din}
+                         : std::vector<int64_t>{c.n_routed_experts, Din, F});
+  const int64_t expert = std::stoll(m[2].str());
+  torch::NoGradGuard no_grad;
+  out.copy_(reader.read_rows(fused, expert, 1, out.scalar_type()).squeeze(0));
+  used.insert(fused);
+  return true;
+}
+
+}  // namespace minipuzzle
