@@ -6,6 +6,8 @@
 #include <map>
 #include <stdexcept>
 
+#include "minipuzzle/errors.h"
+
 namespace minipuzzle {
 
 namespace {
@@ -96,6 +98,8 @@ std::vector<TensorRecipe> prune_recipes(const ModelConfig& pc, const PrunePlan& 
         layer("mixer.out_proj.weight", hid, ch);
         break;
       }
+      case LayerType::Moe:
+        throw InputError("pruning MoE (E) layers is not supported yet");
     }
   }
 

@@ -156,6 +156,8 @@ PrunePlan PrunePlan::identity(const ModelConfig& parent) {
         p.mamba_heads[i] = iota(parent.mamba_num_heads);
         p.mamba_head_channels[i] = iota(parent.mamba_head_dim);
         break;
+      case LayerType::Moe:
+        throw InputError("pruning MoE (E) layers is not supported yet");
     }
   }
   return p;
@@ -240,6 +242,8 @@ void PrunePlan::validate(const ModelConfig& parent) const {
         check_even_groups(mamba_heads[i], parent.mamba_num_heads, parent.n_groups, where + " mamba heads (per group)");
         check_list(mamba_head_channels[i], parent.mamba_head_dim, t.mamba_head_dim, where + " mamba head channels");
         break;
+      case LayerType::Moe:
+        throw InputError("pruning MoE (E) layers is not supported yet");
     }
   }
 }
@@ -320,6 +324,8 @@ PrunePlan plan_from_scores(const ModelConfig& parent, const ImportanceScores& s,
         p.mamba_head_channels[i] = top_k(layer_axis(s.mamba_head_channels, i), parent.mamba_head_dim,
                                          target.mamba_head_dim, 1, where + " mamba head channels");
         break;
+      case LayerType::Moe:
+        throw InputError("pruning MoE (E) layers is not supported yet");
     }
   }
   p.validate(parent);

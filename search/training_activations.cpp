@@ -1,5 +1,7 @@
 #include "minipuzzle/training_activations.h"
 
+#include "minipuzzle/errors.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -133,6 +135,7 @@ double block_saved_bytes(const ModelConfig& c, LayerType t, const ActivationSett
     case LayerType::Mamba: return pre_norm(z) + mamba(z, s.ops);
     case LayerType::Attention: return pre_norm(z) + attention(z);
     case LayerType::Mlp: return pre_norm(z) + mlp(z);
+    case LayerType::Moe: throw InputError("the training memory planner does not model MoE (E) layers yet");
   }
   return 0;
 }
@@ -184,6 +187,7 @@ double block_backward_scratch_bytes(const ModelConfig& c, LayerType t, const Act
       // (of y, silu(z) and their product), in bf16 one more in the compute
       // dtype, and the [D] gradient coming in.
       return z.n * (z.D * z.e + z.di * (4 * f - z.e));
+    case LayerType::Moe: throw InputError("the training memory planner does not model MoE (E) layers yet");
   }
   return 0;
 }
@@ -213,6 +217,7 @@ double block_forward_transient_bytes(const ModelConfig& c, LayerType t, const Ac
       if (z.e < f) b += z.n * z.di * (f - z.e);
       return b;
     }
+    case LayerType::Moe: throw InputError("the training memory planner does not model MoE (E) layers yet");
   }
   return 0;
 }

@@ -79,6 +79,8 @@ std::vector<int64_t> parameter_numels_in_order(const ModelConfig& c) {
         out.push_back(c.intermediate_size * D);
         out.push_back(D * c.intermediate_size);
         break;
+      case LayerType::Moe:
+        throw InputError("the training memory planner does not model MoE (E) layers yet");
     }
   }
   out.push_back(D);  // norm_f

@@ -14,6 +14,7 @@ const char* block_name(LayerType t) {
     case LayerType::Mamba: return "mamba";
     case LayerType::Attention: return "attention";
     case LayerType::Mlp: return "mlp";
+    case LayerType::Moe: return "moe";
   }
   return "?";
 }

@@ -99,7 +99,8 @@ ModelSnapshot snapshot_model(HybridLM& model, torch::ScalarType dtype, bool own_
       s.tensors.emplace_back(fp8_scale_name(p.key()), q.scale_inv);
       widest = std::max(widest, p.value().size(1));
     } else {
-      s.tensors.emplace_back(p.key(), p.value().detach().to(torch::kCPU, plain, /*non_blocking=*/false, own_copy)
+      s.tensors.emplace_back(p.key(), p.value().detach().to(torch::kCPU, stored_dtype(p.key(), plain),
+                                                            /*non_blocking=*/false, own_copy)
                                           .contiguous());
     }
   }

@@ -49,6 +49,15 @@ torch::Tensor apply_recipe(const torch::Tensor& source, const TensorRecipe& r) {
   return t;
 }
 
+// The MoE router's score-correction bias stays fp32 in every export, as
+// transformers keeps it (its routing choices are sensitive to the bias's
+// low bits).
+torch::ScalarType stored_dtype(const std::string& name, torch::ScalarType plain) {
+  static const std::string bias = "e_score_correction_bias";
+  const bool router_bias = name.size() >= bias.size() && name.compare(name.size() - bias.size(), bias.size(), bias) == 0;
+  return router_bias ? torch::kFloat32 : plain;
+}
+
 ModelConfig saved_config(const ModelConfig& config, torch::ScalarType dtype, int64_t widest_fp8_input) {
   const bool fp8 = dtype == torch::kFloat8_e4m3fn;
   const torch::ScalarType plain = fp8 ? torch::kBFloat16 : dtype;
@@ -216,7 +225,7 @@ int64_t rewrite_checkpoint(const CheckpointReader& reader, const ModelConfig& so
         parts[module + p.suffix] = {&r, p.suffix};
       }
     } else {
-      specs.push_back({r.name, from_torch_dtype(plain), r.shape});
+      specs.push_back({r.name, from_torch_dtype(stored_dtype(r.name, plain)), r.shape});
       if (ct && r.shape.size() == 2 && is_fp8_projection(r.name) && !ct_quantized(r)) {
         kept_bf16.push_back(r.name);
         report.kept_bf16.emplace_back(
@@ -325,7 +334,7 @@ int64_t rewrite_checkpoint(const CheckpointReader& reader, const ModelConfig& so
         write(f.values.data_ptr(), f.values.numel() * f.values.element_size());
         scale_parts->push_back(f.scale_inv);
       } else {
-        write_tensor(write, chunk.to(plain));
+        write_tensor(write, chunk.to(stored_dtype(r.name, plain)));
       }
     });
     reader.release(r.source);

@@ -155,7 +155,7 @@ done
 echo "total $(( $(date +%s) - T0 ))" >> "$TIMES"
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 "$PY" - "$WORK" "$COMMIT" "$MP" "$TIMES" "$KD_STEPS" "$GB" "$SEQ" "$T_TOKENS" "$EVAL_TOKENS" "$RANDOM_SET" "$KD_LR" "$KD_MIN_LR" "$SEED" "$SCRATCH_LR" "$RANDOM_ARM_SEED" <<'EOF'
-import json, sys, os, platform
+import datetime, json, sys, os, platform
 work, commit, mp, times, steps, gb, seq, T, ev, rset, kd_lr, kd_min_lr, seed, scratch_lr, rseed = sys.argv[1:]
 selection = [dict(zip(("arm", "lr", "dev_loss"), l.split())) for l in open(os.path.join(work, "lr_selection.txt")) if l.strip()]
 steps, gb, seq, T, ev = map(int, (steps, gb, seq, T, ev))
@@ -170,7 +170,7 @@ arms = [
 ]
 if os.path.exists(os.path.join(work, "runs", "importance_x4")):
     arms.append({"name": "importance_x4", "label": "importance-guided, ~60%, 4x tokens (20% of T)", "mode": "distill"})
-meta = {"date": os.environ.get("EXPERIMENT_DATE", "2026-11-23"),
+meta = {"date": os.environ.get("EXPERIMENT_DATE") or datetime.datetime.now(datetime.timezone.utc).date().isoformat(),  # the day it ran
         "machine": os.environ.get("EXPERIMENT_MACHINE", f"{os.cpu_count()}-core CPU ({platform.machine()}), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"),
         "commit": commit, "minipuzzle": mp, "teacher": "examples/demo/teacher",
         "teacher_tokens": T, "kd_tokens": steps * gb * seq,

@@ -86,6 +86,11 @@ int64_t rewrite_checkpoint(const CheckpointReader& reader, const ModelConfig& so
                            torch::ScalarType dtype, const std::filesystem::path& out,
                            uint64_t max_shard_bytes = 5'000'000'000ULL, const RewriteOptions& options = {});
 
+// The dtype a tensor is written in when the model's other tensors go in
+// `plain`: the MoE router's e_score_correction_bias stays fp32 (as
+// transformers keeps it), everything else is `plain`.
+torch::ScalarType stored_dtype(const std::string& name, torch::ScalarType plain);
+
 // config.json of a model written in `dtype`: torch_dtype, and for FP8 the
 // quantization_config whose block is [1, widest quantized input]; any
 // quantization_config that was read is dropped (it described other weights).

@@ -320,6 +320,20 @@ def test_compress_refuses_moe_teacher(ckpts, dataset, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("layout", ["hub", "fused"])
+def test_bf16_export_keeps_the_router_bias_fp32(ckpts, tmp_path, layout):
+    """transformers keeps e_score_correction_bias in fp32 in a bf16 model: a
+    bf16 export (streamed, or through the fused layout's whole-model path)
+    writes it in fp32 and everything else in bf16."""
+    out = tmp_path / f"export-{layout}"
+    nt.run_cli("export", ckpts("e6_g3", layout), "--out", out, "--dtype", "bf16")
+    tensors = load_file(str(out / "model.safetensors"))
+    biases = [k for k in tensors if k.endswith("e_score_correction_bias")]
+    assert biases
+    for k, v in tensors.items():
+        assert v.dtype == (torch.float32 if k in biases else torch.bfloat16), (k, v.dtype)
+
+
 def test_export_of_fused_layout_writes_hub_layout(models, ckpts, tmp_path):
     """A transformers-5 fused checkpoint exports to the Hub layout, which
     transformers loads back into the same model."""

@@ -257,7 +257,7 @@ const std::vector<Field>& fields() {
     }
     integer("short_distill.candidates", [](CompressJob& j) -> int64_t& { return j.short_candidates; }, 1, 1000);
 
-    choice("export.dtype", [](CompressJob& j) -> std::string& { return j.export_.dtype; }, {"bf16", "fp16", "fp32", "fp8"});
+    choice("export.dtype", [](CompressJob& j) -> std::string& { return j.export_.dtype; }, {"bf16", "fp16", "fp32", "fp8", "nvfp4", "int4"});
     text("export.max_shard_size", "a size such as 5GB or 2GiB",
          [](CompressJob& j) -> std::string& { return j.export_.max_shard_size; },
          [](const std::string& k, const std::string& t) {
