@@ -49,18 +49,23 @@ torch::Tensor AdamW::clip_grad_norm_on_device(double max_norm) {
 
 double AdamW::clip_grad_norm(double max_norm) { return clip_grad_norm_on_device(max_norm).item<double>(); }
 
-void AdamW::step(double lr) {
-  ++step_;
+AdamWStepFactors adamw_step_factors(const AdamWOptions& o, double lr, int64_t step, torch::Tensor grad_sum_of_squares,
+                                    double max_grad_norm) {
   AdamWStepFactors f;
   f.lr = lr;
-  f.beta1 = opt_.beta1;
-  f.beta2 = opt_.beta2;
-  f.eps = opt_.eps;
-  f.weight_decay = opt_.weight_decay;
-  f.step = step_;
-  f.grad_sum_of_squares = grad_sum_of_squares_;
-  f.max_grad_norm = max_grad_norm_;
-  update_.apply(f);
+  f.beta1 = o.beta1;
+  f.beta2 = o.beta2;
+  f.eps = o.eps;
+  f.weight_decay = o.weight_decay;
+  f.step = step;
+  f.grad_sum_of_squares = std::move(grad_sum_of_squares);
+  f.max_grad_norm = max_grad_norm;
+  return f;
+}
+
+void AdamW::step(double lr) {
+  ++step_;
+  update_.apply(adamw_step_factors(opt_, lr, step_, grad_sum_of_squares_, max_grad_norm_));
   grad_sum_of_squares_ = torch::Tensor();
 }
 

@@ -125,16 +125,7 @@ torch::Tensor ShardedAdamW::clip_grad_norm_on_device(double max_norm) {
 
 void ShardedAdamW::step(double lr) {
   ++step_;
-  AdamWStepFactors f;
-  f.lr = lr;
-  f.beta1 = opt_.beta1;
-  f.beta2 = opt_.beta2;
-  f.eps = opt_.eps;
-  f.weight_decay = opt_.weight_decay;
-  f.step = step_;
-  f.grad_sum_of_squares = grad_sum_of_squares_;
-  f.max_grad_norm = max_grad_norm_;
-  update_->apply(f);
+  update_->apply(adamw_step_factors(opt_, lr, step_, grad_sum_of_squares_, max_grad_norm_));
   grad_sum_of_squares_ = torch::Tensor();
   all_gather_parameters();
 }

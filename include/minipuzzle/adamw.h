@@ -24,6 +24,12 @@ struct AdamWOptions {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
 };
 
+// One step's factors (the same for the replicated and the sharded
+// optimizer): the options, the learning rate, the step number, and the
+// clip (a sum of squares on the device and its bound; undefined: none).
+AdamWStepFactors adamw_step_factors(const AdamWOptions& options, double lr, int64_t step,
+                                    torch::Tensor grad_sum_of_squares, double max_grad_norm);
+
 class AdamW {
  public:
   AdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, AdamWOptions options);

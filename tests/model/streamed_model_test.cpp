@@ -12,6 +12,7 @@
 #include "minipuzzle/evaluate.h"
 #include "minipuzzle/indexed_dataset.h"
 #include "minipuzzle/observers.h"
+#include "streamed_test_plan.h"
 #include "tiny_config.h"
 
 namespace minipuzzle {
@@ -37,15 +38,7 @@ class Streamed : public ::testing::Test {
   }
   void TearDown() override { remove_tree(dir_); }
 
-  // A streamed plan with the given group and head slice (the tests pick the
-  // layout; plan_residency's arithmetic has tests of its own).
-  ResidencyPlan streamed(int64_t group, int64_t head_rows) const {
-    ResidencyPlan p;
-    p.streamed = true;
-    p.group_batches = group;
-    p.head_slice_rows = head_rows;
-    return p;
-  }
+  ResidencyPlan streamed(int64_t group, int64_t head_rows) const { return testing::streamed_plan(group, head_rows); }
 
   std::filesystem::path dir_;
   std::vector<torch::Tensor> batches_;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <numeric>
 
+#include "../model/streamed_test_plan.h"
 #include "../model/tiny_config.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/importance_scores.h"
@@ -384,13 +385,7 @@ class StreamedScore : public ImportanceTest {
     wide_ = IndexedDataset::open((dir_ / "wide").string());
   }
 
-  ResidencyPlan streamed(int64_t group, int64_t head_rows) const {
-    ResidencyPlan p;
-    p.streamed = true;
-    p.group_batches = group;
-    p.head_slice_rows = head_rows;
-    return p;
-  }
+  ResidencyPlan streamed(int64_t group, int64_t head_rows) const { return testing::streamed_plan(group, head_rows); }
 
   ScoreOptions wide_options() const {
     ScoreOptions o = options();
