@@ -185,7 +185,10 @@ def config_seeds(tiny):
     bad("bool-as-int", use_conv_bias=1)
     bad("act", mlp_hidden_act="gelu")
     put(t, "bad-block-type-int.json", jtext({**{k: v for k, v in tiny_cfg.items()}, "layers_block_type": [1, 2]}))
-    put(t, "bad-block-type-moe.json", jtext({**tiny_cfg, "layers_block_type": ["moe"]}))
+    # transformers' config carries every MoE key: one "moe" layer is a valid MoE model.
+    put(t, "ok-moe-layers-block-type.json", jtext({**tiny_cfg, "layers_block_type": ["moe"]}))
+    no_moe_keys = {k: v for k, v in tiny_cfg.items() if k not in ("n_routed_experts", "moe_intermediate_size")}
+    put(t, "bad-moe-missing-keys.json", jtext({**no_moe_keys, "layers_block_type": ["moe"]}))
     put(t, "bad-block-type-unknown.json", jtext({**tiny_cfg, "layers_block_type": ["conv"]}))
     put(t, "bad-not-object.json", "[1]")
     put(t, "bad-empty.json", "")
