@@ -109,6 +109,20 @@ def test_the_chain_writes_every_stage_and_a_before_after_table(full_run):
     assert len(losses) == 2 and losses[pick["winner_rank"]] == min(losses.values())
 
 
+def test_a_quantized_export_is_compared_beside_the_model_it_came_from(work):
+    job = write_job(work, "nvfp4", "runs/nvfp4")
+    r = compress(job, "--set", "export.dtype=nvfp4")
+    out = work["root"] / "runs" / "nvfp4"
+    cfg = json.loads((out / "export" / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "compressed-tensors"
+    models = json.loads((out / "compare.json").read_text())["models"]
+    assert [m["name"] for m in models[-2:]] == ["after long distill", "final (export, nvfp4)"]
+    unquantized, quantized = models[-2], models[-1]
+    # The rows are two different models: the format's cost is what separates them.
+    assert quantized["loss"] != unquantized["loss"] and quantized["kl"] != unquantized["kl"]
+    assert "after long distill" in r.stdout and "final (export, nvfp4)" in r.stdout
+
+
 def test_the_export_loads_in_transformers_with_our_logits(full_run, tmp_path):
     export = full_run["out"] / "export"
     model = nt.load_hf(export)

@@ -38,12 +38,16 @@ int compare_stage(const CompressJob& j, const CompressPaths& p) {
   HybridLM teacher = load_model(j.teacher, dtype, device);
   teacher->eval();
   const int64_t vocab = teacher->config().vocab_size;
-  const std::vector<std::pair<std::string, fs::path>> models = {
+  std::vector<std::pair<std::string, fs::path>> models = {
       {"teacher", j.teacher},
       {fmt::format("pruned (rank {})", w), p.short_student(w)},
       {"after short distill", p.short_run(w) / "final"},
-      {fmt::format("final (export, {})", j.export_.dtype), p.export_dir},
   };
+  // A quantized export gets the unquantized model it came from beside it,
+  // so the table shows what the format cost.
+  const bool quantized = j.export_.dtype == "fp8" || j.export_.dtype == "nvfp4" || j.export_.dtype == "int4";
+  if (quantized) models.emplace_back("after long distill", p.long_run / "final");
+  models.emplace_back(fmt::format("final (export, {})", j.export_.dtype), p.export_dir);
   json rows = json::array();
   for (const auto& [name, dir] : models) {
     HybridLM m = name == "teacher" ? teacher : load_model(dir, dtype, device);
