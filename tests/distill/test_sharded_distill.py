@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
 import nemotron_tiny as nt  # noqa: E402
-from test_score_search import write_dataset  # noqa: E402
+from test_distill_cli import distill_work  # noqa: E402
 
 SPEC = nt.SPECS_BY_NAME["g2_state32"]
 RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "TORCHELASTIC")
@@ -29,13 +29,7 @@ RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "TORCHELAS
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shard")
-    teacher = nt.save_checkpoint(nt.build_model(SPEC), SPEC, root / "teacher", "hub")
-    rng = np.random.default_rng(8)
-    data = write_dataset(root / "train", [rng.integers(0, SPEC.vocab, 900) for _ in range(6)])
-    student = root / "student"
-    nt.run_cli("prune", teacher, "--set", "drop_layers=1", "--out", student)
-    return {"root": root, "teacher": teacher, "student": student, "data": data}
+    return distill_work(tmp_path_factory.mktemp("shard"))
 
 
 def free_port():

@@ -21,15 +21,20 @@ from test_score_search import write_dataset
 SPEC = nt.SPECS_BY_NAME["g2_state32"]
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill")
+def distill_work(root: Path) -> dict:
+    """A random teacher, the student made by pruning one layer of it, and a
+    training dataset: the setup every distillation test starts from."""
     teacher = nt.save_checkpoint(nt.build_model(SPEC), SPEC, root / "teacher", "hub")
     rng = np.random.default_rng(8)
     data = write_dataset(root / "train", [rng.integers(0, SPEC.vocab, 900) for _ in range(6)])
     student = root / "student"
     nt.run_cli("prune", teacher, "--set", "drop_layers=1", "--out", student)
     return {"root": root, "teacher": teacher, "student": student, "data": data}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return distill_work(tmp_path_factory.mktemp("distill"))
 
 
 def distill_args(work, out, steps=6, *extra):

@@ -15,11 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import nemotron_tiny as nt
-from test_score_search import write_dataset
+from test_distill_cli import distill_work  # noqa: E402
 
 SPEC = nt.SPECS_BY_NAME["g2_state32"]
 KINDS = ["teacher_weights", "student_weights", "gradients", "master", "moments", "buckets"]
@@ -27,13 +26,7 @@ KINDS = ["teacher_weights", "student_weights", "gradients", "master", "moments",
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    root = tmp_path_factory.mktemp("plan")
-    teacher = nt.save_checkpoint(nt.build_model(SPEC), SPEC, root / "teacher", "hub")
-    rng = np.random.default_rng(8)
-    data = write_dataset(root / "train", [rng.integers(0, SPEC.vocab, 900) for _ in range(6)])
-    student = root / "student"
-    nt.run_cli("prune", teacher, "--set", "drop_layers=1", "--out", student)
-    return {"root": root, "teacher": teacher, "student": student, "data": data}
+    return distill_work(tmp_path_factory.mktemp("plan"))
 
 
 def shape_args():
