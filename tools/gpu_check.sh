@@ -5,7 +5,7 @@
 # run once: each phase has a time cap, writes its results as it goes, and a
 # phase that runs out of time is cut, not the whole run.
 #
-#   bash tools/gpu_check.sh [--budget SECONDS] [--quick]
+#   bash tools/gpu_check.sh [--budget SECONDS] [--quick] [--phases LIST]
 #   device tool: run(command="GPU_CHECK_COMMIT=<sha> bash tools/gpu_check.sh", carry=[".gpu-deps"], timeout_s=600)
 #
 # Phases, in order (caps in seconds, each also bounded by what is left):
@@ -24,13 +24,20 @@
 # prints its JSON on SIGTERM ("cut" names what is missing).
 #   memcheck   the kernels' GPU tests under compute-sanitizer, with what is left
 #              (at most 150; skipped under 30)
+#   scale      with what is left (at most 150): bench/memory/bench_streamed_teacher.py
+#              (teacher-logits streamed at half the weights against resident,
+#              issue 23) and bench/distill/bench_shard_levels.py (each --shard
+#              level's planner total against the allocator's peak, issue 24)
+# --phases: a comma-separated subset of tests,kernels,job,memcheck,scale (the
+# build always runs; on a still-warm machine it is incremental), for a second,
+# shorter run of only what failed or was cut.
 # --budget: the whole run, default 540 (leave the device call's timeout_s
 # about a minute above it: the start and the copies back are not counted here).
 #
 # Results in $OUT (the device tool's result folder; at most 8 files come back)
 # or ./gpu-out: summary.txt (GPU, commit, each phase's status and seconds),
 # build.log, tests.log, bench_kernels.json, bench_distill_job.json,
-# memcheck.log, stderr.log (the benchmarks' stderr). Exit status 0 only when
+# memcheck.log, bench_streamed_teacher.json, bench_shard_levels.json, stderr.log (the benchmarks' stderr). Exit status 0 only when
 # every phase ran whole and passed.
 #
 # The image lacks the C++ libraries the build needs (fmt, yaml-cpp,
@@ -44,6 +51,7 @@ PY=${PYTHON:-python3}
 LOG=${OUT:-$ROOT/gpu-out}
 BUDGET=540
 QUICK=0
+PHASES=tests,kernels,job,memcheck,scale
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -51,7 +59,12 @@ while [ $# -gt 0 ]; do
       [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "gpu_check: --budget needs a number of seconds" >&2; exit 2; }
       BUDGET=$2
       shift ;;
-    *) echo "gpu_check: unknown option $1 (expected --budget SECONDS or --quick)" >&2; exit 2 ;;
+    --phases)
+      [[ "${2:-}" =~ ^(tests|kernels|job|memcheck|scale)(,(tests|kernels|job|memcheck|scale))*$ ]] || {
+        echo "gpu_check: --phases needs a comma-separated list of tests, kernels, job, memcheck, scale" >&2; exit 2; }
+      PHASES=$2
+      shift ;;
+    *) echo "gpu_check: unknown option $1 (expected --budget SECONDS, --quick or --phases LIST)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -66,9 +79,15 @@ cap() { local l; l=$(left); echo $((l < $1 ? l : $1)); }  # min(cap, time left)
 exec 3>&1                                       # the console, while a phase's output goes to its file
 note() { echo "$*" | tee -a "$SUMMARY" >&3; }
 # phase NAME CAP_SECONDS COMMAND...: runs COMMAND under min(CAP, time left),
-# notes its status and seconds; a phase with under 10 s left is skipped.
+# notes its status and seconds; a phase with under 10 s left is skipped, and
+# so is one --phases leaves out.
+wanted() { [[ ",$PHASES," == *",$1,"* ]]; }
 phase() {
   local name=$1 limit t0 status
+  if [ "$name" != build ] && ! wanted "$name"; then
+    note "$name: not asked for (--phases $PHASES)"
+    return
+  fi
   limit=$(cap "$2")
   shift 2
   if [ "$limit" -lt 10 ]; then
@@ -93,7 +112,7 @@ phase() {
 
 COMMIT="${GPU_CHECK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)"
-note "gpu_check $(date -u +%FT%TZ) commit $COMMIT gpu ${GPU_NAME:-none} budget ${BUDGET} s quick $QUICK"
+note "gpu_check $(date -u +%FT%TZ) commit $COMMIT gpu ${GPU_NAME:-none} budget ${BUDGET} s quick $QUICK phases $PHASES"
 nvidia-smi >> "$SUMMARY" 2>&1 || note "nvidia-smi: not found or failed"
 
 PREFIX="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" || {
@@ -175,7 +194,9 @@ phase job 240 "$PY" "$ROOT/bench/distill/bench_distill_job.py" --bin bin/minipuz
   > "$LOG/bench_distill_job.json" 2>> "$LOG/stderr.log"
 
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-if [ -z "$SAN" ]; then
+if ! wanted memcheck; then
+  note "memcheck: not asked for (--phases $PHASES)"
+elif [ -z "$SAN" ]; then
   note "memcheck: compute-sanitizer not found, skipped"
   echo "compute-sanitizer not found" > "$LOG/memcheck.log"
 elif [ "$(left)" -lt 30 ]; then
@@ -186,6 +207,20 @@ else
     --gtest_filter='*Cuda*:ModelOnKernels*' > "$LOG/memcheck.log" 2>&1
   tail -n 3 "$LOG/memcheck.log"
 fi
+scale() {
+  local windows=128 steps=4 a b
+  [ "$QUICK" = 1 ] && windows=32 && steps=2
+  "$PY" "$ROOT/bench/memory/bench_streamed_teacher.py" --bin bin/minipuzzle --windows "$windows" \
+    > "$LOG/bench_streamed_teacher.json" 2>> "$LOG/stderr.log"
+  a=$?
+  "$PY" "$ROOT/bench/distill/bench_shard_levels.py" --bin bin/minipuzzle --steps "$steps" \
+    > "$LOG/bench_shard_levels.json" 2>> "$LOG/stderr.log"
+  b=$?
+  return $((a != 0 || b != 0))
+}
+export LOG QUICK
+export -f scale
+phase scale 150 bash -c scale
 note "gpu_check: $(($(date +%s) - START)) s in all, status $rc"
-cat "$SUMMARY" | grep -E "^(build|tests|kernels|job|memcheck|gpu_check)"
+cat "$SUMMARY" | grep -E "^(build|tests|kernels|job|memcheck|scale|gpu_check)"
 exit "$rc"
