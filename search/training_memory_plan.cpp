@@ -278,7 +278,11 @@ TrainingMemoryPlan plan_training_memory(const TrainingJob& job, int world_size, 
   s.seq_len = job.seq_len;
   s.element_bytes = static_cast<int64_t>(e);
   s.ops = job.ops;
-  plan.activations = activation_breakdown(job, s);
+  // At `parameters` every block is recomputed in backward (it is gathered
+  // again there anyway): checkpointed whatever the job says.
+  TrainingJob walked = job;
+  if (shard == ShardLevel::Parameters) walked.activation_checkpointing = true;
+  plan.activations = activation_breakdown(walked, s);
   plan.kd = kd_loss_bytes(job.student, s, job.kd_chunk_tokens, job.cache_top_k);
   b.activations = plan.activations.total();
   b.kd_loss = plan.kd.total();

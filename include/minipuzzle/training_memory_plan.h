@@ -39,8 +39,9 @@
 // collective: 0.
 //
 // Activations (training_activations.h): the blocks' saved tensors for one
-// micro-batch, or with activation checkpointing every block's input plus
-// one block's recompute; each block's forward transient and backward
+// micro-batch, or with activation checkpointing (always at `parameters`,
+// whose blocks are recomputed in backward) every block's input plus one
+// block's recompute; each block's forward transient and backward
 // scratch, walked layer by layer for the highest point of the forward and
 // of the backward; the online teacher's final hidden states, which live
 // through the student's forward and the loss. They do not depend on N

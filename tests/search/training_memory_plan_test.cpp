@@ -314,7 +314,7 @@ TEST(TrainingPlanPublished, SmallestWorldSizesOn80GBGpus) {
   const PaperJob jobs[] = {
       {"nemotron-h-8b", "nemotron-h-4b", std::nullopt, 2, 2, 2},
       {"nemotron-nano-12b-v2", "nemotron-nano-9b-v2", std::nullopt, 12, 5, 3},
-      {"nemotron-h-56b", "nemotron-h-47b", std::nullopt, std::nullopt, std::nullopt, 19},
+      {"nemotron-h-56b", "nemotron-h-47b", std::nullopt, std::nullopt, std::nullopt, 18},
   };
   for (const PaperJob& p : jobs) {
     TrainingJob j;
