@@ -335,7 +335,17 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     auto units = std::make_unique<ShardedParameters>(
         HybridLM(cfg, torch::TensorOptions().dtype(dtype).device(device), /*placeholders=*/true), dp, trainable,
         gathered);
-    units->load(reader);
+    // Each rank reads its own range: one that fails stops them all (none
+    // waits in a collective for it), with its line or, elsewhere, this one.
+    std::string bad;
+    try {
+      units->load(reader);
+    } catch (const InputError& e) {
+      bad = e.what();
+    }
+    if (dp.all_reduce_sum(bad.empty() ? 0.0 : 1.0) > 0)
+      throw InputError(bad.empty() ? fmt::format("{}: another rank could not read its range of the weights", dir.string())
+                                   : bad);
     return units;
   };
   HybridLM teacher{nullptr};

@@ -389,3 +389,19 @@ def test_parameters_level_resumes_at_another_world_size(work, runs, tmp_path, be
         assert np.linalg.norm(x - y) <= 1e-5 * np.linalg.norm(x), k
     manifest = json.loads((part / "checkpoints" / "step-00000004" / "optimizer_manifest.json").read_text())
     assert manifest["world_size"] == after and manifest["shard"] == "parameters"
+
+
+def test_parameters_level_refuses_a_damaged_checkpoint(work, tmp_path):
+    """Each rank reads its range of the student from the checkpoint: a
+    truncated weights file stops every rank with one line naming it."""
+    part = tmp_path / "stopped"
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--stop-at-step", 2), check=False)
+    assert codes == [130, 130], errs
+    weights_file = part / "checkpoints" / "step-00000002" / "model.safetensors"
+    data = weights_file.read_bytes()
+    weights_file.write_bytes(data[:-64])
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--resume"), check=False)
+    assert_one_line_exit_2(codes, errs, "model.safetensors")
+    weights_file.write_bytes(data)
+    run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--resume"))
+    assert (part / "final" / "model.safetensors").exists()
