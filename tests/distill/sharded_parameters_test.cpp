@@ -14,6 +14,7 @@
 #include <string>
 
 #include "../model/tiny_config.h"
+#include "cpu_allocation_tracker.h"
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/checkpoint_reader.h"
@@ -43,7 +44,7 @@ class ShardedParametersOneRank : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() / ("mp_zero3_" + std::to_string(::getpid()));
-    cfg_ = testing::tiny_config("M*-M-");
+    cfg_ = testing::tiny_config("M*-M-M-M-");
     plain_ = HybridLM(cfg_);
     plain_->init_random(5);
     save_model(plain_, dir_, torch::kFloat32);
@@ -119,6 +120,32 @@ TEST_F(ShardedParametersOneRank, EvaluationWithoutGradHoldsTheHeadUntilReleased)
   // A rank without a window takes part in the gathers only.
   EXPECT_FALSE(units.forward_hidden(torch::Tensor()).defined());
   units.release(units.head_unit());
+}
+
+// Seen from the CPU allocator, not from the class's own count: a forward
+// holds this rank's range plus at most two neighbouring units (and a few
+// tokens' activations), far less than the model.
+TEST_F(ShardedParametersOneRank, TheAllocatorSeesTwoUnitsAtMost) {
+  at::set_num_threads(1);
+  DataParallel dp = one_rank_group();
+  ShardedParameters units(HybridLM(cfg_, torch::kFloat32, true), dp, /*trainable=*/false, nullptr);
+  units.load(CheckpointReader::open(dir_));
+  const torch::Tensor tokens = torch::randint(0, cfg_.vocab_size, {1, 4}, torch::kInt64);
+  torch::NoGradGuard no_grad;
+  int64_t peak = 0;
+  {
+    testing::CpuAllocationTracker::Scope scope;
+    units.forward_hidden(tokens);
+    units.release(units.head_unit());
+    peak = scope->peak();
+    // Everything gathered is freed again; what stays are the one-element
+    // placeholders that the parameters hold now.
+    EXPECT_LE(scope->current(), 8 * static_cast<int64_t>(units.named().size()));
+  }
+  const int64_t pair = 4 * largest_pair(cfg_), model = 4 * count_parameters(cfg_).total;
+  EXPECT_GE(peak, pair);
+  EXPECT_LE(peak, pair + (32 << 10)) << "model " << model;
+  EXPECT_LT(peak, model / 2);
 }
 
 }  // namespace
