@@ -192,7 +192,10 @@ EvalMetrics evaluate_against_teacher(HybridLM* teacher, HybridLM& student, const
       }
       // The teacher first: its head is all it holds while the student runs.
       torch::Tensor t_hidden;
-      if (teacher) t_hidden = teacher_units ? teacher_units->forward_hidden(in) : (in.defined() ? (*teacher)->forward_hidden(in) : in);
+      if (teacher_units)
+        t_hidden = teacher_units->forward_hidden(in);
+      else if (teacher && in.defined())
+        t_hidden = (*teacher)->forward_hidden(in);
       auto s_hidden = student_units->forward_hidden(in);
       if (in.defined()) {
         if (teacher)
@@ -344,7 +347,8 @@ DistillSummary run_distillation_in(const DistillOptions& o,
       bad = e.what();
     }
     if (dp.all_reduce_sum(bad.empty() ? 0.0 : 1.0) > 0)
-      throw InputError(bad.empty() ? fmt::format("{}: another rank could not read its range of the weights", dir.string())
+      throw InputError(bad.empty() ? fmt::format("{}: another rank could not read its range of the weights",
+                                                 dir.string())
                                    : bad);
     return units;
   };
