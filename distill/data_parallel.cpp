@@ -303,6 +303,27 @@ std::function<void()> DataParallel::start_reduce(torch::Tensor flat, int root) {
   }
 }
 
+std::function<void()> DataParallel::start_broadcast(torch::Tensor flat, int root) {
+  if (!impl_) return [] {};
+  try {
+    std::vector<torch::Tensor> bufs{std::move(flat)};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    o.timeout = options_.timeout;
+    auto work = impl_->backend->broadcast(bufs, o);
+    const int rank = env_.rank;
+    return [work, rank] {
+      try {
+        work->wait();
+      } catch (...) {
+        rethrow("gather_parameters", rank);
+      }
+    };
+  } catch (...) {
+    rethrow("gather_parameters", env_.rank);
+  }
+}
+
 void DataParallel::all_gather(torch::Tensor all, torch::Tensor mine) {
   if (!impl_) {
     all.copy_(mine.reshape(all.sizes()));

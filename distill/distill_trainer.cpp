@@ -17,6 +17,7 @@
 #include <stdexcept>
 
 #include "minipuzzle/atomic_file.h"
+#include "minipuzzle/checkpoint_reader.h"
 #include "minipuzzle/background_job.h"
 #include "minipuzzle/activation_checkpointing.h"
 #include "minipuzzle/checkpoint.h"
@@ -30,6 +31,8 @@
 #include "minipuzzle/overlapped_all_reduce.h"
 #include "minipuzzle/sharded_adamw.h"
 #include "minipuzzle/sharded_checkpoint.h"
+#include "minipuzzle/sharded_model_writer.h"
+#include "minipuzzle/sharded_parameters.h"
 #include "minipuzzle/teacher_cache.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/token_windows.h"
@@ -99,9 +102,6 @@ void validate(const DistillOptions& o) {
     throw InputError("--beta1 and --beta2 must be in [0, 1)");
   if (o.adamw.weight_decay < 0) throw InputError("--weight-decay must be >= 0");
   if (o.stop_at_step < 0) throw InputError("--stop-at-step must be >= 0 (0: no stop)");
-  if (o.shard == ShardLevel::Parameters)
-    throw InputError("--shard parameters: planned but not implemented yet; distill runs with --shard none, "
-                     "optimizer or gradients (`minipuzzle distill --plan --shard parameters` shows its memory)");
   if (o.bucket_bytes < 1) throw InputError("--bucket-size must be positive");
   if (o.out.empty()) throw InputError("missing --out");
   if (o.train_from_scratch && (!o.teacher.empty() || !o.teacher_cache.empty()))
@@ -162,9 +162,13 @@ struct EvalMetrics {
 // stoppable evaluation ends before its next batch once a stop is requested
 // (a long one would hold a SIGTERM off for minutes, past a scheduler's grace
 // period); every rank still joins the final sum, so all of them see the cut.
+// Parameter-sharded models (units non-null) gather unit by unit: every rank
+// runs as many batches as the rank with the most windows (one without a
+// window only takes part in the gathers) and all agree on a stop before each.
 EvalMetrics evaluate_against_teacher(HybridLM* teacher, HybridLM& student, const IndexedDataset& data,
                                      int64_t seq_len, int64_t batch, uint64_t max_tokens, DataParallel& dp,
-                                     bool stoppable) {
+                                     bool stoppable, ShardedParameters* student_units,
+                                     ShardedParameters* teacher_units) {
   torch::NoGradGuard no_grad;
   student->eval();
   const auto all = sequential_windows(data.total_tokens(), seq_len, std::max<uint64_t>(1, max_tokens / seq_len));
@@ -172,7 +176,38 @@ EvalMetrics evaluate_against_teacher(HybridLM* teacher, HybridLM& student, const
   for (std::size_t i = static_cast<std::size_t>(dp.rank()); i < all.size(); i += dp.world_size()) starts.push_back(all[i]);
   LogitComparison sum;
   bool cut = false;
-  for (std::size_t i = 0; i < starts.size(); i += batch) {
+  if (student_units) {
+    const std::size_t most = (all.size() + dp.world_size() - 1) / dp.world_size();
+    for (std::size_t i = 0; i < most; i += batch) {
+      if (dp.all_reduce_sum(stoppable && distill_stop_flag().load() ? 1.0 : 0.0) > 0) {
+        cut = true;
+        break;
+      }
+      torch::Tensor in, tg;
+      if (i < starts.size()) {
+        std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + batch));
+        auto rows = to_device_async(gather_windows(data, part, seq_len, student->config().vocab_size), student->device());
+        in = rows.narrow(1, 0, seq_len);
+        tg = rows.narrow(1, 1, seq_len);
+      }
+      // The teacher first: its head is all it holds while the student runs.
+      torch::Tensor t_hidden;
+      if (teacher_units)
+        t_hidden = teacher_units->forward_hidden(in);
+      else if (teacher && in.defined())
+        t_hidden = (*teacher)->forward_hidden(in);
+      auto s_hidden = student_units->forward_hidden(in);
+      if (in.defined()) {
+        if (teacher)
+          sum += compare_logits(*teacher, t_hidden, student, s_hidden, tg);
+        else
+          sum += compare_logits(student, s_hidden, student, s_hidden, tg);
+      }
+      student_units->release(student_units->head_unit());
+      if (teacher_units) teacher_units->release(teacher_units->head_unit());
+    }
+  }
+  for (std::size_t i = 0; i < starts.size() && !student_units; i += batch) {
     if (stoppable && distill_stop_flag().load()) {
       cut = true;
       break;
@@ -291,9 +326,41 @@ DistillSummary run_distillation_in(const DistillOptions& o,
       throw InputError(fmt::format("--teacher-cache was written at temperature {}, this run uses --temperature {}",
                                    cache->temperature(), o.kd.temperature));
   }
+  // --shard parameters: each model holds only this rank's range of its
+  // weights, read straight from the checkpoint (sharded_parameters.h).
+  const bool shard_weights = o.shard == ShardLevel::Parameters;
+  auto gathered = std::make_shared<GatheredBytes>();
+  auto load_sharded = [&](const fs::path& dir, bool trainable) {
+    std::error_code dir_ec;
+    if (!fs::is_directory(dir, dir_ec)) throw InputError(dir.string() + ": not a checkpoint directory");
+    const ModelConfig cfg = ModelConfig::load(dir);
+    const CheckpointReader reader = CheckpointReader::open(dir);
+    auto units = std::make_unique<ShardedParameters>(
+        HybridLM(cfg, torch::TensorOptions().dtype(dtype).device(device), /*placeholders=*/true), dp, trainable,
+        gathered);
+    // Each rank reads its own range: one that fails stops them all (none
+    // waits in a collective for it), with its line or, elsewhere, this one.
+    std::string bad;
+    try {
+      units->load(reader);
+    } catch (const InputError& e) {
+      bad = e.what();
+    }
+    if (dp.all_reduce_sum(bad.empty() ? 0.0 : 1.0) > 0)
+      throw InputError(bad.empty() ? fmt::format("{}: another rank could not read its range of the weights",
+                                                 dir.string())
+                                   : bad);
+    return units;
+  };
   HybridLM teacher{nullptr};
+  std::unique_ptr<ShardedParameters> teacher_units;
   if (!o.teacher.empty()) {
-    teacher = load_model(o.teacher, dtype, device);
+    if (shard_weights) {
+      teacher_units = load_sharded(o.teacher, /*trainable=*/false);
+      teacher = teacher_units->model();
+    } else {
+      teacher = load_model(o.teacher, dtype, device);
+    }
     teacher->eval();
     for (auto& p : teacher->parameters()) p.set_requires_grad(false);
   }
@@ -305,7 +372,10 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   if (o.resume && !existing.empty()) resume_from = existing.back();
   // Student weights: fp32 when training in fp32 (CPU); in bf16 the optimizer
   // keeps fp32 masters and the model holds the rounded copy.
-  HybridLM student = load_model(resume_from.empty() ? fs::path(o.student) : resume_from, dtype, device);
+  const fs::path student_dir = resume_from.empty() ? fs::path(o.student) : resume_from;
+  std::unique_ptr<ShardedParameters> student_units;
+  if (shard_weights) student_units = load_sharded(student_dir, /*trainable=*/true);
+  HybridLM student = shard_weights ? student_units->model() : load_model(student_dir, dtype, device);
   if (teacher && student->config().vocab_size != teacher->config().vocab_size)
     throw InputError(fmt::format("teacher vocab {} != student vocab {}: distillation needs the same tokenizer",
                                  teacher->config().vocab_size, student->config().vocab_size));
@@ -324,15 +394,20 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     params.push_back(p.value());
   }
   // Replicas start bit-identical (also after a resume, where every rank read
-  // the same checkpoint; the broadcast makes it exact regardless).
-  dp.broadcast_parameters(params);
+  // the same checkpoint; the broadcast makes it exact regardless). Sharded
+  // weights: each rank read its own range of that checkpoint.
+  if (!shard_weights) dp.broadcast_parameters(params);
   // Either the whole optimizer state on every rank or this rank's range of it.
   std::optional<AdamW> whole_optimizer;
   std::unique_ptr<ShardedAdamW> sharded;
   if (o.shard == ShardLevel::None)
     whole_optimizer.emplace(named, o.adamw);
   else
-    sharded = std::make_unique<ShardedAdamW>(named, o.adamw, dp, o.shard);
+    sharded = std::make_unique<ShardedAdamW>(named, o.adamw, dp, o.shard,
+                                             shard_weights ? student_units->shard() : torch::Tensor());
+  if (student_units)
+    student_units->set_gradient_sink(
+        [opt = sharded.get()](int64_t lo, const torch::Tensor& mean) { opt->accumulate_gradient(lo, mean); });
   auto optimizer_steps = [&] { return sharded ? sharded->steps() : whole_optimizer->steps(); };
 
   if (dp.is_root()) fs::create_directories(ckpt_dir, ec);
@@ -440,7 +515,8 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   // an uninterrupted run's. The final one, after the last step, runs whole.
   auto run_eval = [&](int64_t step, bool stoppable) {
     const EvalMetrics m = evaluate_against_teacher(teacher ? &teacher : nullptr, student, *eval_data, o.seq_len,
-                                                   o.micro_batch, o.eval_tokens, dp, stoppable);
+                                                   o.micro_batch, o.eval_tokens, dp, stoppable, student_units.get(),
+                                                   teacher_units.get());
     if (m.cut_short) return m;  // no record
     json rec = {{"step", step}, {"eval", true}, {"loss", m.loss}, {"accuracy", m.accuracy}, {"tokens", m.tokens}};
     if (teacher) {
@@ -471,6 +547,12 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     const int world = dp.world_size(), rank = dp.rank();
     const fs::path mine = staging / optimizer_shard_file_name(rank, world);
     ShardedAdamW::write_state(sharded->snapshot(), sharded->layout(), rank, mine);
+    // Sharded weights: gathered tensor by tensor, rank 0 writes them here now.
+    const fs::path model_files = staging / "model";
+    if (student_units) {
+      if (dp.is_root()) fs::create_directories(model_files);
+      write_sharded_model(*student_units, dp, model_files, torch::kFloat32);
+    }
     const ShardFileRecord record = shard_file_record(mine);
     std::vector<double> v(2 * static_cast<std::size_t>(world), 0.0);  // bytes and CRC-32: exact in a double
     v[2 * static_cast<std::size_t>(rank)] = static_cast<double>(record.bytes);
@@ -482,16 +564,23 @@ DistillSummary run_distillation_in(const DistillOptions& o,
         files.push_back({optimizer_shard_file_name(r, world), static_cast<int64_t>(v[2 * r]),
                          static_cast<uint32_t>(v[2 * r + 1])});
       checkpoint_writer.finish();
-      auto model = std::make_shared<ModelSnapshot>(snapshot_model(student, torch::kFloat32));
+      std::shared_ptr<ModelSnapshot> model;
+      if (!student_units) model = std::make_shared<ModelSnapshot>(snapshot_model(student, torch::kFloat32));
       json st = {{"step", step}, {"epoch", pos.epoch}, {"index", pos.index}, {"tokens", tokens},
                  {"optimizer_steps", optimizer_steps()}, {"lr_next", o.schedule.at(step)},
                  {"note", "no other random state: the window order is keyed by seed"}};
       const std::string manifest = optimizer_manifest(sharded->layout(), o.shard, step, files).dump(2) + "\n";
-      checkpoint_writer.start([target, staging, files, model, manifest, state = st.dump(2) + "\n",
+      checkpoint_writer.start([target, staging, files, model, model_files, manifest, state = st.dump(2) + "\n",
                                &remove_old_checkpoints] {
         remove_tree(target);
         AtomicDirectory dir(target);
-        write_model_snapshot(*model, dir.path());
+        if (model) {
+          write_model_snapshot(*model, dir.path());
+        } else {
+          std::vector<fs::path> written;
+          for (const auto& e : fs::directory_iterator(model_files)) written.push_back(e.path());
+          for (const auto& f : written) fs::rename(f, dir.path() / f.filename());
+        }
         for (const auto& f : files) fs::rename(staging / f.file, dir.path() / f.file);
         write_file_atomic(dir.path() / kOptimizerManifest, manifest);
         write_file_atomic(dir.path() / "trainer_state.json", state);
@@ -573,6 +662,7 @@ DistillSummary run_distillation_in(const DistillOptions& o,
       auto in = rows.narrow(1, 0, o.seq_len), tg = rows.narrow(1, 1, o.seq_len);
       KdResult r;
       auto student_hidden = [&] {
+        if (student_units) return student_units->forward_hidden(in);  // gathered unit by unit, blocks recomputed
         return o.activation_checkpointing ? forward_hidden_checkpointed(student, in) : student->forward_hidden(in);
       };
       if (o.train_from_scratch) {
@@ -589,9 +679,11 @@ DistillSummary run_distillation_in(const DistillOptions& o,
         torch::Tensor t_hidden;
         {
           torch::NoGradGuard no_grad;
-          t_hidden = teacher->forward_hidden(in);
+          t_hidden = teacher_units ? teacher_units->forward_hidden(in) : teacher->forward_hidden(in);
         }
         r = kd_loss_online(student, student_hidden(), teacher, t_hidden, tg, o.kd);
+        // The loss took the teacher's logits in its forward: its head can go.
+        if (teacher_units) teacher_units->release(teacher_units->head_unit());
       }
       if (o.overlap_all_reduce && m + 1 == accum) {  // the step's gradients are final in this backward
         if (sharded)
@@ -600,6 +692,7 @@ DistillSummary run_distillation_in(const DistillOptions& o,
           sync.arm();
       }
       (r.loss / static_cast<double>(accum)).backward();
+      if (student_units) student_units->finish_backward();  // every unit's gradient in its owner's shard
       step_loss += r.loss.detach().to(torch::kDouble) / static_cast<double>(accum);
       step_sums += r.sums;
       step_tokens += r.tokens;
@@ -658,7 +751,16 @@ DistillSummary run_distillation_in(const DistillOptions& o,
         const AdamW::StateBytes b = whole_optimizer->state_bytes();
         ob = {b.master, b.moments, 0, -1};
       }
-      rec["state_bytes"] = rank_state_bytes(teacher ? &teacher : nullptr, student, ob, buckets, dp);
+      HeldWeights held;
+      if (student_units) {
+        // Weights: this rank's ranges, and the most gathered units held at
+        // once (both models); gradients: the shard plus the largest unit's
+        // gradient while it was flattened; buckets: the reduces in flight.
+        held = {teacher_units ? teacher_units->shard_bytes() : -1, student_units->shard_bytes(), gathered->peak};
+        ob.gradients_peak = ob.extra_gradients + student_units->unit_gradient_peak_bytes();
+        buckets = student_units->reduce_peak_bytes();
+      }
+      rec["state_bytes"] = rank_state_bytes(teacher ? &teacher : nullptr, student, ob, buckets, dp, held);
     }
     log(rec);
     status.step = step + 1;
@@ -693,11 +795,24 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   summary.final_eval_kl = final_eval.kl;
   // The shippable student: weights in the dtype the student came in.
   const fs::path final_dir = o.out / "final";
+  const auto final_dtype = dtype == torch::kFloat32 ? torch::kFloat32 : torch::kBFloat16;
+  // Sharded weights: gathered one tensor at a time, rank 0 writes (the
+  // same answer to "written already?" on every rank: rank 0 cannot commit
+  // before every rank has joined the write).
+  if (student_units && !fs::exists(final_dir / "config.json")) {
+    std::optional<AtomicDirectory> staged;
+    if (dp.is_root()) {
+      remove_tree(final_dir);
+      staged.emplace(final_dir);
+    }
+    write_sharded_model(*student_units, dp, staged ? staged->path() : final_dir, final_dtype);
+    if (staged) staged->commit();
+  }
   if (dp.is_root()) {
     metrics.close();
-    if (!fs::exists(final_dir / "config.json")) {
+    if (!student_units && !fs::exists(final_dir / "config.json")) {
       remove_tree(final_dir);
-      save_model(student, final_dir, dtype == torch::kFloat32 ? torch::kFloat32 : torch::kBFloat16);
+      save_model(student, final_dir, final_dtype);
     }
     // The teacher's tokenizer / generation files (the student's when the
     // teacher folder has none, e.g. an offline-cache run).

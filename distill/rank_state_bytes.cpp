@@ -14,22 +14,26 @@ double bytes_of(const std::vector<torch::Tensor>& tensors, bool grads) {
 }
 
 constexpr const char* kKinds[] = {"teacher_weights", "student_weights", "gradients", "master",
-                                  "moments",         "buckets",         "gradients_peak"};
+                                  "moments",         "buckets",         "gradients_peak", "gathered_blocks"};
 constexpr std::size_t kNumKinds = sizeof(kKinds) / sizeof(kKinds[0]);
 
 }  // namespace
 
 nlohmann::json rank_state_bytes(HybridLM* teacher, HybridLM& student, const OptimizerBytes& opt,
-                                int64_t bucket_bytes, DataParallel& dp) {
+                                int64_t bucket_bytes, DataParallel& dp, const HeldWeights& held) {
   const auto params = student->parameters();
   const double gradients = bytes_of(params, true) + static_cast<double>(opt.extra_gradients);
-  const double mine[kNumKinds] = {teacher && *teacher ? bytes_of((*teacher)->parameters(), false) : 0.0,
-                                  bytes_of(params, false),
+  const double teacher_weights = held.teacher >= 0                 ? static_cast<double>(held.teacher)
+                                 : teacher && *teacher ? bytes_of((*teacher)->parameters(), false)
+                                                       : 0.0;
+  const double mine[kNumKinds] = {teacher_weights,
+                                  held.student >= 0 ? static_cast<double>(held.student) : bytes_of(params, false),
                                   gradients,
                                   static_cast<double>(opt.master),
                                   static_cast<double>(opt.moments),
                                   static_cast<double>(bucket_bytes),
-                                  opt.gradients_peak >= 0 ? static_cast<double>(opt.gradients_peak) : gradients};
+                                  opt.gradients_peak >= 0 ? static_cast<double>(opt.gradients_peak) : gradients,
+                                  static_cast<double>(held.gathered)};
   // One slot per rank and kind, each rank filling its own: one sum gathers them.
   const auto world = static_cast<std::size_t>(dp.world_size());
   std::vector<double> all(world * kNumKinds, 0.0);

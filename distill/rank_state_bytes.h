@@ -15,7 +15,7 @@
 namespace minipuzzle {
 
 // [{"rank": 0, "teacher_weights": B, "student_weights": B, "gradients": B,
-//   "master": B, "moments": B, "buckets": B, "gradients_peak": B}, ...] in rank order: each kind
+//   "master": B, "moments": B, "buckets": B, "gradients_peak": B, "gathered_blocks": B}, ...] in rank order: each kind
 // is the sum of numel x element size of the tensors of that kind on that
 // rank (buckets: the fp32 bucket buffers the step's all-reduce held at
 // once). A collective: every rank must call it at the same point.
@@ -27,7 +27,14 @@ namespace minipuzzle {
 struct OptimizerBytes {
   int64_t master = 0, moments = 0, extra_gradients = 0, gradients_peak = -1;
 };
+// Weights held other than as the models' own tensors (--shard parameters:
+// the parameters are placeholders): this rank's ranges, and the most bytes
+// of gathered units held at once (`gathered_blocks`); -1: count the
+// model's tensors.
+struct HeldWeights {
+  int64_t teacher = -1, student = -1, gathered = 0;
+};
 nlohmann::json rank_state_bytes(HybridLM* teacher, HybridLM& student, const OptimizerBytes& optimizer,
-                                int64_t bucket_bytes, DataParallel& dp);
+                                int64_t bucket_bytes, DataParallel& dp, const HeldWeights& held = {});
 
 }  // namespace minipuzzle

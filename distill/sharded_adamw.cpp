@@ -14,10 +14,11 @@ namespace minipuzzle {
 
 namespace {
 
-std::vector<torch::Tensor> contiguous_tensors_of(const std::vector<std::pair<std::string, torch::Tensor>>& named) {
+std::vector<torch::Tensor> contiguous_tensors_of(const std::vector<std::pair<std::string, torch::Tensor>>& named,
+                                                 bool placeholders) {
   std::vector<torch::Tensor> out;
   for (const auto& np : named) {
-    if (!np.second.is_contiguous())
+    if (!placeholders && !np.second.is_contiguous())
       throw std::logic_error(fmt::format("sharded optimizer: parameter {} is not contiguous", np.first));
     out.push_back(np.second);
   }
@@ -33,11 +34,11 @@ torch::Tensor flat_part(const torch::Tensor& p, int64_t start, int64_t numel) {
 }  // namespace
 
 ShardedAdamW::ShardedAdamW(std::vector<std::pair<std::string, torch::Tensor>> named, AdamWOptions options,
-                           DataParallel& dp, ShardLevel level)
+                           DataParallel& dp, ShardLevel level, torch::Tensor parameter_shard)
     : dp_(dp),
       level_(level),
       opt_(options),
-      params_(contiguous_tensors_of(named)),
+      params_(contiguous_tensors_of(named, level == ShardLevel::Parameters)),
       layout_(FlatParameterLayout::of(named, dp.world_size())),
       reduce_(dp, layout_, params_, level == ShardLevel::Gradients,
               [this](int64_t lo, const torch::Tensor& mean) {
@@ -53,8 +54,10 @@ ShardedAdamW::ShardedAdamW(std::vector<std::pair<std::string, torch::Tensor>> na
                   flat_part(p.grad(), piece.start, piece.numel).copy_(mean.narrow(0, piece.flat - lo, piece.numel));
                 }
               }) {
-  if (level != ShardLevel::Optimizer && level != ShardLevel::Gradients)
-    throw std::logic_error("ShardedAdamW: level must be optimizer or gradients");
+  if (level == ShardLevel::None) throw std::logic_error("ShardedAdamW: level none is the unsharded AdamW");
+  if ((level == ShardLevel::Parameters) != parameter_shard.defined() ||
+      (parameter_shard.defined() && parameter_shard.numel() != layout_.shard))
+    throw std::logic_error("ShardedAdamW: a parameter shard of the layout's length is given at level parameters only");
   torch::NoGradGuard no_grad;
   const int rank = dp.rank();
   const int64_t begin = layout_.begin(rank);
@@ -67,12 +70,14 @@ ShardedAdamW::ShardedAdamW(std::vector<std::pair<std::string, torch::Tensor>> na
   bool all_fp32 = true;
   for (const auto& p : params_) all_fp32 = all_fp32 && p.scalar_type() == torch::kFloat32;
   if (!all_fp32) master_ = torch::zeros({layout_.shard}, fp32);
-  if (level_ == ShardLevel::Gradients) grad_shard_ = torch::zeros({layout_.shard}, fp32.dtype(dtype));
+  const bool grad_shard = level_ == ShardLevel::Gradients || level_ == ShardLevel::Parameters;
+  if (grad_shard) grad_shard_ = torch::zeros({layout_.shard}, fp32.dtype(dtype));
   AdamWTensors t;
   for (const auto& piece : mine_) {
     const torch::Tensor& p = params_[piece.entry];
     const int64_t at = piece.flat - begin;
-    torch::Tensor part = flat_part(p, piece.start, piece.numel);
+    torch::Tensor part = parameter_shard.defined() ? parameter_shard.narrow(0, at, piece.numel)
+                                                   : flat_part(p, piece.start, piece.numel);
     t.params.push_back(part);
     if (all_fp32) {
       t.masters.push_back(part);  // fp32 parameters are their own master
@@ -83,12 +88,18 @@ ShardedAdamW::ShardedAdamW(std::vector<std::pair<std::string, torch::Tensor>> na
     t.exp_avgs.push_back(exp_avg_.narrow(0, at, piece.numel));
     t.exp_avg_sqs.push_back(exp_avg_sq_.narrow(0, at, piece.numel));
     t.decay.push_back(AdamW::decays(named[piece.entry].first, p));
-    if (level_ == ShardLevel::Gradients) part.mutable_grad() = grad_shard_.narrow(0, at, piece.numel);
+    if (grad_shard) part.mutable_grad() = grad_shard_.narrow(0, at, piece.numel);
   }
   update_ = std::make_unique<AdamWUpdate>(std::move(t));
 }
 
+void ShardedAdamW::accumulate_gradient(int64_t lo, const torch::Tensor& mean) {
+  torch::NoGradGuard no_grad;
+  grad_shard_.narrow(0, lo - layout_.begin(dp_.rank()), mean.numel()).add_(mean);
+}
+
 void ShardedAdamW::finish() {
+  if (level_ == ShardLevel::Parameters) return;  // the units reduced during each backward
   reduce_.finish();
   if (level_ == ShardLevel::Optimizer) {
     // As the unsharded all-reduce: a parameter backward never reached gets
@@ -127,7 +138,7 @@ void ShardedAdamW::step(double lr) {
   ++step_;
   update_->apply(adamw_step_factors(opt_, lr, step_, grad_sum_of_squares_, max_grad_norm_));
   grad_sum_of_squares_ = torch::Tensor();
-  all_gather_parameters();
+  if (level_ != ShardLevel::Parameters) all_gather_parameters();
 }
 
 // Chunk by chunk (about one bucket of fp32 for all ranks together): chunk k

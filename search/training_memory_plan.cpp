@@ -27,7 +27,7 @@ ShardLevel parse_shard_level(const std::string& text, const std::string& what) {
   throw InputError(what + ": unknown shard level '" + text + "'; expected none, optimizer, gradients or parameters");
 }
 
-bool shard_level_implemented(ShardLevel level) { return level != ShardLevel::Parameters; }
+bool shard_level_implemented(ShardLevel) { return true; }
 
 void TrainingJob::validate() const {
   if (dtype != Precision::Bf16 && dtype != Precision::Fp32)
@@ -50,11 +50,12 @@ double RankBytes::peak() const {
   return persistent() + std::max({step_peak, buckets + bucket_scratch, optimizer_scratch});
 }
 
-std::vector<int64_t> parameter_numels_in_order(const ModelConfig& c) {
+namespace {
+
+// Layer i's parameter tensors in named_parameters order.
+void append_layer_numels(const ModelConfig& c, int64_t i, std::vector<int64_t>& out) {
   const int64_t D = c.hidden_size;
-  std::vector<int64_t> out;
-  out.push_back(c.vocab_size * D);  // backbone.embeddings
-  for (int64_t i = 0; i < c.num_layers(); ++i) {
+  {
     out.push_back(D);  // the block's norm
     switch (c.layer_type(i)) {
       case LayerType::Mamba: {
@@ -83,8 +84,31 @@ std::vector<int64_t> parameter_numels_in_order(const ModelConfig& c) {
         throw InputError("the training memory planner does not model MoE (E) layers yet");
     }
   }
+}
+
+}  // namespace
+
+std::vector<int64_t> parameter_numels_in_order(const ModelConfig& c) {
+  const int64_t D = c.hidden_size;
+  std::vector<int64_t> out;
+  out.push_back(c.vocab_size * D);  // backbone.embeddings
+  for (int64_t i = 0; i < c.num_layers(); ++i) append_layer_numels(c, i, out);
   out.push_back(D);  // norm_f
   if (!c.tie_word_embeddings) out.push_back(c.vocab_size * D);  // lm_head
+  return out;
+}
+
+std::vector<int64_t> parameter_unit_numels(const ModelConfig& c) {
+  const int64_t D = c.hidden_size;
+  std::vector<int64_t> out = {c.vocab_size * D};
+  for (int64_t i = 0; i < c.num_layers(); ++i) {
+    std::vector<int64_t> layer;
+    append_layer_numels(c, i, layer);
+    int64_t sum = 0;
+    for (int64_t n : layer) sum += n;
+    out.push_back(sum);
+  }
+  out.push_back(D + (c.tie_word_embeddings ? 0 : c.vocab_size * D));
   return out;
 }
 
@@ -108,14 +132,14 @@ std::vector<double> gradient_bucket_bytes(const ModelConfig& c, int64_t bucket_b
 
 namespace {
 
-// The largest unit a parameter-sharded rank gathers at once: the
-// embedding, a block, or the head (lm_head with norm_f).
-int64_t largest_unit(const ModelConfig& c) {
-  const ParamCounts p = count_parameters(c);
-  int64_t unit = std::max(p.embeddings, p.lm_head + p.final_norm);
-  for (LayerType t : {LayerType::Mamba, LayerType::Attention, LayerType::Mlp})
-    if (c.count(t) > 0) unit = std::max(unit, layer_params(c, t));
-  return unit;
+// The most elements of two neighbouring units (sharded_parameters.cpp
+// gathers a unit while the one before it runs, in forward and in backward,
+// and reduces two units' gradients at most at once).
+int64_t largest_unit_pair(const ModelConfig& c) {
+  const auto u = parameter_unit_numels(c);
+  int64_t most = u.front();
+  for (std::size_t i = 1; i < u.size(); ++i) most = std::max(most, u[i - 1] + u[i]);
+  return most;
 }
 
 int64_t largest_tensor(const ModelConfig& c) {
@@ -209,14 +233,29 @@ TrainingMemoryPlan plan_training_memory(const TrainingJob& job, int world_size, 
   b.gradients = e * S / by_gradients;
   b.master = master_bytes * S / by_optimizer;
   b.moments = 8 * S / by_optimizer;
-  if (shard == ShardLevel::Parameters && many) {
-    b.gathered_blocks = 2 * e * static_cast<double>(largest_unit(job.student));
-    if (job.teacher) b.gathered_blocks += 2 * e * static_cast<double>(largest_unit(*job.teacher));
+  if (shard == ShardLevel::Parameters) {
+    // The teacher runs first (its neighbouring units), then the student
+    // with the teacher's head still held for the loss (or the evaluation).
+    const double student_pair = e * static_cast<double>(largest_unit_pair(job.student));
+    b.gathered_blocks = student_pair;
+    if (job.teacher)
+      b.gathered_blocks = std::max(e * static_cast<double>(largest_unit_pair(*job.teacher)),
+                                   e * static_cast<double>(parameter_unit_numels(*job.teacher).back()) + student_pair);
   }
 
   const auto buckets = gradient_bucket_bytes(job.student, job.bucket_bytes);
   plan.largest_bucket = *std::max_element(buckets.begin(), buckets.end());
-  if (many) {
+  if (shard == ShardLevel::Parameters) {
+    // Each unit's gradient reduces from one fp32 buffer of the unit's size,
+    // two units in flight (also on one rank, where the reduce is a copy);
+    // in bf16 the per-tensor fp32 copies exist while they are concatenated.
+    const double pair = 4 * static_cast<double>(largest_unit_pair(job.student));
+    b.buckets = pair;
+    if (e < 4) {
+      const auto u = parameter_unit_numels(job.student);
+      b.bucket_scratch = 4 * static_cast<double>(*std::max_element(u.begin(), u.end()));
+    }
+  } else if (many) {
     if (shard >= ShardLevel::Optimizer) {
       b.buckets = 2 * plan.largest_bucket;  // one reduce-scattering while the next fills
     } else if (job.overlap_all_reduce) {
@@ -239,7 +278,11 @@ TrainingMemoryPlan plan_training_memory(const TrainingJob& job, int world_size, 
   s.seq_len = job.seq_len;
   s.element_bytes = static_cast<int64_t>(e);
   s.ops = job.ops;
-  plan.activations = activation_breakdown(job, s);
+  // At `parameters` every block is recomputed in backward (it is gathered
+  // again there anyway): checkpointed whatever the job says.
+  TrainingJob walked = job;
+  if (shard == ShardLevel::Parameters) walked.activation_checkpointing = true;
+  plan.activations = activation_breakdown(walked, s);
   plan.kd = kd_loss_bytes(job.student, s, job.kd_chunk_tokens, job.cache_top_k);
   b.activations = plan.activations.total();
   b.kd_loss = plan.kd.total();

@@ -135,6 +135,10 @@ class DataParallel {
   // are left as they were): the reduce of the sharded levels, where each
   // bucket of the flat layout has one owner (sharded_adamw.h).
   std::function<void()> start_reduce(torch::Tensor flat, int root);
+  // Starts copying rank `root`'s `flat` into every rank's `flat` (one
+  // tensor, in place): the parameter-sharded level's gather of a unit, one
+  // broadcast per rank whose range it crosses (sharded_parameters.h).
+  std::function<void()> start_broadcast(torch::Tensor flat, int root);
   // Every rank's `mine` (the same numel everywhere) concatenated in rank
   // order into `all` (world_size x that numel), on every rank.
   void all_gather(torch::Tensor all, torch::Tensor mine);

@@ -19,6 +19,12 @@
 //     the last backward no rank holds a full-size gradient. (Between the
 //     micro-batches of one step the local gradients are still whole.)
 //
+//   --shard parameters: as `gradients`, but the parameters themselves live
+//     only as this rank's range (sharded_parameters.h's shard): the update
+//     steps that range in place, no all-gather follows (the next forward
+//     gathers unit by unit), and the gradients arrive from the units'
+//     reduces (accumulate_gradient), once per micro-batch.
+//
 // Clipping uses the global norm: each rank's sum of squares over its range,
 // summed over ranks in one all-reduce. Weight decay follows the parameter an
 // element belongs to (AdamW::decays). One rank alone (no process group)
@@ -45,9 +51,11 @@ namespace minipuzzle {
 
 class ShardedAdamW {
  public:
-  // level: Optimizer or Gradients. Parameters must be contiguous.
+  // level: Optimizer or Gradients (parameters must be contiguous), or
+  // Parameters with `parameter_shard`: this rank's range of the weights,
+  // flat, in the parameters' dtype (the parameters are placeholders).
   ShardedAdamW(std::vector<std::pair<std::string, torch::Tensor>> named_params, AdamWOptions options,
-               DataParallel& dp, ShardLevel level);
+               DataParallel& dp, ShardLevel level, torch::Tensor parameter_shard = {});
   ShardedAdamW(const ShardedAdamW&) = delete;
   ShardedAdamW& operator=(const ShardedAdamW&) = delete;
 
@@ -55,8 +63,13 @@ class ShardedAdamW {
   const FlatParameterLayout& layout() const { return layout_; }
   // Around the step's last backward: arm() before it (the reduce overlaps
   // it), finish() after it (without arm(): the whole reduce then).
-  void arm() { reduce_.arm(); }
+  void arm() {
+    if (level_ != ShardLevel::Parameters) reduce_.arm();
+  }
   void finish();
+  // Parameters: adds an owner's mean gradient of [lo, lo + mean.numel())
+  // (a unit's reduce, sharded_parameters.h) into the gradient shard.
+  void accumulate_gradient(int64_t lo, const torch::Tensor& mean);
 
   // As AdamW's: the global norm over every rank's range (one all-reduce).
   torch::Tensor clip_grad_norm_on_device(double max_norm);

@@ -14,15 +14,20 @@
 //   optimizer   eT       eS       eS         mS/N    8S/N     two fp32 buckets in flight
 //   gradients   eT       eS       eS/N       mS/N    8S/N     two fp32 buckets in flight
 //   parameters  eT/N     eS/N     eS/N       mS/N    8S/N     two fp32 buckets in flight
-//               + two gathered units (embedding, block or head) of each model, e bytes each
+//               + gathered units (sharded_parameters.h), e bytes each: the
+//                 most of two neighbouring units of the student (one runs while
+//                 the next is gathered), or the teacher's two, or the teacher's
+//                 head (held for the loss) + the student's two; buckets: two
+//                 units' fp32 gradients reducing (any N, also 1)
 //
 // At e = 2 that is the issue's 2T + 16S, 2T + 4S + 12S/N and (2T + 16S)/N.
-// The trainer runs none, optimizer and gradients (sharded_adamw.h);
-// parameters is the plan it is to follow (DESIGN.md, "Scale: where weights
-// live"). The sharded levels reduce-scatter the gradients bucket by bucket into each
-// rank's fp32 shard (one bucket reducing while the next is filled) and
-// all-gather the updated weights the same way. One rank alone shards
-// nothing and runs no collective.
+// The trainer runs every level (sharded_adamw.h, sharded_parameters.h;
+// DESIGN.md, "Scale: where weights live"). The optimizer and gradients
+// levels reduce-scatter the gradients bucket by bucket into each rank's
+// fp32 shard (one bucket reducing while the next is filled) and all-gather
+// the updated weights the same way; parameters reduces unit by unit and
+// gathers a unit before it runs. One rank alone shards nothing and runs no
+// collective (at parameters it still gathers: a copy).
 //
 // Why the buckets of `none` are 4S: the trainer's gradient all-reduce
 // (overlapped_all_reduce.cpp) flattens every bucket into an fp32 buffer as
@@ -34,8 +39,9 @@
 // collective: 0.
 //
 // Activations (training_activations.h): the blocks' saved tensors for one
-// micro-batch, or with activation checkpointing every block's input plus
-// one block's recompute; each block's forward transient and backward
+// micro-batch, or with activation checkpointing (always at `parameters`,
+// whose blocks are recomputed in backward) every block's input plus one
+// block's recompute; each block's forward transient and backward
 // scratch, walked layer by layer for the highest point of the forward and
 // of the backward; the online teacher's final hidden states, which live
 // through the student's forward and the loss. They do not depend on N
@@ -183,6 +189,9 @@ std::optional<ShardLevel> smallest_shard_level(const TrainingJob& job, int world
 // a module's own parameters before its children's), as element counts: the
 // gradient buckets are cut in this order.
 std::vector<int64_t> parameter_numels_in_order(const ModelConfig& c);
+// The elements of each unit of --shard parameters: the embedding, each
+// block, the head (norm_f + lm_head).
+std::vector<int64_t> parameter_unit_numels(const ModelConfig& c);
 // The fp32 bytes of each gradient bucket as make_buckets cuts them.
 std::vector<double> gradient_bucket_bytes(const ModelConfig& c, int64_t bucket_bytes);
 

@@ -25,8 +25,9 @@ void add_plan_options(po::options_description& options) {
       ("json", po::bool_switch(), "--plan: print JSON")
       ("world-size", po::value<int>(), "ranks to plan for (default: the launcher's WORLD_SIZE, else 1); a run checks it against the launcher's")
       ("shard", po::value<std::string>()->default_value("none"),
-       "none | optimizer | gradients | parameters (ZeRO 1-3): what each data-parallel rank keeps of the optimizer "
-       "state; none, optimizer and gradients run, parameters can only be planned")
+       "none | optimizer | gradients | parameters (ZeRO 1-3): what each data-parallel rank keeps: the whole state, "
+       "1/N of the fp32 master and moments, also 1/N of the gradients, also 1/N of the student's and the teacher's "
+       "weights (gathered block by block while they run)")
       ("device-memory", po::value<std::string>(),
        "bytes per device, e.g. 80GB: --plan says whether the job fits; a run that does not fit is refused (on CUDA "
        "the device's total memory by default)");

@@ -149,10 +149,11 @@ TEST(CompressJob, MissingRequiredKeysAndInconsistentSettings) {
   EXPECT_EQ(parse(kMinimal, {"distill.global_batch=8", "distill.micro_batch=2", "distill.processes=4"}).distill.processes,
             4);
   EXPECT_NE(error_of(kMinimal, {"distill.processes=0"}).find("distill.processes"), std::string::npos);
-  // What each rank keeps of the optimizer state (distill --shard); parameters is not built.
+  // What each rank keeps of the training state (distill --shard).
   EXPECT_EQ(parse(kMinimal, {}).distill.shard, "none");
   EXPECT_EQ(parse(kMinimal, {"distill.shard=gradients"}).distill.shard, "gradients");
-  EXPECT_NE(error_of(kMinimal, {"distill.shard=parameters"}).find("distill.shard"), std::string::npos);
+  EXPECT_EQ(parse(kMinimal, {"distill.shard=parameters"}).distill.shard, "parameters");
+  EXPECT_NE(error_of(kMinimal, {"distill.shard=zero3"}).find("distill.shard"), std::string::npos);
   EXPECT_NE(error_of(kMinimal, {"short_distill.candidates=5", "search.top_k=2"}).find("more than search.top_k"),
             std::string::npos);
   EXPECT_NE(error_of(kMinimal, {"long_distill.min_lr=1"}).find("long_distill.min_lr 1 is above its lr"), std::string::npos);

@@ -1,11 +1,12 @@
-"""`minipuzzle distill --shard optimizer|gradients` (ZeRO stages 1 and 2) on
-Gloo, CPU, fp32, with 2 and 4 ranks started as the launcher would (RANK,
-WORLD_SIZE, MASTER_ADDR/PORT): the same per-step losses and the same weights
-as `--shard none` at the same world size; each rank holds 1/N of the master
-and moments (state_bytes in metrics.jsonl) and, at `gradients`, no
-full-size gradient; the planner's figures match those bytes within 10%;
-sharded checkpoints (one file per rank + a manifest) resume bit for bit;
-bad input exits 2 with one line."""
+"""`minipuzzle distill --shard optimizer|gradients|parameters` (ZeRO stages
+1-3) on Gloo, CPU, fp32, with 2 and 4 ranks started as the launcher would
+(RANK, WORLD_SIZE, MASTER_ADDR/PORT): the same per-step losses and the same
+weights as `--shard none` at the same world size; each rank holds 1/N of the
+master and moments (state_bytes in metrics.jsonl), at `gradients` no
+full-size gradient, at `parameters` 1/N of each model's weights plus two
+gathered units; the planner's figures match those bytes within 10%;
+sharded checkpoints (one file per rank + a manifest) resume bit for bit and
+at another world size; bad input exits 2 with one line."""
 
 from __future__ import annotations
 
@@ -220,11 +221,15 @@ def assert_one_line_exit_2(codes, errs, needle):
 
 
 def test_bad_input(work, tmp_path):
-    # Unknown level, and the one that is planned only.
+    # Unknown level.
     r = nt.run_cli(*distill_args(work, tmp_path / "u", 2, "--shard", "stage2"), check=False)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown shard level" in r.stderr
-    r = nt.run_cli(*distill_args(work, tmp_path / "p", 2, "--shard", "parameters"), check=False)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not implemented" in r.stderr
+    # At `parameters` the student is read range by range: a missing one is refused the same way.
+    args = distill_args(work, tmp_path / "p", 2, "--shard", "parameters")
+    args[args.index("--student") + 1] = tmp_path / "absent"
+    r = nt.run_cli(*args, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "absent" in r.stderr, r.stderr
+    assert not (tmp_path / "p").exists()
     # A world size that does not divide the global batch.
     codes, errs = run_ranks(3, distill_args(work, tmp_path / "w3", 2, "--shard", "optimizer"), check=False)
     assert_one_line_exit_2(codes, errs, "multiple of --micro-batch 1 x 3 processes")
@@ -260,4 +265,143 @@ def test_bad_input(work, tmp_path):
     # Whole again: the run finishes.
     shard.write_bytes(data)
     run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"))
+    assert (part / "final" / "model.safetensors").exists()
+
+
+# --shard parameters (ZeRO-3): weights as 1/N ranges, gathered unit by unit.
+
+def unit_numels(w):
+    """Elements per unit of --shard parameters, in order: the embedding, each
+    block, the head (norm_f + lm_head)."""
+    units = {}
+    for k, v in w.items():
+        if k.startswith("backbone.embeddings."):
+            u = -1
+        elif k.startswith("backbone.layers."):
+            u = int(k.split(".")[2])
+        else:
+            u = 1 << 30
+        units[u] = units.get(u, 0) + v.size
+    return [units[k] for k in sorted(units)]
+
+
+def largest_pair(units):
+    return max(a + b for a, b in zip(units, units[1:]))
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_parameters_level_matches_none(runs, world):
+    """The same losses, gradient norms and weights as `none`. The sums differ
+    in order only: the units' gradients reduce once per micro-batch (none
+    accumulates the step's micro-batches on each rank, then all-reduces), so
+    the bound is the 4-rank one of the other levels, per tensor."""
+    none, run = runs(world, "none"), runs(world, "parameters")
+    a, b = records(none), records(run)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        assert x["tokens"] == y["tokens"]
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6, abs=0), x["step"]
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-6, abs=0), x["step"]
+    wa, wb = weights(none), weights(run)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        x, y = wa[k].astype(np.float64), wb[k].astype(np.float64)
+        assert np.linalg.norm(x - y) <= 1e-6 * np.linalg.norm(x), (k, np.linalg.norm(x - y) / np.linalg.norm(x))
+        assert np.abs(x - y).max() <= 1e-4, k
+    # The evaluations (every rank gathers, also one without windows) agree too.
+    ea = [r for r in map(json.loads, (none / "metrics.jsonl").read_text().splitlines()) if r.get("eval")]
+    eb = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("eval")]
+    assert len(ea) == len(eb) == 2
+    for x, y in zip(ea, eb):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5) and y["kl"] == pytest.approx(x["kl"], rel=1e-4, abs=1e-9)
+    ckpt = run / "checkpoints" / "step-00000003"
+    manifest = json.loads((ckpt / "optimizer_manifest.json").read_text())
+    assert manifest["world_size"] == world and manifest["shard"] == "parameters"
+    # The checkpoint's weights, written tensor by tensor, are the final weights (fp32 run).
+    wc = weights(run, "checkpoints/step-00000003")
+    assert all(np.array_equal(wc[k], wb[k]) for k in wb)
+
+
+@pytest.mark.parametrize("world,dtype", [(2, "fp32"), (2, "bf16"), (4, "fp32")])
+def test_parameters_level_holds_a_shard_and_two_units(work, runs, world, dtype):
+    """Each rank holds 1/N of each model's weights (its range of the flat
+    layout) and at most two neighbouring units of a model gathered at once
+    (the teacher's head stays for the loss while the student's run); the
+    planner's figures match the logged bytes within 10%."""
+    run = runs(world, "parameters", dtype)
+    measured = records(run)[0]["state_bytes"]
+    plan = plan_bytes(work, world, "parameters", dtype)
+    S, T = plan["student"]["parameters"], plan["teacher"]["parameters"]
+    e = 4 if dtype == "fp32" else 2
+    su, tu = unit_numels(weights(runs(world, "none"))), unit_numels(weights_of(work["teacher"]))
+    assert sum(su) == S and sum(tu) == T
+    assert len(measured) == world
+    for m in measured:
+        assert m["student_weights"] == e * -(-S // world) and m["teacher_weights"] == e * -(-T // world)
+        # Student weights held at once: its range plus two neighbouring units
+        # (a unit may be the embedding or the head, the largest here).
+        assert m["student_weights"] + m["gathered_blocks"] <= e * (-(-S // world) + largest_pair(su) + tu[-1])
+        assert m["gathered_blocks"] == e * max(largest_pair(tu), tu[-1] + largest_pair(su))
+        # No full-size gradient, master or moments: the ranges only.
+        assert m["gradients"] == e * -(-S // world)
+        assert m["moments"] == 8 * -(-S // world) and m["master"] == (0 if dtype == "fp32" else 4 * -(-S // world))
+        assert m["buckets"] <= 4 * largest_pair(su)
+        for kind in ("teacher_weights", "student_weights", "gathered_blocks", "gradients", "master", "moments",
+                     "buckets"):
+            p = plan["bytes"][kind]
+            assert abs(m[kind] - p) <= 0.10 * p if p else m[kind] == 0, (kind, m[kind], p)
+
+
+def weights_of(model_dir):
+    from safetensors.numpy import load_file
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def test_parameters_level_stop_and_resume_is_bit_identical(work, runs, tmp_path):
+    world = 2
+    full = runs(world, "parameters", "fp32", 4)
+    part = tmp_path / "part"
+    codes, errs = run_ranks(world, distill_args(work, part, 4, "--shard", "parameters", "--stop-at-step", 2),
+                            check=False)
+    assert codes == [130] * world, errs
+    assert (part / "checkpoints" / "step-00000002" / "optimizer_manifest.json").exists()
+    run_ranks(world, distill_args(work, part, 4, "--shard", "parameters", "--resume"))
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in records(part)] == \
+           [(r["step"], r["loss"], r["grad_norm"]) for r in records(full)]
+    assert (part / "final" / "model.safetensors").read_bytes() == (full / "final" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("before,after", [(2, 4), (4, 2)])
+def test_parameters_level_resumes_at_another_world_size(work, runs, tmp_path, before, after):
+    part = tmp_path / "part"
+    codes, errs = run_ranks(before, distill_args(work, part, 4, "--shard", "parameters", "--stop-at-step", 2),
+                            check=False)
+    assert codes == [130] * before, errs
+    run_ranks(after, distill_args(work, part, 4, "--shard", "parameters", "--resume"))
+    full = runs(after, "parameters", "fp32", 4)
+    a, b = records(full), records(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6, abs=0), x["step"]
+    wa, wb = weights(full), weights(part)
+    for k in wa:
+        x, y = wa[k].astype(np.float64), wb[k].astype(np.float64)
+        assert np.linalg.norm(x - y) <= 1e-5 * np.linalg.norm(x), k
+    manifest = json.loads((part / "checkpoints" / "step-00000004" / "optimizer_manifest.json").read_text())
+    assert manifest["world_size"] == after and manifest["shard"] == "parameters"
+
+
+def test_parameters_level_refuses_a_damaged_checkpoint(work, tmp_path):
+    """Each rank reads its range of the student from the checkpoint: a
+    truncated weights file stops every rank with one line naming it."""
+    part = tmp_path / "stopped"
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--stop-at-step", 2), check=False)
+    assert codes == [130, 130], errs
+    weights_file = part / "checkpoints" / "step-00000002" / "model.safetensors"
+    data = weights_file.read_bytes()
+    weights_file.write_bytes(data[:-64])
+    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--resume"), check=False)
+    assert_one_line_exit_2(codes, errs, "model.safetensors")
+    weights_file.write_bytes(data)
+    run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--resume"))
     assert (part / "final" / "model.safetensors").exists()

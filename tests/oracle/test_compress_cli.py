@@ -334,6 +334,17 @@ def test_dry_run_shows_the_launch_of_each_distillation(work):
     assert not (work["root"] / "runs" / "dp_dry").exists()
 
 
+def test_dry_run_passes_shard_parameters_through(work):
+    """distill.shard: parameters (ZeRO-3) reaches each distillation's command
+    and the preflight's memory plan; the preflight does not refuse it."""
+    d = compress(write_job(work, "dp_zero3", "runs/dp_zero3"), "--dry-run", "--set", "distill.processes=2",
+                 "--set", "distill.shard=parameters")
+    launches = [l for l in d.stdout.splitlines() if "torchrun --standalone --nproc-per-node 2 --no-python" in l]
+    assert len(launches) == 3 and all("--shard parameters" in l for l in launches), d.stdout
+    assert "not implemented" not in d.stdout
+    assert not (work["root"] / "runs" / "dp_zero3").exists()
+
+
 def test_processes_that_do_not_divide_the_global_batch_exit_2(work):
     job = write_job(work, "dp3", "runs/dp3")
     expect_user_error(["compress", job, "--set", "distill.processes=3"], "distill.processes 3")

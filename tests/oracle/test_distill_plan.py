@@ -137,8 +137,7 @@ def test_refusals(work, tmp_path):
     r = nt.run_cli(*base, "--device-memory", "1KiB")
     assert "does NOT fit" in r.stdout and "smallest world size that fits" in r.stdout, r.stdout
     # Runs that cannot start: refused before anything is written.
-    cases = [(["--shard", "parameters"], "--shard parameters: planned but not implemented yet"),
-             (["--device-memory", "1KiB"], "smallest world size that fits at --shard none: no world size fits"),
+    cases = [(["--device-memory", "1KiB"], "smallest world size that fits at --shard none: no world size fits"),
              (["--world-size", 2], "--world-size 2 but the launcher started 1 rank"),
              (["--json"], "--json prints a plan")]
     for extra, needle in cases:

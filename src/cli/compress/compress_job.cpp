@@ -243,7 +243,7 @@ const std::vector<Field>& fields() {
     boolean("distill.activation_checkpointing", [](CompressJob& j) -> bool& { return j.distill.activation_checkpointing; });
     integer("distill.processes", [](CompressJob& j) -> int64_t& { return j.distill.processes; }, 1, 1024);
     choice("distill.shard", [](CompressJob& j) -> std::string& { return j.distill.shard; },
-           {"none", "optimizer", "gradients"});
+           {"none", "optimizer", "gradients", "parameters"});
 
     for (auto [name, run] : {std::pair{std::string("short_distill"), &CompressJob::short_distill},
                              std::pair{std::string("long_distill"), &CompressJob::long_distill}}) {

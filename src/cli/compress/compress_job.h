@@ -72,7 +72,7 @@ struct CompressJob {
     // machine (one per GPU on CUDA: cuda:0..N-1; Gloo on CPU).
     int64_t processes = 1;
     // What each process keeps of the optimizer state: none | optimizer |
-    // gradients (distill --shard; parameters is not implemented).
+    // gradients | parameters (distill --shard).
     std::string shard = "none";
   } distill;
 
