@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -314,6 +315,12 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   if (device.is_cuda() && env.world_size > 1) device = torch::Device(torch::kCUDA, env.local_rank);
   DataParallelOptions dp_options;
   dp_options.bucket_bytes = o.bucket_bytes;
+  // MINIPUZZLE_PROCESS_GROUP=1: a single process still builds its process
+  // group (NCCL on CUDA, Gloo on the CPU) and runs every collective over its
+  // one rank, so the sharded code paths and their communication can be
+  // measured on one GPU (bench/distill/bench_shard_levels.py).
+  if (const char* v = std::getenv("MINIPUZZLE_PROCESS_GROUP"); v != nullptr && std::string(v) == "1")
+    dp_options.force_group = true;
   DataParallel dp(env, device, dp_options);
   // Every rank has checked the run directory before rank 0 writes into it.
   dp.barrier();
@@ -761,6 +768,7 @@ DistillSummary run_distillation_in(const DistillOptions& o,
         buckets = student_units->reduce_peak_bytes();
       }
       rec["state_bytes"] = rank_state_bytes(teacher ? &teacher : nullptr, student, ob, buckets, dp, held);
+      rec["process_group"] = dp.backend_name();  // none, gloo or nccl
     }
     log(rec);
     status.step = step + 1;

@@ -4,7 +4,7 @@
 total is within 10% of what a rank really holds.
 
   python bench/distill/bench_shard_levels.py [--scale targets|tiny] [--steps N]
-      [--levels none,optimizer,gradients,parameters] [--bin build/bin/minipuzzle] [--meta key=value ...]
+      [--levels none,optimizer,gradients,parameters] [--process-group on|off] [--bin build/bin/minipuzzle] [--meta key=value ...]
 
 --scale targets (needs a GPU): the TARGETS.md teacher -> student job (as
 bench_distill_job.py), bf16 compute on cuda, one process; measured: the
@@ -15,7 +15,10 @@ metrics.jsonl) against the plan's figure for that kind.
 
 One process is world size 1, where every level keeps the whole state (1/1 of
 it): the run shows each level's code path and its memory accounting, not the
-saving, which needs several ranks. A level the binary refuses is reported as
+saving, which needs several ranks. With --process-group on (the default) the
+process still builds its process group (MINIPUZZLE_PROCESS_GROUP=1: NCCL on
+CUDA, Gloo on the CPU), so every collective of the level runs, over one rank;
+each row names the group it ran on. A level the binary refuses is reported as
 refused with its one-line reason. Each row also has tokens/s and its ratio to
 `none` from the same run. Prints one JSON object.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,7 +40,7 @@ from bench_distill_job import SCALES, make_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = ["none", "optimizer", "gradients", "parameters"]
-KINDS = ["teacher_weights", "student_weights", "gradients", "master", "moments"]
+KINDS = ["teacher_weights", "student_weights", "gathered_blocks", "gradients", "master", "moments"]
 
 
 def shape_args(a, s) -> list[str]:
@@ -52,11 +56,12 @@ def plan(a, s, tmp: Path, level: str) -> dict:
 
 def distill(a, s, tmp: Path, level: str) -> dict:
     run = tmp / f"run-{level}"
+    env = dict(os.environ, MINIPUZZLE_PROCESS_GROUP="1" if a.process_group == "on" else "0")
     p = subprocess.run([a.bin, "distill", "--teacher", str(tmp / "teacher"), "--student", str(tmp / "student"),
                         "--data", str(tmp / "data"), "--out", str(run), "--steps", str(a.steps),
                         *shape_args(a, s), "--global-batch", "1", "--lr", "1e-4", "--schedule", "constant",
                         "--warmup", "0", "--eval-tokens", str(s["seq_len"]), "--device", s["device"],
-                        "--shard", level], capture_output=True, text=True)
+                        "--shard", level], capture_output=True, text=True, env=env)
     if p.returncode != 0:
         lines = p.stderr.strip().splitlines()
         return {"refused" if p.returncode == 2 else "failed": lines[-1] if lines else f"exit {p.returncode}"}
@@ -64,7 +69,7 @@ def distill(a, s, tmp: Path, level: str) -> dict:
     steps = [r for r in steps if "step" in r and not r.get("eval")]
     row = {"tokens_per_second": (steps[-1]["tokens"] - steps[0]["tokens"]) /
                                 (steps[-1]["seconds"] - steps[0]["seconds"]),
-           "state_bytes": steps[0]["state_bytes"][0]}
+           "state_bytes": steps[0]["state_bytes"][0], "process_group": steps[0].get("process_group")}
     peaks = [r["device_peak_bytes"] for r in steps if "device_peak_bytes" in r]
     if peaks:
         row["device_peak_bytes"] = max(peaks)
@@ -76,6 +81,7 @@ def main() -> int:
     ap.add_argument("--scale", choices=sorted(SCALES), default="targets")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--levels", default=",".join(LEVELS))
+    ap.add_argument("--process-group", choices=["on", "off"], default="on")
     ap.add_argument("--bin", default=str(ROOT / "build" / "bin" / "minipuzzle"))
     ap.add_argument("--meta", action="append", default=[])
     a = ap.parse_args()
@@ -110,7 +116,7 @@ def main() -> int:
                 if "device_peak_bytes" in row:
                     row["peak_planned_over_measured"] = p["peak"] / row["device_peak_bytes"]
                 row["kind_planned_over_measured"] = {
-                    k: (p[k] / row["state_bytes"][k] if row["state_bytes"][k] else None) for k in KINDS}
+                    k: (p[k] / row["state_bytes"][k] if row["state_bytes"].get(k) else None) for k in KINDS}
             rows[level] = row
     base = rows.get("none", {}).get("tokens_per_second")
     for row in rows.values():

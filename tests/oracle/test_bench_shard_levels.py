@@ -22,18 +22,19 @@ def run(*args):
 
 
 def test_tiny_scale_plans_what_each_level_holds():
-    r = run("--scale", "tiny", "--steps", "2", "--levels", "none,gradients", "--meta", "note=test")
+    r = run("--scale", "tiny", "--steps", "2", "--levels", "none,parameters", "--meta", "note=test")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["benchmark"] == "shard_levels" and out["note"] == "test" and out["world_size"] == 1
-    assert set(out["levels"]) == {"none", "gradients"}
+    assert set(out["levels"]) == {"none", "parameters"}
     for level, row in out["levels"].items():
         assert row["tokens_per_second"] > 0, level
         for kind, ratio in row["kind_planned_over_measured"].items():
-            measured = row["state_bytes"][kind]
+            measured = row["state_bytes"].get(kind, 0)
             assert (ratio is None and measured == 0 and row["planned"][kind] == 0) or abs(ratio - 1) <= 0.10, \
                 (level, kind, ratio)
         assert "device_peak_bytes" not in row  # the CPU has no allocator peak to report
+        assert row["process_group"] == "gloo"  # one process, its collectives still run
     assert out["levels"]["none"]["speed_vs_none"] == 1.0
 
 
