@@ -356,3 +356,30 @@ def test_search_moe_unreachable_active_limit_names_the_smallest(pruning, tmp_pat
     lines = r.stderr.strip().split("\n")
     assert len(lines) == 1 and "smallest active count reachable in the allowed space is" in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_search_moe_rank_data_prunes_each_candidate_in_memory(pruning, tmp_path):
+    """--rank-data prunes every candidate (experts included) in memory and measures it."""
+    work = pruning["e12_g3"]
+    rng = np.random.default_rng(11)
+    data = write_dataset(tmp_path / "rank", [rng.integers(0, PRUNE_SPECS["e12_g3"].vocab, 300) for _ in range(2)])
+    out = tmp_path / "c.json"
+    nt.run_cli("search", work["ckpt"], "--scores", work["scores"], "--budget", "100MiB", "--space", "depth",
+               "--axis", "moe_experts=6:12:6", "--axis", "moe_layers=2", "--axis", "mamba_layers=1",
+               "--axis", "attention_layers=1", "--axis", "mlp_layers=1", "--top-k", 2, "--rank-data", data,
+               "--rank-tokens", 64, "--rank-seq-len", 16, "--out", out)
+    cands = json.loads(out.read_text())["candidates"]
+    assert len(cands) == 2 and {c["config"]["n_routed_experts"] for c in cands} == {6, 12}
+    for c in cands:
+        assert 0 <= c["measured"]["agreement"] <= 1 and c["measured"]["loss"] > 0
+    full = next(c for c in cands if c["config"]["n_routed_experts"] == 12)
+    assert full["measured"]["agreement"] == 1.0 and full["measured"]["kl"] < 1e-6  # the parent itself
+
+
+@pytest.mark.parametrize("value", ["abc", "1x", "-5", "0"])
+def test_search_bad_max_active_params_is_one_line(pruning, tmp_path, value):
+    out = tmp_path / "c.json"
+    r = nt.run_cli("search", pruning["e12_g3"]["ckpt"], "--uniform-scores", "--budget", "1GiB",
+                   "--max-active-params", value, "--out", out, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().split("\n")) == 1 and "--max-active-params" in r.stderr, r.stderr
+    assert not out.exists()
