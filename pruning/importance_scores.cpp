@@ -34,7 +34,7 @@ struct Fnv64 {
 // Only what defines the function the model computes: renaming keys, the
 // stored dtype or other metadata does not change the identity.
 json architecture_json(const ModelConfig& c) {
-  return {{"vocab_size", c.vocab_size},
+  json j = {{"vocab_size", c.vocab_size},
           {"hidden_size", c.hidden_size},
           {"pattern", c.pattern},
           {"intermediate_size", c.intermediate_size},
@@ -46,6 +46,51 @@ json architecture_json(const ModelConfig& c) {
           {"ssm_state_size", c.ssm_state_size},
           {"n_groups", c.n_groups},
           {"conv_kernel", c.conv_kernel}};
+  // Only with E layers, so the hashes of dense models stay what they were.
+  if (c.has_moe())
+    j["moe"] = {c.n_routed_experts, c.moe_intermediate_size, c.moe_shared_expert_intermediate_size,
+                c.moe_latent_size,  c.num_experts_per_tok,   c.n_group,
+                c.topk_group};
+  return j;
+}
+
+// Every per-layer vector of the scores with its file name and the layer
+// type and length it belongs to.
+struct PerLayerAxis {
+  const char* name;
+  LayerType type;
+  int64_t ModelConfig::*length;
+  int64_t (ModelConfig::*derived)() const;
+};
+const std::vector<PerLayerAxis>& per_layer_axes() {
+  static const std::vector<PerLayerAxis> axes = {
+      {"ffn", LayerType::Mlp, &ModelConfig::intermediate_size, nullptr},
+      {"attention_heads", LayerType::Attention, &ModelConfig::num_attention_heads, nullptr},
+      {"mamba_channels", LayerType::Mamba, nullptr, &ModelConfig::mamba_d_inner},
+      {"mamba_heads", LayerType::Mamba, &ModelConfig::mamba_num_heads, nullptr},
+      {"mamba_head_channels", LayerType::Mamba, &ModelConfig::mamba_head_dim, nullptr},
+      {"moe_experts", LayerType::Moe, &ModelConfig::n_routed_experts, nullptr},
+      {"moe_expert_frequency", LayerType::Moe, &ModelConfig::n_routed_experts, nullptr},
+      {"moe_expert_weight", LayerType::Moe, &ModelConfig::n_routed_experts, nullptr},
+      {"moe_expert_neurons", LayerType::Moe, &ModelConfig::moe_intermediate_size, nullptr},
+      {"moe_shared_neurons", LayerType::Moe, &ModelConfig::moe_shared_expert_intermediate_size, nullptr},
+  };
+  return axes;
+}
+
+// The vectors of `s` in per_layer_axes() order.
+template <typename Scores>
+auto per_layer_vectors(Scores& s) {
+  return std::vector<decltype(&s.ffn)>{&s.ffn,
+                                      &s.attention_heads,
+                                      &s.mamba_channels,
+                                      &s.mamba_heads,
+                                      &s.mamba_head_channels,
+                                      &s.moe_experts,
+                                      &s.moe_expert_frequency,
+                                      &s.moe_expert_weight,
+                                      &s.moe_expert_neurons,
+                                      &s.moe_shared_neurons};
 }
 
 std::string layer_key(int64_t layer, const char* axis) { return fmt::format("layers.{}.{}", layer, axis); }
@@ -108,11 +153,11 @@ void ImportanceScores::validate(const ModelConfig& c, const std::string& source)
         throw InputError(fmt::format("{}: {} exists but layer {} is not of that type", source, layer_key(i, axis), i));
     }
   };
-  per_layer(ffn, "ffn", LayerType::Mlp, c.intermediate_size);
-  per_layer(attention_heads, "attention_heads", LayerType::Attention, c.num_attention_heads);
-  per_layer(mamba_channels, "mamba_channels", LayerType::Mamba, c.mamba_d_inner());
-  per_layer(mamba_heads, "mamba_heads", LayerType::Mamba, c.mamba_num_heads);
-  per_layer(mamba_head_channels, "mamba_head_channels", LayerType::Mamba, c.mamba_head_dim);
+  const auto vectors = per_layer_vectors(*this);
+  for (size_t a = 0; a < vectors.size(); ++a) {
+    const PerLayerAxis& axis = per_layer_axes()[a];
+    per_layer(*vectors[a], axis.name, axis.type, axis.length ? c.*axis.length : (c.*axis.derived)());
+  }
 }
 
 SearchImportance ImportanceScores::to_search_importance(const ModelConfig& c) const {
@@ -140,6 +185,11 @@ SearchImportance ImportanceScores::to_search_importance(const ModelConfig& c) co
   s.attention_heads = sum_normalised(attention_heads);
   s.mamba_heads = sum_normalised(mamba_heads);
   s.mamba_head_channels = combine_layers(mamba_head_channels);
+  // Experts are grouped by the router (n_group): summed expert by expert,
+  // as heads; the neuron widths are shared by every expert, as FFN.
+  s.moe_experts = sum_normalised(moe_experts);
+  s.moe_expert_neurons = combine_layers(moe_expert_neurons);
+  s.moe_shared_neurons = combine_layers(moe_shared_neurons);
   return s;
 }
 
@@ -209,11 +259,8 @@ void save_importance(const ImportanceScores& s, const ModelConfig& c, const fs::
   for (const auto& [metric, v] : s.layer) add("layer." + metric, v);
   add("hidden", s.hidden);
   for (int64_t i = 0; i < c.num_layers(); ++i) {
-    add(layer_key(i, "ffn"), s.ffn[i]);
-    add(layer_key(i, "attention_heads"), s.attention_heads[i]);
-    add(layer_key(i, "mamba_channels"), s.mamba_channels[i]);
-    add(layer_key(i, "mamba_heads"), s.mamba_heads[i]);
-    add(layer_key(i, "mamba_head_channels"), s.mamba_head_channels[i]);
+    const auto vectors = per_layer_vectors(s);
+    for (size_t a = 0; a < vectors.size(); ++a) add(layer_key(i, per_layer_axes()[a].name), (*vectors[a])[i]);
   }
   write_safetensors(dir / "importance.safetensors", views,
                     {{"format", kFormat}, {"config_hash", s.config_hash}, {"weights_hash", s.weights_hash}});
@@ -298,20 +345,14 @@ ImportanceScores load_importance(const fs::path& dir) {
   }
   s.hidden = read("hidden");
   const int64_t n = c.num_layers();
-  for (auto* v : {&s.ffn, &s.attention_heads, &s.mamba_channels, &s.mamba_heads, &s.mamba_head_channels})
-    v->assign(n, {});
-  for (int64_t i = 0; i < n; ++i) {
-    s.ffn[i] = read(layer_key(i, "ffn"));
-    s.attention_heads[i] = read(layer_key(i, "attention_heads"));
-    s.mamba_channels[i] = read(layer_key(i, "mamba_channels"));
-    s.mamba_heads[i] = read(layer_key(i, "mamba_heads"));
-    s.mamba_head_channels[i] = read(layer_key(i, "mamba_head_channels"));
-  }
+  const auto vectors = per_layer_vectors(s);
+  for (auto* v : vectors) v->assign(n, {});
+  for (int64_t i = 0; i < n; ++i)
+    for (size_t a = 0; a < vectors.size(); ++a) (*vectors[a])[i] = read(layer_key(i, per_layer_axes()[a].name));
   // Every tensor must be one we know: a stray name means a format we do not read.
   std::size_t known = s.layer.size() + (s.hidden.empty() ? 0 : 1);
   for (int64_t i = 0; i < n; ++i)
-    for (auto* v : {&s.ffn, &s.attention_heads, &s.mamba_channels, &s.mamba_heads, &s.mamba_head_channels})
-      known += (*v)[i].empty() ? 0 : 1;
+    for (auto* v : vectors) known += (*v)[i].empty() ? 0 : 1;
   if (known != file->tensors().size())
     throw InputError(fmt::format("{}: holds tensors this version does not know", st.string()));
   s.validate(c, dir.string());

@@ -98,8 +98,28 @@ std::vector<TensorRecipe> prune_recipes(const ModelConfig& pc, const PrunePlan& 
         layer("mixer.out_proj.weight", hid, ch);
         break;
       }
-      case LayerType::Moe:
-        throw InputError("pruning MoE (E) layers is not supported yet");
+      case LayerType::Moe: {
+        const auto& experts = plan.moe_experts[static_cast<size_t>(i)];
+        const auto& f = plan.moe_expert_neurons[static_cast<size_t>(i)];
+        const auto& shared = plan.moe_shared_neurons[static_cast<size_t>(i)];
+        // The experts read the latent space when there is one (never
+        // narrowed), else the hidden channels.
+        const std::vector<int64_t> in = pc.moe_latent_size > 0 ? std::vector<int64_t>{} : hid;
+        layer("mixer.gate.weight", experts, hid);
+        layer("mixer.gate.e_score_correction_bias", experts, {});
+        for (size_t q = 0; q < experts.size(); ++q) {
+          const std::string src = fmt::format("mixer.experts.{}.", experts[q]), dst = fmt::format("mixer.experts.{}.", q);
+          put(to + dst + "up_proj.weight", from + src + "up_proj.weight", f, in);
+          put(to + dst + "down_proj.weight", from + src + "down_proj.weight", in, f);
+        }
+        layer("mixer.shared_experts.up_proj.weight", shared, hid);
+        layer("mixer.shared_experts.down_proj.weight", hid, shared);
+        if (pc.moe_latent_size > 0) {
+          layer("mixer.fc1_latent_proj.weight", {}, hid);
+          layer("mixer.fc2_latent_proj.weight", hid, {});
+        }
+        break;
+      }
     }
   }
 

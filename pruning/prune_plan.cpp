@@ -16,7 +16,7 @@ namespace minipuzzle {
 
 namespace {
 
-const LayerType kTypes[3] = {LayerType::Mamba, LayerType::Attention, LayerType::Mlp};
+const LayerType kTypes[4] = {LayerType::Mamba, LayerType::Attention, LayerType::Mlp, LayerType::Moe};
 
 std::vector<int64_t> iota(int64_t n) {
   std::vector<int64_t> v(static_cast<size_t>(n));
@@ -127,13 +127,27 @@ void check_list(const std::vector<int64_t>& v, int64_t n, int64_t want, const st
 }
 
 // Every one of `groups` consecutive groups of n/groups units keeps the same count.
-void check_even_groups(const std::vector<int64_t>& v, int64_t n, int64_t groups, const std::string& what) {
+void check_even_groups(const std::vector<int64_t>& v, int64_t n, int64_t groups, const std::string& what,
+                       const char* units = "heads") {
   std::vector<int64_t> count(static_cast<size_t>(groups), 0);
   for (int64_t i : v) count[static_cast<size_t>(i / (n / groups))]++;
   for (int64_t g = 0; g < groups; ++g)
     if (count[static_cast<size_t>(g)] != count[0])
-      plan_error(fmt::format("{}: group {} keeps {} heads, group 0 keeps {}; every group must keep the same number",
-                             what, g, count[static_cast<size_t>(g)], count[0]));
+      plan_error(fmt::format("{}: group {} keeps {} {}, group 0 keeps {}; every group must keep the same number",
+                             what, g, count[static_cast<size_t>(g)], units, count[0]));
+}
+
+// The routed experts a target may keep: a multiple of n_group (every router
+// group keeps the same number), at least num_experts_per_tok.
+void check_expert_count(const ModelConfig& parent, int64_t experts, const std::string& what) {
+  if (experts % parent.n_group != 0)
+    throw InputError(fmt::format("{}: {} routed experts is not a multiple of n_group ({}); every router group must "
+                                 "keep the same number of experts",
+                                 what, experts, parent.n_group));
+  if (experts < parent.num_experts_per_tok)
+    throw InputError(fmt::format("{}: {} routed experts is fewer than num_experts_per_tok ({}), the experts each "
+                                 "token uses",
+                                 what, experts, parent.num_experts_per_tok));
 }
 
 }  // namespace
@@ -148,6 +162,9 @@ PrunePlan PrunePlan::identity(const ModelConfig& parent) {
   p.attention_heads.assign(n, {});
   p.mamba_heads.assign(n, {});
   p.mamba_head_channels.assign(n, {});
+  p.moe_experts.assign(n, {});
+  p.moe_expert_neurons.assign(n, {});
+  p.moe_shared_neurons.assign(n, {});
   for (int64_t i = 0; i < parent.num_layers(); ++i) {
     switch (parent.layer_type(i)) {
       case LayerType::Mlp: p.ffn[i] = iota(parent.intermediate_size); break;
@@ -157,7 +174,10 @@ PrunePlan PrunePlan::identity(const ModelConfig& parent) {
         p.mamba_head_channels[i] = iota(parent.mamba_head_dim);
         break;
       case LayerType::Moe:
-        throw InputError("pruning MoE (E) layers is not supported yet");
+        p.moe_experts[i] = iota(parent.n_routed_experts);
+        p.moe_expert_neurons[i] = iota(parent.moe_intermediate_size);
+        p.moe_shared_neurons[i] = iota(parent.moe_shared_expert_intermediate_size);
+        break;
     }
   }
   return p;
@@ -188,6 +208,15 @@ void PrunePlan::validate(const ModelConfig& parent) const {
     same(t.use_conv_bias == parent.use_conv_bias, "use_conv_bias");
     same(t.mamba_proj_bias == parent.mamba_proj_bias, "mamba_proj_bias");
   }
+  if (t.count(LayerType::Moe) > 0) {
+    same(t.n_group == parent.n_group, "n_group");
+    same(t.topk_group == parent.topk_group, "topk_group");
+    same(t.num_experts_per_tok == parent.num_experts_per_tok, "num_experts_per_tok");
+    same(t.moe_latent_size == parent.moe_latent_size, "moe_latent_size");
+    same(t.norm_topk_prob == parent.norm_topk_prob, "norm_topk_prob");
+    same(t.routed_scaling_factor == parent.routed_scaling_factor, "routed_scaling_factor");
+    check_expert_count(parent, t.n_routed_experts, "prune plan");
+  }
 
   // Layers.
   if (kept_layers.empty()) plan_error("no layer is kept");
@@ -201,7 +230,8 @@ void PrunePlan::validate(const ModelConfig& parent) const {
     plan_error(fmt::format("target hidden_size {} is larger than the parent's {}", t.hidden_size, parent.hidden_size));
   check_list(hidden, parent.hidden_size, t.hidden_size, "hidden channels");
   const int64_t n = parent.num_layers();
-  for (const auto* v : {&ffn, &attention_heads, &mamba_heads, &mamba_head_channels})
+  for (const auto* v :
+       {&ffn, &attention_heads, &mamba_heads, &mamba_head_channels, &moe_experts, &moe_expert_neurons, &moe_shared_neurons})
     if (static_cast<int64_t>(v->size()) != n)
       plan_error(fmt::format("per-layer lists cover {} layers, the parent has {}", v->size(), n));
   std::vector<bool> kept(static_cast<size_t>(n), false);
@@ -217,6 +247,9 @@ void PrunePlan::validate(const ModelConfig& parent) const {
     must_be_empty(attention_heads, type == LayerType::Attention, "attention head");
     must_be_empty(mamba_heads, type == LayerType::Mamba, "mamba head");
     must_be_empty(mamba_head_channels, type == LayerType::Mamba, "mamba head channel");
+    must_be_empty(moe_experts, type == LayerType::Moe, "moe expert");
+    must_be_empty(moe_expert_neurons, type == LayerType::Moe, "moe expert neuron");
+    must_be_empty(moe_shared_neurons, type == LayerType::Moe, "moe shared-expert neuron");
     if (!k) continue;
     const std::string where = fmt::format("layer {} ({})", i, layer_type_name(type));
     switch (type) {
@@ -243,7 +276,20 @@ void PrunePlan::validate(const ModelConfig& parent) const {
         check_list(mamba_head_channels[i], parent.mamba_head_dim, t.mamba_head_dim, where + " mamba head channels");
         break;
       case LayerType::Moe:
-        throw InputError("pruning MoE (E) layers is not supported yet");
+        if (t.n_routed_experts > parent.n_routed_experts || t.moe_intermediate_size > parent.moe_intermediate_size ||
+            t.moe_shared_expert_intermediate_size > parent.moe_shared_expert_intermediate_size)
+          plan_error(fmt::format("target experts x expert width / shared width {}x{} / {} exceed the parent's {}x{} / {}",
+                                 t.n_routed_experts, t.moe_intermediate_size, t.moe_shared_expert_intermediate_size,
+                                 parent.n_routed_experts, parent.moe_intermediate_size,
+                                 parent.moe_shared_expert_intermediate_size));
+        check_list(moe_experts[i], parent.n_routed_experts, t.n_routed_experts, where + " routed experts");
+        check_even_groups(moe_experts[i], parent.n_routed_experts, parent.n_group,
+                          where + " routed experts (per router group)", "experts");
+        check_list(moe_expert_neurons[i], parent.moe_intermediate_size, t.moe_intermediate_size,
+                   where + " expert neurons");
+        check_list(moe_shared_neurons[i], parent.moe_shared_expert_intermediate_size,
+                   t.moe_shared_expert_intermediate_size, where + " shared-expert neurons");
+        break;
     }
   }
 }
@@ -261,6 +307,11 @@ std::string PrunePlan::summary(const ModelConfig& parent) const {
         target.count(LayerType::Attention) > 0);
   width("mamba heads", parent.mamba_num_heads, target.mamba_num_heads, target.count(LayerType::Mamba) > 0);
   width("mamba head_dim", parent.mamba_head_dim, target.mamba_head_dim, target.count(LayerType::Mamba) > 0);
+  const bool moe = target.count(LayerType::Moe) > 0;
+  width("routed experts", parent.n_routed_experts, target.n_routed_experts, moe);
+  width("expert ffn", parent.moe_intermediate_size, target.moe_intermediate_size, moe);
+  width("shared expert ffn", parent.moe_shared_expert_intermediate_size, target.moe_shared_expert_intermediate_size,
+        moe);
   std::string s;
   for (size_t i = 0; i < parts.size(); ++i) s += (i ? "; " : "") + parts[i];
   return s;
@@ -297,6 +348,9 @@ PrunePlan plan_from_scores(const ModelConfig& parent, const ImportanceScores& s,
   p.attention_heads.assign(n, {});
   p.mamba_heads.assign(n, {});
   p.mamba_head_channels.assign(n, {});
+  p.moe_experts.assign(n, {});
+  p.moe_expert_neurons.assign(n, {});
+  p.moe_shared_neurons.assign(n, {});
 
   auto size_check = [&](int64_t want, int64_t have, const char* key) {
     if (want > have) throw InputError(fmt::format("target {} {} is larger than the parent's {}", key, want, have));
@@ -325,7 +379,19 @@ PrunePlan plan_from_scores(const ModelConfig& parent, const ImportanceScores& s,
                                          target.mamba_head_dim, 1, where + " mamba head channels");
         break;
       case LayerType::Moe:
-        throw InputError("pruning MoE (E) layers is not supported yet");
+        size_check(target.n_routed_experts, parent.n_routed_experts, "n_routed_experts");
+        size_check(target.moe_intermediate_size, parent.moe_intermediate_size, "moe_intermediate_size");
+        size_check(target.moe_shared_expert_intermediate_size, parent.moe_shared_expert_intermediate_size,
+                   "moe_shared_expert_intermediate_size");
+        check_expert_count(parent, target.n_routed_experts, where);
+        p.moe_experts[i] = top_k(layer_axis(s.moe_experts, i), parent.n_routed_experts, target.n_routed_experts,
+                                 parent.n_group, where + " routed experts");
+        p.moe_expert_neurons[i] = top_k(layer_axis(s.moe_expert_neurons, i), parent.moe_intermediate_size,
+                                        target.moe_intermediate_size, 1, where + " expert neurons");
+        p.moe_shared_neurons[i] =
+            top_k(layer_axis(s.moe_shared_neurons, i), parent.moe_shared_expert_intermediate_size,
+                  target.moe_shared_expert_intermediate_size, 1, where + " shared-expert neurons");
+        break;
     }
   }
   p.validate(parent);
@@ -333,9 +399,13 @@ PrunePlan plan_from_scores(const ModelConfig& parent, const ImportanceScores& s,
 }
 
 PrunePlan plan_from_set(const ModelConfig& parent, const ImportanceScores& s, const std::vector<std::string>& sets) {
-  static const std::set<std::string> kKeys = {"hidden_size",    "intermediate_size", "num_attention_heads",
-                                              "mamba_num_heads", "mamba_head_dim",    "drop_layers",
-                                              "keep_mamba",      "keep_attention",    "keep_mlp"};
+  static const std::set<std::string> kKeys = {"hidden_size",      "intermediate_size",
+                                              "num_attention_heads", "mamba_num_heads",
+                                              "mamba_head_dim",   "n_routed_experts",
+                                              "moe_intermediate_size", "moe_shared_expert_intermediate_size",
+                                              "drop_layers",      "keep_mamba",
+                                              "keep_attention",   "keep_mlp",
+                                              "keep_moe"};
   if (sets.empty()) throw InputError("--set: give at least one key=value");
   std::map<std::string, std::string> kv;
   for (const auto& item : sets) {
@@ -345,8 +415,9 @@ PrunePlan plan_from_set(const ModelConfig& parent, const ImportanceScores& s, co
     const std::string key = item.substr(0, eq), value = item.substr(eq + 1);
     if (!kKeys.count(key))
       throw InputError(fmt::format("--set {}: unknown key '{}'; expected one of hidden_size, intermediate_size, "
-                                   "num_attention_heads, mamba_num_heads, mamba_head_dim, drop_layers, keep_mamba, "
-                                   "keep_attention, keep_mlp",
+                                   "num_attention_heads, mamba_num_heads, mamba_head_dim, n_routed_experts, "
+                                   "moe_intermediate_size, moe_shared_expert_intermediate_size, drop_layers, "
+                                   "keep_mamba, keep_attention, keep_mlp, keep_moe",
                                    item, key));
     if (kv.count(key)) throw InputError(fmt::format("--set {}: key '{}' is given twice", item, key));
     kv[key] = value;
@@ -391,6 +462,11 @@ PrunePlan plan_from_set(const ModelConfig& parent, const ImportanceScores& s, co
         "num_key_value_heads");
   width("mamba_num_heads", target.mamba_num_heads, LayerType::Mamba, parent.n_groups, "n_groups");
   width("mamba_head_dim", target.mamba_head_dim, LayerType::Mamba, 1, "");
+  width("n_routed_experts", target.n_routed_experts, LayerType::Moe, 1, "");
+  if (kv.count("n_routed_experts"))
+    check_expert_count(parent, target.n_routed_experts, "--set n_routed_experts=" + kv.at("n_routed_experts"));
+  width("moe_intermediate_size", target.moe_intermediate_size, LayerType::Moe, 1, "");
+  width("moe_shared_expert_intermediate_size", target.moe_shared_expert_intermediate_size, LayerType::Moe, 1, "");
 
   // Layers: drop the listed ones, then keep the best N of a type among the rest.
   std::vector<bool> dropped(static_cast<size_t>(parent.num_layers()), false);

@@ -8,6 +8,7 @@
 
 #include "minipuzzle/errors.h"
 #include "minipuzzle/host_to_device.h"
+#include "minipuzzle/moe_statistics.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/token_windows.h"
 
@@ -63,8 +64,10 @@ ImportanceScores score_importance(ForwardModel& fm, const IndexedDataset& data, 
   model->eval();
 
   WidthStatistics width(model, opt.aggregation);
+  MoeStatistics moe(cfg, opt.aggregation);
   LayerImportance layers(cfg, opt.layer_metrics, score_head_pass_bytes(cfg, model->dtype()));
   model->observers().add(&width);
+  if (cfg.has_moe()) model->observers().add(&moe);
   const auto t0 = std::chrono::steady_clock::now();
   ScoreProgress p;
   p.batches = (opt.samples + opt.batch - 1) / opt.batch;
@@ -94,13 +97,16 @@ ImportanceScores score_importance(ForwardModel& fm, const IndexedDataset& data, 
     }
   } catch (...) {
     model->observers().remove(&width);
+    model->observers().remove(&moe);
     throw;
   }
   model->observers().remove(&width);
+  model->observers().remove(&moe);
 
   ImportanceScores s;
   s.layer = layers.result();
   width.fill(s);
+  moe.fill(s);
   nlohmann::json prov = {{"data", data.prefix()},
                          {"dataset_tokens", data.total_tokens()},
                          {"samples", opt.samples},

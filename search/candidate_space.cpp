@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <algorithm>
 
 #include "minipuzzle/errors.h"
 
@@ -33,6 +34,9 @@ int64_t default_step(const std::string& name, const ModelConfig& p) {
   if (name == "hidden") return 256;
   if (name == "mamba_heads") return p.n_groups;
   if (name == "attention_heads") return p.num_key_value_heads;
+  if (name == "moe_experts") return p.n_group;
+  if (name == "moe_expert_ffn") return 128;
+  if (name == "moe_shared_ffn") return 256;
   return 1;
 }
 
@@ -46,6 +50,15 @@ int64_t parse_int(const std::string& text, const std::string& spec) {
 
 }  // namespace
 
+int64_t min_moe_experts(const ModelConfig& p) {
+  if (!p.has_moe()) return 0;
+  // Per group: at least 2 (the group score sums two) and enough that the
+  // topk_group groups a token may use hold num_experts_per_tok experts.
+  const int64_t per_group =
+      std::max<int64_t>(2, (p.num_experts_per_tok + p.topk_group - 1) / std::max<int64_t>(p.topk_group, 1));
+  return per_group * p.n_group;
+}
+
 CandidateSpace CandidateSpace::depth_only(const ModelConfig& p) {
   CandidateSpace s;
   s.mamba_layers = {0, p.count(LayerType::Mamba), 1};
@@ -56,6 +69,10 @@ CandidateSpace CandidateSpace::depth_only(const ModelConfig& p) {
   s.mamba_heads = IntAxis::fixed(p.mamba_num_heads);
   s.mamba_head_dim = IntAxis::fixed(p.mamba_head_dim);
   s.attention_heads = IntAxis::fixed(p.num_attention_heads);
+  s.moe_layers = {0, p.count(LayerType::Moe), 1};
+  s.moe_experts = IntAxis::fixed(p.n_routed_experts);
+  s.moe_expert_ffn = IntAxis::fixed(p.moe_intermediate_size);
+  s.moe_shared_ffn = IntAxis::fixed(p.moe_shared_expert_intermediate_size);
   return s;
 }
 
@@ -71,6 +88,13 @@ CandidateSpace CandidateSpace::full(const ModelConfig& p) {
   if (p.count(LayerType::Mlp) > 0) s.ffn = down_to(p.intermediate_size, 0.5, 1024);
   if (p.count(LayerType::Mamba) > 0) s.mamba_heads = down_to(p.mamba_num_heads, 0.5, p.n_groups);
   if (p.count(LayerType::Attention) > 0) s.attention_heads = down_to(p.num_attention_heads, 0.5, p.num_key_value_heads);
+  if (p.has_moe()) {
+    s.moe_experts = down_to(p.n_routed_experts, 0.5, p.n_group);
+    while (s.moe_experts.min < s.moe_experts.max && s.moe_experts.min < min_moe_experts(p))
+      s.moe_experts.min += s.moe_experts.step;
+    s.moe_expert_ffn = down_to(p.moe_intermediate_size, 0.5, 128);
+    s.moe_shared_ffn = down_to(p.moe_shared_expert_intermediate_size, 0.5, 256);
+  }
   return s;
 }
 
@@ -87,10 +111,14 @@ void CandidateSpace::set_axis(const std::string& spec, const ModelConfig& parent
   else if (name == "mamba_heads") axis = &mamba_heads;
   else if (name == "mamba_head_dim") axis = &mamba_head_dim;
   else if (name == "attention_heads") axis = &attention_heads;
+  else if (name == "moe_layers") axis = &moe_layers;
+  else if (name == "moe_experts") axis = &moe_experts;
+  else if (name == "moe_expert_ffn") axis = &moe_expert_ffn;
+  else if (name == "moe_shared_ffn") axis = &moe_shared_ffn;
   else
     throw InputError("axis '" + spec + "': unknown axis '" + name +
                      "'; expected mamba_layers, attention_layers, mlp_layers, ffn, hidden, mamba_heads, "
-                     "mamba_head_dim or attention_heads");
+                     "mamba_head_dim, attention_heads, moe_layers, moe_experts, moe_expert_ffn or moe_shared_ffn");
   std::vector<std::string> parts;
   for (size_t start = 0;;) {
     size_t colon = range.find(':', start);
@@ -124,6 +152,7 @@ void CandidateSpace::validate(const ModelConfig& p) const {
   layers(mamba_layers, "mamba_layers", LayerType::Mamba);
   layers(attention_layers, "attention_layers", LayerType::Attention);
   layers(mlp_layers, "mlp_layers", LayerType::Mlp);
+  layers(moe_layers, "moe_layers", LayerType::Moe);
   // A width whose layers the parent lacks stays at the parent's value.
   auto width = [&](const IntAxis& a, const char* name, int64_t parent, bool used, int64_t multiple,
                    const char* multiple_of) {
@@ -152,12 +181,22 @@ void CandidateSpace::validate(const ModelConfig& p) const {
   width(mamba_heads, "mamba_heads", p.mamba_num_heads, m, p.n_groups, "n_groups");
   width(mamba_head_dim, "mamba_head_dim", p.mamba_head_dim, m, 1, "");
   width(attention_heads, "attention_heads", p.num_attention_heads, at, p.num_key_value_heads, "num_key_value_heads");
+  const bool moe = p.has_moe();
+  width(moe_experts, "moe_experts", p.n_routed_experts, moe, p.n_group, "n_group");
+  if (moe && moe_experts.min < min_moe_experts(p))
+    throw InputError("axis moe_experts: " + moe_experts.to_string() + " goes below " +
+                     std::to_string(min_moe_experts(p)) +
+                     " routed experts, the fewest the router can use (num_experts_per_tok " +
+                     std::to_string(p.num_experts_per_tok) + ", at least 2 per router group of " +
+                     std::to_string(p.n_group) + ", topk_group " + std::to_string(p.topk_group) + ")");
+  width(moe_expert_ffn, "moe_expert_ffn", p.moe_intermediate_size, moe, 1, "");
+  width(moe_shared_ffn, "moe_shared_ffn", p.moe_shared_expert_intermediate_size, moe, 1, "");
   for (double r : {max_depth_reduction, max_width_reduction, min_budget_use})
     if (!(r >= 0 && r <= 1))
       throw InputError("max_depth_reduction, max_width_reduction and min_budget_use must lie in [0, 1]");
-  if (mamba_layers.max + attention_layers.max + mlp_layers.max < min_layers(p))
+  if (mamba_layers.max + attention_layers.max + mlp_layers.max + moe_layers.max < min_layers(p))
     throw InputError("the layer axes keep at most " +
-                     std::to_string(mamba_layers.max + attention_layers.max + mlp_layers.max) +
+                     std::to_string(mamba_layers.max + attention_layers.max + mlp_layers.max + moe_layers.max) +
                      " layers but max_depth_reduction requires at least " + std::to_string(min_layers(p)));
 }
 
@@ -177,7 +216,8 @@ int64_t CandidateSpace::min_layers(const ModelConfig& parent) const {
 double CandidateSpace::grid_size() const {
   double n = 1;
   for (const IntAxis* a : {&mamba_layers, &attention_layers, &mlp_layers, &ffn, &hidden, &mamba_heads,
-                           &mamba_head_dim, &attention_heads})
+                           &mamba_head_dim, &attention_heads, &moe_layers, &moe_experts, &moe_expert_ffn,
+                           &moe_shared_ffn})
     n *= static_cast<double>(a->size());
   return n;
 }

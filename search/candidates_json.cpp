@@ -58,6 +58,7 @@ json candidate_to_json(const Candidate& c) {
           {"params", params_to_json(c.params)},
           {"memory", memory_to_json(c.memory)}};
   if (!c.measured.empty()) j["measured"] = c.measured;
+  if (c.config.has_moe()) j["width_factors"]["moe"] = c.width_factor_moe;
   return j;
 }
 
@@ -70,6 +71,7 @@ Candidate candidate_from_json(const json& j, const std::string& source) {
   c.width_factor_mamba = number(w, "mamba", source + " width_factors");
   c.width_factor_attention = number(w, "attention", source + " width_factors");
   c.width_factor_mlp = number(w, "mlp", source + " width_factors");
+  if (w.contains("moe")) c.width_factor_moe = number(w, "moe", source + " width_factors");
   const json& why = field(j, "why", source);
   if (!why.is_string()) throw InputError(source + ": key \"why\" must be a string");
   c.why = why.get<std::string>();
@@ -96,7 +98,7 @@ Candidate candidate_from_json(const json& j, const std::string& source) {
 json candidates_to_json(const SearchResult& r) {
   json list = json::array();
   for (const Candidate& c : r.candidates) list.push_back(candidate_to_json(c));
-  return {{"format", kFormat},
+  json j = {{"format", kFormat},
           {"version", kVersion},
           {"budget_bytes", r.budget_bytes},
           {"budget_gib", r.budget_bytes / kGiB},
@@ -105,6 +107,11 @@ json candidates_to_json(const SearchResult& r) {
           {"feasible", r.feasible},
           {"min_memory_bytes", r.min_memory_bytes},
           {"candidates", list}};
+  if (r.max_active_params > 0) {
+    j["max_active_params"] = r.max_active_params;
+    j["min_active_params"] = r.min_active_params;
+  }
+  return j;
 }
 
 SearchResult candidates_from_json(const json& j, const std::string& source) {
@@ -120,6 +127,10 @@ SearchResult candidates_from_json(const json& j, const std::string& source) {
   r.evaluated = integer(j, "evaluated", source);
   r.feasible = integer(j, "feasible", source);
   r.min_memory_bytes = number(j, "min_memory_bytes", source);
+  if (j.contains("max_active_params")) {
+    r.max_active_params = number(j, "max_active_params", source);
+    r.min_active_params = number(j, "min_active_params", source);
+  }
   const json& list = field(j, "candidates", source);
   if (!list.is_array()) throw InputError(source + ": key \"candidates\" must be an array");
   for (size_t i = 0; i < list.size(); ++i)

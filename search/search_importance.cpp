@@ -20,6 +20,9 @@ void SearchImportance::validate(const ModelConfig& parent, const std::string& so
   check(mamba_heads, parent.mamba_num_heads, "Mamba head importance", false);
   check(mamba_head_channels, parent.mamba_head_dim, "Mamba head-channel importance", false);
   check(attention_heads, parent.num_attention_heads, "attention head importance", false);
+  check(moe_experts, parent.n_routed_experts, "MoE expert importance", false);
+  check(moe_expert_neurons, parent.moe_intermediate_size, "MoE expert-neuron importance", false);
+  check(moe_shared_neurons, parent.moe_shared_expert_intermediate_size, "MoE shared-expert neuron importance", false);
 }
 
 SearchImportance SearchImportance::uniform(const ModelConfig& parent) {
@@ -50,6 +53,12 @@ SearchImportance SearchImportance::synthetic(const ModelConfig& parent, uint64_t
   s.mamba_heads = fill(parent.mamba_num_heads);
   s.mamba_head_channels = fill(parent.mamba_head_dim);
   s.attention_heads = fill(parent.num_attention_heads);
+  // Drawn last, so a dense model's synthetic scores are what they always were.
+  if (parent.has_moe()) {
+    s.moe_experts = fill(parent.n_routed_experts);
+    s.moe_expert_neurons = fill(parent.moe_intermediate_size);
+    s.moe_shared_neurons = fill(parent.moe_shared_expert_intermediate_size);
+  }
   return s;
 }
 

@@ -66,7 +66,7 @@ MoeMixerImpl::MoeMixerImpl(const ModelConfig& c, const ParameterInit& init) : cf
   }
 }
 
-torch::Tensor MoeMixerImpl::routed_experts(const torch::Tensor& x, const RouterChoice& choice) {
+torch::Tensor MoeMixerImpl::routed_experts(const torch::Tensor& x, const RouterChoice& choice, MoeRouting* observed) {
   const int64_t T = x.size(0), k = choice.indices.size(1), E = cfg_.n_routed_experts;
   if (T == 0) return torch::zeros_like(x);
   auto flat = choice.indices.reshape({-1});  // [T*k], token-major
@@ -81,24 +81,41 @@ torch::Tensor MoeMixerImpl::routed_experts(const torch::Tensor& x, const RouterC
   // whose backward would zero-fill a [T*k, D] gradient: 3x the whole block).
   const auto segments = x.index_select(0, token).split_with_sizes(std::vector<int64_t>(n, n + E));
   std::vector<torch::Tensor> parts;
+  if (observed) observed->activations.assign(static_cast<size_t>(E), torch::Tensor());
   for (int64_t e = 0; e < E; ++e) {
     if (n[e] == 0) continue;
     auto act = torch::relu(torch::linear(segments[e], experts[e]->up_proj->weight)).square();
+    if (observed) observed->activations[static_cast<size_t>(e)] = act.detach();
     parts.push_back(torch::linear(act, experts[e]->down_proj->weight));
   }
   // bf16 expert outputs times fp32 routing weights, summed in fp32, as transformers.
-  auto y = torch::cat(parts, 0) * choice.weights.reshape({-1}).index_select(0, order).unsqueeze(1);
+  auto slot_weight = choice.weights.reshape({-1}).index_select(0, order);
+  auto y = torch::cat(parts, 0) * slot_weight.unsqueeze(1);
+  if (observed) {
+    torch::NoGradGuard no_grad;
+    observed->indices = choice.indices;
+    observed->weights = choice.weights.detach();
+    observed->slot_token = token;
+    observed->slot_weight = slot_weight.detach();
+    observed->counts.assign(n, n + E);
+    observed->weighted_output_norm = y.detach().to(torch::kFloat32).norm(2, {1});
+  }
   auto out = torch::zeros({T, x.size(1)}, x.options().dtype(torch::kFloat32)).index_add(0, token, y);
   return out.to(x.scalar_type());
 }
 
-torch::Tensor MoeMixerImpl::forward(const torch::Tensor& h, int64_t /*layer*/, const ObserverList& /*obs*/) {
+torch::Tensor MoeMixerImpl::forward(const torch::Tensor& h, int64_t layer, const ObserverList& obs) {
   auto x = h.reshape({-1, h.size(-1)});
   RouterChoice choice = route_tokens(x, gate->weight, gate->e_score_correction_bias, cfg_);
   auto xl = fc1_latent_proj ? torch::linear(x, fc1_latent_proj->weight) : x;
-  auto routed = routed_experts(xl, choice);
+  MoeRouting routing;
+  routing.batch = h.dim() >= 3 ? h.size(0) : 1;
+  auto routed = routed_experts(xl, choice, obs.empty() ? nullptr : &routing);
+  if (!obs.empty()) obs.notify_moe(layer, routing);
   if (fc2_latent_proj) routed = torch::linear(routed, fc2_latent_proj->weight);
-  auto shared = torch::linear(torch::relu(torch::linear(h, shared_up->weight)).square(), shared_down->weight);
+  auto shared_act = torch::relu(torch::linear(h, shared_up->weight)).square();
+  if (!obs.empty()) obs.notify(ObservePoint::MoeSharedActivation, layer, shared_act);
+  auto shared = torch::linear(shared_act, shared_down->weight);
   return routed.view(h.sizes()) + shared;
 }
 

@@ -15,6 +15,7 @@ const char* observe_point_name(ObservePoint p) {
     case ObservePoint::AttentionHeads: return "attention_heads";
     case ObservePoint::MambaX: return "mamba_x";
     case ObservePoint::FinalNorm: return "final_norm";
+    case ObservePoint::MoeSharedActivation: return "moe_shared_activation";
   }
   return "?";
 }

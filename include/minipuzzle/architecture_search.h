@@ -10,6 +10,11 @@
 //   w(mamba)   = h * kept_fraction(mamba heads, per group) * kept_fraction(head channels)
 //   w(attn)    = h * kept_fraction(attention heads, per kv head)
 //   w(mlp)     = h * kept_fraction(FFN channels)
+//   w(moe)     = h * (r * kept_fraction(routed experts, per router group)
+//                      * kept_fraction(expert FFN channels)
+//                    + (1 - r) * kept_fraction(shared-expert channels))
+//                r = the routed experts' share of the layer's active weights
+//                    (k experts against the shared expert) in the parent
 //   h          = kept_fraction(hidden channels)
 //
 // Why: a layer score measures what the model loses when the whole layer
@@ -47,6 +52,9 @@ struct SearchOptions {
   Deployment deployment;
   double budget_bytes = 0;  // candidates need memory_breakdown().total <= budget
   int64_t top_k = 10;
+  // Candidates need count_parameters().active <= this (per token: MoE
+  // layers count num_experts_per_tok routed experts); 0 = no limit.
+  double max_active_params = 0;
 };
 
 struct Candidate {
@@ -59,6 +67,7 @@ struct Candidate {
   double proxy_score = 0;
   double layer_importance_kept = 0;  // sum of kept s_i / sum of s_i (widths ignored)
   double width_factor_mamba = 1, width_factor_attention = 1, width_factor_mlp = 1;  // w(type) above
+  double width_factor_moe = 1;
   std::string why;
   // Measured on data by `search --rank-data` (loss, accuracy, agreement, kl,
   // tokens, proxy_rank); empty when the candidates were ranked by proxy only.
@@ -71,12 +80,15 @@ struct SearchResult {
   int64_t evaluated = 0;  // distinct candidates whose memory was computed
   int64_t feasible = 0;   // within the budget and passing the space's filters
   double min_memory_bytes = 0;  // smallest memory over the evaluated candidates
+  double max_active_params = 0;  // the limit searched under (0 = none)
+  double min_active_params = 0;  // smallest active parameter count over the evaluated candidates
   std::vector<Candidate> candidates;  // best first, at most top_k
 };
 
 // Throws InputError on a bad space or scores (see validate()), a non-positive
 // budget or top_k, or when nothing fits: "... the smallest memory reachable
-// in the allowed space is X GiB".
+// in the allowed space is X GiB" (or, under max_active_params, "... the
+// smallest active count reachable in the allowed space is N").
 SearchResult search_architectures(const ModelConfig& parent, const SearchImportance& importance,
                                   const CandidateSpace& space, const SearchOptions& options);
 

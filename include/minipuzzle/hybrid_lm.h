@@ -24,6 +24,9 @@ class ObserverList {
   void notify(ObservePoint p, int64_t layer, const torch::Tensor& v) const {
     for (auto* o : observers_) o->observe(p, layer, v);
   }
+  void notify_moe(int64_t layer, const MoeRouting& r) const {
+    for (auto* o : observers_) o->observe_moe(layer, r);
+  }
 
  private:
   std::vector<Observer*> observers_;

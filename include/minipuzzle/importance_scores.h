@@ -9,6 +9,12 @@
 //   layers.{i}.mamba_channels                   [mamba_num_heads * mamba_head_dim]
 //   layers.{i}.mamba_heads                      [mamba_num_heads]
 //   layers.{i}.mamba_head_channels              [mamba_head_dim]
+//   layers.{i}.moe_experts                      [n_routed_experts] MoE layer i: weighted output
+//                                               L2 per routed token (ranks experts)
+//   layers.{i}.moe_expert_frequency             [n_routed_experts] slots / tokens (router load)
+//   layers.{i}.moe_expert_weight                [n_routed_experts] mean routing weight
+//   layers.{i}.moe_expert_neurons               [moe_intermediate_size] summed over experts
+//   layers.{i}.moe_shared_neurons               [moe_shared_expert_intermediate_size]
 // plus SCORES_DIR/importance.json (tables, ranks, provenance, fingerprints).
 // Higher always means "more important / more harm when removed".
 #pragma once
@@ -45,6 +51,12 @@ struct ImportanceScores {
   std::vector<std::vector<float>> mamba_channels;       // channel c = head c / P, dim c % P
   std::vector<std::vector<float>> mamba_heads;          // L2 of the head's channel scores
   std::vector<std::vector<float>> mamba_head_channels;  // dim p: L2 over heads of channel (h, p)
+  // MoE (E) layers; see moe_statistics.h for what each measures.
+  std::vector<std::vector<float>> moe_experts;           // per routed expert: the ranking score
+  std::vector<std::vector<float>> moe_expert_frequency;  // per routed expert: router load
+  std::vector<std::vector<float>> moe_expert_weight;     // per routed expert: mean routing weight
+  std::vector<std::vector<float>> moe_expert_neurons;    // expert-FFN neuron, summed over experts
+  std::vector<std::vector<float>> moe_shared_neurons;    // shared-expert neuron
 
   // Free-form provenance written to importance.json ("data", "samples",
   // "seq_len", "aggregation", "dtype", "seconds", ...), as a JSON object text.

@@ -63,7 +63,9 @@ class MoeMixerImpl : public torch::nn::Module {
   // The routed part alone on x [T, D] (no shared expert): tokens sorted by
   // expert, one matmul pair per expert over its own tokens, the weighted
   // results summed per token in fp32 (no [tokens x experts] product).
-  torch::Tensor routed_experts(const torch::Tensor& x, const RouterChoice& choice);
+  // `observed`, when given, receives the slots, activations and weighted
+  // output norms (observers.h, MoeRouting); the result is the same.
+  torch::Tensor routed_experts(const torch::Tensor& x, const RouterChoice& choice, MoeRouting* observed = nullptr);
 
   MoeRouter gate{nullptr};
   std::vector<MoeExpert> experts;

@@ -23,6 +23,11 @@ namespace minipuzzle {
 //   z and x rows of in_proj, the x rows of conv1d, the gated norm weight and
 //   the out_proj columns; for the kept heads the dt rows of in_proj, A_log,
 //   D and dt_bias. The B/C rows of in_proj and conv1d are kept whole.
+// - MoE: the kept routed experts, renumbered 0.. in parent order, each
+//   with up_proj rows / down_proj columns of the kept expert neurons; the
+//   router's rows and e_score_correction_bias entries of the kept experts;
+//   shared expert up_proj rows / down_proj columns of its kept neurons;
+//   latent projections only lose hidden channels.
 // The parent is not modified.
 HybridLM prune_model(HybridLM& parent, const PrunePlan& plan);
 

@@ -22,6 +22,12 @@ struct SearchImportance {
   std::vector<double> mamba_heads;          // mamba_num_heads, head h in group h / (H/G)
   std::vector<double> mamba_head_channels;  // mamba_head_dim, shared by all heads
   std::vector<double> attention_heads;      // num_attention_heads, head h on kv head h / (heads/kv)
+  // MoE (E) layers: routed expert e in router group e / (E / n_group)
+  // (moe_experts ranks them), expert-FFN neurons (one width for every
+  // expert) and shared-expert neurons.
+  std::vector<double> moe_experts;          // n_routed_experts
+  std::vector<double> moe_expert_neurons;   // moe_intermediate_size
+  std::vector<double> moe_shared_neurons;   // moe_shared_expert_intermediate_size
 
   // Throws InputError when a vector's length does not match `parent` (scores
   // from another model), naming `source` and the vector.

@@ -63,7 +63,8 @@ int cmd_prune(const Args& args) {
        "prune to a search candidate: candidates.json#RANK (RANK 1 = best, the default)")
       ("set", po::value<std::vector<std::string>>()->multitoken()->composing(),
        "prune by hand, key=value (repeatable): hidden_size, intermediate_size, num_attention_heads, "
-       "mamba_num_heads, mamba_head_dim, drop_layers=I,J,..., keep_mamba/keep_attention/keep_mlp=N")
+       "mamba_num_heads, mamba_head_dim, n_routed_experts, moe_intermediate_size, "
+       "moe_shared_expert_intermediate_size, drop_layers=I,J,..., keep_mamba/keep_attention/keep_mlp/keep_moe=N")
       ("out", po::value<std::string>(), "output checkpoint directory (must not exist, or be empty)")
       ("dtype", po::value<std::string>(), "weight dtype of the output: fp32 | bf16 | fp16 (default: the parent's)");
   po::positional_options_description pos;
@@ -80,9 +81,15 @@ int cmd_prune(const Args& args) {
   if (std::filesystem::exists(out, ec) && !std::filesystem::is_empty(out, ec))
     throw InputError(out + " already exists and is not empty; choose a new output directory");
 
-  refuse_moe_model(dir, "prune");
   const ModelConfig parent_config = ModelConfig::load(dir);
   check_model_folder_files(dir);  // a broken tokenizer file is refused before anything is written
+  if (parent_config.has_moe()) {
+    // The streamed rewrite reads the Hub's per-expert tensors only.
+    const CheckpointReader probe = CheckpointReader::open(dir);
+    if (!probe.contains(fmt::format("backbone.layers.{}.mixer.experts.0.up_proj.weight", parent_config.pattern.find('E'))))
+      throw InputError(dir + " holds fused expert tensors (transformers-5 layout): `minipuzzle export` it first "
+                             "(that writes the Hub layout), then prune the export");
+  }
   ImportanceScores scores;
   if (vm.count("scores")) scores = load_importance_for(vm["scores"].as<std::string>(), dir);
 

@@ -62,7 +62,6 @@ int cmd_score(const Args& args) {
   so.aggregation = Aggregation::parse(vm["aggregation"].as<std::string>());
   so.layer_metrics = LayerMetrics::parse(vm["layer-metrics"].as<std::string>());
   const std::string dir = vm["dir"].as<std::string>();
-  refuse_moe_model(dir, "score");
   auto dtype = parse_model_dtype(vm["dtype"].as<std::string>());
   auto device = parse_device(vm["device"].as<std::string>());
   const ResidencyPlan plan = plan_forward(vm, dir, dtype, device, so.batch, so.seq_len,

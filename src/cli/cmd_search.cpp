@@ -3,6 +3,7 @@
 //   [--rank-data PREFIX --rank-tokens N ...]
 #include <fmt/format.h>
 
+#include <cmath>
 #include <iostream>
 #include <optional>
 
@@ -24,6 +25,27 @@ std::string human_count(double n) {
   if (n >= 1e6) return fmt::format("{:.2f}M", n / 1e6);
   return fmt::format("{:.1f}K", n / 1e3);
 }
+
+// "3.2B", "800M", "1.5e9", "120000": a positive parameter count (K, M, B or
+// G suffixes, decimal).
+double parse_param_count(const std::string& text) {
+  const std::string what = "--max-active-params '" + text + "'";
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    throw InputError(what + ": expected a parameter count such as 3.2B, 800M or 1.5e9");
+  }
+  std::string suffix = text.substr(used);
+  double scale = 1;
+  if (suffix == "K" || suffix == "k") scale = 1e3;
+  else if (suffix == "M" || suffix == "m") scale = 1e6;
+  else if (suffix == "B" || suffix == "b" || suffix == "G" || suffix == "g") scale = 1e9;
+  else if (!suffix.empty()) throw InputError(what + ": unknown suffix '" + suffix + "'; expected K, M or B");
+  if (!(v > 0) || !std::isfinite(v * scale)) throw InputError(what + ": must be a positive count");
+  return v * scale;
+}
 }  // namespace
 
 int cmd_search(const Args& args) {
@@ -31,7 +53,7 @@ int cmd_search(const Args& args) {
       "minipuzzle search DIR (--scores SCORES_DIR | --uniform-scores) --budget SIZE --out candidates.json\n"
       "       [--precision P] [--kv-precision P] [--state-precision P] [--context N] [--batch N] [--workspace SIZE]\n"
       "       [--space paper|depth|full] [--axis name=min:max:step ...] [--max-depth-reduction R]\n"
-      "       [--max-width-reduction R] [--maximal-only] [--min-budget-use F] [--top-k K]\n"
+      "       [--max-width-reduction R] [--maximal-only] [--min-budget-use F] [--top-k K] [--max-active-params N]\n"
       "       [--rank-data PREFIX [--rank-tokens N] [--rank-seq-len N] [--rank-by agreement|accuracy|loss|kl]]";
   po::options_description opts("options");
   opts.add_options()
@@ -50,12 +72,15 @@ int cmd_search(const Args& args) {
        "starting space: paper (layer counts x FFN 3/4..1 step 1024), depth (layer counts), full (every axis)")
       ("axis", po::value<std::vector<std::string>>()->composing(),
        "override one axis: mamba_layers|attention_layers|mlp_layers|ffn|hidden|mamba_heads|mamba_head_dim|"
-       "attention_heads = min:max[:step] or a value (repeatable)")
+       "attention_heads|moe_layers|moe_experts|moe_expert_ffn|moe_shared_ffn = min:max[:step] or a value (repeatable)")
       ("max-depth-reduction", po::value<double>()->default_value(1.0), "keep at least (1-R) of the layers")
       ("max-width-reduction", po::value<double>()->default_value(1.0), "keep at least (1-R) of each width")
       ("maximal-only", po::bool_switch(), "drop candidates that a one-step-larger neighbour dominates")
       ("min-budget-use", po::value<double>()->default_value(0.0), "drop candidates using less of the budget")
       ("top-k", po::value<int64_t>()->default_value(10), "candidates to keep")
+      ("max-active-params", po::value<std::string>(),
+       "at most this many parameters used per token (MoE: num_experts_per_tok routed experts per layer), "
+       "e.g. 3.2B; beside the memory budget")
       ("rank-data", po::value<std::string>(), "dataset to rank the top K on (prunes each in memory)")
       ("rank-tokens", po::value<uint64_t>()->default_value(1 << 20), "predicted tokens for ranking")
       ("rank-seq-len", po::value<int64_t>()->default_value(2048), "window length for ranking")
@@ -91,7 +116,6 @@ int cmd_search(const Args& args) {
   const auto rank_dtype = parse_model_dtype(vm["dtype"].as<std::string>());
   const auto rank_device = parse_device(vm["device"].as<std::string>());
   const std::string dir = vm["dir"].as<std::string>();
-  refuse_moe_model(dir, "search");
   const ModelConfig parent = ModelConfig::load(dir);
   std::optional<ImportanceScores> scores;
   SearchImportance importance = SearchImportance::uniform(parent);
@@ -110,6 +134,7 @@ int cmd_search(const Args& args) {
   so.deployment.validate();
   so.budget_bytes = parse_bytes(vm["budget"].as<std::string>(), "--budget");
   so.top_k = vm["top-k"].as<int64_t>();
+  if (vm.count("max-active-params")) so.max_active_params = parse_param_count(vm["max-active-params"].as<std::string>());
 
   const std::string space_name = vm["space"].as<std::string>();
   CandidateSpace space;
@@ -147,6 +172,10 @@ int cmd_search(const Args& args) {
                           k.mamba_num_heads, k.mamba_head_dim, k.num_attention_heads)
             : fmt::format("agree {:.4f} acc {:.4f} loss {:.4f} kl {:.4f}", c.measured.at("agreement"),
                           c.measured.at("accuracy"), c.measured.at("loss"), c.measured.at("kl"));
+    if (parent.has_moe())
+      extra += fmt::format("; E {} experts {} ffn {} shared {}, {} active", k.count(LayerType::Moe), k.n_routed_experts,
+                           k.moe_intermediate_size, k.moe_shared_expert_intermediate_size,
+                           human_count(static_cast<double>(c.params.active)));
     std::cout << fmt::format("{:>4}  {:>10}  {:>8}  {:>10.6f}  {:<14}  {}\n", c.rank, format_bytes(c.memory.total),
                              human_count(static_cast<double>(c.params.total)), c.proxy_score,
                              fmt::format("{}/{}/{}", k.count(LayerType::Mamba), k.count(LayerType::Attention),

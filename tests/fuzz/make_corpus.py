@@ -351,6 +351,43 @@ def scores_seeds(scores_dir):
     put(t, "bad-truncated-safetensors.bin", js + b"\0" + st[: len(st) // 2])
 
 
+def moe_scores_seeds(bin_path, tmp):
+    """Scores of a tiny MoE model (transformers-built, tests/oracle/moe_tiny.py):
+    the per-expert and per-neuron vectors of its E layers, whole and broken."""
+    sys.path.insert(0, str(ROOT / "tests/oracle"))
+    import moe_tiny as mt
+    spec = mt.MoeSpec("fuzz_moe", seed=41, pattern="ME", experts=6, k=2, n_group=3, topk_group=2, expert_ffn=8,
+                      shared_ffn=12, vocab=32, hidden=16)
+    model_dir = mt.save_checkpoint(mt.build_model(spec), spec, tmp / "moe", "hub")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([bin_path, "score", str(model_dir), "--data", str(tmp / "data/corpus"), "--out",
+                    str(tmp / "moe_scores"), "--samples", "4", "--seq-len", "32", "--layer-metrics", "mse"],
+                   check=True, capture_output=True, env=env)
+    t = "importance_scores"
+    js = (tmp / "moe_scores/importance.json").read_bytes()
+    st = (tmp / "moe_scores/importance.safetensors").read_bytes()
+    put(t, "ok-moe-score-output.bin", js + b"\0" + st)
+    from safetensors.numpy import load as st_load
+    from safetensors import safe_open
+    tensors = st_load(st)
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+        f.write(st)
+        f.flush()
+        with safe_open(f.name, "numpy") as s:
+            meta = s.metadata()
+
+    def make(name, tmut):
+        tt = {k: v.copy() for k, v in tensors.items()}
+        tmut(tt)
+        put(t, name, js + b"\0" + st_save(tt, metadata=meta))
+
+    make("bad-moe-experts-wrong-length.bin", lambda tt: tt.update({"layers.1.moe_experts": np.ones(4, np.float32)}))
+    make("bad-moe-axis-on-mamba-layer.bin",
+         lambda tt: tt.update({"layers.0.moe_expert_neurons": np.ones(8, np.float32)}))
+    make("bad-moe-shared-nan.bin",
+         lambda tt: tt.update({"layers.1.moe_shared_neurons": np.full(12, np.nan, np.float32)}))
+
+
 # ------------------------------------------------------------- compress job
 MINIMAL_JOB = """teacher: models/parent
 out: runs/job
@@ -435,6 +472,7 @@ def main():
         idx_seeds()
         candidates_seeds(tmp / "candidates.json")
         scores_seeds(tmp / "scores")
+        moe_scores_seeds(a.bin, tmp)
         compress_job_seeds()
     total = sum(f.stat().st_size for f in CORPUS.rglob("*") if f.is_file())
     print(f"corpus: {sum(1 for f in CORPUS.rglob('*') if f.is_file())} files, {total / 1024:.0f} KiB")

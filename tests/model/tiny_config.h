@@ -14,4 +14,22 @@ inline ModelConfig tiny_config(const std::string& pattern = "M*-M-", int64_t gro
   return ModelConfig::from_json(j, "tiny");
 }
 
+// tiny_config plus MoE layers: 6 routed experts in 3 router groups (2
+// groups chosen per token, 2 experts per token), expert width 10, shared
+// expert width 14; `latent` > 0 adds latent projections of that width.
+inline ModelConfig tiny_moe_config(const std::string& pattern = "M*EM-E", int64_t latent = 0) {
+  nlohmann::json j = tiny_config("M*-").to_json();
+  j["hybrid_override_pattern"] = pattern;
+  j["num_hidden_layers"] = pattern.size();
+  j["n_routed_experts"] = 6;
+  j["moe_intermediate_size"] = 10;
+  j["moe_shared_expert_intermediate_size"] = 14;
+  j["num_experts_per_tok"] = 2;
+  j["n_group"] = 3;
+  j["topk_group"] = 2;
+  j["routed_scaling_factor"] = 2.5;
+  if (latent > 0) j["moe_latent_size"] = latent;
+  return ModelConfig::from_json(j, "tiny-moe");
+}
+
 }  // namespace minipuzzle::testing

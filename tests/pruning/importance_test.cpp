@@ -9,6 +9,7 @@
 
 #include "../model/streamed_test_plan.h"
 #include "../model/tiny_config.h"
+#include "minipuzzle/importance_report.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/importance_scores.h"
 #include "minipuzzle/indexed_dataset.h"
@@ -24,6 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::tiny_config;
+using testing::tiny_moe_config;
 
 torch::Tensor param(HybridLM& m, const std::string& name) {
   // Keep the dict alive: find() points into it (ASan: heap-use-after-free
@@ -368,9 +370,11 @@ class StreamedScore : public ImportanceTest {
  protected:
   static constexpr int64_t kVocab = 2 * kLmHeadSliceRows + 700;  // the head streams in pieces
 
+  virtual ModelConfig config() const { return tiny_config("M*-M-"); }
+
   void SetUp() override {
     ImportanceTest::SetUp();
-    nlohmann::json j = tiny_config("M*-M-").to_json();
+    nlohmann::json j = config().to_json();
     j["vocab_size"] = kVocab;
     HybridLM m(ModelConfig::from_json(j, "tiny"));
     m->init_random(5);
@@ -407,9 +411,14 @@ void expect_same_scores(const ImportanceScores& a, const ImportanceScores& b) {
   expect_same_bits(a.hidden, b.hidden, "hidden");
   const std::vector<std::pair<std::string, const std::vector<std::vector<float>>*>> axes_a{
       {"ffn", &a.ffn}, {"heads", &a.attention_heads}, {"channels", &a.mamba_channels},
-      {"mamba_heads", &a.mamba_heads}, {"head_channels", &a.mamba_head_channels}};
+      {"mamba_heads", &a.mamba_heads}, {"head_channels", &a.mamba_head_channels},
+      {"moe_experts", &a.moe_experts}, {"moe_expert_frequency", &a.moe_expert_frequency},
+      {"moe_expert_weight", &a.moe_expert_weight}, {"moe_expert_neurons", &a.moe_expert_neurons},
+      {"moe_shared_neurons", &a.moe_shared_neurons}};
   const std::vector<const std::vector<std::vector<float>>*> axes_b{
-      &b.ffn, &b.attention_heads, &b.mamba_channels, &b.mamba_heads, &b.mamba_head_channels};
+      &b.ffn, &b.attention_heads, &b.mamba_channels, &b.mamba_heads, &b.mamba_head_channels,
+      &b.moe_experts, &b.moe_expert_frequency, &b.moe_expert_weight, &b.moe_expert_neurons,
+      &b.moe_shared_neurons};
   for (size_t k = 0; k < axes_a.size(); ++k) {
     ASSERT_EQ(axes_a[k].second->size(), axes_b[k]->size()) << axes_a[k].first;
     for (size_t l = 0; l < axes_b[k]->size(); ++l)
@@ -431,6 +440,43 @@ TEST_F(StreamedScore, ScoresAreBitIdenticalToTheResidentModel) {
     expect_same_scores(want, got);
     // Two blocks (or the head's pieces) at most, plus the group's embedding rows.
     EXPECT_LT(m.peak_bytes_held(), weights / 2);
+  }
+}
+
+// The same on a model with MoE (E) layers: the router statistics, expert
+// and neuron scores have the resident run's bits too.
+class StreamedMoeScore : public StreamedScore {
+ protected:
+  ModelConfig config() const override { return tiny_moe_config("M*EM-E"); }
+};
+
+TEST_F(StreamedMoeScore, ScoresAreBitIdenticalToTheResidentModel) {
+  auto resident = load_model(dir_ / "model", torch::kFloat32, torch::kCPU);
+  const ImportanceScores want = score_importance(resident, *wide_, wide_options());
+  for (size_t i : {size_t{2}, size_t{5}}) {
+    ASSERT_EQ(want.moe_experts[i].size(), 6u);
+    float load = 0;
+    for (float f : want.moe_expert_frequency[i]) load += f;
+    EXPECT_NEAR(load, 2.0f, 1e-5);  // two experts per token
+    EXPECT_GT(want.layer.at("kl")[i], 0.0f);  // E layers run in the drop-one metrics
+  }
+  // The MoE vectors survive the files, and the report draws the router load.
+  ImportanceScores saved = want;
+  saved.config_hash = config_fingerprint(resident->config());
+  save_importance(saved, resident->config(), dir_ / "scores");
+  expect_same_scores(want, load_importance(dir_ / "scores"));
+  write_importance_report(saved, resident->config(), dir_ / "scores");
+  // The MoE sizes are part of the model's identity.
+  ModelConfig fewer = resident->config();
+  fewer.n_routed_experts = 3;
+  EXPECT_NE(config_fingerprint(fewer), saved.config_hash);
+  EXPECT_TRUE(fs::exists(dir_ / "scores" / "moe_router_load.png"));
+  for (auto [group, head_rows] : {std::pair<int64_t, int64_t>{1, kLmHeadSliceRows}, {2, kLmHeadSliceRows},
+                                  {3, kVocab}}) {
+    ForwardModel m(dir_ / "model", torch::kFloat32, torch::kCPU, streamed(group, head_rows));
+    const ImportanceScores got = score_importance(m, *wide_, wide_options());
+    SCOPED_TRACE("group " + std::to_string(group) + ", head rows " + std::to_string(head_rows));
+    expect_same_scores(want, got);
   }
 }
 

@@ -44,6 +44,7 @@ namespace minipuzzle {
 namespace {
 
 using testing::tiny_config;
+using testing::tiny_moe_config;
 
 // Weights of O(1) effect (like the oracle's nemotron_tiny.randomize_): every
 // layer moves the logits, so a wrong slice cannot hide below the tolerance.
@@ -57,6 +58,7 @@ void randomize(HybridLM& m, uint64_t seed) {
     if (ends("A_log") || ends(".D")) t.uniform_(-1.0, 2.0, gen);
     else if (ends("dt_bias")) t.uniform_(-6.0, 1.5, gen);
     else if (ends("conv1d.bias")) t.uniform_(-0.5, 0.5, gen);
+    else if (ends("e_score_correction_bias")) t.uniform_(-0.1, 0.1, gen);
     else if (ends("conv1d.weight")) t.normal_(0.0, 0.5, gen);
     else if (ends("norm.weight") || ends("norm_f.weight")) t.uniform_(0.5, 1.5, gen);
     else if (ends("embeddings.weight")) t.normal_(0.0, 1.0, gen);
@@ -140,6 +142,27 @@ torch::Tensor masked_logits(HybridLM& parent, const PrunePlan& plan, const torch
         W(i, "mixer.norm.weight").mul_(std::sqrt(static_cast<double>(kept.size()) / static_cast<double>(c.mamba_d_inner())));
         break;
       }
+      case LayerType::Moe: {
+        // Experts write the hidden channels directly, or through fc2.
+        if (c.moe_latent_size > 0) W(i, "mixer.fc2_latent_proj.weight").index_fill_(0, drop_h, 0.0);
+        else
+          for (int64_t e = 0; e < c.n_routed_experts; ++e)
+            W(i, fmt::format("mixer.experts.{}.down_proj.weight", e)).index_fill_(0, drop_h, 0.0);
+        W(i, "mixer.shared_experts.down_proj.weight").index_fill_(0, drop_h, 0.0);
+        if (skip[i]) break;
+        // A dropped expert is one the router never chooses: a correction
+        // bias of -1e30 (every router group keeps at least two experts, so
+        // the group scores are those of the kept experts).
+        const auto dropped = complement(plan.moe_experts[i], c.n_routed_experts);
+        if (!dropped.empty()) W(i, "mixer.gate.e_score_correction_bias").index_fill_(0, idx(dropped), -1e30);
+        const auto f = complement(plan.moe_expert_neurons[i], c.moe_intermediate_size);
+        if (!f.empty())
+          for (int64_t e = 0; e < c.n_routed_experts; ++e)
+            W(i, fmt::format("mixer.experts.{}.up_proj.weight", e)).index_fill_(0, idx(f), 0.0);
+        const auto fs = complement(plan.moe_shared_neurons[i], c.moe_shared_expert_intermediate_size);
+        if (!fs.empty()) W(i, "mixer.shared_experts.up_proj.weight").index_fill_(0, idx(fs), 0.0);
+        break;
+      }
     }
   }
   return m->lm_head(m->final_norm(m->run_layers(m->embed(t), 0, c.num_layers(), skip)));
@@ -161,6 +184,7 @@ std::vector<int64_t> random_units(std::mt19937& rng, int64_t n, int64_t k, int64
 
 struct Narrow {
   int64_t hidden = 0, ffn = 0, attn_heads = 0, mamba_heads = 0, mamba_dim = 0;  // 0: keep all
+  int64_t experts = 0, expert_ffn = 0, shared_ffn = 0;
   std::vector<int64_t> drop_layers;
 };
 
@@ -174,6 +198,9 @@ PrunePlan random_plan(const ModelConfig& c, const Narrow& w, uint64_t seed) {
   if (w.attn_heads) t.num_attention_heads = w.attn_heads;
   if (w.mamba_heads) t.mamba_num_heads = w.mamba_heads;
   if (w.mamba_dim) t.mamba_head_dim = w.mamba_dim;
+  if (w.experts) t.n_routed_experts = w.experts;
+  if (w.expert_ffn) t.moe_intermediate_size = w.expert_ffn;
+  if (w.shared_ffn) t.moe_shared_expert_intermediate_size = w.shared_ffn;
   p.kept_layers.clear();
   t.pattern.clear();
   for (int64_t i = 0; i < c.num_layers(); ++i) {
@@ -182,6 +209,9 @@ PrunePlan random_plan(const ModelConfig& c, const Narrow& w, uint64_t seed) {
       p.attention_heads[i].clear();
       p.mamba_heads[i].clear();
       p.mamba_head_channels[i].clear();
+      p.moe_experts[i].clear();
+      p.moe_expert_neurons[i].clear();
+      p.moe_shared_neurons[i].clear();
       continue;
     }
     p.kept_layers.push_back(i);
@@ -194,6 +224,12 @@ PrunePlan random_plan(const ModelConfig& c, const Narrow& w, uint64_t seed) {
       case LayerType::Mamba:
         p.mamba_heads[i] = random_units(rng, c.mamba_num_heads, t.mamba_num_heads, c.n_groups);
         p.mamba_head_channels[i] = random_units(rng, c.mamba_head_dim, t.mamba_head_dim);
+        break;
+      case LayerType::Moe:
+        p.moe_experts[i] = random_units(rng, c.n_routed_experts, t.n_routed_experts, c.n_group);
+        p.moe_expert_neurons[i] = random_units(rng, c.moe_intermediate_size, t.moe_intermediate_size);
+        p.moe_shared_neurons[i] = random_units(rng, c.moe_shared_expert_intermediate_size,
+                                               t.moe_shared_expert_intermediate_size);
         break;
     }
   }
@@ -389,6 +425,135 @@ TEST(PruneModel, StreamedFromTheFilesEqualsPruneModelThenSaveByteForByte) {
   remove_tree(dir);
 }
 
+// 12 routed experts in 3 router groups (4 each, 2 groups per token, 2
+// experts per token), so every group can lose experts and keep two.
+ModelConfig moe_prune_config(int64_t latent = 0) {
+  ModelConfig c = tiny_moe_config("M*EM-E", latent);
+  c.n_routed_experts = 12;
+  c.validate("moe prune config");
+  return c;
+}
+
+TEST(PruneModel, MoeExpertsAndWidthsEqualTheMaskedParent) {
+  for (int64_t latent : {int64_t{0}, int64_t{16}})
+    for (uint64_t seed = 0; seed < 3; ++seed) {
+      HybridLM parent = make_model(moe_prune_config(latent), 110 + seed, kEps0);
+      SCOPED_TRACE("latent " + std::to_string(latent) + " seed " + std::to_string(seed));
+      Narrow experts;
+      experts.experts = seed == 0 ? 9 : 6;
+      expect_prune_matches_mask(parent, random_plan(parent->config(), experts, seed), seed);
+      Narrow widths;
+      widths.expert_ffn = 4 + 2 * static_cast<int64_t>(seed);
+      widths.shared_ffn = 7;
+      expect_prune_matches_mask(parent, random_plan(parent->config(), widths, seed), seed);
+      Narrow all;
+      all.hidden = 20;
+      all.ffn = 30;
+      all.experts = 6;
+      all.expert_ffn = 5;
+      all.shared_ffn = 9;
+      all.drop_layers = {static_cast<int64_t>(seed) * 2 + 1};
+      expect_prune_matches_mask(parent, random_plan(parent->config(), all, seed + 50), seed);
+    }
+}
+
+TEST(PruneModel, MoeStreamedFromTheFilesEqualsPruneModelThenSaveByteForByte) {
+  const auto dir = std::filesystem::temp_directory_path() / ("mp_prune_moe_stream_" + std::to_string(::getpid()));
+  remove_tree(dir);
+  std::filesystem::create_directories(dir);
+  auto read = [](const std::filesystem::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  for (int64_t latent : {int64_t{0}, int64_t{16}}) {
+    HybridLM parent = make_model(moe_prune_config(latent), 120);
+    const auto src = dir / ("src-" + std::to_string(latent));
+    save_model(parent, src, torch::kFloat32);
+    Narrow w;
+    w.hidden = 20;
+    w.experts = 6;
+    w.expert_ffn = 7;
+    w.shared_ffn = 9;
+    w.drop_layers = {1};
+    const PrunePlan plan = random_plan(parent->config(), w, 9);
+    const ModelConfig pc = ModelConfig::load(src);
+    for (auto dtype : {torch::kBFloat16, torch::kFloat32, torch::kFloat8_e4m3fn}) {
+      const std::string tag = std::to_string(latent) + "-" + c10::toString(dtype);
+      auto loaded = load_model(src, torch::kFloat32);
+      auto child = prune_model(loaded, plan);
+      save_model(child, dir / ("old-" + tag), dtype);
+      rewrite_checkpoint(CheckpointReader::open(src), pc, plan.target, prune_recipes(pc, plan), dtype,
+                         dir / ("new-" + tag));
+      int64_t files = 0;
+      for (const auto& e : std::filesystem::directory_iterator(dir / ("old-" + tag))) {
+        const auto name = e.path().filename();
+        EXPECT_TRUE(read(e.path()) == read(dir / ("new-" + tag) / name)) << tag << " " << name;
+        ++files;
+      }
+      EXPECT_GE(files, 2) << tag;
+      EXPECT_EQ(ModelConfig::load(dir / ("new-" + tag)).n_routed_experts, 6);
+    }
+  }
+  remove_tree(dir);
+}
+
+TEST(PrunePlan, MoeFromScoresKeepsTheBestExpertsOfEveryRouterGroup) {
+  const ModelConfig c = moe_prune_config();
+  ImportanceScores s;
+  s.layer["mse"].assign(c.num_layers(), 1.0f);
+  s.hidden.assign(c.hidden_size, 1.0f);
+  for (auto* v : {&s.moe_experts, &s.moe_expert_neurons, &s.moe_shared_neurons}) v->assign(c.num_layers(), {});
+  // Layer 2: expert importance rises with the index except in group 1, where
+  // expert 4 is best; layer 5: falls with the index.
+  s.moe_experts[2] = {1, 2, 3, 4, 9, 5, 6, 7, 8, 10, 11, 12};
+  s.moe_experts[5] = {12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1};
+  for (int64_t i : {2, 5}) {
+    s.moe_expert_neurons[i].assign(c.moe_intermediate_size, 0.0f);
+    s.moe_expert_neurons[i][3] = s.moe_expert_neurons[i][7] = 5.0f;
+    s.moe_shared_neurons[i].assign(c.moe_shared_expert_intermediate_size, 1.0f);
+  }
+  ModelConfig t = c;
+  t.n_routed_experts = 6;
+  t.moe_intermediate_size = 2;
+  const PrunePlan p = plan_from_scores(c, s, t);
+  EXPECT_EQ(p.moe_experts[2], (std::vector<int64_t>{2, 3, 4, 7, 10, 11}));
+  EXPECT_EQ(p.moe_experts[5], (std::vector<int64_t>{0, 1, 4, 5, 8, 9}));
+  EXPECT_EQ(p.moe_expert_neurons[2], (std::vector<int64_t>{3, 7}));
+  EXPECT_EQ(p.moe_shared_neurons[5].size(), 14u);
+  EXPECT_NE(p.summary(c).find("routed experts 12 -> 6"), std::string::npos) << p.summary(c);
+  // Narrowing experts without expert scores is refused.
+  ImportanceScores none = s;
+  none.moe_experts.assign(c.num_layers(), {});
+  EXPECT_THROW(plan_from_scores(c, none, t), InputError);
+}
+
+TEST(PrunePlan, MoeFromSetRefusesExpertCountsTheRouterCannotUse) {
+  const ModelConfig c = moe_prune_config();
+  ImportanceScores s;
+  s.layer["mse"].assign(c.num_layers(), 1.0f);
+  auto message = [&](const ModelConfig& parent, std::vector<std::string> sets) {
+    try {
+      plan_from_set(parent, s, sets);
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message(c, {"n_routed_experts=8"}).find("not a multiple of n_group (3)"), std::string::npos);
+  EXPECT_NE(message(c, {"n_routed_experts=13"}).find("larger than the parent"), std::string::npos);
+  ModelConfig wide = c;  // one router group, 4 experts per token
+  wide.n_group = 1;
+  wide.topk_group = 1;
+  wide.num_experts_per_tok = 4;
+  EXPECT_NE(message(wide, {"n_routed_experts=3"}).find("fewer than num_experts_per_tok (4)"), std::string::npos);
+  EXPECT_NE(message(tiny_config("M*-"), {"n_routed_experts=3"}).find("no moe layers"), std::string::npos);
+  // Whole layers: keep_moe keeps the best E layers.
+  s.layer["mse"] = {1, 1, 0.5f, 1, 1, 2};
+  const PrunePlan p = plan_from_set(c, s, {"keep_moe=1", "moe_shared_expert_intermediate_size=14"});
+  EXPECT_EQ(p.target.pattern, "M*M-E");
+  EXPECT_EQ(p.kept_layers, (std::vector<int64_t>{0, 1, 3, 4, 5}));
+}
+
 TEST(PruneModel, KeepsDtypeAndSlicesExactly) {
   HybridLM parent = make_model(tiny_config("M*-", 2), 80);
   parent->to(torch::kBFloat16);
@@ -458,6 +623,7 @@ ImportanceScores hand_scores(const ModelConfig& c) {
         s.mamba_head_channels[i] = {1, 8, 2, 7, 3, 6, 4, 5};
         s.mamba_channels[i].assign(static_cast<size_t>(c.mamba_d_inner()), 1.0f);
         break;
+      case LayerType::Moe: break;  // the MoE tests make their own scores
     }
   }
   return s;

@@ -207,3 +207,145 @@ TEST(Search, TheParentItselfKeepsAllImportance) {
 
 }  // namespace
 }  // namespace minipuzzle
+
+// ---------------------------------------------------------------------------
+// MoE (E) layers: expert count, expert width and shared width axes, every
+// expert resident in memory, the active-parameter limit
+// ---------------------------------------------------------------------------
+
+namespace minipuzzle {
+namespace {
+
+// 12 routed experts in 3 router groups (2 groups per token), 2 per token.
+ModelConfig small_moe() {
+  ModelConfig c = small_hybrid();
+  c.pattern = "ME*EM-E";
+  c.hidden_size = 256;
+  c.n_routed_experts = 12;
+  c.n_group = 3;
+  c.topk_group = 2;
+  c.num_experts_per_tok = 2;
+  c.moe_intermediate_size = 64;
+  c.moe_shared_expert_intermediate_size = 96;
+  c.validate("small moe");
+  return c;
+}
+
+CandidateSpace small_moe_space(const ModelConfig& c) {
+  CandidateSpace s = CandidateSpace::depth_only(c);
+  s.set_axis("hidden=128:256:128", c);
+  s.set_axis("moe_experts=6:12:3", c);
+  s.set_axis("moe_expert_ffn=32:64:16", c);
+  s.set_axis("moe_shared_ffn=48:96:48", c);
+  return s;
+}
+
+TEST(MoeSearch, FastSearchEqualsTheReferenceWithAndWithoutAnActiveLimit) {
+  const ModelConfig parent = small_moe();
+  const SearchImportance imp = SearchImportance::synthetic(parent, 5);
+  ASSERT_EQ(imp.moe_experts.size(), 12u);
+  for (double limit : {0.0, 0.5 * static_cast<double>(count_parameters(parent).active)})
+    for (bool maximal : {false, true}) {
+      CandidateSpace s = small_moe_space(parent);
+      s.maximal_only = maximal;
+      SearchOptions o = small_options(parent, 25);
+      o.max_active_params = limit;
+      const SearchResult fast = search_architectures(parent, imp, s, o);
+      const SearchResult ref = search_architectures_reference(parent, imp, s, o);
+      EXPECT_GT(fast.feasible, 10);
+      EXPECT_EQ(fast.evaluated, ref.evaluated);
+      EXPECT_EQ(fast.feasible, ref.feasible);
+      EXPECT_EQ(candidates_to_json(fast).dump(), candidates_to_json(ref).dump());
+      bool narrowed = false;
+      for (const Candidate& c : fast.candidates) {
+        EXPECT_LE(c.memory.total, o.budget_bytes);
+        if (limit > 0) {
+          EXPECT_LE(static_cast<double>(c.params.active), limit);
+        }
+        // Memory holds every routed expert; the active count only k of them.
+        EXPECT_EQ(c.memory.weights, static_cast<double>(count_parameters(c.config).total) * 2);
+        EXPECT_EQ(c.config.n_routed_experts % 3, 0);
+        narrowed |= c.config.n_routed_experts < 12 || c.config.moe_intermediate_size < 64;
+      }
+      EXPECT_TRUE(narrowed);
+    }
+}
+
+TEST(MoeSearch, AnUnreachableActiveLimitNamesTheSmallestReachableCount) {
+  const ModelConfig parent = small_moe();
+  const SearchImportance imp = SearchImportance::synthetic(parent, 5);
+  SearchOptions o = small_options(parent, 5);
+  o.budget_bytes = 10 * memory_breakdown(parent, o.deployment).total;
+  const SearchResult unlimited = search_architectures(parent, imp, small_moe_space(parent), o);
+  const double smallest = unlimited.min_active_params;
+  // The smallest: one Mamba layer (the cheapest layer here) at hidden 128.
+  ModelConfig one = parent;
+  one.pattern = "M";
+  one.hidden_size = 128;
+  EXPECT_EQ(smallest, static_cast<double>(count_parameters(one).active));
+  o.max_active_params = smallest;
+  const SearchResult at = search_architectures(parent, imp, small_moe_space(parent), o);
+  EXPECT_EQ(static_cast<double>(at.candidates[0].params.active), smallest);
+  o.max_active_params = smallest - 1;
+  try {
+    search_architectures(parent, imp, small_moe_space(parent), o);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    const std::string want = "smallest active count reachable in the allowed space is " +
+                             std::to_string(static_cast<int64_t>(smallest));
+    EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+  }
+}
+
+TEST(MoeSearch, TheProxyUsesTheExpertImportances) {
+  const ModelConfig parent = small_moe();
+  CandidateSpace s = CandidateSpace::depth_only(parent);
+  for (const char* a : {"mamba_layers=2", "attention_layers=1", "mlp_layers=1", "moe_layers=3", "moe_experts=6"})
+    s.set_axis(a, parent);
+  SearchOptions o = small_options(parent, 1);
+  o.budget_bytes = memory_breakdown(parent, o.deployment).total;
+  // The routed experts' share of an E layer's active weights.
+  const double routed = 2.0 * 2 * 256 * 64, shared = 2.0 * 256 * 96, r = routed / (routed + shared);
+  SearchImportance imp = SearchImportance::uniform(parent);
+  // Two of each group's four experts hold all the importance: keeping six
+  // (two per group) keeps all of it.
+  imp.moe_experts = {5, 0, 5, 0, 0, 5, 0, 5, 5, 5, 0, 0};
+  EXPECT_NEAR(search_architectures(parent, imp, s, o).candidates[0].width_factor_moe, 1.0, 1e-12);
+  // Uniform experts: six of twelve keep half of the routed part.
+  imp.moe_experts.assign(12, 1.0);
+  const Candidate c = search_architectures(parent, imp, s, o).candidates[0];
+  EXPECT_NEAR(c.width_factor_moe, r * 0.5 + (1 - r), 1e-12);
+  EXPECT_NEAR(c.proxy_score, (7 - 3 + 3 * (r * 0.5 + (1 - r))) / 7.0, 1e-12);
+  EXPECT_NE(c.why.find("routed experts 12->6"), std::string::npos) << c.why;
+}
+
+TEST(MoeSearch, ExpertAxesTheRouterCannotUseAreInputErrors) {
+  const ModelConfig parent = small_moe();
+  auto message = [&](const char* axis) {
+    CandidateSpace s = CandidateSpace::depth_only(parent);
+    try {
+      s.set_axis(axis, parent);
+      s.validate(parent);
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message("moe_experts=4:12:4").find("multiples of n_group"), std::string::npos);
+  EXPECT_NE(message("moe_experts=3:12:3").find("fewest the router can use"), std::string::npos);
+  EXPECT_NE(message("moe_experts=15").find("above the parent"), std::string::npos);
+  EXPECT_EQ(message("moe_experts=6:12:3"), "no error");
+  EXPECT_EQ(min_moe_experts(parent), 6);
+  // The full space starts the expert axis where the router still works.
+  const CandidateSpace full = CandidateSpace::full(parent);
+  EXPECT_EQ(full.moe_experts.min, 6);
+  EXPECT_EQ(full.moe_experts.max, 12);
+  // A dense parent has no MoE axes to open.
+  const ModelConfig dense = small_hybrid();
+  CandidateSpace d = CandidateSpace::depth_only(dense);
+  d.set_axis("moe_experts=4", dense);
+  EXPECT_THROW(d.validate(dense), InputError);
+}
+
+}  // namespace
+}  // namespace minipuzzle
