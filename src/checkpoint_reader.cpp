@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/tensor_bridge.h"
@@ -170,6 +172,27 @@ torch::Tensor CheckpointReader::read(const std::string& hub_name, torch::ScalarT
                                      torch::Device device) const {
   torch::NoGradGuard no_grad;
   auto src = source_tensor(hub_name, {});
+  const CheckpointFiles::Entry* plain =
+      compressed_format(hub_name) || entry(hub_name).info->dtype == DType::F8_E4M3 ? nullptr : &entry(hub_name);
+  if (plain && device.is_cpu() && src.dim() >= 1 && src.size(0) > 1 &&
+      static_cast<int64_t>(src.nbytes()) > 2 * piece_bytes_) {
+    // A large tensor (an 8B model's embedding is 1 GiB) copied a piece of
+    // rows at a time, each piece's file pages released once it is copied:
+    // at the peak of a load the process holds the weights read so far and
+    // one piece of file pages, not the whole tensor's twice. The same
+    // element-wise conversion, so the same values.
+    auto out = torch::empty(src.sizes(), src.options().dtype(dtype));
+    const int64_t row_bytes = static_cast<int64_t>(src.nbytes()) / src.size(0);
+    const int64_t rows = std::max<int64_t>(1, piece_bytes_ / std::max<int64_t>(row_bytes, 1));
+    for (int64_t r0 = 0; r0 < src.size(0); r0 += rows) {
+      const int64_t n = std::min(rows, src.size(0) - r0);
+      out.narrow(0, r0, n).copy_(src.narrow(0, r0, n));
+      plain->file->release_pages(*plain->info, static_cast<uint64_t>(r0 * row_bytes),
+                                 static_cast<uint64_t>((r0 + n) * row_bytes));
+    }
+    release(hub_name);
+    return out;
+  }
   // copy=true: a tensor already in `dtype` on the CPU would otherwise come
   // back as the read-only view of the mapping.
   auto out = src.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);

@@ -93,8 +93,10 @@ int cmd_search(const Args& args) {
     residency = plan_forward(vm, dir, rank_dtype, rank_device, ro.batch, ro.seq_len,
                              static_cast<int64_t>((windows + ro.batch - 1) / ro.batch),
                              rank_residency_needs(ModelConfig::load(dir), ro, rank_dtype));
-    std::cout << residency.describe() << std::endl;
-    if (vm["dry-run"].as<bool>()) return 0;
+    if (vm["dry-run"].as<bool>()) {
+      std::cout << residency.describe() << std::endl;
+      return 0;
+    }
   }
   require(vm, "budget", usage);
   require(vm, "out", usage);
@@ -144,6 +146,8 @@ int cmd_search(const Args& args) {
   space.min_budget_use = vm["min-budget-use"].as<double>();
   space.validate(parent);
 
+  // Every input checked: the plan is the first line of output.
+  if (rank_data) std::cout << residency.describe() << std::endl;
   SearchResult result = search_architectures(parent, importance, space, so);
   std::cout << fmt::format("searched {} candidates, {} fit {}; kept the top {}\n", result.evaluated,
                            result.feasible, format_bytes(so.budget_bytes), result.candidates.size());

@@ -24,14 +24,54 @@ namespace minipuzzle::cli {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+namespace {
+
+int64_t compare_seq_len(const CompressJob& j) { return j.evaluate.seq_len > 0 ? j.evaluate.seq_len : j.distill.seq_len; }
+
+// The held-out windows the table is measured on.
+std::vector<uint64_t> compare_windows(const CompressJob& j, const IndexedDataset& data) {
+  const int64_t seq_len = compare_seq_len(j);
+  if (data.total_tokens() < static_cast<uint64_t>(seq_len) + 1)
+    throw InputError(fmt::format("data.validation {} has fewer than one window of {} + 1 tokens", j.validation_data, seq_len));
+  return sequential_windows(data.total_tokens(), seq_len, std::max<uint64_t>(1, j.evaluate.tokens / seq_len));
+}
+
+ResidencyPlan plan_compare(const CompressJob& j, size_t windows) {
+  // Planned on the teacher, the largest model (every other one is cut or
+  // distilled from it); streamed, the teacher's final states of every
+  // window stay for every model's comparison.
+  const int64_t seq_len = compare_seq_len(j);
+  const auto dtype = parse_model_dtype(j.dtype);
+  const auto device = parse_device(j.device);
+  const ModelConfig teacher = ModelConfig::load(j.teacher);
+  ResidencyOptions ro;
+  ro.batch = j.evaluate.batch;
+  ro.seq_len = seq_len;
+  ro.batches = static_cast<int64_t>((windows + j.evaluate.batch - 1) / j.evaluate.batch);
+  ro.extra_working_bytes = static_cast<uint64_t>(windows * seq_len * teacher.hidden_size) * c10::elementSize(dtype) +
+                           comparison_working_bytes(teacher, dtype, j.evaluate.batch * seq_len);
+  try {
+    if (!j.max_device_memory.empty())
+      ro.max_device_memory = parse_max_device_memory(j.max_device_memory, teacher, dtype, device);
+    return plan_residency(teacher, dtype, ro, device);
+  } catch (const InputError& e) {
+    throw InputError(fmt::format("compute.max_device_memory (compare stage): {}", e.what()));
+  }
+}
+
+}  // namespace
+
+ResidencyPlan plan_compare(const CompressJob& j) {
+  auto data = IndexedDataset::open(j.validation_data);
+  return plan_compare(j, compare_windows(j, *data).size());
+}
+
 int compare_stage(const CompressJob& j, const CompressPaths& p) {
   const int64_t w = picked_rank(p);
   if (w == 0) throw InputError(p.pick.string() + " is missing; the pick stage has not run");
-  const int64_t seq_len = j.evaluate.seq_len > 0 ? j.evaluate.seq_len : j.distill.seq_len;
+  const int64_t seq_len = compare_seq_len(j);
   auto data = IndexedDataset::open(j.validation_data);
-  if (data->total_tokens() < static_cast<uint64_t>(seq_len) + 1)
-    throw InputError(fmt::format("data.validation {} has fewer than one window of {} + 1 tokens", j.validation_data, seq_len));
-  const auto starts = sequential_windows(data->total_tokens(), seq_len, std::max<uint64_t>(1, j.evaluate.tokens / seq_len));
+  const auto starts = compare_windows(j, *data);
   const Deployment dep = search_options_of(j).deployment;
   const auto dtype = parse_model_dtype(j.dtype);
   const auto device = parse_device(j.device);
@@ -48,20 +88,8 @@ int compare_stage(const CompressJob& j, const CompressPaths& p) {
   if (quantized) models.emplace_back("after long distill", p.long_run / "final");
   models.emplace_back(fmt::format("final (export, {})", j.export_.dtype), p.export_dir);
 
-  // compute.max_device_memory: planned on the teacher, the largest model
-  // (every other one is cut or distilled from it); streamed, the teacher's
-  // final states of every window stay for every model's comparison.
   const ModelConfig teacher_config = ModelConfig::load(j.teacher);
-  ResidencyOptions ro;
-  if (!j.max_device_memory.empty())
-    ro.max_device_memory = parse_max_device_memory(j.max_device_memory, teacher_config, dtype, device);
-  ro.batch = j.evaluate.batch;
-  ro.seq_len = seq_len;
-  ro.batches = static_cast<int64_t>((starts.size() + j.evaluate.batch - 1) / j.evaluate.batch);
-  ro.extra_working_bytes =
-      static_cast<uint64_t>(starts.size() * seq_len * teacher_config.hidden_size) * c10::elementSize(dtype) +
-      comparison_working_bytes(teacher_config, dtype, j.evaluate.batch * seq_len);
-  const ResidencyPlan plan = plan_residency(teacher_config, dtype, ro, device);
+  const ResidencyPlan plan = plan_compare(j, starts.size());
   std::cout << "compare: " << plan.describe() << std::endl;
 
   struct Row {
