@@ -161,6 +161,10 @@ TEST(CheckpointReader, APieceByPieceReadEqualsTheWholeRead) {
           const auto want = whole.read(r.name, dtype), got = pieces.read(r.name, dtype);
           EXPECT_EQ(got.dtype(), want.dtype());
           EXPECT_TRUE(torch::equal(got, want)) << r.name << " piece " << piece;
+          // read_into (load_model's path) takes the same pieces.
+          auto into = torch::full_like(want, 7);
+          pieces.read_into(r.name, into);
+          EXPECT_TRUE(torch::equal(into, want)) << r.name << " read_into, piece " << piece;
         }
     }
   }
