@@ -34,8 +34,10 @@ std::vector<std::string> LayerMetrics::names() const {
   return n;
 }
 
-LayerImportance::LayerImportance(const ModelConfig& config, LayerMetrics metrics, uint64_t head_pass_bytes)
-    : cfg_(config), metrics_(metrics), head_pass_bytes_(head_pass_bytes) {
+LayerImportance::LayerImportance(const ModelConfig& config, LayerMetrics metrics, uint64_t head_pass_bytes,
+                                 uint64_t keep_full_logprobs_bytes)
+    : cfg_(config), metrics_(metrics), head_pass_bytes_(head_pass_bytes),
+      keep_full_logprobs_bytes_(keep_full_logprobs_bytes) {
   const auto n = static_cast<std::size_t>(cfg_.num_layers());
   mse_.assign(n, 0.0);
   kl_.assign(n, 0.0);
@@ -198,9 +200,9 @@ void LayerImportance::compare_dropped(ForwardModel& fm, const torch::Tensor& ful
   const torch::Device device = a.device();
   HeadPasses passes(fm, head_pass_bytes_, head_pass_pool_);
   // The full model's log-probabilities are the same for every dropped
-  // layer: kept when they fit in 1 GiB, else recomputed per chunk.
+  // layer: kept when they fit (1 GiB by default), else recomputed per chunk.
   torch::Tensor full_logprobs;
-  const bool keep_full = N * vocab * 4 <= (int64_t{1} << 30);
+  const bool keep_full = static_cast<uint64_t>(N * vocab) * 4 <= keep_full_logprobs_bytes_;
   if (keep_full)
     passes.add({a}, [&](const std::vector<torch::Tensor>& logits) { full_logprobs = torch::log_softmax(logits[0], -1); });
   std::vector<ComparisonSums> sums;

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/tensor_bridge.h"
@@ -166,10 +168,39 @@ torch::Tensor CheckpointReader::source_tensor(const std::string& hub_name, const
   return (v * sr).reshape({n, cols});
 }
 
+bool CheckpointReader::copy_in_pieces(const std::string& hub_name, const torch::Tensor& src, torch::Tensor& out) const {
+  if (!in_pieces(hub_name, src, out.device())) return false;
+  // A large tensor (an 8B model's embedding is 1 GiB) copied a piece of
+  // rows at a time, each piece's file pages released once it is copied: at
+  // the peak of a load the process holds the weights read so far and one
+  // piece of file pages, not the whole tensor twice. The same element-wise
+  // conversion, so the same values.
+  const auto& e = entry(hub_name);
+  const int64_t row_bytes = static_cast<int64_t>(src.nbytes()) / src.size(0);
+  const int64_t rows = std::max<int64_t>(1, piece_bytes_ / std::max<int64_t>(row_bytes, 1));
+  for (int64_t r0 = 0; r0 < src.size(0); r0 += rows) {
+    const int64_t n = std::min(rows, src.size(0) - r0);
+    out.narrow(0, r0, n).copy_(src.narrow(0, r0, n));
+    e.file->release_pages(*e.info, static_cast<uint64_t>(r0 * row_bytes), static_cast<uint64_t>((r0 + n) * row_bytes));
+  }
+  return true;
+}
+
+bool CheckpointReader::in_pieces(const std::string& hub_name, const torch::Tensor& src, const torch::Device& to) const {
+  return to.is_cpu() && src.dim() >= 1 && src.size(0) >= 2 && static_cast<int64_t>(src.nbytes()) > 2 * piece_bytes_ &&
+         !compressed_format(hub_name) && entry(hub_name).info->dtype != DType::F8_E4M3;
+}
+
 torch::Tensor CheckpointReader::read(const std::string& hub_name, torch::ScalarType dtype,
                                      torch::Device device) const {
   torch::NoGradGuard no_grad;
   auto src = source_tensor(hub_name, {});
+  if (in_pieces(hub_name, src, device)) {
+    auto out = torch::empty(src.sizes(), src.options().dtype(dtype));
+    copy_in_pieces(hub_name, src, out);
+    release(hub_name);
+    return out;
+  }
   // copy=true: a tensor already in `dtype` on the CPU would otherwise come
   // back as the read-only view of the mapping.
   auto out = src.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
@@ -179,7 +210,8 @@ torch::Tensor CheckpointReader::read(const std::string& hub_name, torch::ScalarT
 
 void CheckpointReader::read_into(const std::string& hub_name, torch::Tensor& out) const {
   torch::NoGradGuard no_grad;
-  out.copy_(source_tensor(hub_name, {}));
+  auto src = source_tensor(hub_name, {});
+  if (!copy_in_pieces(hub_name, src, out)) out.copy_(src);
   release(hub_name);
 }
 

@@ -218,11 +218,15 @@ void SafetensorsFile::check_intact() const {
                                  path_.string(), size_, static_cast<uint64_t>(st.st_size)));
 }
 
-void SafetensorsFile::release_pages(const TensorInfo& t) const {
-  if (!mapping_ || t.nbytes() == 0) return;
-  // Only whole pages inside the tensor: a page shared with a neighbour stays.
+void SafetensorsFile::release_pages(const TensorInfo& t) const { release_pages(t, 0, t.nbytes()); }
+
+void SafetensorsFile::release_pages(const TensorInfo& t, uint64_t from, uint64_t to) const {
+  to = std::min<uint64_t>(to, t.nbytes());
+  if (!mapping_ || from >= to) return;
+  // Only whole pages inside the range: a page shared with a neighbour stays.
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer_ + t.begin), end = reinterpret_cast<uintptr_t>(buffer_ + t.end);
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer_ + t.begin + from),
+                  end = reinterpret_cast<uintptr_t>(buffer_ + t.begin + to);
   const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
   if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }

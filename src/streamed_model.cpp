@@ -1,11 +1,15 @@
 #include "minipuzzle/streamed_model.h"
 
+#include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <future>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "minipuzzle/checkpoint.h"
@@ -150,6 +154,15 @@ struct ForwardModel::Stream {
   std::shared_ptr<CheckpointReader> reader;
   torch::ScalarType dtype;
   torch::Device device{torch::kCPU};
+  // A model cut from its parent's checkpoint: each tensor's recipe, by the
+  // model's name (empty: every tensor read as it is stored).
+  std::map<std::string, TensorRecipe> recipes;
+  int64_t source_hidden = 0;  // the checkpoint's hidden size (the head's and embedding's columns as read)
+  // CUDA: a block's host-to-device copy runs on this side stream and the
+  // compute stream waits on an event for it, so the copy of block i+1 runs
+  // while block i's kernels do (the host queues block i, then copies i+1).
+  // Device-generic c10 calls: on the CPU this stays empty and nothing changes.
+  std::optional<c10::Stream> copy_stream;
   std::vector<std::vector<std::pair<std::string, torch::Tensor>>> block_params;  // placeholders
   std::vector<uint64_t> bytes;
   uint64_t held = 0, peak = 0;
@@ -172,9 +185,41 @@ struct ForwardModel::Stream {
     peak = std::max(peak, held);
   }
 
+  const TensorRecipe* recipe(const std::string& name) const {
+    auto it = recipes.find(name);
+    return it == recipes.end() ? nullptr : &it->second;
+  }
+
+  // The model's tensor `name` on the host: as stored, or cut from its source
+  // (only the kept rows read, then the kept columns: apply_recipe's order).
+  torch::Tensor read_param(const std::string& name) const {
+    const TensorRecipe* r = recipe(name);
+    if (!r) return reader->read(name, dtype);
+    if (r->rows.empty()) return apply_recipe(reader->read(r->source, dtype), *r);
+    torch::Tensor kept = reader->read_rows(r->source, torch::tensor(r->rows, torch::kInt64), dtype);
+    reader->release(r->source);
+    TensorRecipe cols = *r;
+    cols.rows.clear();
+    return apply_recipe(kept, cols);
+  }
+
+  // The model's columns of `rows` read from the checkpoint's tensor
+  // `name` (the embedding's token rows, a head slice): recipes never drop
+  // vocabulary rows, so only the columns can differ.
+  torch::Tensor cut_columns(const std::string& name, const torch::Tensor& rows) const {
+    const TensorRecipe* r = recipe(name);
+    if (!r) return rows;
+    if (!r->rows.empty()) throw std::logic_error("ForwardModel: a recipe drops rows of " + name);
+    return apply_recipe(rows, *r);
+  }
+  std::string source_of(const std::string& name) const {
+    const TensorRecipe* r = recipe(name);
+    return r ? r->source : name;
+  }
+
   Read read_block(int64_t i) const {
     Read out;
-    for (const auto& [name, p] : block_params[static_cast<size_t>(i)]) out.push_back(reader->read(name, dtype));
+    for (const auto& [name, p] : block_params[static_cast<size_t>(i)]) out.push_back(read_param(name));
     return out;
   }
 
@@ -190,12 +235,30 @@ struct ForwardModel::Stream {
     Read host = ahead.get();  // rethrows a read error (a truncated shard) here
     ahead_unit = -1;
     auto& params = block_params[static_cast<size_t>(i)];
+    std::vector<torch::Tensor> on_device(params.size());
+    if (copy_stream) {
+      const c10::impl::VirtualGuardImpl impl(device.type());
+      const c10::Stream compute = impl.getStream(device);
+      {
+        const c10::StreamGuard on_copy_stream(*copy_stream);
+        for (size_t k = 0; k < params.size(); ++k) on_device[k] = to_device_async(host[k], device);
+      }
+      c10::Event copied(device.type());
+      copied.record(*copy_stream);
+      compute.wait(copied);
+      // Allocated on the copy stream, used and freed on the compute stream:
+      // the allocator must not hand the memory out again before the compute
+      // stream is done with it.
+      for (const auto& t : on_device) impl.recordDataPtrOnStream(t.storage().data_ptr(), compute);
+    } else {
+      for (size_t k = 0; k < params.size(); ++k) on_device[k] = to_device_async(host[k], device);
+    }
     for (size_t k = 0; k < params.size(); ++k) {
       torch::NoGradGuard no_grad;
       // Placeholder -> real storage; the model's modules see it through the
       // same Parameter objects.
       torch::Tensor p = params[k].second;
-      p.set_data(to_device_async(host[k], device));
+      p.set_data(on_device[k]);
     }
   }
 
@@ -221,11 +284,30 @@ ForwardModel::ForwardModel(const std::filesystem::path& dir, torch::ScalarType d
   }
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) throw InputError(dir.string() + ": not a checkpoint directory");
-  const ModelConfig cfg = ModelConfig::load(dir);
+  open_stream(dir, ModelConfig::load(dir), dtype, device, nullptr);
+}
+
+ForwardModel::ForwardModel(const std::filesystem::path& dir, const ModelConfig& target,
+                           const std::vector<TensorRecipe>& recipes, torch::ScalarType dtype, torch::Device device,
+                           ResidencyPlan plan)
+    : plan_(plan) {
+  if (!plan_.streamed) throw std::logic_error("ForwardModel: a model cut by recipes is streamed");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) throw InputError(dir.string() + ": not a checkpoint directory");
+  open_stream(dir, target, dtype, device, &recipes);
+}
+
+void ForwardModel::open_stream(const std::filesystem::path& dir, const ModelConfig& cfg, torch::ScalarType dtype,
+                               torch::Device device, const std::vector<TensorRecipe>* recipes) {
   stream_ = std::make_unique<Stream>();
   stream_->reader = std::make_shared<CheckpointReader>(CheckpointReader::open(dir));
   stream_->dtype = dtype;
   stream_->device = device;
+  stream_->source_hidden = recipes ? ModelConfig::load(dir).hidden_size : cfg.hidden_size;
+  if (device.is_cuda())
+    stream_->copy_stream = c10::impl::VirtualGuardImpl(device.type()).getStreamFromGlobalPool(device);
+  if (recipes)
+    for (const auto& r : *recipes) stream_->recipes.emplace(r.name, r);
   model_ = HybridLM(cfg, torch::TensorOptions().dtype(dtype).device(device), /*placeholders=*/true);
   model_->eval();
   // Everything is checked up front, so a bad checkpoint fails before any work.
@@ -234,18 +316,28 @@ ForwardModel::ForwardModel(const std::filesystem::path& dir, torch::ScalarType d
   stream_->bytes.assign(static_cast<size_t>(cfg.num_layers()), 0);
   const std::string prefix = "backbone.layers.";
   for (auto& p : model_->named_parameters()) {
-    stream_->reader->check(p.key(), p.value().sizes().vec());
-    used.insert(p.key());
+    if (recipes) {
+      // The recipes come from the parent's own config; its checkpoint was
+      // checked when the parent was opened.
+      const TensorRecipe* r = stream_->recipe(p.key());
+      if (!r || r->shape != p.value().sizes().vec())
+        throw std::logic_error("ForwardModel: no recipe of the model's shape for " + p.key());
+      if (!stream_->reader->contains(r->source))
+        throw InputError(fmt::format("{}: tensor {} is missing", dir.string(), r->source));
+    } else {
+      stream_->reader->check(p.key(), p.value().sizes().vec());
+      used.insert(p.key());
+    }
     if (p.key().rfind(prefix, 0) != 0) continue;
     const size_t layer = static_cast<size_t>(std::stoll(p.key().substr(prefix.size())));
     stream_->block_params[layer].emplace_back(p.key(), p.value());
     stream_->bytes[layer] += static_cast<uint64_t>(p.value().numel()) * p.value().element_size();
   }
-  stream_->reader->check_no_extra(used);
+  if (!recipes) stream_->reader->check_no_extra(used);
   // norm_f is one vector: resident for the whole run.
   torch::NoGradGuard no_grad;
   auto norm_f = model_->named_parameters()[kNormF];
-  norm_f.set_data(stream_->reader->read(kNormF, dtype, device));
+  norm_f.set_data(to_device_async(stream_->read_param(kNormF), device));
   stream_->hold(static_cast<uint64_t>(norm_f.numel()) * norm_f.element_size());
 }
 
@@ -314,17 +406,17 @@ std::vector<torch::Tensor> ForwardModel::embed(const std::vector<torch::Tensor>&
     return h;
   }
   Stream& s = *stream_;
-  const ModelConfig& c = model_->config();
   s.drop_head();  // a head held from the last pass gives its room back to the blocks
-  if (c.num_layers() > 0) s.prefetch(0);  // block 0 reads while the embedding rows do
+  if (model_->config().num_layers() > 0) s.prefetch(0);  // block 0 reads while the embedding rows do
   // Only the rows of the tokens in this group (a gather, so the same values
   // as indexing the whole table).
   std::vector<torch::Tensor> flat;
   for (size_t k = 0; k < count; ++k) flat.push_back(batches[first + k].reshape({-1}).to(torch::kCPU));
   auto [rows, inverse, counts] = at::_unique2(torch::cat(flat), /*sorted=*/true, /*return_inverse=*/true);
-  const uint64_t row_bytes = static_cast<uint64_t>(c.hidden_size) * c10::elementSize(s.dtype);
+  const uint64_t row_bytes = static_cast<uint64_t>(s.source_hidden) * c10::elementSize(s.dtype);
   s.hold(static_cast<uint64_t>(rows.numel()) * row_bytes);
-  auto table = to_device_async(s.reader->read_rows(kEmbeddings, rows, s.dtype), s.device);
+  auto table = to_device_async(
+      s.cut_columns(kEmbeddings, s.reader->read_rows(s.source_of(kEmbeddings), rows, s.dtype)), s.device);
   inverse = to_device_async(inverse, s.device);
   int64_t offset = 0;
   for (size_t k = 0; k < count; ++k) {
@@ -366,32 +458,49 @@ torch::Tensor ForwardModel::head_logits(const torch::Tensor& normed) {
   return logits;
 }
 
+void ForwardModel::release_head() {
+  if (stream_) stream_->drop_head();
+}
+
 bool ForwardModel::head_read_per_pass() const {
   return stream_ && std::max<int64_t>(plan_.head_slice_rows / kLmHeadSliceRows, 1) * kLmHeadSliceRows <
                         model_->config().vocab_size;
 }
 
 void ForwardModel::for_each_head_slice(const std::function<void(int64_t, const torch::Tensor&)>& visit) {
+  for_each_head_slice([&](int64_t v0, const torch::Tensor& w, const torch::Tensor&) { visit(v0, w); });
+}
+
+void ForwardModel::for_each_head_slice(
+    const std::function<void(int64_t, const torch::Tensor&, const torch::Tensor&)>& visit) {
   torch::NoGradGuard no_grad;
   const int64_t V = model_->config().vocab_size;
-  auto visit_slices = [&](int64_t v_first, const torch::Tensor& w) {
-    for (int64_t r = 0; r < w.size(0); r += kLmHeadSliceRows)
-      visit(v_first + r, w.narrow(0, r, std::min(kLmHeadSliceRows, w.size(0) - r)));
-  };
   if (!stream_) {
-    visit_slices(0, model_->lm_head_weights->weight);
+    const auto& w = model_->lm_head_weights->weight;
+    for (int64_t r = 0; r < V; r += kLmHeadSliceRows) {
+      auto slice = w.narrow(0, r, std::min(kLmHeadSliceRows, V - r));
+      visit(r, slice, slice);
+    }
     return;
   }
   Stream& s = *stream_;
-  const ModelConfig& c = model_->config();
+  // Each kLmHeadSliceRows piece of the checkpoint's rows, cut to the model's
+  // columns (the whole head cut and then sliced has the same values).
+  auto visit_slices = [&](int64_t v_first, const torch::Tensor& source) {
+    for (int64_t r = 0; r < source.size(0); r += kLmHeadSliceRows) {
+      auto piece = source.narrow(0, r, std::min(kLmHeadSliceRows, source.size(0) - r));
+      visit(v_first + r, s.cut_columns(kLmHead, piece), piece);
+    }
+  };
   // Pieces start at multiples of kLmHeadSliceRows (lm_head_logits' slices).
   const int64_t rows = std::max<int64_t>(plan_.head_slice_rows / kLmHeadSliceRows, 1) * kLmHeadSliceRows;
-  const uint64_t row_bytes = static_cast<uint64_t>(c.hidden_size) * c10::elementSize(s.dtype);
+  const uint64_t row_bytes = static_cast<uint64_t>(s.source_hidden) * c10::elementSize(s.dtype);
+  const std::string source = s.source_of(kLmHead);
   if (rows >= V) {
     // The whole head fits: read once, kept until the next pass starts.
     if (!s.head.defined()) {
       s.hold(static_cast<uint64_t>(V) * row_bytes);
-      s.head = to_device_async(s.reader->read(kLmHead, s.dtype), s.device);
+      s.head = to_device_async(s.reader->read(source, s.dtype), s.device);
     }
     visit_slices(0, s.head);
     return;
@@ -399,7 +508,8 @@ void ForwardModel::for_each_head_slice(const std::function<void(int64_t, const t
   auto read_slice = [&](int64_t v0) {
     const int64_t n = std::min(rows, V - v0);
     s.hold(static_cast<uint64_t>(n) * row_bytes);
-    return std::async(std::launch::async, [&s, v0, n] { return s.reader->read_rows(kLmHead, v0, n, s.dtype); });
+    return std::async(std::launch::async,
+                      [&s, &source, v0, n] { return s.reader->read_rows(source, v0, n, s.dtype); });
   };
   // The next piece reads while this one multiplies.
   auto next = read_slice(0);

@@ -18,6 +18,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -45,6 +46,10 @@ class CheckpointReader {
   // The whole tensor in `dtype` on `device` (fresh memory, never a view of
   // the file). CPU conversions go straight from the mapped bytes.
   torch::Tensor read(const std::string& hub_name, torch::ScalarType dtype, torch::Device device = torch::kCPU) const;
+  // A CPU read (read, read_into) of a plain tensor over twice this many bytes copies it a
+  // piece of rows of this size at a time, releasing each piece's file pages
+  // as it goes (64 MiB; smaller in tests, to take that path on small files).
+  void set_read_piece_bytes(int64_t bytes) { piece_bytes_ = std::max<int64_t>(bytes, 1); }
   // Into an existing tensor of the right shape (its dtype and device).
   void read_into(const std::string& hub_name, torch::Tensor& out) const;
   // Rows [first, first + count) of dim 0 as a CPU tensor in `dtype`, reading
@@ -73,10 +78,15 @@ class CheckpointReader {
   // The CPU tensor over the mapped bytes, or its `rows` when defined (fp8:
   // dequantized to fp32).
   torch::Tensor source_tensor(const std::string& hub_name, const torch::Tensor& rows) const;
+  // `src` (the mapped tensor) into `out` piece by piece when it is large and
+  // plain and `out` is on the CPU; false (nothing done) otherwise.
+  bool copy_in_pieces(const std::string& hub_name, const torch::Tensor& src, torch::Tensor& out) const;
+  bool in_pieces(const std::string& hub_name, const torch::Tensor& src, const torch::Device& to) const;
 
   CheckpointFiles files_;
   std::string source_;
   std::map<std::string, const CheckpointFiles::Entry*> by_hub_;
+  int64_t piece_bytes_ = int64_t{64} << 20;
 };
 
 }  // namespace minipuzzle

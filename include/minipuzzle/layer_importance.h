@@ -43,7 +43,11 @@ class LayerImportance {
   // head_pass_bytes: fp32 logits gathered per pass over the LM head when a
   // streamed model reads its head from the checkpoint on every pass (each
   // pass reads it once); a resident head computes them a chunk at a time.
-  LayerImportance(const ModelConfig& config, LayerMetrics metrics, uint64_t head_pass_bytes = uint64_t{1} << 30);
+  // keep_full_logprobs_bytes: the full model's log-probabilities of a batch
+  // are kept for every dropped layer up to this size, else recomputed per
+  // chunk beside each dropped layer's (the same bits either way).
+  LayerImportance(const ModelConfig& config, LayerMetrics metrics, uint64_t head_pass_bytes = uint64_t{1} << 30,
+                  uint64_t keep_full_logprobs_bytes = uint64_t{1} << 30);
 
   // A group of batches: inputs/targets [b, L] int64 on the model's device,
   // in order. The full pass runs with the model's observers attached (so
@@ -66,6 +70,7 @@ class LayerImportance {
   double full_loss_ = 0;
   uint64_t tokens_ = 0, elements_ = 0;
   uint64_t head_pass_bytes_;
+  uint64_t keep_full_logprobs_bytes_;
   // One set of logit buffers for every dropped layer of every batch, and
   // the logits of a pass over the head.
   LogitScratch scratch_;

@@ -11,8 +11,14 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "minipuzzle/hybrid_lm.h"
+#include "minipuzzle/model_config.h"
+
+namespace minipuzzle {
+class ForwardModel;
+}
 
 namespace minipuzzle {
 
@@ -75,5 +81,57 @@ LogitComparison compare_logits(HybridLM& reference, const torch::Tensor& normed_
 LogitComparison compare_logits(const torch::Tensor& reference_logprobs, HybridLM& other,
                                const torch::Tensor& normed_other, const torch::Tensor& targets,
                                LogitScratch* scratch = nullptr);
+
+// compare_logits for models whose LM heads stream (ForwardModel,
+// streamed_model.h), where reading a head per chunk would read it thousands
+// of times: chunks are gathered until their logits (both models') fill
+// `budget` bytes, then one pass over each head computes them all, and each
+// chunk is compared in the order it was added. Per chunk the products, the
+// log_softmax and the sums are compare_logits' own, so the same bits.
+class HeadPassComparison {
+ public:
+  // reference == nullptr: `other` was cut from its checkpoint by recipes and
+  // the reference is that checkpoint's own model, whose head slices come
+  // beside `other`'s in the same read (candidate ranking against its parent).
+  HeadPassComparison(ForwardModel* reference, ForwardModel& other, uint64_t budget_bytes);
+  // Rows [n, D] of the reference's and other's final normed hidden states,
+  // targets [n]; its sums go to `sums` (kept alive until flush()).
+  void add(const torch::Tensor& reference_rows, const torch::Tensor& other_rows, const torch::Tensor& targets,
+           ComparisonSums* sums);
+  // Computes and compares every pending chunk.
+  void flush();
+
+ private:
+  struct Unit {
+    torch::Tensor a, b, t;
+    ComparisonSums* sums;
+  };
+  ForwardModel* reference_;
+  ForwardModel& other_;
+  int64_t vocab_;
+  uint64_t budget_;
+  bool gather_;  // only worth it when a pass reads a head
+  std::vector<Unit> pending_;
+  uint64_t pending_values_ = 0;
+  torch::Tensor pool_;
+  LogitScratch scratch_;
+};
+
+// The comparison of `other` with a reference over whole batches, streamed:
+// `other` runs layer-major over groups of its plan's size (inputs [b, L]),
+// each group's chunks compared in head passes against `reference_hidden`
+// (the reference's final normed states of the same batches). Summed over
+// batches as per-batch compare_logits calls sum, so the same bits.
+LogitComparison compare_with_head_passes(ForwardModel* reference, const std::vector<torch::Tensor>& reference_hidden,
+                                         ForwardModel& other, const std::vector<torch::Tensor>& inputs,
+                                         const std::vector<torch::Tensor>& targets, uint64_t budget_bytes);
+
+// Logits (bytes, fp32) a HeadPassComparison gathers per pass by default: a
+// quarter of the head's bytes, at most 1 GiB.
+uint64_t comparison_head_pass_bytes(const ModelConfig& config, torch::ScalarType dtype);
+
+// Device memory of a streamed comparison beyond the models' forwards, at
+// batches of `rows` tokens: the four chunk buffers and a pass's logits.
+uint64_t comparison_working_bytes(const ModelConfig& config, torch::ScalarType dtype, int64_t rows);
 
 }  // namespace minipuzzle

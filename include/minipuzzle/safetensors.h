@@ -59,6 +59,10 @@ class SafetensorsFile {
   // cache keeps them; a later read faults them back in): after a tensor is
   // copied out, its file pages no longer count in the process's memory.
   void release_pages(const TensorInfo& t) const;
+  // The same for bytes [from, to) of `t`'s data (whole pages inside them):
+  // a large tensor copied out piece by piece gives each piece's pages back
+  // as it goes, so its file pages never all count at once.
+  void release_pages(const TensorInfo& t, uint64_t from, uint64_t to) const;
 
  private:
   SafetensorsFile() = default;

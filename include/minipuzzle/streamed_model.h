@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "minipuzzle/checkpoint_rewrite.h"
 #include "minipuzzle/hybrid_lm.h"
 
 namespace minipuzzle {
@@ -82,6 +83,13 @@ class ForwardModel {
  public:
   // Loads DIR per `plan` (resident: load_model; streamed: placeholders).
   ForwardModel(const std::filesystem::path& dir, torch::ScalarType dtype, torch::Device device, ResidencyPlan plan);
+  // A model of `target` cut from DIR's weights by `recipes` (prune_recipes:
+  // the one definition of pruning), streamed per `plan` (which must stream):
+  // each tensor is the parent's tensor read when its block runs and sliced
+  // as prune_model slices it, so a pruned candidate runs without the parent
+  // or the candidate ever being whole in memory.
+  ForwardModel(const std::filesystem::path& dir, const ModelConfig& target, const std::vector<TensorRecipe>& recipes,
+               torch::ScalarType dtype, torch::Device device, ResidencyPlan plan);
   // An already loaded, resident model (shared, not copied).
   explicit ForwardModel(HybridLM resident);
   ~ForwardModel();
@@ -93,7 +101,8 @@ class ForwardModel {
   using LogitsSink = std::function<void(size_t batch, const torch::Tensor& logits)>;
   using HiddenSink = std::function<void(size_t batch, const torch::Tensor& hidden)>;
   // Each batch's fp32 logits [b, L, V], in batch order (layer-major groups
-  // when streamed; a plain forward per batch when resident).
+  // when streamed; a plain forward per batch when resident). Each tensor is
+  // fresh and the sink's own: it may overwrite it (eval's log-softmax does).
   void forward_logits(const std::vector<torch::Tensor>& batches, const LogitsSink& sink);
   // Each batch's final hidden state (after norm_f), [b, L, D].
   void forward_hidden(const std::vector<torch::Tensor>& batches, const HiddenSink& sink);
@@ -116,9 +125,19 @@ class ForwardModel {
   std::vector<torch::Tensor> embed(const std::vector<torch::Tensor>& batches, size_t first, size_t count);
   void for_each_block(const std::function<void(int64_t block)>& visit);
   void for_each_head_slice(const std::function<void(int64_t v0, const torch::Tensor& w)>& visit);
+  // The same slices with, beside each, the slice of the checkpoint's own head
+  // it was cut from (the parent's, for a model built from recipes; `w`
+  // itself otherwise): one read of the head serves a pruned model and its
+  // parent (candidate ranking compares the two).
+  void for_each_head_slice(
+      const std::function<void(int64_t v0, const torch::Tensor& w, const torch::Tensor& source)>& visit);
   // True when for_each_head_slice reads the head from the checkpoint on
   // every call (streamed, head larger than the plan's slice).
   bool head_read_per_pass() const;
+  // A whole head held since the last for_each_head_slice gives its memory
+  // back now (it would at the next embed or for_each_block), for work that
+  // runs another model's head meanwhile.
+  void release_head();
 
   // Weight bytes materialised now, and the most at any moment (streamed).
   uint64_t bytes_held() const;
@@ -126,6 +145,8 @@ class ForwardModel {
 
  private:
   struct Stream;
+  void open_stream(const std::filesystem::path& dir, const ModelConfig& config, torch::ScalarType dtype,
+                   torch::Device device, const std::vector<TensorRecipe>* recipes);
   void run_group(const std::vector<torch::Tensor>& batches, size_t first, size_t count, const LogitsSink* logits,
                  const HiddenSink* hidden);
 

@@ -16,6 +16,7 @@
 #include "minipuzzle/errors.h"
 #include "minipuzzle/importance_scores.h"
 #include "minipuzzle/progress.h"
+#include "residency_option.h"
 
 namespace minipuzzle::cli {
 
@@ -54,7 +55,8 @@ int cmd_search(const Args& args) {
       "       [--precision P] [--kv-precision P] [--state-precision P] [--context N] [--batch N] [--workspace SIZE]\n"
       "       [--space paper|depth|full] [--axis name=min:max:step ...] [--max-depth-reduction R]\n"
       "       [--max-width-reduction R] [--maximal-only] [--min-budget-use F] [--top-k K] [--max-active-params N]\n"
-      "       [--rank-data PREFIX [--rank-tokens N] [--rank-seq-len N] [--rank-by agreement|accuracy|loss|kl]]";
+      "       [--rank-data PREFIX [--rank-tokens N] [--rank-seq-len N] [--rank-by agreement|accuracy|loss|kl]\n"
+      "        [--max-device-memory SIZE|PCT] [--dry-run]]";
   po::options_description opts("options");
   opts.add_options()
       ("dir", po::value<std::string>(), "parent checkpoint directory, or a directory / file with config.json only")
@@ -88,34 +90,52 @@ int cmd_search(const Args& args) {
       ("rank-by", po::value<std::string>()->default_value("agreement"), "agreement | accuracy | loss | kl")
       ("dtype", po::value<std::string>()->default_value("fp32"), "compute dtype for ranking: fp32 | bf16 | fp16")
       ("device", po::value<std::string>()->default_value("cpu"), "device for ranking: cpu | cuda | cuda:N");
+  opts.add(residency_options());
   po::positional_options_description pos;
   pos.add("dir", 1);
   po::variables_map vm;
   if (!parse_args(usage, args, opts, pos, vm)) return 0;
   require(vm, "dir", usage);
+  if (!vm.count("rank-data")) {
+    for (const char* k : {"rank-tokens", "rank-seq-len", "rank-batch", "rank-by", "dtype", "device"})
+      if (!vm[k].defaulted()) throw InputError(fmt::format("--{} ranks on data: it needs --rank-data", k));
+    if (vm.count("max-device-memory") || vm["dry-run"].as<bool>())
+      throw InputError(fmt::format("--{} plans the ranking's memory: it needs --rank-data",
+                                   vm.count("max-device-memory") ? "max-device-memory" : "dry-run"));
+  }
+  const RankOptions ro{vm["rank-tokens"].as<uint64_t>(), vm["rank-seq-len"].as<int64_t>(),
+                       vm["rank-batch"].as<int64_t>(), vm["rank-by"].as<std::string>()};
+  const auto rank_dtype = parse_model_dtype(vm["dtype"].as<std::string>());
+  const auto rank_device = parse_device(vm["device"].as<std::string>());
+  const std::string dir = vm["dir"].as<std::string>();
+  // The ranking's residency, planned from the config alone and printed
+  // first; --dry-run stops there (no scores, data or output needed).
+  ResidencyPlan residency;
+  if (vm.count("rank-data")) {
+    if (ro.seq_len <= 0 || ro.batch <= 0) throw InputError("--rank-seq-len and --rank-batch must be positive");
+    const uint64_t windows = std::max<uint64_t>(ro.tokens / static_cast<uint64_t>(ro.seq_len), 1);
+    residency = plan_forward(vm, dir, rank_dtype, rank_device, ro.batch, ro.seq_len,
+                             static_cast<int64_t>((windows + ro.batch - 1) / ro.batch),
+                             rank_residency_needs(ModelConfig::load(dir), ro, rank_dtype));
+    if (vm["dry-run"].as<bool>()) {
+      std::cout << residency.describe() << std::endl;
+      return 0;
+    }
+  }
   require(vm, "budget", usage);
   require(vm, "out", usage);
   const bool uniform = vm["uniform-scores"].as<bool>();
   if (vm.count("scores") == uniform)
     throw InputError("give exactly one of --scores SCORES_DIR and --uniform-scores");
   if (uniform && vm.count("rank-data")) throw InputError("--rank-data needs --scores (pruning picks units by score)");
-
-  if (!vm.count("rank-data"))
-    for (const char* k : {"rank-tokens", "rank-seq-len", "rank-batch", "rank-by", "dtype", "device"})
-      if (!vm[k].defaulted()) throw InputError(fmt::format("--{} ranks on data: it needs --rank-data", k));
   const std::string out = vm["out"].as<std::string>();
   check_output_file(out, "--out");
   // Ranking's inputs are checked before the search, not after it.
-  const RankOptions ro{vm["rank-tokens"].as<uint64_t>(), vm["rank-seq-len"].as<int64_t>(),
-                       vm["rank-batch"].as<int64_t>(), vm["rank-by"].as<std::string>()};
   std::shared_ptr<IndexedDataset> rank_data;
   if (vm.count("rank-data")) {
     rank_data = IndexedDataset::open(vm["rank-data"].as<std::string>());
     check_rank_options(ro, *rank_data);
   }
-  const auto rank_dtype = parse_model_dtype(vm["dtype"].as<std::string>());
-  const auto rank_device = parse_device(vm["device"].as<std::string>());
-  const std::string dir = vm["dir"].as<std::string>();
   const ModelConfig parent = ModelConfig::load(dir);
   std::optional<ImportanceScores> scores;
   SearchImportance importance = SearchImportance::uniform(parent);
@@ -150,15 +170,19 @@ int cmd_search(const Args& args) {
   space.min_budget_use = vm["min-budget-use"].as<double>();
   space.validate(parent);
 
+  // Every input checked: the plan is the first line of output.
+  if (rank_data) std::cout << residency.describe() << std::endl;
   SearchResult result = search_architectures(parent, importance, space, so);
   std::cout << fmt::format("searched {} candidates, {} fit {}; kept the top {}\n", result.evaluated,
                            result.feasible, format_bytes(so.budget_bytes), result.candidates.size());
 
   if (rank_data) {
-    auto model = load_model(dir, rank_dtype, rank_device);
     Progress progress("rank", result.candidates.size(), "cand");
-    rank_candidates_on_data(model, *scores, result, *rank_data, ro,
-                            [&](int64_t done, int64_t) { progress.update(static_cast<uint64_t>(done)); });
+    const uint64_t held = rank_candidates_on_data(
+        dir, rank_dtype, rank_device, residency, *scores, result, *rank_data, ro,
+        [&](int64_t done, int64_t) { progress.update(static_cast<uint64_t>(done)); });
+    std::cout << fmt::format("ranked {} candidates; weights held at most {} ({} bytes)\n", result.candidates.size(),
+                             format_bytes(static_cast<double>(held)), held);
   }
   save_candidates(result, out);
 

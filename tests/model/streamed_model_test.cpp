@@ -3,14 +3,18 @@
 // more weight bytes than its plan, and refuse a cap it cannot meet.
 #include "minipuzzle/streamed_model.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <tuple>
 
 #include "checkpoint_test_util.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/evaluate.h"
 #include "minipuzzle/indexed_dataset.h"
+#include "minipuzzle/logit_comparison.h"
 #include "minipuzzle/observers.h"
 #include "streamed_test_plan.h"
 #include "tiny_config.h"
@@ -121,6 +125,50 @@ TEST_F(Streamed, EvaluateGivesTheResidentNumbers) {
   EXPECT_EQ(got.loss, want.loss);
   EXPECT_EQ(got.accuracy, want.accuracy);
   EXPECT_EQ(got.tokens, want.tokens);
+}
+
+void expect_same(const LogitComparison& got, const LogitComparison& want, const std::string& what) {
+  EXPECT_EQ(got.kl_sum, want.kl_sum) << what;
+  EXPECT_EQ(got.ce_reference_sum, want.ce_reference_sum) << what;
+  EXPECT_EQ(got.ce_other_sum, want.ce_other_sum) << what;
+  EXPECT_EQ(got.other_correct, want.other_correct) << what;
+  EXPECT_EQ(got.agree, want.agree) << what;
+  EXPECT_EQ(got.tokens, want.tokens) << what;
+}
+
+// compress's compare stage, streamed: a teacher and another checkpoint (of
+// another shape, as a distilled student is) compared in passes over the two
+// heads give compare_logits' sums, bit for bit, and so does the teacher
+// against itself (the table's first row).
+TEST_F(Streamed, HeadPassComparisonOfTwoCheckpointsEqualsCompareLogits) {
+  nlohmann::json j = tiny_config("M-*M").to_json();
+  j["vocab_size"] = kVocab;
+  j["hidden_size"] = 24;
+  HybridLM other(ModelConfig::from_json(j, "other"));
+  other->init_random(3);
+  save_model(other, dir_ / "other", torch::kFloat32);
+  auto teacher = load_model(dir_ / "model", torch::kFloat32, torch::kCPU);
+  auto student = load_model(dir_ / "other", torch::kFloat32, torch::kCPU);
+  std::vector<torch::Tensor> targets;
+  for (const auto& b : batches_) targets.push_back(torch::roll(b, 1, 1));
+  LogitComparison want, want_self;
+  for (size_t i = 0; i < batches_.size(); ++i) {
+    const auto th = teacher->forward_hidden(batches_[i]);
+    want += compare_logits(teacher, th, student, student->forward_hidden(batches_[i]), targets[i]);
+    want_self += compare_logits(teacher, th, teacher, th, targets[i]);
+  }
+  ASSERT_GT(want.kl_sum, 0.0);
+  for (auto [group, head_rows, pass] : {std::tuple<int64_t, int64_t, uint64_t>{1, kLmHeadSliceRows, 1},
+                                        {2, kLmHeadSliceRows, uint64_t{1} << 30}, {3, kVocab, 0}}) {
+    const std::string what = fmt::format("group {} head rows {} pass {}", group, head_rows, pass);
+    ForwardModel t(dir_ / "model", torch::kFloat32, torch::kCPU, streamed(group, head_rows));
+    std::vector<torch::Tensor> th(batches_.size());
+    t.forward_hidden(batches_, [&](size_t i, const torch::Tensor& h) { th[i] = h; });
+    ForwardModel s(dir_ / "other", torch::kFloat32, torch::kCPU, streamed(group, head_rows));
+    const uint64_t budget = pass ? pass : comparison_head_pass_bytes(t.model()->config(), torch::kFloat32);
+    expect_same(compare_with_head_passes(&t, th, s, batches_, targets, budget), want, what);
+    expect_same(compare_with_head_passes(&t, th, t, batches_, targets, budget), want_self, what + " (self)");
+  }
 }
 
 TEST_F(Streamed, HoldsAtMostTwoBlocksAndItsRowsAtATime) {

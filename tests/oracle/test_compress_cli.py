@@ -123,6 +123,23 @@ def test_a_quantized_export_is_compared_beside_the_model_it_came_from(work):
     assert "after long distill" in r.stdout and "final (export, nvfp4)" in r.stdout
 
 
+def test_a_job_under_max_device_memory_streams_and_compares_as_the_resident_job(work, full_run):
+    """compute.max_device_memory below the teacher's weights plus one batch's
+    working memory: score and compare stream (compare's plan is its first
+    line), and every number of the before/after table is the resident job's."""
+    job = write_job(work, "streamed", "runs/streamed")
+    # 2.5 MB: the tiny teacher's 0.6 MB of fp32 weights plus its logit
+    # buffers do not fit (so both stream), two blocks and one batch do.
+    r = compress(job, "--set", "compute.max_device_memory=2500000")
+    assert "compare: weights streamed" in r.stdout, r.stdout
+    want = json.loads((full_run["out"] / "compare.json").read_text())["models"]
+    got = json.loads((work["root"] / "runs" / "streamed" / "compare.json").read_text())["models"]
+    assert [m["name"] for m in got] == [m["name"] for m in want]
+    for a, b in zip(want, got):
+        for k in ("loss", "accuracy", "agreement", "kl", "params", "memory_bytes", "pattern"):
+            assert a[k] == b[k], (a["name"], k, a[k], b[k])
+
+
 def test_the_export_loads_in_transformers_with_our_logits(full_run, tmp_path):
     export = full_run["out"] / "export"
     model = nt.load_hf(export)

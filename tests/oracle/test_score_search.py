@@ -234,6 +234,9 @@ def test_search_infeasible_budget_names_the_smallest_memory(work, tmp_path):
     (["--rank-data", "DATA", "--rank-tokens", 10, "--rank-seq-len", 32], "--rank-tokens"),
     (["--rank-tokens", 4096], "needs --rank-data"),
     (["--device", "cuda:0"], "needs --rank-data"),
+    (["--max-device-memory", "1GiB"], "needs --rank-data"),
+    (["--dry-run"], "needs --rank-data"),
+    (["--rank-data", "DATA", "--max-device-memory", "1KiB"], "too small"),
     (["--rank-data", "DATA", "--dtype", "fp13"], "fp13"),
 ])
 def test_search_bad_options(work, tmp_path, extra, needle):

@@ -148,3 +148,36 @@ def test_streamed_score_matches_the_resident_scores_and_holds_its_cap(work):
                         "--batch", "1", "--dtype", "bf16", "--out", root / "score-tiny"])
     # Weights at most the cap, plus the drop-one states and logit buffers.
     assert peak - own < work["bytes"], (peak - own, work["bytes"])
+
+
+def test_streamed_search_ranks_as_the_resident_search_and_holds_its_cap(work):
+    """search --rank-data with the parent streamed: each candidate is cut from
+    the parent's checkpoint block by block as it runs; candidates.json is the
+    resident search's, byte for byte, and the weights held stay under the cap."""
+    root = work["root"]
+    scores = root / "rank-scores"
+    if not scores.exists():
+        nt.run_cli("score", root / "model", "--data", root / "data", "--samples", "2", "--seq-len", "32",
+                   "--batch", "1", "--out", scores)
+    inspect = json.loads(nt.run_cli("inspect", root / "model", "--json", "--precision", "bf16", "--context",
+                                    "64").stdout)
+    budget = int(inspect["memory"]["total_bytes"] * 0.8)
+    base = ["search", root / "model", "--scores", scores, "--budget", budget, "--space", "full", "--precision",
+            "bf16", "--context", 64, "--max-depth-reduction", 0.5, "--max-width-reduction", 0.5, "--top-k", 3,
+            "--rank-data", root / "data", "--rank-tokens", 128, "--rank-seq-len", 64, "--rank-batch", 1,
+            "--dtype", "bf16"]
+    resident_peak, out = peak_anon([*base, "--out", root / "ranked-resident.json"])
+    assert out.startswith("weights resident"), out
+    cap = int(0.9 * work["bytes"])
+    dry = nt.run_cli(*[*base, "--max-device-memory", cap, "--dry-run"]).stdout
+    assert dry.startswith("weights streamed") and len(dry.strip().splitlines()) == 1, dry
+    peak, out = peak_anon([*base, "--out", root / "ranked-streamed.json", "--max-device-memory", cap])
+    assert out.startswith("weights streamed"), out
+    want = (root / "ranked-resident.json").read_bytes()
+    assert json.loads(want)["candidates"][0]["measured"]["kl"] > 0
+    assert (root / "ranked-streamed.json").read_bytes() == want
+    held = next(l for l in out.splitlines() if l.startswith("ranked "))
+    assert int(held.split("(")[-1].split()[0]) <= cap, held
+    # Resident: the parent and a pruned candidate at once (~1.7x the
+    # checkpoint); streamed: a few blocks and the same logit buffers.
+    assert resident_peak - peak > 0.5 * work["bytes"], (resident_peak, peak, work["bytes"])

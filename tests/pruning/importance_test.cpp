@@ -508,6 +508,48 @@ TEST_F(StreamedScore, HeadPassesOfAnySizeGiveTheSameLayerScores) {
   }
 }
 
+// Past keep_full_logprobs_bytes (1 GiB: a batch of ~2K tokens at vocabulary
+// 131072) the full model's log-probabilities are recomputed per chunk beside
+// each dropped layer's instead of kept for the batch: the same scores, bit
+// for bit, resident and streamed, at any head-pass size.
+TEST_F(StreamedScore, LogProbabilitiesRecomputedPerChunkGiveTheSameLayerScores) {
+  auto resident = load_model(dir_ / "model", torch::kFloat32, torch::kCPU);
+  const ModelConfig& cfg = resident->config();
+  const auto starts = calibration_windows(*wide_, wide_options());
+  std::vector<torch::Tensor> inputs, targets;
+  for (size_t i = 0; i < starts.size(); i += 2) {
+    std::vector<uint64_t> part(starts.begin() + i, starts.begin() + std::min(starts.size(), i + 2));
+    auto rows = gather_windows(*wide_, part, 16, kVocab);
+    inputs.push_back(rows.narrow(1, 0, 16));
+    targets.push_back(rows.narrow(1, 1, 16));
+  }
+  LayerImportance want(cfg, LayerMetrics{});
+  for (size_t k = 0; k < inputs.size(); ++k) want.add_batch(resident, inputs[k], targets[k]);
+  ASSERT_GT(want.result().at("kl")[0], 0.0f);
+  // A batch's full log-probabilities are 32 x kVocab x 4 bytes: a threshold
+  // of 0 or one byte below them takes the per-chunk branch.
+  const uint64_t batch_logprobs = uint64_t{32} * kVocab * 4;
+  for (uint64_t keep : {uint64_t{0}, batch_logprobs - 1}) {
+    LayerImportance got(cfg, LayerMetrics{}, uint64_t{1} << 30, keep);
+    for (size_t k = 0; k < inputs.size(); ++k) got.add_batch(resident, inputs[k], targets[k]);
+    for (const auto& [metric, values] : want.result())
+      expect_same_bits(values, got.result().at(metric), metric + " resident, keep " + std::to_string(keep));
+    EXPECT_EQ(want.full_model_loss(), got.full_model_loss());
+    for (uint64_t budget : {uint64_t{1}, uint64_t{3} * 32 * kVocab * 4, uint64_t{1} << 30}) {
+      ForwardModel m(dir_ / "model", torch::kFloat32, torch::kCPU, streamed(2, kLmHeadSliceRows));
+      LayerImportance s(cfg, LayerMetrics{}, budget, keep);
+      for (size_t k = 0; k < inputs.size(); k += 2) {
+        const size_t n = std::min<size_t>(2, inputs.size() - k);
+        s.add_group(m, {inputs.begin() + k, inputs.begin() + k + n}, {targets.begin() + k, targets.begin() + k + n});
+      }
+      for (const auto& [metric, values] : want.result())
+        expect_same_bits(values, s.result().at(metric),
+                         metric + " streamed, keep " + std::to_string(keep) + ", budget " + std::to_string(budget));
+      EXPECT_EQ(want.full_model_loss(), s.full_model_loss());
+    }
+  }
+}
+
 TEST(ScoreResidency, PlansTheDropOneStatesAndRefusesACapBelowThem) {
   const ModelConfig c = tiny_config("M*-M-");
   ScoreOptions o;
