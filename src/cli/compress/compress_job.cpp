@@ -425,6 +425,29 @@ json CompressJob::to_json() const {
   return j;
 }
 
+const char* compress_stage_name(CompressStage stage) {
+  static const char* const names[kCompressStages] = {"score",  "search", "short distill", "pick",
+                                                     "long distill", "export", "compare", "report"};
+  return names[static_cast<int>(stage)];
+}
+
+std::optional<CompressStage> first_stage_reading(const std::string& key) {
+  auto under = [&](const char* prefix) { return key.rfind(prefix, 0) == 0; };
+  if (under("estimate.") || key == "out") return std::nullopt;
+  // The validation data ranks the candidates in search (first) and scores
+  // every later evaluation.
+  if (key == "data.validation" || under("search.") || under("rank.")) return CompressStage::Search;
+  // More or fewer candidates: those already distilled stay valid, the pick
+  // among them does not.
+  if (key == "short_distill.candidates") return CompressStage::Pick;
+  if (under("distill.") || under("short_distill.")) return CompressStage::ShortDistill;
+  if (under("long_distill.")) return CompressStage::LongDistill;
+  if (under("export.")) return CompressStage::Export;
+  if (under("evaluate.")) return CompressStage::Compare;
+  // teacher, data.train, compute.*, score.*, and anything not listed above.
+  return CompressStage::Score;
+}
+
 std::vector<std::pair<std::string, std::string>> compress_job_keys() {
   std::vector<std::pair<std::string, std::string>> keys;
   for (const auto& f : fields()) keys.emplace_back(f.path, f.expected);
