@@ -110,10 +110,46 @@ def test_the_chain_writes_every_stage_and_a_before_after_table(full_run):
     assert len(losses) == 2 and losses[pick["winner_rank"]] == min(losses.values())
 
 
+def tensor_bytes(folder: Path) -> int:
+    """The bytes of every tensor in a folder's safetensors files (headers aside)."""
+    total = 0
+    for f in folder.glob("*.safetensors"):
+        raw = f.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        total += sum(t["data_offsets"][1] - t["data_offsets"][0] for k, t in header.items() if k != "__metadata__")
+    return total
+
+
+def assert_reported_memory_is_the_export(out: Path, precision: str) -> float:
+    """The final row's memory (at the job's deployment) against the export's
+    weight bytes plus the KV cache and Mamba state terms; returns the ratio."""
+    final = json.loads((out / "compare.json").read_text())["models"][-1]
+    job = json.loads((out / "job.json").read_text())
+    assert job["search.precision"] == precision
+    r = nt.run_cli("inspect", out / "export", "--json", "--precision", precision, "--kv-precision",
+                   job["search.kv_precision"], "--state-precision", job["search.state_precision"],
+                   "--context", job["search.context"], "--batch", job["search.batch"])
+    m = json.loads(r.stdout)["memory"]
+    state = m["kv_cache_bytes"] + m["mamba_ssm_bytes"] + m["mamba_conv_bytes"]
+    written = tensor_bytes(out / "export")
+    ratio = final["memory_bytes"] / (written + state)
+    assert abs(ratio - 1) <= 0.01, (precision, final["memory_bytes"], written, state)
+    assert abs(m["weights_bytes"] / written - 1) <= 0.01, (precision, m["weights_bytes"], written)
+    return ratio
+
+
+def test_the_reported_memory_of_a_bf16_export_is_its_weight_files(full_run):
+    assert_reported_memory_is_the_export(full_run["out"], "bf16")
+
+
 def test_a_quantized_export_is_compared_beside_the_model_it_came_from(work):
     job = write_job(work, "nvfp4", "runs/nvfp4")
-    r = compress(job, "--set", "export.dtype=nvfp4")
+    # Planned at the precision it ships in: the report's memory is then the export's.
+    r = compress(job, "--set", "export.dtype=nvfp4", "--set", "search.precision=nvfp4")
     out = work["root"] / "runs" / "nvfp4"
+    ratio = assert_reported_memory_is_the_export(out, "nvfp4")
+    print(f"nvfp4: reported memory / (weight files + KV + state) = {ratio:.6f}")
     cfg = json.loads((out / "export" / "config.json").read_text())
     assert cfg["quantization_config"]["quant_method"] == "compressed-tensors"
     models = json.loads((out / "compare.json").read_text())["models"]

@@ -160,7 +160,7 @@ const std::vector<Field>& fields() {
       text(key, expected, ref, [allowed](const std::string& k, const std::string& t) { return one_of(k, t, allowed); });
     };
     auto precision = [&](std::string key, std::function<std::string&(CompressJob&)> ref) {
-      text(key, "a precision (fp32, bf16, fp16, fp8, fp4, nvfp4)", ref, [](const std::string& k, const std::string& t) {
+      text(key, "a precision (fp32, bf16, fp16, fp8, nvfp4, int4, fp4)", ref, [](const std::string& k, const std::string& t) {
         return std::string(precision_name(parse_precision(t, k)));
       });
     };
