@@ -320,9 +320,10 @@ int print_dry_run(const CompressJob& job) {
   std::cout << fmt::format("  {:<14} {:>20}  {:>14.3g}  {:>10}\n", "total", "", total,
                            human_time(total / (tflops * 1e12)));
 
-  std::cout << fmt::format("\nstages (job directory {}):\n", j.out);
   const JobChange change = job_change(j);
+  if (change.first) std::cout << "\n";
   continue_changed_job(j, change, /*apply=*/false);
+  std::cout << fmt::format("\nstages (job directory {}):\n", j.out);
   int i = 0;
   for (const Stage& st : plan_stages(j)) {
     const bool redo = change.first && st.stage >= *change.first;
