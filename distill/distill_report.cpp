@@ -23,30 +23,39 @@ void write_distill_report(const std::filesystem::path& run_dir) {
   }
   json run = parse_json_read_back(read_file(run_dir / "run.json"));
 
-  plot::LineChart loss;
-  loss.title = "training loss per step";
-  loss.x_label = "step";
-  loss.y_label = "nats/token";
-  loss.series = {{"loss", {}, {}}, {"kd", {}, {}}};
-  for (const auto& s : steps) {
-    loss.series[0].x.push_back(s["step"].get<double>());
-    loss.series[0].y.push_back(s["loss"].get<double>());
-    loss.series[1].x.push_back(s["step"].get<double>());
-    loss.series[1].y.push_back(s["kd"].get<double>());
-  }
-  plot::LineChart ev;
-  ev.title = "evaluation (held-out tokens)";
-  ev.x_label = "step";
-  ev.y_label = "nats/token";
-  ev.series = {{"student LM loss", {}, {}}, {"KL to teacher", {}, {}}};
-  for (const auto& e : evals) {
-    ev.series[0].x.push_back(e["step"].get<double>());
-    ev.series[0].y.push_back(e["loss"].get<double>());
-    if (e.contains("kl")) {  // absent when trained from a teacher cache without a teacher model
-      ev.series[1].x.push_back(e["step"].get<double>());
-      ev.series[1].y.push_back(e["kl"].get<double>());
+  // One panel per metric: a KD loss of 0.02 and a learning rate of 1e-4
+  // share no axis; a log axis where a curve spans decades.
+  auto panel = [](const std::string& title, const std::vector<json>& recs, const std::vector<std::string>& keys,
+                  const std::vector<std::string>& names) {
+    plot::LineChart p;
+    p.title = title;
+    for (std::size_t k = 0; k < keys.size(); ++k) {
+      plot::Series s{names[k], {}, {}};
+      for (const auto& r : recs)
+        if (r.contains(keys[k]) && r[keys[k]].is_number())
+          s.x.push_back(r["step"].get<double>()), s.y.push_back(r[keys[k]].get<double>());
+      if (!s.x.empty()) p.series.push_back(std::move(s));
     }
-  }
+    p.log_y = plot::spans_decades(p.series);
+    return p;
+  };
+  plot::Figure loss;
+  loss.title = "training, per step";
+  loss.x_label = "step";
+  // The KD term is its own curve only when the loss holds more (--ce-weight > 0).
+  bool kd_differs = false;
+  for (const auto& r : steps) kd_differs |= r.contains("kd") && r.contains("loss") && r["kd"] != r["loss"];
+  loss.panels = {kd_differs ? panel("training loss (nats/token)", steps, {"loss", "kd"}, {"loss", "KD term"})
+                            : panel("training loss (nats/token)", steps, {"loss"}, {"loss (KD)"}),
+                 panel("learning rate", steps, {"lr"}, {"lr"}),
+                 panel("gradient norm (before clipping)", steps, {"grad_norm"}, {"grad norm"})};
+  plot::Figure ev;
+  ev.title = "evaluation on held-out tokens";
+  ev.x_label = "step";
+  ev.panels = {panel("student LM loss (nats/token)", evals, {"loss"}, {"LM loss"})};
+  // Absent when trained from a teacher cache without a teacher model.
+  plot::LineChart kl = panel("KL to the teacher (nats/token)", evals, {"kl"}, {"KL"});
+  if (!kl.series.empty()) ev.panels.push_back(std::move(kl));
   if (!steps.empty()) plot::write_png(run_dir / "loss.png", loss);
   if (!evals.empty()) plot::write_png(run_dir / "eval.png", ev);
 

@@ -239,6 +239,8 @@ DistillSummary run_distillation_in(const DistillOptions& o,
 
 }  // namespace
 
+void validate_distill_options(const DistillOptions& o) { validate(o); }
+
 DistillSummary run_distillation(const DistillOptions& o, const std::function<void(const DistillStatus&)>& on_step) {
   // A new run that stops on bad input before its first checkpoint (a token id
   // beyond the vocabulary deep in the data, say) leaves nothing behind:

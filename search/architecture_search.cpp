@@ -343,24 +343,33 @@ struct FastEval {
     cost.resize(p.combos, 5);
     params.resize(p.combos, 5);
     factor.resize(p.combos, 4);
-    const double wb = precision_bits(d.weights) / 8, kvb = precision_bits(d.kv_cache) / 8,
-                 sb = precision_bits(d.state) / 8, seqs = static_cast<double>(d.batch);
+    const double kvb = precision_bits(d.kv_cache) / 8, sb = precision_bits(d.state) / 8,
+                 seqs = static_cast<double>(d.batch);
     for (int64_t c = 0; c < p.combos; ++c) {
       const Widths w = p.widths(c);
       const ModelConfig cfg = with_widths(*p.parent, w);
-      const ParamCounts pc = count_parameters(cfg);
+      // Weight bytes are linear in the layer counts at every precision (an
+      // export format converts each layer's projections alike), so one layer
+      // of a type costs the bytes it adds to the layerless model.
+      ModelConfig layerless = cfg;
+      layerless.pattern.clear();
+      const double fixed = weight_bytes(layerless, d.weights);
+      auto layer_bytes = [&](char type) {
+        ModelConfig one = layerless;
+        one.pattern = std::string(1, type);
+        return weight_bytes(one, d.weights) - fixed;
+      };
       const double ssm = static_cast<double>(mamba_ssm_state_values(cfg)) * seqs * sb;
       const double conv = static_cast<double>(mamba_conv_state_values(cfg)) * seqs * sb;
       const double kv = static_cast<double>(kv_values_per_token_per_layer(cfg)) * static_cast<double>(d.context) * seqs * kvb;
-      const double fixed = static_cast<double>(pc.embeddings + pc.lm_head + pc.final_norm);
+      cost(c, 0) = fixed + d.workspace_bytes;
+      cost(c, 1) = layer_bytes('M') + ssm + conv;
+      cost(c, 2) = layer_bytes('*') + kv;
+      cost(c, 3) = layer_bytes('-');
       // Every routed expert is resident: an MoE layer costs all its weights.
-      const double moe_layer = p.parent->has_moe() ? static_cast<double>(moe_layer_params(cfg)) : 0.0;
-      cost(c, 0) = fixed * wb + d.workspace_bytes;
-      cost(c, 1) = static_cast<double>(pc.per_mamba_layer) * wb + ssm + conv;
-      cost(c, 2) = static_cast<double>(pc.per_attention_layer) * wb + kv;
-      cost(c, 3) = static_cast<double>(pc.per_mlp_layer) * wb;
-      cost(c, 4) = moe_layer * wb;
-      params(c, 0) = fixed;
+      cost(c, 4) = p.parent->has_moe() ? layer_bytes('E') : 0.0;
+      const ParamCounts pc = count_parameters(cfg);
+      params(c, 0) = static_cast<double>(pc.embeddings + pc.lm_head + pc.final_norm);
       params(c, 1) = static_cast<double>(pc.per_mamba_layer);
       params(c, 2) = static_cast<double>(pc.per_attention_layer);
       params(c, 3) = static_cast<double>(pc.per_mlp_layer);

@@ -3,14 +3,16 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <fmt/format.h>
 #include <string>
 
 #include "minipuzzle/errors.h"
+#include "minipuzzle/weight_format.h"
 
 namespace minipuzzle {
 
-// Which parameters are counted at the low weight precision: all of them.
+// fp4: which parameters are counted at the low weight precision: all of them.
 // The paper's figure for the published 47B (4-bit weights, FP8 KV, bf16
 // state, 1M context, batch 1) is 21.79 + 9.54 + 0.36 = 31.69 GiB:
 //   weights 46,791,554,816 params * 4 bits / 8 = 23.396e9 B = 21.79 GiB,
@@ -20,6 +22,8 @@ namespace minipuzzle {
 // would add 2.15e9 * 1.5 B = 3.0 GiB (34.7 GiB, over the 31.7 budget), so the
 // paper counts every parameter, norms included (they are 0.1% of the bytes),
 // at the weight precision. The 56B the same way: 26.22 + 19.07 + 0.43 = 45.73.
+// nvfp4 (and fp8, int4) count what an export writes instead: embeddings and
+// lm_head stay bf16 there, and the projections carry their scales.
 
 double precision_bits(Precision p) {
   switch (p) {
@@ -29,6 +33,7 @@ double precision_bits(Precision p) {
     case Precision::Fp8: return 8;
     case Precision::Fp4: return 4;
     case Precision::Nvfp4: return 4.5;
+    case Precision::Int4: return 4.0 + 16.0 / 128;
   }
   return 0;
 }
@@ -41,6 +46,7 @@ const char* precision_name(Precision p) {
     case Precision::Fp8: return "fp8";
     case Precision::Fp4: return "fp4";
     case Precision::Nvfp4: return "nvfp4";
+    case Precision::Int4: return "int4";
   }
   return "?";
 }
@@ -49,9 +55,9 @@ Precision parse_precision(const std::string& text, const std::string& what) {
   std::string s;
   for (char ch : text) s.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(ch))));
   for (Precision p : {Precision::Fp32, Precision::Bf16, Precision::Fp16, Precision::Fp8, Precision::Fp4,
-                      Precision::Nvfp4})
+                      Precision::Nvfp4, Precision::Int4})
     if (s == precision_name(p)) return p;
-  throw InputError(what + ": unknown precision '" + text + "'; expected bf16, fp16, fp32, fp8, fp4 or nvfp4");
+  throw InputError(what + ": unknown precision '" + text + "'; expected bf16, fp16, fp32, fp8, nvfp4, int4 or fp4");
 }
 
 double parse_bytes(const std::string& text, const std::string& what) {
@@ -152,14 +158,61 @@ int64_t mamba_conv_state_values(const ModelConfig& c) { return (c.conv_kernel - 
 
 int64_t kv_values_per_token_per_layer(const ModelConfig& c) { return 2 * c.num_key_value_heads * c.head_dim; }
 
+std::vector<ProjectionShape> projection_shapes(const ModelConfig& c) {
+  const int64_t d = c.hidden_size;
+  const int64_t m = c.count(LayerType::Mamba), a = c.count(LayerType::Attention), f = c.count(LayerType::Mlp),
+                e = c.count(LayerType::Moe);
+  std::vector<ProjectionShape> out = {
+      {"mamba in_proj", c.mamba_in_proj_dim(), d, m},
+      {"mamba out_proj", d, c.mamba_d_inner(), m},
+      {"attention q_proj", c.attention_q_dim(), d, a},
+      {"attention k_proj", c.attention_kv_dim(), d, a},
+      {"attention v_proj", c.attention_kv_dim(), d, a},
+      {"attention o_proj", d, c.attention_q_dim(), a},
+      {"mlp up_proj", c.intermediate_size, d, f},
+      {"mlp down_proj", d, c.intermediate_size, f}};
+  if (e > 0) {
+    const int64_t in = c.moe_expert_input_dim();
+    out.push_back({"moe expert up_proj", c.moe_intermediate_size, in, e * c.n_routed_experts});
+    out.push_back({"moe expert down_proj", in, c.moe_intermediate_size, e * c.n_routed_experts});
+    if (c.moe_shared_expert_intermediate_size > 0) {
+      out.push_back({"moe shared up_proj", c.moe_shared_expert_intermediate_size, d, e});
+      out.push_back({"moe shared down_proj", d, c.moe_shared_expert_intermediate_size, e});
+    }
+    if (c.moe_latent_size > 0) {
+      out.push_back({"moe fc1_latent_proj", c.moe_latent_size, d, e});
+      out.push_back({"moe fc2_latent_proj", d, c.moe_latent_size, e});
+    }
+  }
+  std::vector<ProjectionShape> present;
+  for (auto& p : out)
+    if (p.count > 0 && p.rows > 0 && p.cols > 0) present.push_back(std::move(p));
+  return present;
+}
+
+double weight_bytes(const ModelConfig& c, Precision p) {
+  const double total = static_cast<double>(count_parameters(c).total);
+  std::optional<WeightFormat> f;
+  if (p == Precision::Fp8) f = WeightFormat::kFp8Channel;
+  if (p == Precision::Nvfp4) f = WeightFormat::kNvfp4;
+  if (p == Precision::Int4) f = WeightFormat::kInt4Group128;
+  if (!f) return total * precision_bits(p) / 8;
+  double bytes = 0, converted = 0;
+  for (const ProjectionShape& s : projection_shapes(c)) {
+    if (s.cols % weight_format_group(*f) != 0) continue;  // the export keeps it bf16, as below
+    bytes += static_cast<double>(s.count) * static_cast<double>(quantized_bytes(*f, s.rows, s.cols));
+    converted += static_cast<double>(s.count) * static_cast<double>(s.rows) * static_cast<double>(s.cols);
+  }
+  return bytes + (total - converted) * 2;
+}
+
 MemoryBreakdown memory_breakdown(const ModelConfig& c, const Deployment& d) {
   d.validate();
-  const double w = precision_bits(d.weights) / 8, kv = precision_bits(d.kv_cache) / 8,
-               st = precision_bits(d.state) / 8;
+  const double kv = precision_bits(d.kv_cache) / 8, st = precision_bits(d.state) / 8;
   const double seqs = static_cast<double>(d.batch);
   const double mamba_layers = static_cast<double>(c.count(LayerType::Mamba));
   MemoryBreakdown m;
-  m.weights = static_cast<double>(count_parameters(c).total) * w;
+  m.weights = weight_bytes(c, d.weights);
   m.kv_cache = static_cast<double>(c.count(LayerType::Attention)) *
                static_cast<double>(kv_values_per_token_per_layer(c)) * static_cast<double>(d.context) * seqs * kv;
   m.mamba_ssm = mamba_layers * static_cast<double>(mamba_ssm_state_values(c)) * seqs * st;

@@ -46,7 +46,9 @@ std::string grouped(int64_t v) {
 
 std::string gib(double bytes) { return format_bytes(bytes); }
 
-constexpr Precision kWeightPrecisions[] = {Precision::Bf16, Precision::Fp8, Precision::Fp4, Precision::Nvfp4};
+// The export formats (as `export --dtype` writes them), then the paper's fp4 accounting.
+constexpr Precision kWeightPrecisions[] = {Precision::Bf16, Precision::Fp8, Precision::Nvfp4, Precision::Int4,
+                                           Precision::Fp4};
 
 }  // namespace
 
@@ -135,7 +137,7 @@ json inspect_json(const ModelConfig& c, const Deployment& d, const std::string& 
   const ParamCounts p = count_parameters(c);
   json weight_bytes = json::object();
   for (Precision w : kWeightPrecisions)
-    weight_bytes[precision_name(w)] = static_cast<double>(p.total) * precision_bits(w) / 8;
+    weight_bytes[precision_name(w)] = minipuzzle::weight_bytes(c, w);
   json arch = {{"pattern", c.pattern},
                {"layers", c.num_layers()},
                {"counts", {{"mamba", c.count(LayerType::Mamba)}, {"attention", c.count(LayerType::Attention)},
@@ -218,7 +220,7 @@ std::string inspect_text(const ModelConfig& c, const Deployment& d, const std::s
   }
   out += "weights:";
   for (Precision w : kWeightPrecisions)
-    out += fmt::format("  {} {}", precision_name(w), gib(static_cast<double>(p.total) * precision_bits(w) / 8));
+    out += fmt::format("  {} {}", precision_name(w), gib(weight_bytes(c, w)));
   out += fmt::format("\nmemory at weights {}, KV cache {}, state {}, context {}, batch {}{}:\n", precision_name(d.weights),
                      precision_name(d.kv_cache), precision_name(d.state), d.context, d.batch,
                      c.has_moe() ? ", every routed expert resident" : "");

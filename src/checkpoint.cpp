@@ -10,6 +10,7 @@
 
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/checkpoint_reader.h"
+#include "minipuzzle/weight_format.h"
 #include "minipuzzle/checkpoint_rewrite.h"
 #include "minipuzzle/errors.h"
 #include "minipuzzle/moe_mixer.h"
@@ -24,10 +25,7 @@ std::string hub_tensor_name(const std::string& file_name) {
   return file_name;
 }
 
-bool is_fp8_projection(const std::string& hub_name) {
-  const std::string suffix = "_proj.weight";
-  return hub_name.size() > suffix.size() && hub_name.compare(hub_name.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
+bool is_fp8_projection(const std::string& hub_name) { return is_quantized_projection(hub_name); }
 
 std::string fp8_scale_name(const std::string& weight_name) { return weight_name + "_scale_inv"; }
 

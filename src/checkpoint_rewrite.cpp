@@ -206,7 +206,7 @@ int64_t rewrite_checkpoint(const CheckpointReader& reader, const ModelConfig& so
   int64_t widest = 0, params = 0;
   auto quantized = [&](const TensorRecipe& r) { return fp8 && r.shape.size() == 2 && is_fp8_projection(r.name); };
   auto ct_quantized = [&](const TensorRecipe& r) {
-    return ct && r.shape.size() == 2 && is_fp8_projection(r.name) && r.shape[1] % weight_format_group(*ct) == 0;
+    return ct && is_quantized_weight(*ct, r.name, r.shape);
   };
   for (const auto& r : recipes) {
     if (!used.count(r.source)) throw std::logic_error("rewrite_checkpoint: no source tensor " + r.source);

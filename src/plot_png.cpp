@@ -1,9 +1,12 @@
 #include "minipuzzle/plot_png.h"
 
+#include <cairo.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <stdexcept>
 
 #include "minipuzzle/atomic_file.h"
@@ -11,110 +14,113 @@
 namespace minipuzzle::plot {
 namespace {
 
-// 5x7 glyphs for ASCII 32..126: one byte per row, top row first, bit 4 = left column.
-constexpr uint8_t kFont[95][7] = {
-    {0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00}, {0x04, 0x04, 0x04, 0x04, 0x04, 0x00, 0x04},  //   !
-    {0x0A, 0x0A, 0x0A, 0x00, 0x00, 0x00, 0x00}, {0x0A, 0x0A, 0x1F, 0x0A, 0x1F, 0x0A, 0x0A},  // " #
-    {0x04, 0x0F, 0x14, 0x0E, 0x05, 0x1E, 0x04}, {0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03},  // $ %
-    {0x0C, 0x12, 0x14, 0x08, 0x15, 0x12, 0x0D}, {0x04, 0x04, 0x08, 0x00, 0x00, 0x00, 0x00},  // & '
-    {0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02}, {0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08},  // ( )
-    {0x00, 0x04, 0x15, 0x0E, 0x15, 0x04, 0x00}, {0x00, 0x04, 0x04, 0x1F, 0x04, 0x04, 0x00},  // * +
-    {0x00, 0x00, 0x00, 0x00, 0x0C, 0x04, 0x08}, {0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00},  // , -
-    {0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C}, {0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00},  // . /
-    {0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E}, {0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E},  // 0 1
-    {0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F}, {0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E},  // 2 3
-    {0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02}, {0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E},  // 4 5
-    {0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E}, {0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08},  // 6 7
-    {0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E}, {0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C},  // 8 9
-    {0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00}, {0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x04, 0x08},  // : ;
-    {0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02}, {0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00},  // < =
-    {0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08}, {0x0E, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04},  // > ?
-    {0x0E, 0x11, 0x01, 0x0D, 0x15, 0x15, 0x0E}, {0x0E, 0x11, 0x11, 0x11, 0x1F, 0x11, 0x11},  // @ A
-    {0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E}, {0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E},  // B C
-    {0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C}, {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F},  // D E
-    {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10}, {0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F},  // F G
-    {0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11}, {0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E},  // H I
-    {0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C}, {0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11},  // J K
-    {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F}, {0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11},  // L M
-    {0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11}, {0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E},  // N O
-    {0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10}, {0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D},  // P Q
-    {0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11}, {0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E},  // R S
-    {0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04}, {0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E},  // T U
-    {0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04}, {0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A},  // V W
-    {0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11}, {0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04},  // X Y
-    {0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F}, {0x0E, 0x08, 0x08, 0x08, 0x08, 0x08, 0x0E},  // Z [
-    {0x00, 0x10, 0x08, 0x04, 0x02, 0x01, 0x00}, {0x0E, 0x02, 0x02, 0x02, 0x02, 0x02, 0x0E},  // \ ]
-    {0x04, 0x0A, 0x11, 0x00, 0x00, 0x00, 0x00}, {0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1F},  // ^ _
-    {0x08, 0x04, 0x02, 0x00, 0x00, 0x00, 0x00}, {0x00, 0x00, 0x0E, 0x01, 0x0F, 0x11, 0x0F},  // ` a
-    {0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1E}, {0x00, 0x00, 0x0E, 0x10, 0x10, 0x11, 0x0E},  // b c
-    {0x01, 0x01, 0x0D, 0x13, 0x11, 0x11, 0x0F}, {0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E},  // d e
-    {0x06, 0x09, 0x08, 0x1C, 0x08, 0x08, 0x08}, {0x00, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x0E},  // f g
-    {0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11}, {0x04, 0x00, 0x0C, 0x04, 0x04, 0x04, 0x0E},  // h i
-    {0x02, 0x00, 0x06, 0x02, 0x02, 0x12, 0x0C}, {0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12},  // j k
-    {0x0C, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E}, {0x00, 0x00, 0x1A, 0x15, 0x15, 0x11, 0x11},  // l m
-    {0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11}, {0x00, 0x00, 0x0E, 0x11, 0x11, 0x11, 0x0E},  // n o
-    {0x00, 0x00, 0x1E, 0x11, 0x1E, 0x10, 0x10}, {0x00, 0x00, 0x0D, 0x13, 0x0F, 0x01, 0x01},  // p q
-    {0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10}, {0x00, 0x00, 0x0E, 0x10, 0x0E, 0x01, 0x1E},  // r s
-    {0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06}, {0x00, 0x00, 0x11, 0x11, 0x11, 0x13, 0x0D},  // t u
-    {0x00, 0x00, 0x11, 0x11, 0x11, 0x0A, 0x04}, {0x00, 0x00, 0x11, 0x11, 0x15, 0x15, 0x0A},  // v w
-    {0x00, 0x00, 0x11, 0x0A, 0x04, 0x0A, 0x11}, {0x00, 0x00, 0x11, 0x11, 0x0F, 0x01, 0x0E},  // x y
-    {0x00, 0x00, 0x1F, 0x02, 0x04, 0x08, 0x1F}, {0x02, 0x04, 0x04, 0x08, 0x04, 0x04, 0x02},  // z {
-    {0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04}, {0x08, 0x04, 0x04, 0x02, 0x04, 0x04, 0x08},  // | }
-    {0x00, 0x00, 0x08, 0x15, 0x02, 0x00, 0x00},                                              // ~
-};
-constexpr int kAdvance = 6;  // glyph width 5 + 1 column of spacing
-
 constexpr Rgb kBlack{0, 0, 0}, kGrid{225, 225, 225}, kText{30, 30, 30}, kZero{110, 110, 110};
+// Debian's fonts-dejavu-core, through fontconfig; another sans face stands in
+// where it is missing.
+constexpr const char* kFace = "DejaVu Sans";
+constexpr double kTickSize = 11, kLabelSize = 12, kPanelTitleSize = 13, kTitleSize = 16;
 
-int text_width(const std::string& s, int scale = 1) {
-  return s.empty() ? 0 : (static_cast<int>(s.size()) * kAdvance - 1) * scale;
-}
+enum class Align { Left, Centre, Right };
 
+// A cairo image surface (RGB24) and its context. Lines on the axes, the grid
+// and bars are whole-pixel rectangles, so they keep their exact colour under
+// antialiasing; curves and text are antialiased.
 class Canvas {
  public:
-  Canvas(int w, int h) {
+  Canvas(int w, int h) : width(w), height(h) {
     if (w < 64 || h < 64 || w > 8192 || h > 8192)
       throw std::invalid_argument("plot size must be 64..8192 pixels per side");
-    img.width = w;
-    img.height = h;
-    img.rgb.assign(static_cast<std::size_t>(w) * h * 3, 255);
-  }
-  void set(int x, int y, Rgb c) {
-    if (x < 0 || y < 0 || x >= img.width || y >= img.height) return;
-    uint8_t* p = &img.rgb[(static_cast<std::size_t>(y) * img.width + x) * 3];
-    p[0] = c.r, p[1] = c.g, p[2] = c.b;
-  }
-  void rect(int x0, int y0, int x1, int y1, Rgb c) {  // [x0, x1) x [y0, y1)
-    for (int y = y0; y < y1; ++y)
-      for (int x = x0; x < x1; ++x) set(x, y, c);
-  }
-  void line(int x0, int y0, int x1, int y1, Rgb c, int thick = 1) {  // Bresenham
-    int dx = std::abs(x1 - x0), dy = -std::abs(y1 - y0), sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1;
-    for (int err = dx + dy;;) {
-      rect(x0, y0, x0 + thick, y0 + thick, c);
-      if (x0 == x1 && y0 == y1) break;
-      int e2 = 2 * err;
-      if (e2 >= dy) err += dy, x0 += sx;
-      if (e2 <= dx) err += dx, y0 += sy;
+    surface_ = cairo_image_surface_create(CAIRO_FORMAT_RGB24, w, h);
+    cr_ = cairo_create(surface_);
+    if (cairo_status(cr_) != CAIRO_STATUS_SUCCESS) {
+      destroy();
+      throw std::runtime_error("cairo: cannot create a drawing surface");
     }
+    rect(0, 0, w, h, {255, 255, 255});
   }
-  // Top-left at (x, y); `up` draws it rotated to read bottom to top, starting at (x, y) = bottom-left.
-  void text(int x, int y, const std::string& s, Rgb c, int scale = 1, bool up = false) {
-    for (std::size_t i = 0; i < s.size(); ++i) {
-      unsigned ch = static_cast<unsigned char>(s[i]);
-      const uint8_t* g = kFont[(ch >= 32 && ch < 127 ? ch : '?') - 32];
-      for (int row = 0; row < 7; ++row)
-        for (int col = 0; col < 5; ++col) {
-          if (!(g[row] & (0x10 >> col))) continue;
-          int u = static_cast<int>(i) * kAdvance + col;  // along the text
-          if (up)
-            rect(x + row * scale, y - (u + 1) * scale, x + (row + 1) * scale, y - u * scale, c);
-          else
-            rect(x + u * scale, y + row * scale, x + (u + 1) * scale, y + (row + 1) * scale, c);
-        }
+  ~Canvas() { destroy(); }
+  Canvas(const Canvas&) = delete;
+  Canvas& operator=(const Canvas&) = delete;
+
+  void colour(Rgb c) { cairo_set_source_rgb(cr_, c.r / 255.0, c.g / 255.0, c.b / 255.0); }
+  void rect(double x0, double y0, double x1, double y1, Rgb c) {  // [x0, x1) x [y0, y1)
+    colour(c);
+    cairo_rectangle(cr_, x0, y0, x1 - x0, y1 - y0);
+    cairo_fill(cr_);
+  }
+  void hline(int x0, int x1, int y, Rgb c) { rect(x0, y, x1 + 1, y + 1, c); }  // x0..x1 inclusive
+  void vline(int x, int y0, int y1, Rgb c) { rect(x, y0, x + 1, y1 + 1, c); }
+
+  void font(double size, bool bold) {
+    cairo_select_font_face(cr_, kFace, CAIRO_FONT_SLANT_NORMAL, bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
+    cairo_set_font_size(cr_, size);
+  }
+  double text_width(const std::string& s, double size, bool bold = false) {
+    if (s.empty()) return 0;
+    font(size, bold);
+    cairo_text_extents_t e;
+    cairo_text_extents(cr_, s.c_str(), &e);
+    return e.x_advance;
+  }
+  // The text's line box centred vertically on y; `up` turns it to read bottom
+  // to top, centred on (x, y).
+  void text(double x, double y, const std::string& s, double size, Align align, bool bold = false, bool up = false) {
+    if (s.empty()) return;
+    const double w = text_width(s, size, bold);
+    cairo_font_extents_t fe;
+    cairo_font_extents(cr_, &fe);
+    cairo_save(cr_);
+    cairo_translate(cr_, x, y);
+    if (up) cairo_rotate(cr_, -M_PI / 2);
+    const double dx = up || align == Align::Centre ? -w / 2 : align == Align::Right ? -w : 0;
+    cairo_move_to(cr_, dx, (fe.ascent - fe.descent) / 2);
+    colour(kText);
+    cairo_show_text(cr_, s.c_str());
+    cairo_restore(cr_);
+  }
+  // A polyline of `width` px through whole-pixel points, clipped to `clip`.
+  void polyline(const std::vector<std::pair<int, int>>& pts, Rgb c, double width, const std::array<int, 4>& clip) {
+    if (pts.size() < 2) return;
+    cairo_save(cr_);
+    cairo_rectangle(cr_, clip[0], clip[1], clip[2] - clip[0], clip[3] - clip[1]);
+    cairo_clip(cr_);
+    cairo_move_to(cr_, pts[0].first, pts[0].second);
+    for (std::size_t i = 1; i < pts.size(); ++i) cairo_line_to(cr_, pts[i].first, pts[i].second);
+    colour(c);
+    cairo_set_line_width(cr_, width);
+    cairo_set_line_join(cr_, CAIRO_LINE_JOIN_ROUND);
+    cairo_set_line_cap(cr_, CAIRO_LINE_CAP_ROUND);
+    cairo_stroke(cr_);
+    cairo_restore(cr_);
+  }
+
+  Image image() {
+    cairo_surface_flush(surface_);
+    Image im;
+    im.width = width, im.height = height;
+    im.rgb.resize(static_cast<std::size_t>(width) * height * 3);
+    const unsigned char* data = cairo_image_surface_get_data(surface_);
+    const int stride = cairo_image_surface_get_stride(surface_);
+    for (int y = 0; y < height; ++y) {
+      const auto* row = reinterpret_cast<const uint32_t*>(data + static_cast<std::ptrdiff_t>(y) * stride);
+      for (int x = 0; x < width; ++x) {
+        uint8_t* p = &im.rgb[(static_cast<std::size_t>(y) * width + x) * 3];
+        p[0] = static_cast<uint8_t>(row[x] >> 16), p[1] = static_cast<uint8_t>(row[x] >> 8), p[2] = static_cast<uint8_t>(row[x]);
+      }
     }
+    return im;
   }
-  Image img;
+
+  const int width, height;
+
+ private:
+  void destroy() {
+    if (cr_) cairo_destroy(cr_);
+    if (surface_) cairo_surface_destroy(surface_);
+    cr_ = nullptr, surface_ = nullptr;
+  }
+  cairo_surface_t* surface_ = nullptr;
+  cairo_t* cr_ = nullptr;
 };
 
 std::string format_number(double v, double step) {
@@ -177,42 +183,139 @@ Axis log_axis(double min_pos, double max_pos) {
   return a;
 }
 
-// Title, y axis with grid and tick labels, axis labels, legend; returns the plot area.
-struct Frame {
+// The plot area [x0, x1) x [y0, y1) of a panel; values map onto its pixels.
+struct Area {
   int x0, y0, x1, y1;
-  int y_of(const Axis& a, double v) const { return y1 - static_cast<int>(std::lround(a.pos(v) * (y1 - y0))); }
+  int y_of(const Axis& a, double v) const { return y1 - 1 - static_cast<int>(std::lround(a.pos(v) * (y1 - 1 - y0))); }
+  int x_of(const Axis& a, double v) const { return x0 + static_cast<int>(std::lround(a.pos(v) * (x1 - 1 - x0))); }
 };
 
-Frame draw_frame(Canvas& c, const std::string& title, const std::string& x_label, const std::string& y_label,
-                 const Axis& y, const std::vector<std::string>& legend) {
-  const int W = c.img.width, H = c.img.height;
-  int label_w = 0, legend_w = 0;
-  for (const auto& l : y.labels) label_w = std::max(label_w, text_width(l));
-  for (const auto& l : legend) legend_w = std::max(legend_w, text_width(l));
-  Frame f;
-  f.x0 = 10 + (y_label.empty() ? 0 : 14) + label_w + 6;
-  f.y0 = title.empty() ? 12 : 36;
-  f.x1 = W - (legend.empty() ? 16 : std::min(W / 3, legend_w + 36));
-  f.y1 = H - (x_label.empty() ? 22 : 38);
-  if (f.x1 - f.x0 < 8 || f.y1 - f.y0 < 8) throw std::invalid_argument("plot too small for its labels");
-  c.text((W - text_width(title, 2)) / 2, 10, title, kText, 2);
-  c.text((f.x0 + f.x1 - text_width(x_label)) / 2, H - 14, x_label, kText);
-  c.text(10, (f.y0 + f.y1 + text_width(y_label)) / 2, y_label, kText, 1, true);
+// Space a panel's y axis and legend take left and right of its plot area.
+struct Margins {
+  int left = 0, right = 0;
+};
+
+Margins margins(Canvas& c, const std::string& y_label, const Axis& y, const std::vector<std::string>& legend) {
+  double label_w = 0, legend_w = 0;
+  for (const auto& l : y.labels) label_w = std::max(label_w, c.text_width(l, kTickSize));
+  for (const auto& l : legend) legend_w = std::max(legend_w, c.text_width(l, kLabelSize));
+  Margins m;
+  m.left = 10 + (y_label.empty() ? 0 : 20) + static_cast<int>(std::ceil(label_w)) + 10;
+  m.right = legend.empty() ? 16 : std::min(c.width / 3, static_cast<int>(std::ceil(legend_w)) + 40);
+  return m;
+}
+
+// Panel title above the area, the y axis (grid, ticks, labels, its label
+// turned up) left of it, the axes just outside it, the legend right of it.
+void draw_frame(Canvas& c, const Area& f, const std::string& title, double title_size, const std::string& y_label,
+                const Axis& y, const std::vector<std::string>& legend) {
+  c.text((f.x0 + f.x1) / 2.0, f.y0 - (title_size > kPanelTitleSize ? 18 : 12), title, title_size, Align::Centre, true);
   for (std::size_t i = 0; i < y.ticks.size(); ++i) {
-    double v = y.log ? std::pow(10.0, y.ticks[i]) : y.ticks[i];
-    int py = f.y_of(y, v);
-    c.line(f.x0, py, f.x1 - 1, py, kGrid);
-    c.line(f.x0 - 5, py, f.x0 - 2, py, kBlack);
-    c.text(f.x0 - 7 - text_width(y.labels[i]), py - 3, y.labels[i], kText);
+    const double v = y.log ? std::pow(10.0, y.ticks[i]) : y.ticks[i];
+    const int py = f.y_of(y, v);
+    c.hline(f.x0, f.x1 - 1, py, kGrid);
+    c.hline(f.x0 - 6, f.x0 - 2, py, kBlack);
+    c.text(f.x0 - 9, py, y.labels[i], kTickSize, Align::Right);
   }
-  c.line(f.x0 - 1, f.y0, f.x0 - 1, f.y1, kBlack);  // axes just outside the plot area
-  c.line(f.x0 - 1, f.y1, f.x1 - 1, f.y1, kBlack);
+  if (!y_label.empty()) {
+    double label_w = 0;
+    for (const auto& l : y.labels) label_w = std::max(label_w, c.text_width(l, kTickSize));
+    c.text(f.x0 - 9 - label_w - 12, (f.y0 + f.y1) / 2.0, y_label, kLabelSize, Align::Centre, false, true);
+  }
+  c.vline(f.x0 - 1, f.y0, f.y1, kBlack);  // axes just outside the plot area
+  c.hline(f.x0 - 1, f.x1 - 1, f.y1, kBlack);
   for (std::size_t i = 0; i < legend.size(); ++i) {
-    int ly = f.y0 + 4 + static_cast<int>(i) * 14;
+    const int ly = f.y0 + 4 + static_cast<int>(i) * 17;
     c.rect(f.x1 + 12, ly, f.x1 + 20, ly + 8, palette(i));
-    c.text(f.x1 + 24, ly, legend[i], kText);
+    c.text(f.x1 + 26, ly + 4, legend[i], kLabelSize, Align::Left);
   }
-  return f;
+}
+
+void draw_x_ticks(Canvas& c, const Area& f, const Axis& x) {
+  double last_right = -1e9;
+  for (std::size_t i = 0; i < x.ticks.size(); ++i) {
+    const int tx = f.x_of(x, x.ticks[i]);
+    const double w = c.text_width(x.labels[i], kTickSize);
+    c.vline(tx, f.y1 + 1, f.y1 + 4, kBlack);
+    if (tx - w / 2 > last_right + 8) {
+      c.text(tx, f.y1 + 14, x.labels[i], kTickSize, Align::Centre);
+      last_right = tx + w / 2;
+    }
+  }
+}
+
+bool valid_point(const LineChart& ch, double x, double y) {
+  return std::isfinite(x) && std::isfinite(y) && (!ch.log_y || y > 0);
+}
+
+Axis y_axis_of(const LineChart& ch) {
+  double lo = INFINITY, hi = -INFINITY;
+  for (const auto& s : ch.series) {
+    if (s.x.size() != s.y.size())
+      throw std::invalid_argument("line chart: series '" + s.name + "' has x/y of different lengths");
+    for (std::size_t i = 0; i < s.x.size(); ++i)
+      if (valid_point(ch, s.x[i], s.y[i])) lo = std::min(lo, s.y[i]), hi = std::max(hi, s.y[i]);
+  }
+  return ch.log_y ? log_axis(lo, hi) : linear_axis(lo, hi, 5);
+}
+
+void draw_series(Canvas& c, const Area& f, const LineChart& ch, const Axis& x, const Axis& y) {
+  for (std::size_t k = 0; k < ch.series.size(); ++k) {
+    const Series& s = ch.series[k];
+    const bool markers = s.points_only || s.x.size() <= 60;
+    std::vector<std::pair<int, int>> run;  // a line breaks at a missing point
+    auto flush = [&] {
+      if (!s.points_only) c.polyline(run, palette(k), 2.0, {f.x0, f.y0, f.x1, f.y1});
+      run.clear();
+    };
+    for (std::size_t i = 0; i < s.x.size(); ++i) {
+      if (!valid_point(ch, s.x[i], s.y[i])) {
+        flush();
+        continue;
+      }
+      const int cx = f.x_of(x, s.x[i]), cy = f.y_of(y, s.y[i]);
+      run.emplace_back(cx, cy);
+      const int r = s.points_only ? 3 : 2;  // a scatter's points are all it shows
+      if (markers) c.rect(cx - r, cy - r, cx + r, cy + r, palette(k));
+    }
+    flush();
+  }
+}
+
+// The figure's panels over one x axis, stacked in the canvas below `title`.
+void draw_panels(Canvas& c, const std::string& title, const std::string& x_label,
+                 const std::vector<LineChart>& panels) {
+  if (panels.empty()) throw std::invalid_argument("figure: no panel");
+  double xlo = INFINITY, xhi = -INFINITY;
+  std::vector<Axis> ys;
+  std::vector<std::vector<std::string>> legends;
+  Margins m;
+  for (const LineChart& p : panels) {
+    ys.push_back(y_axis_of(p));
+    legends.emplace_back();
+    for (const auto& s : p.series) {
+      legends.back().push_back(s.name);
+      for (std::size_t i = 0; i < s.x.size(); ++i)
+        if (valid_point(p, s.x[i], s.y[i])) xlo = std::min(xlo, s.x[i]), xhi = std::max(xhi, s.x[i]);
+    }
+    const Margins pm = margins(c, p.y_label, ys.back(), legends.back());
+    m.left = std::max(m.left, pm.left), m.right = std::max(m.right, pm.right);  // aligned x axes
+  }
+  const Axis x = linear_axis(xlo, xhi, 8);
+  const int top = title.empty() ? 8 : 40, bottom = x_label.empty() ? 6 : 26;
+  const int n = static_cast<int>(panels.size());
+  const double band = static_cast<double>(c.height - top - bottom) / n;
+  c.text(c.width / 2.0, 20, title, kTitleSize, Align::Centre, true);
+  for (int i = 0; i < n; ++i) {
+    const LineChart& p = panels[static_cast<std::size_t>(i)];
+    const int b0 = top + static_cast<int>(std::lround(band * i)), b1 = top + static_cast<int>(std::lround(band * (i + 1)));
+    Area f{m.left, b0 + (p.title.empty() ? 8 : 26), c.width - m.right, b1 - 26};
+    if (f.x1 - f.x0 < 8 || f.y1 - f.y0 < 8) throw std::invalid_argument("plot too small for its labels");
+    draw_frame(c, f, p.title, kPanelTitleSize, p.y_label, ys[static_cast<std::size_t>(i)], legends[static_cast<std::size_t>(i)]);
+    draw_x_ticks(c, f, x);
+    draw_series(c, f, p, x, ys[static_cast<std::size_t>(i)]);
+  }
+  c.text((m.left + c.width - m.right) / 2.0, c.height - 13, x_label, kLabelSize, Align::Centre);
 }
 
 }  // namespace
@@ -232,17 +335,6 @@ uint32_t crc32(const uint8_t* data, std::size_t size, uint32_t crc) {
   return ~crc;
 }
 
-uint32_t adler32(const uint8_t* data, std::size_t size, uint32_t adler) {
-  uint32_t a = adler & 0xFFFF, b = adler >> 16;
-  while (size > 0) {
-    std::size_t n = std::min<std::size_t>(size, 5552);  // largest run without uint32 overflow
-    for (std::size_t i = 0; i < n; ++i) a += data[i], b += a;
-    a %= 65521, b %= 65521;
-    data += n, size -= n;
-  }
-  return (b << 16) | a;
-}
-
 Rgb palette(std::size_t index) {
   static constexpr Rgb kTab10[10] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},  {214, 39, 40},
                                      {148, 103, 189}, {140, 86, 75}, {227, 119, 194}, {127, 127, 127},
@@ -253,6 +345,17 @@ Rgb palette(std::size_t index) {
 Rgb Image::at(int x, int y) const {
   const uint8_t* p = &rgb.at((static_cast<std::size_t>(y) * width + x) * 3);
   return {p[0], p[1], p[2]};
+}
+
+bool spans_decades(const std::vector<Series>& series, double ratio) {
+  double lo = INFINITY, hi = -INFINITY;
+  for (const auto& s : series)
+    for (double v : s.y) {
+      if (!std::isfinite(v)) continue;
+      if (v <= 0) return false;
+      lo = std::min(lo, v), hi = std::max(hi, v);
+    }
+  return std::isfinite(lo) && hi >= ratio * lo;
 }
 
 Image render(const BarChart& ch) {
@@ -266,109 +369,82 @@ Image render(const BarChart& ch) {
   double lo = 0, hi = 0;
   for (double v : ch.values)
     if (std::isfinite(v)) lo = std::min(lo, v), hi = std::max(hi, v);
-  Axis y = linear_axis(lo, hi == lo ? lo + 1 : hi, 6);
-  Frame f = draw_frame(c, ch.title, ch.x_label, ch.y_label, y, ch.categories);
-  int zero = f.y_of(y, 0.0);
-  if (y.lo < 0) c.line(f.x0, zero, f.x1 - 1, zero, kZero);
+  const Axis y = linear_axis(lo, hi == lo ? lo + 1 : hi, 6);
+  const Margins m = margins(c, ch.y_label, y, ch.categories);
+  const Area f{m.left, ch.title.empty() ? 12 : 44, c.width - m.right, c.height - (ch.x_label.empty() ? 26 : 44)};
+  if (f.x1 - f.x0 < 8 || f.y1 - f.y0 < 8) throw std::invalid_argument("plot too small for its labels");
+  draw_frame(c, f, ch.title, kTitleSize, ch.y_label, y, ch.categories);
+  const int zero = f.y_of(y, 0.0);
+  if (y.lo < 0) c.hline(f.x0, f.x1 - 1, zero, kZero);
   const double slot = n ? static_cast<double>(f.x1 - f.x0) / n : 0;
   const int gap = slot >= 4 ? static_cast<int>(slot * 0.1 + 0.5) : 0;
-  int label_w = 0;
+  double label_w = 0;
   for (std::size_t i = 0; i < n; ++i)
-    label_w = std::max(label_w, text_width(ch.labels.empty() ? std::to_string(i) : ch.labels[i]));
-  const std::size_t stride = slot > 0 ? std::max<std::size_t>(1, static_cast<std::size_t>(std::ceil((label_w + 6) / slot))) : 1;
+    label_w = std::max(label_w, c.text_width(ch.labels.empty() ? std::to_string(i) : ch.labels[i], kTickSize));
+  const std::size_t stride =
+      slot > 0 ? std::max<std::size_t>(1, static_cast<std::size_t>(std::ceil((label_w + 6) / slot))) : 1;
   for (std::size_t i = 0; i < n; ++i) {
-    int bx0 = f.x0 + static_cast<int>(std::lround(slot * i)) + gap;
-    int bx1 = std::max(bx0 + 1, f.x0 + static_cast<int>(std::lround(slot * (i + 1))) - gap);
+    const int bx0 = f.x0 + static_cast<int>(std::lround(slot * i)) + gap;
+    const int bx1 = std::max(bx0 + 1, f.x0 + static_cast<int>(std::lround(slot * (i + 1))) - gap);
     if (std::isfinite(ch.values[i])) {
-      int vy = f.y_of(y, ch.values[i]);
-      c.rect(bx0, std::min(vy, zero), bx1, std::max(vy, zero) + (ch.values[i] < 0 ? 1 : 0),
-             palette(ch.category.empty() ? 0 : ch.category[i]));
+      const int vy = f.y_of(y, ch.values[i]);
+      c.rect(bx0, std::min(vy, zero), bx1, std::max(vy, zero) + 1, palette(ch.category.empty() ? 0 : ch.category[i]));
     }
-    if (i % stride == 0) {
-      std::string l = ch.labels.empty() ? std::to_string(i) : ch.labels[i];
-      c.text((bx0 + bx1 - text_width(l)) / 2, f.y1 + 6, l, kText);
-    }
+    if (i % stride == 0)
+      c.text((bx0 + bx1) / 2.0, f.y1 + 13, ch.labels.empty() ? std::to_string(i) : ch.labels[i], kTickSize,
+             Align::Centre);
   }
-  return c.img;
+  c.text((f.x0 + f.x1) / 2.0, c.height - 14, ch.x_label, kLabelSize, Align::Centre);
+  return c.image();
 }
 
 Image render(const LineChart& ch) {
-  double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY;
-  auto valid = [&](double x, double y) { return std::isfinite(x) && std::isfinite(y) && (!ch.log_y || y > 0); };
-  std::vector<std::string> names;
-  for (const auto& s : ch.series) {
-    if (s.x.size() != s.y.size()) throw std::invalid_argument("line chart: series '" + s.name + "' has x/y of different lengths");
-    names.push_back(s.name);
-    for (std::size_t i = 0; i < s.x.size(); ++i)
-      if (valid(s.x[i], s.y[i]))
-        xlo = std::min(xlo, s.x[i]), xhi = std::max(xhi, s.x[i]), ylo = std::min(ylo, s.y[i]), yhi = std::max(yhi, s.y[i]);
-  }
   Canvas c(ch.width, ch.height);
-  Axis x = linear_axis(xlo, xhi, 8);
-  Axis y = ch.log_y ? log_axis(ylo, yhi) : linear_axis(ylo, yhi, 6);
-  Frame f = draw_frame(c, ch.title, ch.x_label, ch.y_label, y, names);
-  auto px = [&](double v) { return f.x0 + static_cast<int>(std::lround(x.pos(v) * (f.x1 - 1 - f.x0))); };
-  int last_right = -1000;
-  for (std::size_t i = 0; i < x.ticks.size(); ++i) {
-    int tx = px(x.ticks[i]), w = text_width(x.labels[i]);
-    c.line(tx, f.y1 + 1, tx, f.y1 + 3, kBlack);
-    if (tx - w / 2 > last_right + 6) c.text(tx - w / 2, f.y1 + 6, x.labels[i], kText), last_right = tx - w / 2 + w;
-  }
-  for (std::size_t k = 0; k < ch.series.size(); ++k) {
-    const Series& s = ch.series[k];
-    const bool markers = s.points_only || s.x.size() <= 60;
-    int prev_x = 0, prev_y = 0;
-    bool have_prev = false;
-    for (std::size_t i = 0; i < s.x.size(); ++i) {
-      if (!valid(s.x[i], s.y[i])) { have_prev = false; continue; }
-      int cx = px(s.x[i]), cy = std::min(f.y_of(y, s.y[i]), f.y1 - 1);
-      if (have_prev && !s.points_only) c.line(prev_x, prev_y, cx, cy, palette(k), 2);
-      if (markers) c.rect(cx - 1, cy - 1, cx + 3, cy + 3, palette(k));
-      prev_x = cx, prev_y = cy, have_prev = true;
-    }
-  }
-  return c.img;
+  LineChart panel = ch;
+  panel.title.clear();  // the chart's title is the figure's
+  draw_panels(c, ch.title, ch.x_label, {panel});
+  return c.image();
+}
+
+Image render(const Figure& fig) {
+  Canvas c(fig.width, fig.height > 0 ? fig.height : 70 + 190 * static_cast<int>(fig.panels.size()));
+  draw_panels(c, fig.title, fig.x_label, fig.panels);
+  return c.image();
 }
 
 std::string encode_png(const Image& im) {
   const std::size_t row = static_cast<std::size_t>(im.width) * 3;
   if (im.width <= 0 || im.height <= 0 || im.rgb.size() != row * im.height)
     throw std::invalid_argument("encode_png: image size does not match its pixels");
-  std::string raw;  // each row: filter type 0 (none), then its pixels
-  raw.reserve((row + 1) * im.height);
+  cairo_surface_t* s = cairo_image_surface_create(CAIRO_FORMAT_RGB24, im.width, im.height);
+  if (cairo_surface_status(s) != CAIRO_STATUS_SUCCESS) {
+    cairo_surface_destroy(s);
+    throw std::runtime_error("cairo: cannot create an image surface");
+  }
+  cairo_surface_flush(s);
+  unsigned char* data = cairo_image_surface_get_data(s);
+  const int stride = cairo_image_surface_get_stride(s);
   for (int y = 0; y < im.height; ++y) {
-    raw.push_back('\0');
-    raw.append(reinterpret_cast<const char*>(&im.rgb[row * y]), row);
+    auto* out = reinterpret_cast<uint32_t*>(data + static_cast<std::ptrdiff_t>(y) * stride);
+    const uint8_t* in = &im.rgb[row * y];
+    for (int x = 0; x < im.width; ++x, in += 3) out[x] = (uint32_t{in[0]} << 16) | (uint32_t{in[1]} << 8) | in[2];
   }
-  auto be32 = [](std::string& s, uint32_t v) {
-    for (int sh = 24; sh >= 0; sh -= 8) s.push_back(static_cast<char>((v >> sh) & 0xFF));
-  };
-  std::string z = "\x78\x01";  // zlib: deflate, 32 KiB window, no dictionary; (0x78 * 256 + 1) % 31 == 0
-  for (std::size_t at = 0; at < raw.size(); at += 65535) {
-    uint16_t len = static_cast<uint16_t>(std::min<std::size_t>(65535, raw.size() - at));
-    z.push_back(at + len == raw.size() ? 1 : 0);  // BFINAL, BTYPE 00 = stored
-    for (uint16_t v : {len, static_cast<uint16_t>(~len)}) z.push_back(static_cast<char>(v & 0xFF)), z.push_back(static_cast<char>(v >> 8));
-    z.append(raw, at, len);
-  }
-  be32(z, adler32(reinterpret_cast<const uint8_t*>(raw.data()), raw.size()));
-  std::string out = "\x89PNG\r\n\x1a\n";
-  auto chunk = [&](const char* type, const std::string& data) {
-    be32(out, static_cast<uint32_t>(data.size()));
-    std::string body = std::string(type) + data;
-    out += body;
-    be32(out, crc32(reinterpret_cast<const uint8_t*>(body.data()), body.size()));
-  };
-  std::string ihdr;
-  be32(ihdr, im.width);
-  be32(ihdr, im.height);
-  ihdr += std::string("\x08\x02\x00\x00\x00", 5);  // 8 bits, RGB, deflate, adaptive filtering, no interlace
-  chunk("IHDR", ihdr);
-  chunk("IDAT", z);
-  chunk("IEND", "");
-  return out;
+  cairo_surface_mark_dirty(s);
+  std::string png;
+  const cairo_status_t st = cairo_surface_write_to_png_stream(
+      s,
+      [](void* closure, const unsigned char* bytes, unsigned int n) {
+        static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(bytes), n);
+        return CAIRO_STATUS_SUCCESS;
+      },
+      &png);
+  cairo_surface_destroy(s);
+  if (st != CAIRO_STATUS_SUCCESS) throw std::runtime_error(std::string("cairo: PNG encoding failed: ") + cairo_status_to_string(st));
+  return png;
 }
 
 void write_png(const std::filesystem::path& path, const BarChart& chart) { write_file_atomic(path, encode_png(render(chart))); }
 void write_png(const std::filesystem::path& path, const LineChart& chart) { write_file_atomic(path, encode_png(render(chart))); }
+void write_png(const std::filesystem::path& path, const Figure& figure) { write_file_atomic(path, encode_png(render(figure))); }
 
 }  // namespace minipuzzle::plot

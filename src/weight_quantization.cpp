@@ -35,56 +35,6 @@ void check_rows(WeightFormat f, const torch::Tensor& rows) {
 
 }  // namespace
 
-std::optional<WeightFormat> weight_format_from_name(const std::string& name) {
-  if (name == "fp8") return WeightFormat::kFp8Channel;
-  if (name == "nvfp4") return WeightFormat::kNvfp4;
-  if (name == "int4") return WeightFormat::kInt4Group128;
-  return std::nullopt;
-}
-
-const char* weight_format_name(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::kFp8Channel: return "fp8";
-    case WeightFormat::kNvfp4: return "nvfp4";
-    case WeightFormat::kInt4Group128: return "int4";
-  }
-  return "?";
-}
-
-const char* compressed_tensors_format(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::kFp8Channel: return "float-quantized";
-    case WeightFormat::kNvfp4: return "nvfp4-pack-quantized";
-    case WeightFormat::kInt4Group128: return "pack-quantized";
-  }
-  return "?";
-}
-
-int64_t weight_format_group(WeightFormat f) {
-  switch (f) {
-    case WeightFormat::kFp8Channel: return 1;
-    case WeightFormat::kNvfp4: return 16;
-    case WeightFormat::kInt4Group128: return 128;
-  }
-  return 1;
-}
-
-std::vector<QuantizedPart> quantized_parts(WeightFormat f, int64_t rows, int64_t cols) {
-  switch (f) {
-    case WeightFormat::kFp8Channel:
-      return {{"weight", DType::F8_E4M3, {rows, cols}}, {"weight_scale", DType::BF16, {rows, 1}}};
-    case WeightFormat::kNvfp4:
-      return {{"weight_global_scale", DType::F32, {1}},
-              {"weight_packed", DType::U8, {rows, cols / 2}},
-              {"weight_scale", DType::F8_E4M3, {rows, cols / 16}}};
-    case WeightFormat::kInt4Group128:
-      return {{"weight_packed", DType::I32, {rows, cols / 8}},
-              {"weight_scale", DType::BF16, {rows, cols / 128}},
-              {"weight_shape", DType::I64, {2}}};
-  }
-  return {};
-}
-
 torch::Tensor fp4_e2m1_codes(const torch::Tensor& x) {
   // Grid 0, .5, 1, 1.5, 2, 3, 4, 6 (codes 0..7); ties go to the even code,
   // hence the alternating > / >= at the midpoints.

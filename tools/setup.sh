@@ -21,7 +21,7 @@ log() { echo "[setup] $*" >&2; }
 # --- 1. Debian packages ------------------------------------------------------
 APT_PACKAGES=(build-essential cmake ninja-build ccache python3-venv
   libeigen3-dev libboost-program-options-dev libfmt-dev nlohmann-json3-dev
-  libyaml-cpp-dev libgtest-dev libgmock-dev)
+  libyaml-cpp-dev libgtest-dev libgmock-dev libcairo2-dev fonts-dejavu-core pkg-config)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -100,4 +100,9 @@ std::atomic<bool>& distill_stop_flag();
 DistillSummary run_distillation(const DistillOptions& options,
                                 const std::function<void(const DistillStatus&)>& on_step = {});
 
+// The checks run_distillation makes of the options alone, before it opens
+// any dataset or model (InputError): for a caller that plans runs ahead, such
+// as `compress --dry-run`.
+void validate_distill_options(const DistillOptions& options);
+
 }  // namespace minipuzzle

@@ -6,15 +6,23 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "minipuzzle/model_config.h"
 
 namespace minipuzzle {
 
-// Storage formats. Bits per value include block scales: nvfp4 stores 16
-// 4-bit values with one fp8 scale, 4 + 8/16 = 4.5 bits.
-enum class Precision { Fp32, Bf16, Fp16, Fp8, Fp4, Nvfp4 };
+// Storage formats. As weight precisions, fp8, nvfp4 and int4 are the export
+// formats (weight_format.h): the projections in that format with its scales,
+// every other tensor bf16, byte for byte what `export --dtype` writes
+// (weight_bytes). fp4 is the paper's accounting instead: every parameter at
+// 4 bits, no scales (it reproduces the paper's 31.7 GiB; no export writes
+// it). For the KV cache and the Mamba state a precision is just its bits per
+// value (precision_bits).
+enum class Precision { Fp32, Bf16, Fp16, Fp8, Fp4, Nvfp4, Int4 };
 
+// Bits per value, block scales included: nvfp4 4 + 8/16 = 4.5 (the global
+// scale aside), int4 4 + 16/128 = 4.125, fp8 8 (its per-row scale aside).
 double precision_bits(Precision p);
 const char* precision_name(Precision p);  // "fp32", "bf16", ..., "nvfp4"
 // Throws InputError "<what>: unknown precision 'x'; expected ..." on bad text.
@@ -91,9 +99,24 @@ struct MemoryBreakdown {
   double state() const { return mamba_ssm + mamba_conv; }
 };
 
-// Every parameter (embeddings, lm_head and norms included) is stored at
-// `d.weights`; see memory_model.cpp for why this is what reproduces the
-// paper's numbers.
+// The projection weights of a model, [rows, cols] (cols: the input width,
+// the axis a format's groups run along), `count` of each: the tensors a
+// quantized export converts (weight_format.h).
+struct ProjectionShape {
+  std::string name;  // "mamba in_proj", "attention q_proj", "moe expert up_proj", ...
+  int64_t rows = 0, cols = 0, count = 0;
+};
+std::vector<ProjectionShape> projection_shapes(const ModelConfig& c);
+
+// Bytes of the weights at `p`. fp32/bf16/fp16: every parameter at that
+// width. fp8/nvfp4/int4: what the export writes: each projection whose width
+// the format's group divides in that format with its scale tensors, every
+// other parameter (embeddings, lm_head, norms, conv1d, A_log, D, dt_bias,
+// the router, projections it cannot pack) bf16. fp4: every parameter 4 bits.
+double weight_bytes(const ModelConfig& c, Precision p);
+
+// Weights as weight_bytes(c, d.weights); see memory_model.cpp for the fp4
+// accounting that reproduces the paper's numbers.
 MemoryBreakdown memory_breakdown(const ModelConfig& c, const Deployment& d);
 
 }  // namespace minipuzzle

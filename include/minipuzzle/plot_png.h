@@ -1,7 +1,7 @@
-// PNG charts for the Markdown reports (score, distill, compress): bar charts
-// and line charts drawn into an RGB image with a built-in 5x7 bitmap font and
-// written as PNG. Plain C++: no LibTorch, no zlib (the PNG's deflate stream
-// uses stored, i.e. uncompressed, blocks; CRC-32 and Adler-32 are ours).
+// PNG charts for the Markdown reports (score, distill, compress): bar charts,
+// line charts and figures of stacked line panels (one metric per y axis),
+// drawn with cairo (antialiased, DejaVu Sans text through fontconfig) into an
+// RGB image and written with cairo's PNG writer. No LibTorch.
 //
 // Colours: category / series i is drawn in palette(i % 10), the ten
 // "tab10" colours (blue, orange, green, red, purple, brown, pink, grey,
@@ -17,10 +17,9 @@
 namespace minipuzzle::plot {
 
 // CRC-32 (ISO-HDLC / PNG, reflected poly 0xEDB88320); pass the previous
-// result as `crc` to continue a running checksum.
+// result as `crc` to continue a running checksum. Here for history (the
+// hand-written PNG encoder needed it); the sharded checkpoints use it.
 uint32_t crc32(const uint8_t* data, std::size_t size, uint32_t crc = 0);
-// Adler-32 (zlib); pass the previous result to continue (start value 1).
-uint32_t adler32(const uint8_t* data, std::size_t size, uint32_t adler = 1);
 
 struct Rgb {
   uint8_t r = 0, g = 0, b = 0;
@@ -58,16 +57,36 @@ struct LineChart {
   int width = 800, height = 480;
 };
 
+// True when every finite y is positive and the largest is at least `ratio`
+// times the smallest: a curve a linear axis would flatten (a loss falling
+// from 6 to 0.02), for `log_y`.
+bool spans_decades(const std::vector<Series>& series, double ratio = 30);
+
+// Panels stacked top to bottom over one x range, each its own y axis (its
+// title names the metric; its y_label, log_y and series are its own; its
+// x_label, width and height are not used): metrics of different scales, such
+// as a KD loss of 0.02 and a held-out loss of 1.15, each fill their panel.
+// Series colours and the legend restart in every panel.
+struct Figure {
+  std::string title, x_label;
+  std::vector<LineChart> panels;
+  int width = 800;
+  int height = 0;  // 0: 70 px plus 190 px per panel
+};
+
 // Rendering is deterministic; std::invalid_argument on inconsistent input
 // (sizes 64..8192 px, per-bar vectors of the wrong length, category out of range).
+// A figure also throws when it has no panel.
 Image render(const BarChart& chart);
 Image render(const LineChart& chart);
+Image render(const Figure& figure);
 
-// The PNG bytes of an image (colour type 2, 8 bits, no interlace).
+// The PNG bytes of an image (RGB, 8 bits per channel), by cairo.
 std::string encode_png(const Image& image);
 
 // Renders and writes atomically (temp + fsync + rename).
 void write_png(const std::filesystem::path& path, const BarChart& chart);
 void write_png(const std::filesystem::path& path, const LineChart& chart);
+void write_png(const std::filesystem::path& path, const Figure& figure);
 
 }  // namespace minipuzzle::plot

@@ -42,27 +42,9 @@
 #include <vector>
 
 #include "minipuzzle/dtype.h"
+#include "minipuzzle/weight_format.h"  // the formats, their tensors and which weights they convert
 
 namespace minipuzzle {
-
-enum class WeightFormat { kFp8Channel, kNvfp4, kInt4Group128 };
-
-// "fp8" | "nvfp4" | "int4" -> format; nullopt for anything else.
-std::optional<WeightFormat> weight_format_from_name(const std::string& name);
-const char* weight_format_name(WeightFormat f);              // "fp8", "nvfp4", "int4"
-const char* compressed_tensors_format(WeightFormat f);       // "float-quantized", ...
-// Columns that must divide a weight's width (1, 16, 128).
-int64_t weight_format_group(WeightFormat f);
-
-// One stored tensor of a quantized weight: name suffix after the module
-// ("weight_packed", ...), dtype and shape.
-struct QuantizedPart {
-  std::string suffix;
-  DType dtype;
-  std::vector<int64_t> shape;
-};
-// The tensors `f` stores for a [rows, cols] weight, in name order.
-std::vector<QuantizedPart> quantized_parts(WeightFormat f, int64_t rows, int64_t cols);
 
 // A row chunk quantized: `values` is the stored weight (fp8 [n, cols],
 // uint8 [n, cols/2] for nvfp4, int32 [n, cols/8] for int4), `scale` the

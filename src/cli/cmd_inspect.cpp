@@ -20,7 +20,7 @@ int cmd_inspect(const Args& args) {
   options.add_options()
       ("model", po::value<std::string>(), "checkpoint directory or config.json")
       ("json", "print JSON instead of text")
-      ("precision", po::value<std::string>()->default_value("bf16"), "weight precision: bf16, fp16, fp32, fp8, fp4, nvfp4")
+      ("precision", po::value<std::string>()->default_value("bf16"), "weight precision: bf16, fp16, fp32; fp8, nvfp4, int4 as `export --dtype` writes them (projections converted, the rest bf16); fp4: every parameter 4 bits (the paper's accounting)")
       ("kv-precision", po::value<std::string>()->default_value("bf16"), "KV cache precision (the same names)")
       ("state-precision", po::value<std::string>()->default_value("bf16"), "Mamba SSM and conv state precision")
       ("context", po::value<int64_t>()->default_value(8192), "tokens per sequence in the KV cache")

@@ -64,7 +64,7 @@ int cmd_search(const Args& args) {
       ("uniform-scores", po::bool_switch(), "plan without scores: every layer counts the same, widths uninformative")
       ("budget", po::value<std::string>(), "memory per inference instance, e.g. 31.7GiB")
       ("out", po::value<std::string>(), "candidates file to write")
-      ("precision", po::value<std::string>()->default_value("bf16"), "weight precision: bf16, fp16, fp32, fp8, fp4, nvfp4")
+      ("precision", po::value<std::string>()->default_value("bf16"), "weight precision: bf16, fp16, fp32; fp8, nvfp4, int4 as `export --dtype` writes them (projections converted, the rest bf16); fp4: every parameter 4 bits (the paper's accounting)")
       ("kv-precision", po::value<std::string>()->default_value("bf16"), "KV cache precision (the same names)")
       ("state-precision", po::value<std::string>()->default_value("bf16"), "Mamba SSM and conv state precision")
       ("context", po::value<int64_t>()->default_value(8192), "tokens per sequence in the KV cache")

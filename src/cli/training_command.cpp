@@ -44,11 +44,9 @@ void wait_for_stop_signal() {
   while (!distill_stop_flag().load() && std::chrono::steady_clock::now() < until)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
 }
-}  // namespace
 
-int run_training_command(const Args& args, bool from_scratch) {
-  const std::string usage =
-      std::string(from_scratch
+std::string training_usage(bool from_scratch) {
+  return std::string(from_scratch
                       ? "minipuzzle train --student DIR --data PREFIX --out RUN_DIR [--eval-data PREFIX]\n"
                       : "minipuzzle distill (--teacher DIR | --teacher-cache DIR) --student DIR --data PREFIX --out "
                         "RUN_DIR [--eval-data PREFIX]\n") +
@@ -60,6 +58,9 @@ int run_training_command(const Args& args, bool from_scratch) {
                            "   or: minipuzzle distill --plan (--teacher DIR | --teacher-cache DIR) --student DIR "
                            "[--world-size N] [--shard LEVEL] [--seq-len N] [--micro-batch N] [--device-memory SIZE] "
                            "[--json]");
+}
+
+po::options_description training_options(bool from_scratch) {
   po::options_description opts("options");
   // The teacher's options exist for distill only: train refuses them as unknown.
   if (!from_scratch)
@@ -105,25 +106,14 @@ int run_training_command(const Args& args, bool from_scratch) {
        "data-parallel: fp32 bytes per gradient bucket (one collective each), e.g. 25MiB")
       ("stop-at-step", po::value<int64_t>()->default_value(0), "stop after this step as if interrupted (time-boxed runs, tests)");
   if (!from_scratch) add_plan_options(opts);
-  po::positional_options_description pos;
-  po::variables_map vm;
-  if (!parse_args(usage, args, opts, pos, vm)) return 0;
-  if (!from_scratch && plan_requested(vm)) return print_distill_plan(vm);
-  for (const char* k : {"student", "data", "out"}) require(vm, k, usage);
-  if (!from_scratch && !vm.count("teacher") && !vm.count("teacher-cache"))
-    throw InputError("give --teacher, --teacher-cache or both");
-  if (vm.count("eval-data") && vm.count("val-data")) throw InputError("give --eval-data or --val-data, not both");
+  return opts;
+}
 
-  refuse_moe_model(vm["student"].as<std::string>(), from_scratch ? "train --student" : "distill --student");
-  if (vm.count("teacher")) refuse_moe_model(vm["teacher"].as<std::string>(), "distill --teacher");
+// The run's options as the flags give them; reads no file.
+DistillOptions options_from(const po::variables_map& vm, bool from_scratch) {
   DistillOptions o;
   if (vm.count("teacher")) o.teacher = vm["teacher"].as<std::string>();
   if (vm.count("teacher-cache")) o.teacher_cache = vm["teacher-cache"].as<std::string>();
-  if (!o.teacher.empty() && !o.teacher_cache.empty()) {  // the trainer checks them against the cache
-    const CheckpointFingerprint fp = checkpoint_fingerprint(o.teacher);
-    o.teacher_config_hash = fp.config_hash;
-    o.teacher_weights_hash = fp.weights_hash;
-  }
   o.student = vm["student"].as<std::string>();
   o.data = vm["data"].as<std::string>();
   if (vm.count("eval-data")) o.eval_data = vm["eval-data"].as<std::string>();
@@ -175,6 +165,31 @@ int run_training_command(const Args& args, bool from_scratch) {
     o.bucket_bytes = static_cast<int64_t>(bucket);
   }
   if (!from_scratch) o.shard = parse_shard_level(vm["shard"].as<std::string>());
+  return o;
+}
+
+}  // namespace
+
+int run_training_command(const Args& args, bool from_scratch) {
+  const std::string usage = training_usage(from_scratch);
+  po::options_description opts = training_options(from_scratch);
+  po::positional_options_description pos;
+  po::variables_map vm;
+  if (!parse_args(usage, args, opts, pos, vm)) return 0;
+  if (!from_scratch && plan_requested(vm)) return print_distill_plan(vm);
+  for (const char* k : {"student", "data", "out"}) require(vm, k, usage);
+  if (!from_scratch && !vm.count("teacher") && !vm.count("teacher-cache"))
+    throw InputError("give --teacher, --teacher-cache or both");
+  if (vm.count("eval-data") && vm.count("val-data")) throw InputError("give --eval-data or --val-data, not both");
+
+  refuse_moe_model(vm["student"].as<std::string>(), from_scratch ? "train --student" : "distill --student");
+  if (vm.count("teacher")) refuse_moe_model(vm["teacher"].as<std::string>(), "distill --teacher");
+  DistillOptions o = options_from(vm, from_scratch);
+  if (!o.teacher.empty() && !o.teacher_cache.empty()) {  // the trainer checks them against the cache
+    const CheckpointFingerprint fp = checkpoint_fingerprint(o.teacher);
+    o.teacher_config_hash = fp.config_hash;
+    o.teacher_weights_hash = fp.weights_hash;
+  }
 
   const int64_t hold = hold_after_step();
 
@@ -200,6 +215,14 @@ int run_training_command(const Args& args, bool from_scratch) {
                            std::isnan(s.final_eval_kl) ? "" : fmt::format(" (KL to teacher {:.4f})", s.final_eval_kl),
                            s.final_dir.string(), (o.out / "report.md").string());
   return 0;
+}
+
+void check_distill_args(const Args& args) {
+  po::options_description opts = training_options(/*from_scratch=*/false);
+  po::variables_map vm;
+  if (!parse_args(training_usage(false), args, opts, po::positional_options_description(), vm))
+    throw std::logic_error("check_distill_args: --help");
+  validate_distill_options(options_from(vm, /*from_scratch=*/false));
 }
 
 }  // namespace minipuzzle::cli

@@ -1,5 +1,5 @@
-"""Oracle test: PNG charts written by our plot_png (no zlib) open in Pillow
-and Python's zlib, and their pixels say what the data says.
+"""Oracle test: PNG charts written by plot_png (cairo) open in Pillow and
+Python's zlib, and their pixels say what the data says.
 
 Runs tests/base/plot_png_sample (path in PLOT_PNG_SAMPLE, set by CMake); the
 charts it draws are described at the top of plot_png_sample.cpp.
@@ -28,12 +28,12 @@ def charts(tmp_path_factory):
     return d
 
 
-def pixels(path):
+def pixels(path, size=(640, 400)):
     with Image.open(path) as im:
         im.verify()  # chunk CRCs and structure
     with Image.open(path) as im:
         assert im.format == "PNG" and im.mode == "RGB", (im.format, im.mode)
-        assert im.size == (640, 400), im.size
+        assert im.size == size, im.size
         return np.asarray(im.convert("RGB")).astype(np.int32)
 
 
@@ -113,7 +113,7 @@ def test_lines_log_y(charts):
     ys, xs = np.nonzero(mask(inner, TAB10[0]))
     # y = 10^(x/2) is a straight line on a log axis running from 1 (bottom) to 10^4 (top)
     slope, icept = np.polyfit(xs, ys, 1)
-    assert np.abs(ys - (slope * xs + icept)).max() <= 3
+    assert np.abs(ys - (slope * xs + icept)).max() <= 4  # a 2-px antialiased line and 4-px markers
     assert abs(icept - (y1 - y0 - 1)) <= 3 and abs(slope * (x1 - x0 - 1) + icept) <= 3, (slope, icept)
     # y = 5 is flat, where the exp line crosses it: at x = 2 log10(5)
     fy, fx = np.nonzero(mask(inner, TAB10[1]))
@@ -121,3 +121,27 @@ def test_lines_log_y(charts):
     cross = 2 * math.log10(5) / 8 * (x1 - x0 - 1)
     assert abs(np.median(fy) - (slope * cross + icept)) <= 3
     assert fx.min() <= 2 and fx.max() >= x1 - x0 - 3, "the flat line spans the x range"
+
+
+def test_figure_panels_each_span_their_own_range(charts):
+    """Three metrics of different scales (0.02, 1.15, 1e-4..1e-3 on a log axis):
+    each curve runs from its panel's bottom to its top, with its x range."""
+    a = pixels(charts / "figure.png", (640, 460))
+    black = mask(a, (0, 0, 0))
+    axes = [y for y in range(a.shape[0]) if black[y].sum() > a.shape[1] // 2]
+    assert len(axes) == 3, axes
+    y_axis = int(np.argmax(black.sum(axis=0)))
+    right = int(np.nonzero(black[axes[0]])[0].max())
+    top = 0
+    for k, bottom in enumerate(axes):
+        col = np.nonzero(black[top:bottom, y_axis])[0]
+        area_top = top + int(col.min())
+        ys, xs = np.nonzero(mask(a[area_top:bottom, y_axis + 1:right], TAB10[0]))
+        assert len(ys) > 100, k
+        height = bottom - area_top
+        # linear panels: most of the height; the log panel's axis is whole decades (1e-4..1e-2):
+        # 1e-4..1.1e-3 spans log10(11) / 2 of it
+        share = 0.6 if k < 2 else 0.45
+        assert ys.max() - ys.min() >= share * height, (k, ys.min(), ys.max(), height)
+        assert xs.min() <= 3 and xs.max() >= right - y_axis - 4, (k, xs.min(), xs.max())
+        top = bottom + 1

@@ -196,6 +196,33 @@ TEST(CompressJob, RecordedSettingsAreCompleteAndStable) {
   EXPECT_EQ(parse(kMinimal, {"search.axes.ffn=64:128:32"}).to_json(), j);
 }
 
+TEST(CompressJob, EachSettingBelongsToTheFirstStageThatReadsIt) {
+  EXPECT_EQ(first_stage_reading("score.samples"), CompressStage::Score);
+  EXPECT_EQ(first_stage_reading("teacher"), CompressStage::Score);
+  EXPECT_EQ(first_stage_reading("compute.dtype"), CompressStage::Score);
+  EXPECT_EQ(first_stage_reading("data.validation"), CompressStage::Search);
+  EXPECT_EQ(first_stage_reading("rank.tokens"), CompressStage::Search);
+  EXPECT_EQ(first_stage_reading("search.axes"), CompressStage::Search);
+  // Shared by both distillations: the short one comes first.
+  EXPECT_EQ(first_stage_reading("distill.seq_len"), CompressStage::ShortDistill);
+  EXPECT_EQ(first_stage_reading("short_distill.tokens"), CompressStage::ShortDistill);
+  EXPECT_EQ(first_stage_reading("short_distill.candidates"), CompressStage::Pick);
+  EXPECT_EQ(first_stage_reading("long_distill.warmup_steps"), CompressStage::LongDistill);
+  EXPECT_EQ(first_stage_reading("export.dtype"), CompressStage::Export);
+  EXPECT_EQ(first_stage_reading("evaluate.tokens"), CompressStage::Compare);
+  EXPECT_EQ(first_stage_reading("estimate.tflops"), std::nullopt);
+  EXPECT_EQ(first_stage_reading("out"), std::nullopt);
+  // A key the table does not know reruns everything rather than nothing.
+  EXPECT_EQ(first_stage_reading("some.future_key"), CompressStage::Score);
+  // Every recorded key that is not result-neutral has a stage.
+  const auto recorded = parse(kMinimal).to_json();
+  for (const auto& [key, value] : recorded.items())
+    if (key.rfind("estimate.", 0) != 0 && key != "out") {
+      EXPECT_TRUE(first_stage_reading(key).has_value()) << key;
+    }
+  EXPECT_STREQ(compress_stage_name(CompressStage::LongDistill), "long distill");
+}
+
 TEST(CompressJob, StepsRoundTokensUpToWholeSteps) {
   CompressJob j = parse(kMinimal, {"distill.seq_len=256", "distill.global_batch=16"});
   EXPECT_EQ(j.steps_for(4096), 1);

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -109,10 +110,46 @@ def test_the_chain_writes_every_stage_and_a_before_after_table(full_run):
     assert len(losses) == 2 and losses[pick["winner_rank"]] == min(losses.values())
 
 
+def tensor_bytes(folder: Path) -> int:
+    """The bytes of every tensor in a folder's safetensors files (headers aside)."""
+    total = 0
+    for f in folder.glob("*.safetensors"):
+        raw = f.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        total += sum(t["data_offsets"][1] - t["data_offsets"][0] for k, t in header.items() if k != "__metadata__")
+    return total
+
+
+def assert_reported_memory_is_the_export(out: Path, precision: str) -> float:
+    """The final row's memory (at the job's deployment) against the export's
+    weight bytes plus the KV cache and Mamba state terms; returns the ratio."""
+    final = json.loads((out / "compare.json").read_text())["models"][-1]
+    job = json.loads((out / "job.json").read_text())
+    assert job["search.precision"] == precision
+    r = nt.run_cli("inspect", out / "export", "--json", "--precision", precision, "--kv-precision",
+                   job["search.kv_precision"], "--state-precision", job["search.state_precision"],
+                   "--context", job["search.context"], "--batch", job["search.batch"])
+    m = json.loads(r.stdout)["memory"]
+    state = m["kv_cache_bytes"] + m["mamba_ssm_bytes"] + m["mamba_conv_bytes"]
+    written = tensor_bytes(out / "export")
+    ratio = final["memory_bytes"] / (written + state)
+    assert abs(ratio - 1) <= 0.01, (precision, final["memory_bytes"], written, state)
+    assert abs(m["weights_bytes"] / written - 1) <= 0.01, (precision, m["weights_bytes"], written)
+    return ratio
+
+
+def test_the_reported_memory_of_a_bf16_export_is_its_weight_files(full_run):
+    assert_reported_memory_is_the_export(full_run["out"], "bf16")
+
+
 def test_a_quantized_export_is_compared_beside_the_model_it_came_from(work):
     job = write_job(work, "nvfp4", "runs/nvfp4")
-    r = compress(job, "--set", "export.dtype=nvfp4")
+    # Planned at the precision it ships in: the report's memory is then the export's.
+    r = compress(job, "--set", "export.dtype=nvfp4", "--set", "search.precision=nvfp4")
     out = work["root"] / "runs" / "nvfp4"
+    ratio = assert_reported_memory_is_the_export(out, "nvfp4")
+    print(f"nvfp4: reported memory / (weight files + KV + state) = {ratio:.6f}")
     cfg = json.loads((out / "export" / "config.json").read_text())
     assert cfg["quantization_config"]["quant_method"] == "compressed-tensors"
     models = json.loads((out / "compare.json").read_text())["models"]
@@ -287,12 +324,103 @@ def test_bad_jobs_exit_2_with_the_key_path(work):
         assert not (root / "runs" / "no_gpu").exists()
 
 
-def test_rerunning_with_other_settings_is_refused(work, full_run):
-    r = expect_user_error(["compress", full_run["job"], "--set", "long_distill.tokens=3072"],
-                          "was started by a different job", "long_distill.tokens")
-    assert "(was 1536, now 3072)" in r.stderr
-    # Settings that change no result may differ.
-    compress(full_run["job"], "--set", "estimate.tflops=5")
+def test_dry_run_shows_what_a_changed_setting_would_rerun(full_run):
+    before = {f: (full_run["out"] / f).stat().st_mtime_ns for f in ("long/final/model.safetensors", "job.json")}
+    r = compress(full_run["job"], "--set", "long_distill.tokens=3072", "--dry-run")
+    assert "long_distill.tokens (was 1536, now 3072)" in r.stdout
+    assert "kept (finished, settings unchanged): score, search, prune rank-1, short distill rank-1, prune rank-2, " \
+           "short distill rank-2, pick" in r.stdout
+    assert "would run: long distill, export, compare, report" in r.stdout
+    assert r.stdout.count(" rerun ") == 4 and r.stdout.count(" done ") == 7
+    assert {f: (full_run["out"] / f).stat().st_mtime_ns for f in before} == before  # the dry run touched nothing
+    # Settings that change no result may differ: nothing reruns.
+    r = compress(full_run["job"], "--set", "estimate.tflops=5")
+    assert "== compress:" not in r.stdout and "started with other settings" not in r.stdout
+
+
+def test_every_stage_setting_is_checked_before_anything_runs(work):
+    """The reported failure: long_distill.tokens too few for its warmup was found
+    at the long distillation, after every earlier stage had run."""
+    job = write_job(work, "late_bad", "runs/late_bad")
+    bad = ("--set", "long_distill.tokens=256", "--set", "long_distill.warmup_steps=4")
+    for extra in ((), ("--dry-run",)):
+        r = expect_user_error(["compress", job, *bad, *extra], "long_distill: --warmup 4 must be in [0, --steps 2]",
+                              "long_distill.tokens 256 / (distill.global_batch 4 x distill.seq_len 32) = 2 steps")
+        assert not (work["root"] / "runs" / "late_bad").exists(), extra
+    expect_user_error(["compress", job, "--set", "short_distill.warmup_steps=7"],
+                      "short_distill: --warmup 7 must be in [0, --steps 6]")
+    # Data against the stages' window lengths (the dry run too, when the data exists).
+    expect_user_error(["compress", job, "--set", "distill.global_batch=256"], "fewer than one distill.global_batch of 256")
+    expect_user_error(["compress", job, "--set", "evaluate.seq_len=5000", "--dry-run"], "evaluate.seq_len 5000")
+    assert not (work["root"] / "runs" / "late_bad").exists()
+
+
+def _metrics_steps(run: Path) -> set[int]:
+    steps = set()
+    if (run / "metrics.jsonl").exists():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            try:
+                steps.add(json.loads(line)["step"])
+            except (ValueError, KeyError):
+                pass
+    return steps
+
+
+def _stage_starts(out: Path, after: int = 0) -> list[str]:
+    lines = (out / "compress.log.jsonl").read_text().splitlines()[after:]
+    return [json.loads(l)["stage"] for l in lines if json.loads(l)["status"] == "start"]
+
+
+def test_a_stopped_late_stage_with_a_changed_setting_reruns_only_from_it(work, full_run):
+    """The issue's target: a job stops in a late stage (the long distillation,
+    here by a signal: a bad setting is now refused before any stage runs), the
+    job file is corrected, the rerun redoes only that stage and those after it,
+    and ends with the bytes of an uninterrupted run of the corrected job."""
+    job = write_job(work, "fixed", "runs/fixed")
+    out = work["root"] / "runs" / "fixed"
+    env = dict(os.environ, OMP_NUM_THREADS="2", MINIPUZZLE_TEST_HOLD_AFTER_STEP="9")  # the short runs have 6 steps
+    proc = subprocess.Popen([nt.minipuzzle_bin(), "compress", str(job), "--set", "long_distill.lr=1e-3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 600
+    while 9 not in _metrics_steps(out / "long") and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert (out / "long" / "checkpoints").exists() and not (out / "long" / "final").exists()
+    kept = ("scores/importance.json", "search/candidates.json", "short/rank-1/distill/final/model.safetensors",
+            "short/rank-2/distill/final/model.safetensors", "pick.json")
+    mtimes = {f: (out / f).stat().st_mtime_ns for f in kept}
+    log_lines = len((out / "compress.log.jsonl").read_text().splitlines())
+
+    r = compress(job)  # the corrected job file: long_distill.lr back to 3e-3
+    assert "long_distill.lr (was 0.001, now 0.003)" in r.stdout
+    assert "will run: long distill, export, compare, report" in r.stdout
+    assert "removing outputs made with the old settings: long" in r.stdout
+    assert _stage_starts(out, log_lines) == ["long distill", "export", "compare", "report"]
+    assert {f: (out / f).stat().st_mtime_ns for f in kept} == mtimes
+    assert json.loads((out / "job.json").read_text())["stages"]["long distill"]["long_distill.lr"] == 0.003
+    # The half-run distillation with the old learning rate was not resumed.
+    assert json.loads((out / "long" / "run.json").read_text())["lr"] == pytest.approx(3e-3)
+    assert (out / "export" / "model.safetensors").read_bytes() == \
+        (full_run["out"] / "export" / "model.safetensors").read_bytes()
+    ma = json.loads((full_run["out"] / "compare.json").read_text())["models"]
+    mb = json.loads((out / "compare.json").read_text())["models"]
+    assert [(m["loss"], m["kl"], m["params"]) for m in ma] == [(m["loss"], m["kl"], m["params"]) for m in mb]
+
+    # A finished stage's setting: that stage and every one after it run again, never its old output.
+    log_lines = len((out / "compress.log.jsonl").read_text().splitlines())
+    long_mtime = (out / "long" / "final" / "model.safetensors").stat().st_mtime_ns
+    r = compress(job, "--set", "export.dtype=nvfp4")
+    assert _stage_starts(out, log_lines) == ["export", "compare", "report"]
+    assert (out / "long" / "final" / "model.safetensors").stat().st_mtime_ns == long_mtime
+    cfg = json.loads((out / "export" / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert "final (export, nvfp4)" in r.stdout
+    compress(job)  # and back: the bf16 export again, equal to the uninterrupted run's
+    assert "quantization_config" not in json.loads((out / "export" / "config.json").read_text())
+    assert (out / "export" / "model.safetensors").read_bytes() == \
+        (full_run["out"] / "export" / "model.safetensors").read_bytes()
 
 
 # ----------------------------------------------------------------------------

@@ -176,6 +176,26 @@ TEST(Search, FastSearchEqualsTheReferenceOnEveryAxis) {
   }
 }
 
+// The export formats keep embeddings and norms bf16 and pack only the
+// widths their group divides: the fast search's per-layer costs must still
+// equal the memory model's bytes for every candidate.
+TEST(Search, FastSearchEqualsTheReferenceAtTheExportFormats) {
+  const ModelConfig parent = small_hybrid();
+  const SearchImportance imp = SearchImportance::synthetic(parent, 5);
+  for (Precision w : {Precision::Fp8, Precision::Nvfp4, Precision::Int4}) {
+    CandidateSpace s = small_space(parent);
+    s.max_depth_reduction = 0.7;
+    SearchOptions o = small_options(parent, 25);
+    o.deployment.weights = w;
+    o.budget_bytes = 0.6 * memory_breakdown(parent, o.deployment).total;
+    const SearchResult fast = search_architectures(parent, imp, s, o);
+    const SearchResult ref = search_architectures_reference(parent, imp, s, o);
+    EXPECT_GT(fast.feasible, 5) << precision_name(w);
+    EXPECT_EQ(fast.feasible, ref.feasible) << precision_name(w);
+    EXPECT_EQ(candidates_to_json(fast).dump(), candidates_to_json(ref).dump()) << precision_name(w);
+  }
+}
+
 TEST(Search, KeepsTheTopScoringLayersOfEachType) {
   const ModelConfig parent = small_hybrid();
   SearchImportance imp = SearchImportance::uniform(parent);

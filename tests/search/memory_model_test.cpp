@@ -153,16 +153,50 @@ TEST(Memory, Published56BDoesNotFitThePapersBudget) {
   EXPECT_GT(m.total, test::paper_budget());
 }
 
-TEST(Memory, Nvfp4CountsFourAndAHalfBitsPerParameter) {
+TEST(Memory, ExportFormatsCountWhatTheExportWrites) {
   EXPECT_DOUBLE_EQ(precision_bits(Precision::Nvfp4), 4.5);  // 4-bit values + one fp8 scale per 16
-  const ModelConfig c = tiny_config();
+  EXPECT_DOUBLE_EQ(precision_bits(Precision::Int4), 4.125);  // + one bf16 scale per 128
+  const ModelConfig c = tiny_config();  // 63832 parameters
+  // Projections [rows, cols]: Mamba in_proj [132, 64] and out_proj [64, 32] (x2 layers), q/o [64, 64],
+  // k/v [32, 64], up [128, 64], down [64, 128]: 49664 weights in 10 tensors; 14168 other parameters.
+  const double other = 63832.0 - 49664;
   Deployment d;
-  d.weights = Precision::Nvfp4;
-  EXPECT_DOUBLE_EQ(memory_breakdown(c, d).weights, 63832.0 * 9 / 16);
+  d.weights = Precision::Nvfp4;  // every width divides 16: 4.5 bits + a 4-byte global scale per tensor
+  EXPECT_DOUBLE_EQ(memory_breakdown(c, d).weights, other * 2 + 49664.0 * 9 / 16 + 4 * 10);
+  d.weights = Precision::Fp8;  // 1 byte + a bf16 scale per row (776 rows)
+  EXPECT_DOUBLE_EQ(memory_breakdown(c, d).weights, other * 2 + 49664.0 + 2 * 776);
+  // int4 packs only widths that 128 divides (down_proj); the rest stays bf16, as the exporter leaves it.
+  d.weights = Precision::Int4;
+  EXPECT_DOUBLE_EQ(memory_breakdown(c, d).weights, (63832.0 - 8192) * 2 + 8192 / 2 + 8192 / 128 * 2 + 16);
+  // The paper's accounting: every parameter at 4 bits.
   d.weights = Precision::Fp4;
   EXPECT_DOUBLE_EQ(memory_breakdown(c, d).weights, 63832.0 / 2);
-  d.weights = Precision::Fp8;
-  EXPECT_DOUBLE_EQ(memory_breakdown(c, d).weights, 63832.0);
+  d.weights = Precision::Bf16;
+  EXPECT_DOUBLE_EQ(memory_breakdown(c, d).weights, 63832.0 * 2);
+}
+
+TEST(Memory, ProjectionShapesAreTheMixersMatrices) {
+  const ModelConfig c = tiny_config();
+  int64_t n = 0, tensors = 0;
+  for (const ProjectionShape& p : projection_shapes(c)) n += p.rows * p.cols * p.count, tensors += p.count;
+  EXPECT_EQ(n, 49664);
+  EXPECT_EQ(tensors, 10);
+  // The non-projection parameters: embeddings, lm_head, norms, conv1d, A_log, D, dt_bias, gated norms.
+  const ParamCounts pc = count_parameters(c);
+  EXPECT_EQ(pc.total - n, pc.embeddings + pc.lm_head + pc.final_norm + 4 * 64 /* block norms */ +
+                              2 * (96 * 4 + 96 + 3 * 4 + 32) /* conv1d + bias, A_log/D/dt_bias, gated norm */);
+}
+
+TEST(Memory, ThePublished47bAtNvfp4) {
+  // 44,637,880,320 projection weights at 4.5 bits + 206 global scales; embeddings, lm_head, norms,
+  // conv and SSM parameters (2,153,674,496) at bf16: 27.40 GiB, against 21.79 GiB in the paper's fp4
+  // accounting. With the paper's FP8 KV cache and bf16 state at 1M context: 37.29 GiB (paper: 31.7).
+  const ModelConfig c = test::reference_config("47b");
+  const double proj = 44637880320.0, other = 46791554816.0 - proj;
+  EXPECT_DOUBLE_EQ(weight_bytes(c, Precision::Nvfp4), proj * 9 / 16 + 4 * 206 + other * 2);
+  Deployment d = test::paper_deployment();
+  d.weights = Precision::Nvfp4;
+  EXPECT_NEAR(memory_breakdown(c, d).total / kGiB, 37.29, 0.005);
 }
 
 TEST(Memory, KvCacheAndStateByHand) {
@@ -194,7 +228,8 @@ TEST(Memory, BadDeploymentIsInputError) {
 TEST(Precision, ParsesNamesAndRejectsOthers) {
   EXPECT_EQ(parse_precision("NVFP4"), Precision::Nvfp4);
   EXPECT_EQ(parse_precision("fp8"), Precision::Fp8);
-  EXPECT_THROW(parse_precision("int4", "--precision"), InputError);
+  EXPECT_EQ(parse_precision("int4"), Precision::Int4);
+  EXPECT_THROW(parse_precision("int3", "--precision"), InputError);
 }
 
 TEST(Bytes, ParsesBinaryAndDecimalUnits) {

@@ -160,7 +160,7 @@ const std::vector<Field>& fields() {
       text(key, expected, ref, [allowed](const std::string& k, const std::string& t) { return one_of(k, t, allowed); });
     };
     auto precision = [&](std::string key, std::function<std::string&(CompressJob&)> ref) {
-      text(key, "a precision (fp32, bf16, fp16, fp8, fp4, nvfp4)", ref, [](const std::string& k, const std::string& t) {
+      text(key, "a precision (fp32, bf16, fp16, fp8, nvfp4, int4, fp4)", ref, [](const std::string& k, const std::string& t) {
         return std::string(precision_name(parse_precision(t, k)));
       });
     };
@@ -423,6 +423,29 @@ json CompressJob::to_json() const {
   for (const auto& [k, v] : search.axes) axes[k] = v;
   j["search.axes"] = axes;
   return j;
+}
+
+const char* compress_stage_name(CompressStage stage) {
+  static const char* const names[kCompressStages] = {"score",  "search", "short distill", "pick",
+                                                     "long distill", "export", "compare", "report"};
+  return names[static_cast<int>(stage)];
+}
+
+std::optional<CompressStage> first_stage_reading(const std::string& key) {
+  auto under = [&](const char* prefix) { return key.rfind(prefix, 0) == 0; };
+  if (under("estimate.") || key == "out") return std::nullopt;
+  // The validation data ranks the candidates in search (first) and scores
+  // every later evaluation.
+  if (key == "data.validation" || under("search.") || under("rank.")) return CompressStage::Search;
+  // More or fewer candidates: those already distilled stay valid, the pick
+  // among them does not.
+  if (key == "short_distill.candidates") return CompressStage::Pick;
+  if (under("distill.") || under("short_distill.")) return CompressStage::ShortDistill;
+  if (under("long_distill.")) return CompressStage::LongDistill;
+  if (under("export.")) return CompressStage::Export;
+  if (under("evaluate.")) return CompressStage::Compare;
+  // teacher, data.train, compute.*, score.*, and anything not listed above.
+  return CompressStage::Score;
 }
 
 std::vector<std::pair<std::string, std::string>> compress_job_keys() {

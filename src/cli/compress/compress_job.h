@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -104,6 +105,19 @@ struct CompressJob {
   // directory records and what a rerun is compared against.
   nlohmann::json to_json() const;
 };
+
+// The stages of a job in the order they run; every prune and short
+// distillation together is one (ShortDistill).
+enum class CompressStage { Score, Search, ShortDistill, Pick, LongDistill, Export, Compare, Report };
+constexpr int kCompressStages = 8;
+const char* compress_stage_name(CompressStage stage);  // "score", "short distill", ...
+
+// The first stage whose output depends on a job key ("long_distill.lr" ->
+// LongDistill; "distill.seq_len" -> ShortDistill, since the long run comes
+// after it). A rerun with a changed key redoes that stage and every one after
+// it. nullopt: a key no output depends on (estimate.*; out, which names the
+// directory itself). A key this table does not know maps to Score.
+std::optional<CompressStage> first_stage_reading(const std::string& key);
 
 // Parses a job: `yaml_text` read from `source` (its directory anchors the
 // relative paths in it), then each "key.path=value" of `sets` applied in

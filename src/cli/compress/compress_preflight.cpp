@@ -8,7 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "../distill_plan.h"
+#include "compress_rerun.h"
 #include "compress_stages.h"
+#include "../training_command.h"
 #include "local_processes.h"
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/candidates_json.h"
@@ -20,6 +22,7 @@
 #include "minipuzzle/safetensors.h"
 #include "minipuzzle/search_importance.h"
 #include "minipuzzle/width_statistics.h"
+#include "minipuzzle/window_order.h"
 
 namespace minipuzzle::cli {
 
@@ -70,9 +73,6 @@ SearchResult feasibility_search(const CompressJob& j, const ModelConfig& parent)
 
 namespace {
 
-// Settings that change no output: a rerun may differ in them.
-bool result_neutral(const std::string& key) { return key.rfind("estimate.", 0) == 0; }
-
 // Each input named by its job key, before any stage spends time.
 void check_key(const char* key, const std::function<void()>& open) {
   try {
@@ -89,11 +89,55 @@ void check_score_settings(const CompressJob& j) {
   check_key("score.layer_metrics", [&] { (void)LayerMetrics::parse(j.score.layer_metrics); });
 }
 
+// Each distillation stage's command line through distill's own checks of its
+// flags (a bad warmup found here, not after hours of earlier stages).
+void check_distill_settings(const CompressJob& j) {
+  for (const Stage& st : plan_stages(j)) {
+    if (st.argv.empty() || st.argv[0] != "distill") continue;
+    const bool is_long = st.stage == CompressStage::LongDistill;
+    const CompressJob::DistillRun& run = is_long ? j.long_distill : j.short_distill;
+    try {
+      check_distill_args(Args(st.argv.begin() + 1, st.argv.end()));
+    } catch (const InputError& e) {
+      throw InputError(fmt::format("{}: {} (the stage runs `minipuzzle distill` with {}.tokens {} / "
+                                   "(distill.global_batch {} x distill.seq_len {}) = {} steps, --warmup = {}.warmup_steps)",
+                                   is_long ? "long_distill" : "short_distill", e.what(), is_long ? "long_distill" : "short_distill",
+                                   run.tokens, j.distill.global_batch, j.distill.seq_len, j.steps_for(run.tokens),
+                                   is_long ? "long_distill" : "short_distill"));
+    }
+  }
+}
+
+// What the stages refuse of the data, given the job's window lengths: the
+// same conditions as distill's, search's ranking's and compare's.
+void check_data_for_stages(const CompressJob& j) {
+  const uint64_t train = IndexedDataset::open(j.train_data)->total_tokens();
+  const uint64_t validation = IndexedDataset::open(j.validation_data)->total_tokens();
+  uint64_t windows = 0;
+  check_key("data.train", [&] { windows = WindowOrder(train, j.distill.seq_len, j.distill.seed).windows(); });
+  if (windows < static_cast<uint64_t>(j.distill.global_batch))
+    throw InputError(fmt::format("data.train holds {} windows of distill.seq_len {}, fewer than one "
+                                 "distill.global_batch of {}",
+                                 windows, j.distill.seq_len, j.distill.global_batch));
+  const int64_t evaluate_seq = j.evaluate.seq_len > 0 ? j.evaluate.seq_len : j.distill.seq_len;
+  for (const auto& [key, seq] : {std::pair<const char*, int64_t>{"distill.seq_len", j.distill.seq_len},
+                                 {"rank.seq_len", j.rank.seq_len},
+                                 {"evaluate.seq_len", evaluate_seq}})
+    if (validation < static_cast<uint64_t>(seq) + 1)
+      throw InputError(fmt::format("data.validation holds {} tokens, fewer than one window of {} {} + 1", validation,
+                                   key, seq));
+}
+
 }  // namespace
+
+void check_stage_settings(const CompressJob& j) {
+  check_score_settings(j);
+  check_distill_settings(j);
+}
 
 void prepare_job_directory(const CompressJob& j) {
   const auto& check = check_key;
-  check_score_settings(j);
+  check_stage_settings(j);
   ModelConfig parent;
   check("teacher", [&] {
     parent = ModelConfig::load(j.teacher);
@@ -115,30 +159,20 @@ void prepare_job_directory(const CompressJob& j) {
       j.distill.processes > static_cast<int64_t>(torch::cuda::device_count()))
     throw InputError(fmt::format("distill.processes: {} processes need {} CUDA devices; this machine has {}",
                                  j.distill.processes, j.distill.processes, torch::cuda::device_count()));
+  check_data_for_stages(j);
   feasibility_search(j, parent);
 
   const CompressPaths p(j.out);
-  const json now = j.to_json();
   std::error_code ec;
   if (fs::exists(p.job_json, ec)) {
-    const json before = json::parse(read_file(p.job_json), nullptr, false);
-    if (before.is_discarded()) throw InputError(p.job_json.string() + ": unreadable; use a new out directory");
-    std::string diff;
-    for (const auto& [k, v] : now.items())
-      if (!result_neutral(k) && (!before.contains(k) || before[k] != v))
-        diff += fmt::format("{}{} (was {}, now {})", diff.empty() ? "" : ", ", k,
-                            before.contains(k) ? before[k].dump() : "unset", v.dump());
-    if (!diff.empty())
-      throw InputError(fmt::format("{} was started by a different job: {}; rerun with the same settings to resume, "
-                                   "or set a new out",
-                                   j.out, diff));
+    continue_changed_job(j, job_change(j), /*apply=*/true);
     return;
   }
   if (fs::exists(p.out, ec) && !fs::is_empty(p.out, ec))
     throw InputError(fmt::format("{} exists and is not a compress job directory (no job.json); set a new out", j.out));
   fs::create_directories(p.out, ec);
   if (ec) throw InputError(fmt::format("cannot create the job directory {}: {}", j.out, ec.message()));
-  write_file_atomic(p.job_json, now.dump(2) + "\n");
+  write_file_atomic(p.job_json, recorded_job(j).dump(2) + "\n");
 }
 
 namespace {
@@ -183,15 +217,16 @@ std::string quote(const std::string& a) {
 }  // namespace
 
 int print_dry_run(const CompressJob& job) {
-  check_score_settings(job);
   CompressJob j = job;
   // Placeholders for a plan made before the data exists (validation defaults to train when run).
   if (j.validation_data.empty()) j.validation_data = j.train_data.empty() ? "<data.validation>" : j.train_data;
   if (j.train_data.empty()) j.train_data = "<data.train>";
+  check_stage_settings(j);
+  std::error_code ec;
+  if (fs::exists(j.train_data + ".idx", ec) && fs::exists(j.validation_data + ".idx", ec)) check_data_for_stages(j);
   const ModelConfig parent = ModelConfig::load(j.teacher);
   const CompressPaths p(j.out);
   const SearchOptions so = search_options_of(j);
-  std::error_code ec;
   const bool searched = fs::exists(p.candidates, ec);
   const SearchResult result = searched ? load_candidates(p.candidates) : feasibility_search(j, parent);
   const ParamCounts pp = count_parameters(parent);
@@ -285,10 +320,15 @@ int print_dry_run(const CompressJob& job) {
   std::cout << fmt::format("  {:<14} {:>20}  {:>14.3g}  {:>10}\n", "total", "", total,
                            human_time(total / (tflops * 1e12)));
 
+  const JobChange change = job_change(j);
+  if (change.first) std::cout << "\n";
+  continue_changed_job(j, change, /*apply=*/false);
   std::cout << fmt::format("\nstages (job directory {}):\n", j.out);
   int i = 0;
   for (const Stage& st : plan_stages(j)) {
-    std::string line = fmt::format("  {:>2}. {:<22} {:<6} ", ++i, st.name, st.done ? "done" : "to do");
+    const bool redo = change.first && st.stage >= *change.first;
+    std::string line =
+        fmt::format("  {:>2}. {:<22} {:<6} ", ++i, st.name, st.done && !redo ? "done" : st.done ? "rerun" : "to do");
     if (st.argv.empty()) {
       line += st.name == "pick" ? "lowest validation loss after the short distillation -> pick.json"
               : st.name == "compare" ? "teacher / pruned / distilled / export on data.validation -> compare.json"

@@ -2,7 +2,7 @@
 // the teacher and datasets open, the budget is reachable in the job's search
 // space (a memory-only search, seconds, so an infeasible budget fails before
 // hours of scoring), and a job directory that already exists was started by
-// the same job. The dry run prints the stages as `minipuzzle` command lines,
+// the same job (or says which stages a changed job redoes). The dry run prints the stages as `minipuzzle` command lines,
 // the candidates that fit with their memory, the token budgets and an
 // estimated time from a FLOP count at estimate.tflops.
 #pragma once
@@ -21,7 +21,15 @@ CandidateSpace search_space_of(const CompressJob& job, const ModelConfig& parent
 // InputError naming the smallest reachable memory when nothing fits.
 SearchResult feasibility_search(const CompressJob& job, const ModelConfig& parent);
 
-// Checks inputs and the job directory, then creates it with job.json.
+// Every stage's settings through the checks that stage makes of them (the
+// score options, each distillation's flags: steps against warmup, tokens
+// against the global batch, ...): InputError naming the job key. Run by
+// --dry-run and before any stage.
+void check_stage_settings(const CompressJob& job);
+
+// Checks inputs (and that the data holds a window of each stage's length)
+// and the job directory, then creates it with job.json; a job directory
+// started with other settings continues as compress_rerun.h says.
 void prepare_job_directory(const CompressJob& job);
 
 // Prints the plan; returns 0.

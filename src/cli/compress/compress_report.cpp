@@ -81,20 +81,24 @@ std::string deployment_text(const CompressJob& j) {
                      j.search.kv_precision, j.search.state_precision, j.search.context, j.search.batch);
 }
 
-// Train-loss curve of a run (x = step) and its eval points.
-void add_run_series(plot::LineChart& ch, const fs::path& run, const std::string& name, bool with_eval) {
-  plot::Series train{name + (with_eval ? " train" : ""), {}, {}};
-  plot::Series eval{name + " eval", {}, {}};
+// One metric of a run per step: its training records or its evaluations.
+plot::Series run_series(const fs::path& run, const std::string& name, bool eval, const char* key) {
+  plot::Series s{name, {}, {}};
   for (const json& r : read_jsonl(run / "metrics.jsonl")) {
-    if (!r.contains("step") || !r.contains("loss")) continue;
-    plot::Series& s = r.value("eval", false) ? eval : train;
+    if (!r.contains("step") || !r.contains(key) || !r[key].is_number() || r.value("eval", false) != eval) continue;
     s.x.push_back(r["step"].get<double>());
-    s.y.push_back(r["loss"].get<double>());
+    s.y.push_back(r[key].get<double>());
   }
-  ch.series.push_back(std::move(train));
-  if (with_eval) {
-    ch.series.push_back(std::move(eval));
-  }
+  return s;
+}
+
+// A panel of one metric; a log axis where its curves span decades.
+plot::LineChart metric_panel(const std::string& title, std::vector<plot::Series> series) {
+  plot::LineChart p;
+  p.title = title;
+  p.series = std::move(series);
+  p.log_y = plot::spans_decades(p.series);
+  return p;
 }
 
 }  // namespace
@@ -187,11 +191,16 @@ int report_stage(const CompressJob& j, const CompressPaths& p) {
      << "\n![candidates](candidates.png)\n\n";
   plot::write_png(p.out / "candidates.png", scatter);
 
-  plot::LineChart shorts;
-  shorts.title = "short distillation: training loss";
+  std::vector<plot::Series> short_train, short_eval;
+  for (const auto& [rank, rec] : short_by_rank) {
+    short_train.push_back(run_series(p.short_run(rank), fmt::format("rank {}", rank), false, "loss"));
+    short_eval.push_back(run_series(p.short_run(rank), fmt::format("rank {}", rank), true, "loss"));
+  }
+  plot::Figure shorts;
+  shorts.title = "short distillation of each candidate";
   shorts.x_label = "step";
-  shorts.y_label = "nats/token";
-  for (const auto& [rank, rec] : short_by_rank) add_run_series(shorts, p.short_run(rank), fmt::format("rank {}", rank), false);
+  shorts.panels = {metric_panel("training loss (nats/token)", std::move(short_train)),
+                   metric_panel("held-out LM loss (nats/token)", std::move(short_eval))};
   plot::write_png(p.out / "short_distill.png", shorts);
   md << fmt::format("## Short distillation\n\nThe top {} candidates, {} tokens each; the winner is the lowest "
                     "validation loss: **rank {}**.\n\n![short distillation](short_distill.png)\n\n",
@@ -200,11 +209,14 @@ int report_stage(const CompressJob& j, const CompressPaths& p) {
     md << fmt::format("- rank {}: validation loss {:.4f}, accuracy {:.4f} ([report](short/rank-{}/distill/report.md))\n",
                       rank, rec.at("loss").get<double>(), rec.at("accuracy").get<double>(), rank);
 
-  plot::LineChart longc;
-  longc.title = "long distillation";
+  plot::Figure longc;
+  longc.title = "long distillation of the winner";
   longc.x_label = "step";
-  longc.y_label = "nats/token";
-  add_run_series(longc, p.long_run, "loss", true);
+  longc.panels = {metric_panel("training loss (nats/token)", {run_series(p.long_run, "train", false, "loss")}),
+                  metric_panel("held-out LM loss (nats/token)", {run_series(p.long_run, "held-out", true, "loss")}),
+                  metric_panel("KL to the teacher on held-out tokens (nats/token)",
+                               {run_series(p.long_run, "held-out", true, "kl")}),
+                  metric_panel("learning rate", {run_series(p.long_run, "lr", false, "lr")})};
   plot::write_png(p.out / "long_distill.png", longc);
   md << fmt::format("\n## Long distillation\n\nThe winner, {} more tokens ([report](long/report.md)).\n\n"
                     "![long distillation](long_distill.png)\n\n",

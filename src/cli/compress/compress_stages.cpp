@@ -37,6 +37,21 @@ CompressPaths::CompressPaths(const fs::path& o)
 
 fs::path CompressPaths::short_dir(int64_t rank) const { return out / "short" / fmt::format("rank-{}", rank); }
 
+std::vector<fs::path> CompressPaths::outputs_of(CompressStage stage) const {
+  switch (stage) {
+    case CompressStage::Score: return {scores};
+    case CompressStage::Search: return {search_dir};
+    case CompressStage::ShortDistill: return {out / "short"};
+    case CompressStage::Pick: return {pick};
+    case CompressStage::LongDistill: return {long_run};
+    case CompressStage::Export: return {export_dir};
+    case CompressStage::Compare: return {compare};
+    case CompressStage::Report:  // the plots first: report.md marks the stage done
+      return {out / "candidates.png", out / "short_distill.png", out / "long_distill.png", report};
+  }
+  return {};
+}
+
 namespace {
 
 bool path_exists(const fs::path& p) {
@@ -164,7 +179,7 @@ std::vector<Stage> plan_stages(const CompressJob& j) {
     score.push_back("--max-device-memory");
     score.push_back(j.max_device_memory);
   }
-  s.push_back({"score", score, path_exists(p.scores / "importance.json")});
+  s.push_back({CompressStage::Score, "score", score, path_exists(p.scores / "importance.json")});
 
   std::vector<std::string> search = {
       "search", j.teacher, "--scores", p.scores.string(), "--budget", j.search.budget,
@@ -179,7 +194,7 @@ std::vector<Stage> plan_stages(const CompressJob& j) {
       "--rank-by", j.rank.by, "--dtype", j.dtype, "--device", j.device, "--out", cands};
   for (const auto& [axis, value] : j.search.axes) search.insert(search.end(), {"--axis", axis + "=" + value});
   if (j.search.maximal_only) search.push_back("--maximal-only");
-  s.push_back({"search", search, path_exists(p.candidates)});
+  s.push_back({CompressStage::Search, "search", search, path_exists(p.candidates)});
   s.back().run = [p, argv = search] {
     fs::create_directories(p.search_dir);
     return run_command(argv);
@@ -187,7 +202,7 @@ std::vector<Stage> plan_stages(const CompressJob& j) {
 
   const int64_t n = short_count(j, p);
   for (int64_t r = 1; r <= n; ++r) {
-    s.push_back({fmt::format("prune rank-{}", r),
+    s.push_back({CompressStage::ShortDistill, fmt::format("prune rank-{}", r),
                  {"prune", j.teacher, "--scores", p.scores.string(), "--candidate", fmt::format("{}#{}", cands, r),
                   "--out", p.short_student(r).string()},
                  path_exists(p.short_student(r) / "config.json")});
@@ -195,23 +210,23 @@ std::vector<Stage> plan_stages(const CompressJob& j) {
       fs::create_directories(p.short_dir(r));
       return run_command(argv);
     };
-    s.push_back({fmt::format("short distill rank-{}", r),
+    s.push_back({CompressStage::ShortDistill, fmt::format("short distill rank-{}", r),
                  distill_argv(j, j.short_distill, p.short_student(r).string(), p.short_run(r)),
                  run_complete(p.short_run(r))});
   }
-  s.push_back({"pick", {}, path_exists(p.pick)});
+  s.push_back({CompressStage::Pick, "pick", {}, path_exists(p.pick)});
   s.back().run = [j, p] { return pick_winner(j, p); };
 
   const int64_t w = picked_rank(p);
   const std::string winner = w > 0 ? (p.short_run(w) / "final").string() : (p.short_dir(0).parent_path() / "rank-?" / "distill" / "final").string();
-  s.push_back({"long distill", distill_argv(j, j.long_distill, winner, p.long_run), run_complete(p.long_run), w == 0});
-  s.push_back({"export",
+  s.push_back({CompressStage::LongDistill, "long distill", distill_argv(j, j.long_distill, winner, p.long_run), run_complete(p.long_run), w == 0});
+  s.push_back({CompressStage::Export, "export",
                {"export", (p.long_run / "final").string(), "--out", p.export_dir.string(), "--dtype", j.export_.dtype,
                 "--max-shard-size", j.export_.max_shard_size},
                path_exists(p.export_dir / "config.json")});
-  s.push_back({"compare", {}, path_exists(p.compare)});
+  s.push_back({CompressStage::Compare, "compare", {}, path_exists(p.compare)});
   s.back().run = [j, p] { return compare_stage(j, p); };
-  s.push_back({"report", {}, path_exists(p.report)});
+  s.push_back({CompressStage::Report, "report", {}, path_exists(p.report)});
   s.back().run = [j, p] { return report_stage(j, p); };
 
   for (Stage& st : s) {

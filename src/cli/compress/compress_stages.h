@@ -5,7 +5,8 @@
 // resumes at the first stage without one.
 //
 // OUT/
-//   job.json                    the job's settings (a rerun must match them)
+//   job.json                    the job's settings, also grouped by the first stage reading each
+//                               (a rerun with changes redoes that stage and those after it)
 //   compress.log.jsonl          stage start / done / skipped records with seconds
 //   scores/                     minipuzzle score
 //   search/candidates.json      minipuzzle search (ranked on data.validation)
@@ -33,9 +34,13 @@ struct CompressPaths {
   std::filesystem::path short_dir(int64_t rank) const;
   std::filesystem::path short_student(int64_t rank) const { return short_dir(rank) / "student"; }
   std::filesystem::path short_run(int64_t rank) const { return short_dir(rank) / "distill"; }
+  // Everything a stage writes (whole or in part): what a rerun that redoes
+  // the stage removes first.
+  std::vector<std::filesystem::path> outputs_of(CompressStage stage) const;
 };
 
 struct Stage {
+  CompressStage stage;            // its place in the run order
   std::string name;               // "score", "prune rank-2", "short distill rank-2", "pick", ...
   std::vector<std::string> argv;  // the equivalent `minipuzzle ...` arguments; empty for in-process steps
   bool done = false;              // its outputs are complete
