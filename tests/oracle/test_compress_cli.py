@@ -177,6 +177,17 @@ def test_a_job_under_max_device_memory_streams_and_compares_as_the_resident_job(
             assert a[k] == b[k], (a["name"], k, a[k], b[k])
 
 
+def test_a_cap_too_small_to_stream_is_refused_before_any_stage_runs(work):
+    """compute.max_device_memory below what streaming needs (two blocks and
+    one batch): refused at the start, dry run or not, naming the key; nothing
+    is written."""
+    job = write_job(work, "tiny-cap", "runs/tiny-cap")
+    for extra in (["--dry-run"], []):
+        expect_user_error(["compress", job, *extra, "--set", "compute.max_device_memory=100000"],
+                          "compute.max_device_memory")
+    assert not (work["root"] / "runs" / "tiny-cap").exists()
+
+
 def test_the_export_loads_in_transformers_with_our_logits(full_run, tmp_path):
     export = full_run["out"] / "export"
     model = nt.load_hf(export)

@@ -1,5 +1,7 @@
 #include "compress_preflight.h"
 
+#include "compress_compare.h"
+
 #include <fmt/format.h>
 
 #include <cmath>
@@ -133,6 +135,9 @@ void check_data_for_stages(const CompressJob& j) {
 void check_stage_settings(const CompressJob& j) {
   check_score_settings(j);
   check_distill_settings(j);
+  // A cap too small for the compare stage's plan, refused now rather than
+  // after every distillation has run.
+  if (!j.max_device_memory.empty()) (void)plan_compare(j);
 }
 
 void prepare_job_directory(const CompressJob& j) {
