@@ -114,8 +114,6 @@ int run_training_command(const Args& args, bool from_scratch) {
     throw InputError("give --teacher, --teacher-cache or both");
   if (vm.count("eval-data") && vm.count("val-data")) throw InputError("give --eval-data or --val-data, not both");
 
-  refuse_moe_model(vm["student"].as<std::string>(), from_scratch ? "train --student" : "distill --student");
-  if (vm.count("teacher")) refuse_moe_model(vm["teacher"].as<std::string>(), "distill --teacher");
   DistillOptions o;
   if (vm.count("teacher")) o.teacher = vm["teacher"].as<std::string>();
   if (vm.count("teacher-cache")) o.teacher_cache = vm["teacher-cache"].as<std::string>();
