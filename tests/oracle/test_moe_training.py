@@ -246,3 +246,11 @@ def test_data_parallel_two_ranks_equal_one_process(work, tmp_path):
     assert moved > 0
     la, lb = kd_losses(one), kd_losses(two)
     assert np.allclose(la, lb, rtol=1e-4), (la, lb)
+
+
+def test_plan_counts_moe_blocks(work):
+    r = nt.run_cli("distill", "--plan", "--teacher", work["teacher"], "--student", work["student"],
+                   "--seq-len", SEQ_LEN, "--json")
+    blocks = {b["type"]: b for b in json.loads(r.stdout)["activations"]["blocks"]}
+    assert blocks["moe"]["count"] == STUDENT.pattern.count("E"), blocks
+    assert blocks["moe"]["saved"] > blocks["moe"]["checkpointed"] > 0, blocks
