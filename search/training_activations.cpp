@@ -86,13 +86,14 @@ double mlp(const Sizes& z) { return 2 * z.n * z.F * z.e; }
 //     (a view of the gathered [n*k, Din], kept by up_proj), relu's output
 //     (square keeps the same tensor) and the square (kept by down_proj), the
 //     expert output row and its fp32 routing weight (both kept by the
-//     product); index_add keeps the token index again;
+//     product); index_add keeps the token index again and its source, the
+//     weighted output row in fp32;
 //   the shared expert as an MLP of width Fs (its input is the norm output).
 double moe(const Sizes& z) {
   double router = z.E * f + z.k * (8 + f) + f;
   if (z.e < f) router += z.D * f;
   const double latent = z.latent * 2 * z.Din * z.e;
-  const double slot = 8 + z.Din * z.e + 2 * z.Fe * z.e + z.Din * z.e + f + 8;
+  const double slot = 8 + z.Din * z.e + 2 * z.Fe * z.e + z.Din * z.e + f + 8 + z.Din * f;
   return z.n * (router + latent + z.k * slot + 2 * z.Fs * z.e);
 }
 
@@ -214,12 +215,11 @@ double block_backward_scratch_bytes(const ModelConfig& c, LayerType t, const Act
       // dtype, and the [D] gradient coming in.
       return z.n * (z.D * z.e + z.di * (4 * f - z.e));
     case LayerType::Moe:
-      // As the MLP's per slot (relu's and the square's gradients), the
-      // gradient of the weighted fp32 expert outputs and of the gathered
-      // [n*k, Din] input, and one expert's weight gradients in flight; the
-      // shared expert's [Fs] pair per token. An estimate, not measured.
-      return through + z.n * z.k * (2 * z.Fe * z.e + z.Din * (f + z.e)) + 3 * z.Fe * z.Din * z.e +
-             2 * z.n * z.Fs * z.e;
+      // Fitted to the allocator (activation_memory_test.cpp): the fp32
+      // gradient of the summed routed output [Din] and index_add's fp32
+      // gradient of the weighted slots [k, Din] (in bf16 both again in the
+      // compute dtype); the experts' own gradients are smaller, one at a time.
+      return through + z.n * (z.k * z.Din + z.Din) * (f + (z.e < f ? z.e : 0));
   }
   return 0;
 }
@@ -249,11 +249,14 @@ double block_forward_transient_bytes(const ModelConfig& c, LayerType t, const Ac
       if (z.e < f) b += z.n * z.di * (f - z.e);
       return b;
     }
-    case LayerType::Moe:
-      // Before index_add returns: the weighted fp32 expert outputs [n*k, Din],
-      // the fp32 [n, Din] sum and its cast to the compute dtype, and the
-      // router's fp32 logits beside its scores.
-      return z.n * (z.k * z.Din * f + z.Din * (f + z.e) + z.E * f);
+    case LayerType::Moe: {
+      // Fitted to the allocator (activation_memory_test.cpp): the shared
+      // expert's up_proj output beside relu's and k fp32 values per token;
+      // in bf16 one more [Fs] and the routed sum in fp32 beside its cast.
+      double b = z.n * (z.Fs * z.e + z.k * f);
+      if (z.e < f) b += z.n * (z.Fs * z.e + z.Din * (f + z.e));
+      return b;
+    }
   }
   return 0;
 }
