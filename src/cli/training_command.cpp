@@ -173,6 +173,17 @@ int run_training_command(const Args& args, bool from_scratch) {
     o.bucket_bytes = static_cast<int64_t>(bucket);
   }
   if (!from_scratch) o.shard = parse_shard_level(vm["shard"].as<std::string>());
+  // ShardedParameters' gathers need every parameter to take a gradient; the
+  // router's correction bias takes none (frozen).
+  if (o.shard == ShardLevel::Parameters)
+    for (const std::string& dir : {o.student, o.teacher}) {
+      if (dir.empty()) continue;
+      const int64_t moe = ModelConfig::load(dir).count(LayerType::Moe);
+      if (moe > 0)
+        throw InputError(fmt::format("--shard parameters: not supported for MoE models yet ({} has {} E layers); "
+                                     "use --shard gradients",
+                                     dir, moe));
+    }
 
   const int64_t hold = hold_after_step();
 

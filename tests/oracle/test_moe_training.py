@@ -207,9 +207,11 @@ def test_train_from_scratch_on_an_moe_model(work, tmp_path, dtype):
             assert not torch.equal(after[k], before[k]), k
 
 
-def test_data_parallel_two_ranks_equal_one_process(work, tmp_path):
-    """--shard none over two Gloo ranks (one window each) against one process
-    over both: the same steps up to float summation order; the bias unchanged."""
+@pytest.mark.parametrize("shard", ["none", "gradients"])
+def test_data_parallel_two_ranks_equal_one_process(work, tmp_path, shard):
+    """--shard none (and gradients) over two Gloo ranks (one window each)
+    against one process over both: the same steps up to float summation
+    order; the bias unchanged."""
     import os
     import socket
     import subprocess
@@ -218,7 +220,8 @@ def test_data_parallel_two_ranks_equal_one_process(work, tmp_path):
         port = s.getsockname()[1]
     lr = 1e-3
     args = lambda out: [nt.minipuzzle_bin(), *map(str, distill_args(work, out, 2, "--lr", lr, "--schedule",
-                                                                      "constant", micro=1))]
+                                                                      "constant", "--shard", shard,
+                                                                      micro=1))]
     one = tmp_path / "one"
     nt.run_cli(*distill_args(work, one, 2, "--lr", lr, "--schedule", "constant", micro=1))
     two = tmp_path / "two"
@@ -255,3 +258,10 @@ def test_plan_counts_moe_blocks(work):
     blocks = {b["type"]: b for b in json.loads(r.stdout)["activations"]["blocks"]}
     assert blocks["moe"]["count"] == STUDENT.pattern.count("E"), blocks
     assert blocks["moe"]["saved"] > blocks["moe"]["checkpointed"] > 0, blocks
+
+
+def test_shard_parameters_refuses_moe_models(work, tmp_path):
+    r = nt.run_cli(*distill_args(work, tmp_path / "run", 2, "--shard", "parameters"), check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--shard parameters: not supported for MoE models yet" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
