@@ -399,7 +399,10 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   std::vector<std::pair<std::string, torch::Tensor>> named;
   std::vector<torch::Tensor> params;
   for (auto& p : student->named_parameters()) {
-    named.emplace_back(p.key(), p.value());
+    // A frozen parameter (an MoE router's e_score_correction_bias) is not
+    // the optimizer's: no moments, no decay, never changed. Sharded weights
+    // keep it in their flat layout, where its gradient stays zero.
+    if (shard_weights || p.value().requires_grad()) named.emplace_back(p.key(), p.value());
     params.push_back(p.value());
   }
   // Replicas start bit-identical (also after a resume, where every rank read

@@ -32,6 +32,7 @@ struct Sizes {
   double n, seqs, L, e;
   double D, I, C, di, H, P, G, N, T, K, F, Q, heads;
   double Lp, chunks;  // the SSD reference pads each sequence to whole chunks
+  double E, k, Fe, Din, Fs, latent;  // MoE: experts, per token, expert width, expert input, shared width
 };
 
 Sizes sizes_of(const ModelConfig& c, const ActivationSetting& s) {
@@ -57,6 +58,12 @@ Sizes sizes_of(const ModelConfig& c, const ActivationSetting& s) {
   const int64_t padded = (s.seq_len + chunk - 1) / chunk * chunk;
   z.Lp = static_cast<double>(padded);
   z.chunks = z.seqs * static_cast<double>(padded / chunk);
+  z.E = static_cast<double>(c.n_routed_experts);
+  z.k = static_cast<double>(c.num_experts_per_tok);
+  z.Fe = static_cast<double>(c.moe_intermediate_size);
+  z.Din = static_cast<double>(c.moe_latent_size > 0 ? c.moe_latent_size : c.hidden_size);
+  z.Fs = static_cast<double>(c.moe_shared_expert_intermediate_size);
+  z.latent = c.moe_latent_size > 0 ? 1 : 0;
   return z;
 }
 
@@ -69,6 +76,26 @@ double pre_norm(const Sizes& z) { return z.n * (z.D * f + z.D * z.e + f) + z.n *
 // MLP: relu's output (relu keeps its result; square keeps its input, the same
 // tensor) and the squared activation (down_proj keeps its input).
 double mlp(const Sizes& z) { return 2 * z.n * z.F * z.e; }
+
+// MoE (moe_mixer.cpp), n tokens each routed to k experts (n*k "slots"):
+//   router: sigmoid keeps its fp32 scores [E]; gather its int64 indices [k];
+//     the normalisation keeps the chosen weights [k] and their sum; in bf16
+//     the router's linear keeps an fp32 copy of its input [D];
+//   latent projections: fc1's output [Din] (the experts' input), fc2's input;
+//   per slot: index_select's token index (int64), the expert's input row
+//     (a view of the gathered [n*k, Din], kept by up_proj), relu's output
+//     (square keeps the same tensor) and the square (kept by down_proj), the
+//     expert output row and its fp32 routing weight (both kept by the
+//     product); index_add keeps the token index again and its source, the
+//     weighted output row in fp32;
+//   the shared expert as an MLP of width Fs (its input is the norm output).
+double moe(const Sizes& z) {
+  double router = z.E * f + z.k * (8 + f) + f;
+  if (z.e < f) router += z.D * f;
+  const double latent = z.latent * 2 * z.Din * z.e;
+  const double slot = 8 + z.Din * z.e + 2 * z.Fe * z.e + z.Din * z.e + f + 8 + z.Din * f;
+  return z.n * (router + latent + z.k * slot + 2 * z.Fs * z.e);
+}
 
 // Attention: q and the kv heads repeated to every query head (GQA repeats
 // with a copy), all four kept by scaled_dot_product_attention with its
@@ -135,7 +162,7 @@ double block_saved_bytes(const ModelConfig& c, LayerType t, const ActivationSett
     case LayerType::Mamba: return pre_norm(z) + mamba(z, s.ops);
     case LayerType::Attention: return pre_norm(z) + attention(z);
     case LayerType::Mlp: return pre_norm(z) + mlp(z);
-    case LayerType::Moe: throw InputError("the training memory planner does not model MoE (E) layers yet");
+    case LayerType::Moe: return pre_norm(z) + moe(z);
   }
   return 0;
 }
@@ -187,7 +214,12 @@ double block_backward_scratch_bytes(const ModelConfig& c, LayerType t, const Act
       // (of y, silu(z) and their product), in bf16 one more in the compute
       // dtype, and the [D] gradient coming in.
       return z.n * (z.D * z.e + z.di * (4 * f - z.e));
-    case LayerType::Moe: throw InputError("the training memory planner does not model MoE (E) layers yet");
+    case LayerType::Moe:
+      // Fitted to the allocator (activation_memory_test.cpp): the fp32
+      // gradient of the summed routed output [Din] and index_add's fp32
+      // gradient of the weighted slots [k, Din] (in bf16 both again in the
+      // compute dtype); the experts' own gradients are smaller, one at a time.
+      return through + z.n * (z.k * z.Din + z.Din) * (f + (z.e < f ? z.e : 0));
   }
   return 0;
 }
@@ -217,7 +249,14 @@ double block_forward_transient_bytes(const ModelConfig& c, LayerType t, const Ac
       if (z.e < f) b += z.n * z.di * (f - z.e);
       return b;
     }
-    case LayerType::Moe: throw InputError("the training memory planner does not model MoE (E) layers yet");
+    case LayerType::Moe: {
+      // Fitted to the allocator (activation_memory_test.cpp): the shared
+      // expert's up_proj output beside relu's and k fp32 values per token;
+      // in bf16 one more [Fs] and the routed sum in fp32 beside its cast.
+      double b = z.n * (z.Fs * z.e + z.k * f);
+      if (z.e < f) b += z.n * (z.Fs * z.e + z.Din * (f + z.e));
+      return b;
+    }
   }
   return 0;
 }

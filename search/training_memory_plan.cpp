@@ -52,8 +52,10 @@ double RankBytes::peak() const {
 
 namespace {
 
-// Layer i's parameter tensors in named_parameters order.
-void append_layer_numels(const ModelConfig& c, int64_t i, std::vector<int64_t>& out) {
+// Layer i's parameter tensors in named_parameters order. `frozen`: also the
+// MoE router's e_score_correction_bias, a parameter that is never trained
+// (no gradient, not in the optimizer) but is part of a sharded unit.
+void append_layer_numels(const ModelConfig& c, int64_t i, std::vector<int64_t>& out, bool frozen) {
   const int64_t D = c.hidden_size;
   {
     out.push_back(D);  // the block's norm
@@ -80,8 +82,24 @@ void append_layer_numels(const ModelConfig& c, int64_t i, std::vector<int64_t>& 
         out.push_back(c.intermediate_size * D);
         out.push_back(D * c.intermediate_size);
         break;
-      case LayerType::Moe:
-        throw InputError("the training memory planner does not model MoE (E) layers yet");
+      case LayerType::Moe: {
+        // moe_mixer.cpp's registration order: gate (weight, bias), every
+        // expert's up and down, the shared expert, the latent projections.
+        const int64_t E = c.n_routed_experts, F = c.moe_intermediate_size, Din = c.moe_expert_input_dim();
+        out.push_back(E * D);
+        if (frozen) out.push_back(E);
+        for (int64_t e = 0; e < E; ++e) {
+          out.push_back(F * Din);
+          out.push_back(Din * F);
+        }
+        out.push_back(c.moe_shared_expert_intermediate_size * D);
+        out.push_back(D * c.moe_shared_expert_intermediate_size);
+        if (c.moe_latent_size > 0) {
+          out.push_back(c.moe_latent_size * D);
+          out.push_back(D * c.moe_latent_size);
+        }
+        break;
+      }
     }
   }
 }
@@ -92,7 +110,7 @@ std::vector<int64_t> parameter_numels_in_order(const ModelConfig& c) {
   const int64_t D = c.hidden_size;
   std::vector<int64_t> out;
   out.push_back(c.vocab_size * D);  // backbone.embeddings
-  for (int64_t i = 0; i < c.num_layers(); ++i) append_layer_numels(c, i, out);
+  for (int64_t i = 0; i < c.num_layers(); ++i) append_layer_numels(c, i, out, /*frozen=*/false);
   out.push_back(D);  // norm_f
   if (!c.tie_word_embeddings) out.push_back(c.vocab_size * D);  // lm_head
   return out;
@@ -103,7 +121,7 @@ std::vector<int64_t> parameter_unit_numels(const ModelConfig& c) {
   std::vector<int64_t> out = {c.vocab_size * D};
   for (int64_t i = 0; i < c.num_layers(); ++i) {
     std::vector<int64_t> layer;
-    append_layer_numels(c, i, layer);
+    append_layer_numels(c, i, layer, /*frozen=*/true);
     int64_t sum = 0;
     for (int64_t n : layer) sum += n;
     out.push_back(sum);
@@ -152,7 +170,7 @@ ActivationBreakdown activation_breakdown(const TrainingJob& job, const Activatio
   const ModelConfig& c = job.student;
   const bool ckpt = job.activation_checkpointing;
   const double input = block_input_bytes(c, s);
-  for (LayerType t : {LayerType::Mamba, LayerType::Attention, LayerType::Mlp}) {
+  for (LayerType t : {LayerType::Mamba, LayerType::Attention, LayerType::Mlp, LayerType::Moe}) {
     if (c.count(t) == 0) continue;
     BlockActivations b;
     b.type = t;
@@ -198,7 +216,7 @@ ActivationBreakdown activation_breakdown(const TrainingJob& job, const Activatio
     a.teacher_hidden = static_cast<double>(s.tokens()) * static_cast<double>(t.hidden_size * s.element_bytes);
     // Without grad a block's intermediates are freed as it goes: its saved
     // set and transient bound its working set from above.
-    for (LayerType type : {LayerType::Mamba, LayerType::Attention, LayerType::Mlp})
+    for (LayerType type : {LayerType::Mamba, LayerType::Attention, LayerType::Mlp, LayerType::Moe})
       if (t.count(type) > 0)
         a.teacher_forward = std::max(a.teacher_forward, block_input_bytes(t, s) + block_saved_bytes(t, type, s) +
                                                             block_forward_transient_bytes(t, type, s));

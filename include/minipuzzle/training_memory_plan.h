@@ -187,10 +187,12 @@ std::optional<ShardLevel> smallest_shard_level(const TrainingJob& job, int world
 
 // The student's parameter tensors in the trainer's order (named_parameters:
 // a module's own parameters before its children's), as element counts: the
-// gradient buckets are cut in this order.
+// gradient buckets are cut in this order. Only trained tensors: an MoE
+// router's e_score_correction_bias has no gradient and is left out.
 std::vector<int64_t> parameter_numels_in_order(const ModelConfig& c);
 // The elements of each unit of --shard parameters: the embedding, each
-// block, the head (norm_f + lm_head).
+// block (an MoE block with its frozen correction bias), the head (norm_f +
+// lm_head).
 std::vector<int64_t> parameter_unit_numels(const ModelConfig& c);
 // The fp32 bytes of each gradient bucket as make_buckets cuts them.
 std::vector<double> gradient_bucket_bytes(const ModelConfig& c, int64_t bucket_bytes);

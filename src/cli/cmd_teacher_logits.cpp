@@ -43,7 +43,6 @@ int cmd_teacher_logits(const Args& args) {
 
   TeacherCacheOptions o;
   o.teacher = vm["teacher"].as<std::string>();
-  refuse_moe_model(o.teacher.string(), "teacher-logits");
   o.data = vm["data"].as<std::string>();
   o.k = vm["top-k"].as<int64_t>();
   o.out = vm["out"].as<std::string>();

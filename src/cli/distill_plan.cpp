@@ -89,9 +89,7 @@ TrainingJob job_of(const po::variables_map& vm) {
   if (!vm.count("student")) throw InputError("missing --student (a checkpoint directory or its config.json)");
   if (!vm.count("teacher") && !vm.count("teacher-cache")) throw InputError("give --teacher, --teacher-cache or both");
   TrainingJob job;
-  refuse_moe_model(vm["student"].as<std::string>(), "distill/train --student");
   job.student = ModelConfig::load(vm["student"].as<std::string>());
-  if (vm.count("teacher")) refuse_moe_model(vm["teacher"].as<std::string>(), "distill --teacher");
   if (vm.count("teacher")) job.teacher = ModelConfig::load(vm["teacher"].as<std::string>());
   if (vm.count("teacher-cache"))
     job.cache_top_k = cache_top_k(vm["teacher-cache"].as<std::string>(), job.student.vocab_size);

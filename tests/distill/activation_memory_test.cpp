@@ -122,6 +122,60 @@ INSTANTIATE_TEST_SUITE_P(EveryBlockTypeAndDtype, BlockActivationMemory,
                          ::testing::Combine(::testing::Values('M', '*', '-'),
                                             ::testing::Values(torch::kFloat32, torch::kBFloat16)));
 
+// An E block shaped like Nano 30B-A3B's, scaled down: 16 experts in 2
+// groups, 4 per token, expert width 64, shared expert 256, hidden 128.
+ModelConfig measured_moe_config() {
+  nlohmann::json j = measured_config("M").to_json();
+  j["hybrid_override_pattern"] = "E";
+  j["num_hidden_layers"] = 1;
+  j["n_routed_experts"] = 16;
+  j["num_experts_per_tok"] = 4;
+  j["moe_intermediate_size"] = 64;
+  j["moe_shared_expert_intermediate_size"] = 256;
+  j["n_group"] = 2;
+  j["topk_group"] = 2;
+  return ModelConfig::from_json(j, "measured-moe");
+}
+
+BlockBytes measure_moe_block(torch::ScalarType dtype) {
+  const ModelConfig c = measured_moe_config();
+  HybridLM m = make_model(c, dtype, 1);
+  Block block = m->layer(0);
+  auto input = [&] { return torch::randn({kSequences, kSeqLen, c.hidden_size}, torch::dtype(dtype)).requires_grad_(); };
+  block->forward(input(), no_observers()).sum().backward();
+  CpuAllocationTracker::Scope t;
+  const auto h = input();
+  const int64_t before = t->current() - static_cast<int64_t>(h.nbytes());
+  auto y = block->forward(h, no_observers());
+  BlockBytes b;
+  const double held_input = dtype == torch::kFloat32 ? 0.0 : static_cast<double>(h.nbytes());
+  b.saved = static_cast<double>(t->current() - before) - static_cast<double>(y.nbytes()) - held_input;
+  b.transient = static_cast<double>(t->peak() - before) - static_cast<double>(y.nbytes()) - held_input - b.saved;
+  const auto grad = torch::randn_like(y);
+  t->restart_peak();
+  const int64_t start = t->current();
+  y.backward(grad);
+  b.scratch = static_cast<double>(t->peak() - start) + static_cast<double>(grad.nbytes());
+  return b;
+}
+
+TEST(MoeBlockActivationMemory, MatchesThePlanner) {
+  at::set_num_threads(1);
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const BlockBytes m = measure_moe_block(dtype);
+    const ModelConfig c = measured_moe_config();
+    const double saved = block_saved_bytes(c, LayerType::Moe, setting(dtype));
+    const double transient = block_forward_transient_bytes(c, LayerType::Moe, setting(dtype));
+    const double scratch = block_backward_scratch_bytes(c, LayerType::Moe, setting(dtype));
+    std::cout << "moe " << dtype_name(dtype) << ": saved measured " << m.saved << " planned " << saved
+              << "; forward transient measured " << m.transient << " planned " << transient
+              << "; backward scratch measured " << m.scratch << " planned " << scratch << "\n";
+    EXPECT_NEAR(m.saved, saved, 0.03 * saved);
+    EXPECT_NEAR(m.transient, transient, 0.15 * transient);
+    EXPECT_NEAR(m.scratch, scratch, 0.15 * scratch);
+  }
+}
+
 // A whole micro-batch as run_distillation runs it (online teacher): the
 // peak above what is allocated before it (weights, gradients) against the
 // planner's forward/loss/backward phase. On CUDA the caching allocator's

@@ -255,7 +255,7 @@ def test_inspect_tiny_moe_matches_transformers_numel(models, ckpts):
 
 
 # ----------------------------------------------------------------------------
-# other commands: eval works; the rest refuse MoE models with one line
+# other commands: eval works (teacher-logits, distill, train: test_moe_training.py)
 # ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -279,19 +279,6 @@ def test_eval_matches_hf(models, ckpts, dataset, name):
     ours = cli_eval(ckpts(name, "hub"), dataset, 24, 3)
     assert ours["tokens"] == ref["tokens"]
     assert abs(ours["loss"] - ref["loss"]) <= 1e-4 * ref["loss"], (ours, ref)
-
-
-def test_unsupported_commands_refuse_moe_models(ckpts, dataset, tmp_path):
-    d = ckpts("e6_g3", "hub")
-    # score, prune and search take MoE models (test_moe_score_prune.py)
-    cases = [
-        ["teacher-logits", d, "--data", dataset, "--top-k", "4", "--out", tmp_path / "cache"],
-        ["train", "--student", d, "--data", dataset, "--out", tmp_path / "run"],
-        ["distill", "--student", d, "--teacher", d, "--data", dataset, "--out", tmp_path / "run2"],
-    ]
-    for args in cases:
-        _expect_user_error(args, "not supported for MoE models yet")
-        assert not any(tmp_path.iterdir()), args
 
 
 def test_streamed_eval_equals_resident(ckpts, dataset):

@@ -161,6 +161,94 @@ TEST(TrainingPlan, ActivationFormulasByHandOnTheTinyConfig) {
   EXPECT_DOUBLE_EQ(final_norm_saved_bytes(c, s), n * (64 * 4 + 64 * 4 + 4));
 }
 
+// The tiny config with E layers: 6 experts of width 10 in 3 groups, 2 per
+// token, a shared expert of width 14 (and a latent size when given).
+ModelConfig tiny_moe(const std::string& pattern, int64_t latent = 0) {
+  nlohmann::json j = tiny_config().to_json();
+  j["hybrid_override_pattern"] = pattern;
+  j["num_hidden_layers"] = pattern.size();
+  j["n_routed_experts"] = 6;
+  j["moe_intermediate_size"] = 10;
+  j["moe_shared_expert_intermediate_size"] = 14;
+  j["num_experts_per_tok"] = 2;
+  j["n_group"] = 3;
+  j["topk_group"] = 2;
+  if (latent > 0) j["moe_latent_size"] = latent;
+  return ModelConfig::from_json(j, "tiny-moe");
+}
+
+TEST(TrainingPlan, MoeParametersInOrderWithEveryExpert) {
+  for (int64_t latent : {0, 24}) {
+    const ModelConfig c = tiny_moe("M*E-E", latent);
+    const auto n = parameter_numels_in_order(c);
+    // Every expert counted (all resident), the correction bias not (no gradient).
+    EXPECT_EQ(std::accumulate(n.begin(), n.end(), int64_t{0}), count_parameters(c).total);
+    const auto u = parameter_unit_numels(c);
+    EXPECT_EQ(std::accumulate(u.begin(), u.end(), int64_t{0}), count_parameters(c).total + 2 * 6);
+  }
+  // "E" alone: embeddings, the block's norm, router [6, 64], each expert's
+  // up [10, 64] and down [64, 10], the shared [14, 64] and [64, 14], norm_f, lm_head.
+  const auto n = parameter_numels_in_order(tiny_moe("E"));
+  std::vector<int64_t> want = {6400, 64, 384};
+  for (int e = 0; e < 6; ++e) want.insert(want.end(), {640, 640});
+  want.insert(want.end(), {896, 896, 64, 6400});
+  EXPECT_EQ(n, want);
+  // With a latent size 24 the experts work at 24 and fc1 [24, 64], fc2 [64, 24] follow.
+  const auto l = parameter_numels_in_order(tiny_moe("E", 24));
+  EXPECT_EQ(l[3], 240);
+  EXPECT_EQ(std::vector<int64_t>(l.end() - 4, l.end() - 2), (std::vector<int64_t>{1536, 1536}));
+  EXPECT_EQ(parameter_unit_numels(tiny_moe("E"))[1], 64 + 384 + 6 + 6 * 1280 + 2 * 896);
+}
+
+TEST(TrainingPlan, MoeActivationsByHand) {
+  ActivationSetting s;
+  s.seq_len = 128;
+  s.element_bytes = 4;
+  s.ops = TrainingOps::Reference;
+  const double n = 128;
+  // fp32, per token: the pre-norm's 772 (as above); the router's sigmoid
+  // scores 6 x 4, the gathered indices and chosen weights 2 x (8 + 4), their
+  // sum 4; per slot (2 per token) the token index 8, the gathered input
+  // 64 x 4, relu and square outputs 2 x 10 x 4, the expert output 64 x 4,
+  // its routing weight 4, index_add's index 8 and its fp32 source 64 x 4;
+  // the shared expert 2 x 14 x 4.
+  const double moe = 24 + 24 + 4 + 2 * (8 + 256 + 80 + 256 + 4 + 8 + 256) + 112;
+  EXPECT_DOUBLE_EQ(block_saved_bytes(tiny_moe("E"), LayerType::Moe, s), n * (772 + moe));
+  // A latent size of 24: the experts' rows shrink to 24 values, fc1's output
+  // and fc2's input (24 each) are kept.
+  const double latent = 24 + 24 + 4 + 2 * (8 + 96 + 80 + 96 + 4 + 8 + 96) + 2 * 96 + 112;
+  EXPECT_DOUBLE_EQ(block_saved_bytes(tiny_moe("E", 24), LayerType::Moe, s), n * (772 + latent));
+  // bf16: the router's linear also keeps an fp32 copy of its input.
+  ActivationSetting b = s;
+  b.element_bytes = 2;
+  const double pre_norm_bf16 = 64 * 4 + 64 * 2 + 4 + 64 * 2;
+  const double moe_bf16 = 24 + 24 + 4 + 256 + 2 * (8 + 128 + 40 + 128 + 4 + 8 + 256) + 56;
+  EXPECT_DOUBLE_EQ(block_saved_bytes(tiny_moe("E"), LayerType::Moe, b), n * (pre_norm_bf16 + moe_bf16));
+  EXPECT_GT(block_forward_transient_bytes(tiny_moe("E"), LayerType::Moe, s), 0);
+  EXPECT_GT(block_backward_scratch_bytes(tiny_moe("E"), LayerType::Moe, s), 0);
+}
+
+TEST(TrainingPlan, MoeStudentAndTeacherArePlanned) {
+  TrainingJob j;
+  j.teacher = tiny_moe("M*E-E");
+  j.student = tiny_moe("M*E");
+  j.seq_len = 128;
+  j.micro_batch = 1;
+  j.dtype = Precision::Fp32;
+  const TrainingMemoryPlan p = plan_training_memory(j, 1, ShardLevel::None);
+  // Weights, gradients and the two moments of every expert: 16 bytes per
+  // student parameter in fp32 (the weights are their own master).
+  EXPECT_DOUBLE_EQ(p.bytes.persistent() - p.bytes.teacher_weights, 16.0 * params(j.student));
+  EXPECT_DOUBLE_EQ(p.bytes.teacher_weights, 4.0 * params(*j.teacher));
+  ActivationSetting s;
+  s.seq_len = 128;
+  s.element_bytes = 4;
+  s.ops = TrainingOps::Reference;
+  EXPECT_GE(p.bytes.step_peak, block_saved_bytes(j.student, LayerType::Moe, s));
+  const TrainingMemoryPlan sharded = plan_training_memory(j, 2, ShardLevel::Parameters);
+  EXPECT_LT(sharded.bytes.peak(), p.bytes.peak());
+}
+
 TEST(TrainingPlan, CheckpointingKeepsBlockInputsAndOneRecompute) {
   TrainingJob j = tiny_job();
   const TrainingMemoryPlan off = plan_training_memory(j, 1, ShardLevel::None);
