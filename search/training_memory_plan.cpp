@@ -27,8 +27,6 @@ ShardLevel parse_shard_level(const std::string& text, const std::string& what) {
   throw InputError(what + ": unknown shard level '" + text + "'; expected none, optimizer, gradients or parameters");
 }
 
-bool shard_level_implemented(ShardLevel) { return true; }
-
 void TrainingJob::validate() const {
   if (dtype != Precision::Bf16 && dtype != Precision::Fp32)
     throw InputError(fmt::format("training dtype {}: the trainer computes in fp32 or bf16", precision_name(dtype)));

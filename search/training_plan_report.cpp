@@ -19,14 +19,10 @@ const char* block_name(LayerType t) {
   return "?";
 }
 
-std::string level_note(ShardLevel l) {
-  return shard_level_implemented(l) ? "" : " (planned, not implemented yet)";
-}
-
 std::string world_text(const std::optional<int>& n) { return n ? std::to_string(*n) : "no world size fits"; }
 
 std::string level_text(const std::optional<ShardLevel>& l) {
-  return l ? shard_level_name(*l) + level_note(*l) : "no level fits";
+  return l ? shard_level_name(*l) : "no level fits";
 }
 
 std::string ranks(int n) { return fmt::format("{} rank{}", n, n == 1 ? "" : "s"); }
@@ -76,7 +72,6 @@ json activations_json(const ActivationBreakdown& a) {
 json training_plan_json(const TrainingJob& job, const TrainingMemoryPlan& plan, const PlanSources& src) {
   json j = {{"world_size", plan.world_size},
             {"shard", shard_level_name(plan.shard)},
-            {"shard_implemented", shard_level_implemented(plan.shard)},
             {"dtype", precision_name(job.dtype)},
             {"seq_len", job.seq_len},
             {"micro_batch", job.micro_batch},
@@ -118,9 +113,9 @@ std::string training_plan_text(const TrainingJob& job, const TrainingMemoryPlan&
                        job.cache_top_k > 0 ? ", loaded for evaluation only" : "");
   if (job.cache_top_k > 0) out += fmt::format("  cache    {} (top-{} logits per token)\n", src.teacher_cache, job.cache_top_k);
   out += fmt::format("  student  {} ({} parameters)\n", src.student, billions(plan.student_params));
-  out += fmt::format("  job      {} ranks, --shard {}{}, {}, seq-len {} x micro-batch {}, activation checkpointing {}, "
+  out += fmt::format("  job      {} ranks, --shard {}, {}, seq-len {} x micro-batch {}, activation checkpointing {}, "
                      "ops {}\n",
-                     plan.world_size, shard_level_name(plan.shard), level_note(plan.shard), precision_name(job.dtype),
+                     plan.world_size, shard_level_name(plan.shard), precision_name(job.dtype),
                      job.seq_len, job.micro_batch, job.activation_checkpointing ? "on" : "off",
                      training_ops_name(job.ops));
   auto row = [&](const std::string& name, double bytes, const std::string& note = "") {

@@ -69,7 +69,8 @@ struct DistillOptions {
   // Data-parallel: what each rank keeps of the optimizer state
   // (sharded_adamw.h): None (all of it), Optimizer (ZeRO-1: master and
   // moments of its 1/N range), Gradients (ZeRO-2: also only its range of the
-  // reduced gradient). Parameters (ZeRO-3) is not implemented: refused.
+  // reduced gradient), Parameters (ZeRO-3: also only its range of the
+  // weights, gathered unit by unit; sharded_parameters.h).
   // Sharded checkpoints: sharded_checkpoint.h.
   ShardLevel shard = ShardLevel::None;
   // Data-parallel: fp32 bytes per gradient bucket (and per all-gather chunk

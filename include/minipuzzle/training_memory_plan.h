@@ -75,8 +75,6 @@ enum class ShardLevel { None, Optimizer, Gradients, Parameters };
 const char* shard_level_name(ShardLevel level);  // "none", "optimizer", "gradients", "parameters"
 // InputError "<what>: unknown shard level 'x'; expected none, optimizer, gradients or parameters".
 ShardLevel parse_shard_level(const std::string& text, const std::string& what = "--shard");
-// What the trainer can run today.
-bool shard_level_implemented(ShardLevel level);
 constexpr ShardLevel kShardLevels[] = {ShardLevel::None, ShardLevel::Optimizer, ShardLevel::Gradients,
                                        ShardLevel::Parameters};
 

@@ -25,8 +25,8 @@ nlohmann::json training_plan_json(const TrainingJob& job, const TrainingMemoryPl
 std::string training_plan_text(const TrainingJob& job, const TrainingMemoryPlan& plan, const PlanSources& src);
 
 // "the job needs X per rank (...) but the device holds Y; smallest world size
-// that fits at --shard L: N; smallest shard level that fits at N ranks: L
-// (planned, not implemented yet)" -- one line, for an InputError.
+// that fits at --shard L: N; smallest shard level that fits at N ranks: L"
+// -- one line, for an InputError.
 std::string plan_refusal(const TrainingJob& job, const TrainingMemoryPlan& plan, double device_bytes,
                          const std::string& device_label);
 
