@@ -216,6 +216,11 @@ TEST(EmulatedKernels, ForwardKlLossGradientAndArgmax) {
   torch::manual_seed(53);
   for (const auto& d : kDivergences)
     for (const auto& c : cases) {
+#ifdef MINIPUZZLE_EMULATOR_UNDER_TSAN
+      // V 5000 takes the same barriers as V 1000 (more strides of one loop)
+      // and was 60% of this test's time under ThreadSanitizer.
+      if (c.vocab > 1000) continue;
+#endif
       const KdLoss loss = d.first;
       const kernels::Divergence divergence = d.second;
       const std::string what = "divergence " + std::to_string(static_cast<int>(loss)) + " rows " +

@@ -122,11 +122,12 @@ def tensor_bytes(folder: Path) -> int:
 
 
 def assert_reported_memory_is_the_export(out: Path, precision: str) -> float:
-    """The final row's memory (at the job's deployment) against the export's
-    weight bytes plus the KV cache and Mamba state terms; returns the ratio."""
+    """The final row's memory (at the export's format, the job's KV and state
+    precisions) against the export's weight bytes plus the KV cache and Mamba
+    state terms; returns the ratio."""
     final = json.loads((out / "compare.json").read_text())["models"][-1]
     job = json.loads((out / "job.json").read_text())
-    assert job["search.precision"] == precision
+    assert job["export.dtype"] == precision and final["weights"] == precision
     r = nt.run_cli("inspect", out / "export", "--json", "--precision", precision, "--kv-precision",
                    job["search.kv_precision"], "--state-precision", job["search.state_precision"],
                    "--context", job["search.context"], "--batch", job["search.batch"])
@@ -145,11 +146,15 @@ def test_the_reported_memory_of_a_bf16_export_is_its_weight_files(full_run):
 
 def test_a_quantized_export_is_compared_beside_the_model_it_came_from(work):
     job = write_job(work, "nvfp4", "runs/nvfp4")
-    # Planned at the precision it ships in: the report's memory is then the export's.
-    r = compress(job, "--set", "export.dtype=nvfp4", "--set", "search.precision=nvfp4")
+    # Planned at bf16, shipped at nvfp4: the export's row is at the format it
+    # was written in, the rows before it at the search's precision.
+    r = compress(job, "--set", "export.dtype=nvfp4")
     out = work["root"] / "runs" / "nvfp4"
     ratio = assert_reported_memory_is_the_export(out, "nvfp4")
     print(f"nvfp4: reported memory / (weight files + KV + state) = {ratio:.6f}")
+    assert json.loads((out / "job.json").read_text())["search.precision"] == "bf16"
+    assert json.loads((out / "compare.json").read_text())["models"][-2]["weights"] == "bf16"
+    assert "(nvfp4)" in (out / "report.md").read_text()
     cfg = json.loads((out / "export" / "config.json").read_text())
     assert cfg["quantization_config"]["quant_method"] == "compressed-tensors"
     models = json.loads((out / "compare.json").read_text())["models"]

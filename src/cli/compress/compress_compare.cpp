@@ -143,15 +143,21 @@ int compare_stage(const CompressJob& j, const CompressPaths& p) {
     }
   }
 
+  // The shipped model's memory is at the format it was exported in; the
+  // models before it at the precision the search planned for.
+  Deployment export_dep = dep;
+  export_dep.weights = parse_precision(j.export_.dtype, "export.dtype");
   json rows = json::array();
   for (size_t k = 0; k < models.size(); ++k) {
     const LogitComparison& sum = measured[k].sum;
     const double n = static_cast<double>(sum.tokens);
     const ModelConfig& c = measured[k].config;
+    const Deployment& row_dep = k + 1 == models.size() ? export_dep : dep;
     rows.push_back({{"name", models[k].first},
                     {"dir", models[k].second.string()},
                     {"params", count_parameters(c).total},
-                    {"memory_bytes", memory_breakdown(c, dep).total},
+                    {"memory_bytes", memory_breakdown(c, row_dep).total},
+                    {"weights", precision_name(row_dep.weights)},
                     {"loss", sum.ce_other_sum / n},
                     {"accuracy", static_cast<double>(sum.other_correct) / n},
                     {"agreement", static_cast<double>(sum.agree) / n},

@@ -50,8 +50,13 @@ std::vector<std::vector<std::string>> before_after_rows(const json& cmp) {
   const double teacher_loss = models.at(0).at("loss").get<double>();
   for (const json& m : models) {
     const double loss = m.at("loss").get<double>();
+    // The weight format beside the memory: the export row may differ from the
+    // search's precision (a compare.json from before this key has none).
+    const std::string weights = m.value("weights", std::string());
+    const std::string memory =
+        format_bytes(m.at("memory_bytes").get<double>()) + (weights.empty() ? "" : " (" + weights + ")");
     rows.push_back({m.at("name").get<std::string>(), layers_text(m.at("pattern").get<std::string>()),
-                    count_text(m.at("params").get<double>()), format_bytes(m.at("memory_bytes").get<double>()),
+                    count_text(m.at("params").get<double>()), memory,
                     fmt::format("{:.4f} ({:+.1f}%)", loss, 100.0 * (loss / teacher_loss - 1.0)),
                     fmt::format("{:.4f}", m.at("accuracy").get<double>()),
                     fmt::format("{:.4f}", m.at("agreement").get<double>()), fmt::format("{:.4f}", m.at("kl").get<double>())});
