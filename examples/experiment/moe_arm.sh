@@ -25,7 +25,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 SEQ=256
 TEACHER_GB=16                          # teacher: TEACHER_STEPS x 16 windows x 256 tokens
-TEACHER_STEPS=${TEACHER_STEPS:-96}
+TEACHER_STEPS=${TEACHER_STEPS:-48}
 GB=8                                   # students: KD_STEPS x 8 windows x 256 tokens
 KD_STEPS=${KD_STEPS:-16}
 KD_LR=${KD_LR:-5e-4}
@@ -52,7 +52,7 @@ rm -rf "$WORK/init" "$WORK/teacher-train"
 $MOE init "$WORK/init" 0
 timed train_teacher "$MP" train --student "$WORK/init" --data "$TRAIN" --eval-data "$VAL" --out "$WORK/teacher-train" \
   --steps "$TEACHER_STEPS" --seq-len $SEQ --micro-batch $TEACHER_GB --global-batch $TEACHER_GB --lr 3e-3 --min-lr 3e-4 \
-  --warmup 8 --schedule cosine --weight-decay 0.1 --clip-grad 1 --eval-every 32 --eval-tokens 16384 --save-every 0 \
+  --warmup $(( TEACHER_STEPS < 8 ? TEACHER_STEPS : 8 )) --schedule cosine --weight-decay 0.1 --clip-grad 1 --eval-every 24 --eval-tokens 16384 --save-every 0 \
   --seed 1234 --dtype fp32 2>&1 | tail -n 2
 TEACHER=$WORK/teacher-train/final
 timed eval_teacher "$MP" eval "$TEACHER" --data "$VAL" --seq-len $SEQ --batch 16 --max-tokens "$EVAL_TOKENS" --json > "$WORK/teacher.eval.json"

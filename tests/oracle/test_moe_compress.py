@@ -97,11 +97,21 @@ def test_compress_moe_teacher_end_to_end(work, tmp_path):
     assert f"at most {limit} active parameters per token" in report
 
 
-def test_compress_moe_unreachable_active_limit_is_refused_by_dry_run(work):
-    job = write_job(work, "unreachable", 1000)
-    r = nt.run_cli("compress", job, "--dry-run", check=False)
+def _expect_user_error(job, *args, needles):
+    r = nt.run_cli("compress", job, *args, check=False)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().split("\n")
     assert len(lines) == 1, r.stderr
-    assert "search.max_active_params" in lines[0] and "smallest active count reachable" in lines[0], lines[0]
-    assert not (work["root"] / "runs" / "unreachable").exists()
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_compress_moe_bad_settings_are_refused_before_any_stage(work):
+    job = write_job(work, "unreachable", 1000)
+    _expect_user_error(job, "--dry-run", needles=["search.max_active_params", "smallest active count reachable"])
+    # distill --shard parameters refuses E layers: refused before any stage runs, dry run or not
+    job = write_job(work, "sharded", int(0.9 * work["active"]))
+    for extra in (["--dry-run"], []):
+        _expect_user_error(job, *extra, "--set", "distill.shard=parameters",
+                           needles=["distill.shard", "not supported for MoE models yet"])
+    assert not (work["root"] / "runs" / "unreachable").exists() and not (work["root"] / "runs" / "sharded").exists()
