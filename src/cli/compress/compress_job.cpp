@@ -223,7 +223,8 @@ const std::vector<Field>& fields() {
     integer("search.top_k", [](CompressJob& j) -> int64_t& { return j.search.top_k; }, 1, 100000);
     f.push_back({"search.max_active_params", "a parameter count (800M, 3.2B, 1.5e9; 0 = no limit)",
                  [](CompressJob& j, const std::string& t, const fs::path&) {
-                   j.search.max_active_params = to_count("search.max_active_params", t, 0, "a parameter count such as 800M, 3.2B or 1.5e9");
+                   j.search.max_active_params = to_count("search.max_active_params", t, 0,
+                                                         "a parameter count such as 800M, 3.2B or 1.5e9");
                  },
                  [](const CompressJob& j) { return json(j.search.max_active_params); }});
 

@@ -77,7 +77,8 @@ SearchResult feasibility_search(const CompressJob& j, const ModelConfig& parent)
     // The search names its flag; a job user sets the key.
     std::string what = e.what();
     const std::string flag = "--max-active-params";
-    if (const auto at = what.find(flag); at != std::string::npos) what.replace(at, flag.size(), "search.max_active_params");
+    if (const auto at = what.find(flag); at != std::string::npos)
+      what.replace(at, flag.size(), "search.max_active_params");
     throw InputError(what);
   }
 }
@@ -226,7 +227,8 @@ double forward_flops(const ModelConfig& c) {
 
 // "M/*/-" counts, and "M/*/-/E" when the parent has MoE layers.
 std::string layer_counts(const ModelConfig& c, bool moe) {
-  std::string s = fmt::format("{}/{}/{}", c.count(LayerType::Mamba), c.count(LayerType::Attention), c.count(LayerType::Mlp));
+  std::string s =
+      fmt::format("{}/{}/{}", c.count(LayerType::Mamba), c.count(LayerType::Attention), c.count(LayerType::Mlp));
   return moe ? s + fmt::format("/{}", c.count(LayerType::Moe)) : s;
 }
 
