@@ -96,6 +96,16 @@ def test_compress_moe_teacher_end_to_end(work, tmp_path):
     assert "| active params |" in report and "layers M/*/-/E" in report
     assert f"at most {limit} active parameters per token" in report
 
+    # A job directory from before a key existed (job.json without it): the
+    # key at its default changes nothing, set to anything else it reruns
+    # from the first stage that reads it.
+    recorded = json.loads((out / "job.json").read_text())
+    for key in ("distill.shard", "search.max_active_params"):
+        del recorded[key]
+    (out / "job.json").write_text(json.dumps(recorded))
+    plan = nt.run_cli("compress", write_job(work, "full", limit), "--dry-run").stdout
+    assert "search.max_active_params (was unset" in plan and "distill.shard" not in plan.split("stages (")[0], plan
+
 
 def _expect_user_error(job, *args, needles):
     r = nt.run_cli("compress", job, *args, check=False)
