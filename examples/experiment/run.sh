@@ -8,6 +8,9 @@
 # usage: [SEED=N] examples/experiment/run.sh [WORK_DIR]   (default ./experiment-work; results
 #        go to examples/results/seed-N/ unless RESULTS_DIR is set). seeds.sh runs several seeds
 #        and writes the summary examples/results/results.md.
+#        examples/experiment/run.sh --arm moe [WORK_DIR]: the MoE arm instead (issue 25: its own
+#        MoE teacher, experts kept by importance vs at random; moe_arm.sh, results in
+#        examples/results/moe-seed-N/).
 # Knobs: MINIPUZZLE (binary), MINIPUZZLE_PYTHON, TEACHER (checkpoint dir), EXTRA=1 (below),
 # DEV_LRS / SCRATCH_LRS / KD_LR / SCRATCH_LR / RANDOM_ARM_SEED (below); for a quick smoke test
 # only: KD_STEPS, EVAL_TOKENS, SCORE_SAMPLES, RANK_TOKENS.
@@ -15,6 +18,12 @@
 set -euo pipefail
 export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+if [ "${1:-}" = --arm ]; then
+  case "${2:-}" in
+    moe) shift 2; exec "$ROOT/examples/experiment/moe_arm.sh" "$@" ;;
+    *) echo "run.sh: --arm '${2:-}': expected moe (the dense arms run without --arm)" >&2; exit 2 ;;
+  esac
+fi
 WORK=$(mkdir -p "${1:-./experiment-work}" && cd "${1:-./experiment-work}" && pwd)
 RES=${RESULTS_DIR:-$ROOT/examples/results/seed-${SEED:-1234}}
 BUILD=${MINIPUZZLE_BUILD_DIR:-$ROOT/build}

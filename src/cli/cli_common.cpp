@@ -4,7 +4,6 @@
 #include <iostream>
 
 #include "minipuzzle/errors.h"
-#include "minipuzzle/model_config.h"
 
 namespace minipuzzle::cli {
 
@@ -69,18 +68,6 @@ void require(const po::variables_map& vm, const char* name, const std::string& u
   if (!vm.count(name))
     throw InputError(std::string("missing ") + name + "; usage: " + usage.substr(0, usage.find('\n')) +
                      (usage.find('\n') == std::string::npos ? "" : " ... (see --help)"));
-}
-
-void refuse_moe_model(const std::string& dir_or_config, const std::string& command) {
-  int64_t moe_layers = 0;
-  try {
-    moe_layers = ModelConfig::load(dir_or_config).count(LayerType::Moe);
-  } catch (const InputError&) {
-    return;
-  }
-  if (moe_layers > 0)
-    throw InputError(command + ": not supported for MoE models yet (" + dir_or_config + " has " +
-                     std::to_string(moe_layers) + " MoE (E) layers; see README, MoE)");
 }
 
 }  // namespace minipuzzle::cli

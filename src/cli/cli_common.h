@@ -24,12 +24,6 @@ bool parse_args(const std::string& usage, const std::vector<std::string>& args,
 // at that path.
 void check_output_file(const std::string& path, const char* flag);
 
-// MoE (`E`) layers are not yet supported by every command: `command` refuses
-// the model at `dir_or_config` with InputError "<command>: not supported for
-// MoE models yet (...)". A path whose config does not load is left to the
-// command's own checks (their messages stay as they were).
-void refuse_moe_model(const std::string& dir_or_config, const std::string& command);
-
 // Throws InputError "missing argument NAME: usage ..." when absent.
 void require(const po::variables_map& vm, const char* name, const std::string& usage);
 

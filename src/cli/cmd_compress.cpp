@@ -40,7 +40,6 @@ int cmd_compress(const Args& args) {
                      "the distillation ranks itself, one per GPU, with distill.processes: N in the job");
 
   const CompressJob job = load_compress_job(vm["job"].as<std::string>(), sets, dry_run);
-  refuse_moe_model(job.teacher, "compress");
   if (dry_run) return print_dry_run(job);
   prepare_job_directory(job);
   return run_compress(job);

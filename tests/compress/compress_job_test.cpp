@@ -105,6 +105,20 @@ TEST(CompressJob, UnknownKeysNameTheirPathAndTheKnownOnes) {
   EXPECT_NE(axis.find("--set: search.axes.ffm: unknown axis"), std::string::npos) << axis;
 }
 
+TEST(CompressJob, MoeSearchKeysReachTheSearch) {
+  EXPECT_EQ(parse(kMinimal).search.max_active_params, 0u);  // no limit
+  const CompressJob j = parse(kMinimal, {"search.max_active_params=3.2B", "search.axes.moe_experts=64:128:8",
+                                         "search.axes.moe_expert_ffn=1280", "search.axes.moe_shared_ffn=2688:3712:256",
+                                         "search.axes.moe_layers=20:23"});
+  EXPECT_EQ(j.search.max_active_params, 3200000000u);
+  EXPECT_EQ(j.search.axes.at("moe_experts"), "64:128:8");
+  EXPECT_EQ(j.search.axes.at("moe_layers"), "20:23");
+  EXPECT_EQ(j.to_json().at("search.max_active_params"), 3200000000u);
+  EXPECT_EQ(first_stage_reading("search.max_active_params"), CompressStage::Search);
+  const std::string bad = error_of(kMinimal, {"search.max_active_params=lots"});
+  EXPECT_NE(bad.find("search.max_active_params: expected a parameter count such as 800M"), std::string::npos) << bad;
+}
+
 TEST(CompressJob, WrongTypesNameTheKeyAndTheExpectedType) {
   EXPECT_NE(error_of(std::string(kMinimal) + "score: {samples: ten}\n").find("score.samples: expected an integer in [1, 16777216], got 'ten'"),
             std::string::npos);

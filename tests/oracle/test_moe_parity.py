@@ -293,18 +293,6 @@ def test_streamed_eval_equals_resident(ckpts, dataset):
     assert streamed["loss"] == resident["loss"]
 
 
-def test_compress_refuses_moe_teacher(ckpts, dataset, tmp_path):
-    job = tmp_path / "job.yaml"
-    from test_compress_cli import JOB  # the tiny job of the dense compress tests, on the MoE teacher
-    text = JOB.format(out=tmp_path / "run", budget="1MiB")
-    text = text.replace("teacher: teacher", f"teacher: {ckpts('e6_g3', 'hub')}")
-    text = text.replace("train: train", f"train: {dataset}").replace("validation: val", f"validation: {dataset}")
-    job.write_text(text)
-    for extra in ([], ["--dry-run"]):
-        _expect_user_error(["compress", job, *extra], "not supported for MoE models yet")
-    assert not (tmp_path / "run").exists()
-
-
 @pytest.mark.parametrize("layout", ["hub", "fused"])
 def test_bf16_export_keeps_the_router_bias_fp32(ckpts, tmp_path, layout):
     """transformers keeps e_score_correction_bias in fp32 in a bf16 model: a

@@ -156,6 +156,7 @@ int compare_stage(const CompressJob& j, const CompressPaths& p) {
     rows.push_back({{"name", models[k].first},
                     {"dir", models[k].second.string()},
                     {"params", count_parameters(c).total},
+                    {"active_params", count_parameters(c).active},
                     {"memory_bytes", memory_breakdown(c, row_dep).total},
                     {"weights", precision_name(row_dep.weights)},
                     {"loss", sum.ce_other_sum / n},

@@ -45,9 +45,9 @@ int64_t to_int(const std::string& key, const std::string& text, int64_t lo, int6
   return v;
 }
 
-// Token counts: 65536, 1e6, 7B, 63B, 1.5M (K/M/B/T = powers of 1000).
-uint64_t to_count(const std::string& key, const std::string& text, uint64_t lo) {
-  const std::string expected = "a token count such as 65536, 1e6, 7B or 1.5M";
+// Token (or parameter) counts: 65536, 1e6, 7B, 63B, 1.5M (K/M/B/T = powers of 1000).
+uint64_t to_count(const std::string& key, const std::string& text, uint64_t lo,
+                  const std::string& expected = "a token count such as 65536, 1e6, 7B or 1.5M") {
   if (text.empty() || text.size() > 32) bad_value(key, expected, text);
   std::string digits = text;
   double scale = 1;
@@ -221,6 +221,12 @@ const std::vector<Field>& fields() {
     number("search.min_budget_use", [](CompressJob& j) -> double& { return j.search.min_budget_use; }, 0, 1, false);
     boolean("search.maximal_only", [](CompressJob& j) -> bool& { return j.search.maximal_only; });
     integer("search.top_k", [](CompressJob& j) -> int64_t& { return j.search.top_k; }, 1, 100000);
+    f.push_back({"search.max_active_params", "a parameter count (800M, 3.2B, 1.5e9; 0 = no limit)",
+                 [](CompressJob& j, const std::string& t, const fs::path&) {
+                   j.search.max_active_params = to_count("search.max_active_params", t, 0,
+                                                         "a parameter count such as 800M, 3.2B or 1.5e9");
+                 },
+                 [](const CompressJob& j) { return json(j.search.max_active_params); }});
 
     count("rank.tokens", [](CompressJob& j) -> uint64_t& { return j.rank.tokens; }, 1);
     integer("rank.seq_len", [](CompressJob& j) -> int64_t& { return j.rank.seq_len; }, 1, kMaxSeq);
@@ -284,8 +290,9 @@ const Field* find_field(const std::string& key) {
   return nullptr;
 }
 
-const std::set<std::string> kAxisNames{"mamba_layers", "attention_layers", "mlp_layers", "ffn", "hidden",
-                                       "mamba_heads", "mamba_head_dim", "attention_heads"};
+const std::set<std::string> kAxisNames{"mamba_layers",   "attention_layers", "mlp_layers",  "ffn",
+                                       "hidden",         "mamba_heads",      "mamba_head_dim", "attention_heads",
+                                       "moe_layers",     "moe_experts",      "moe_expert_ffn", "moe_shared_ffn"};
 
 // The known keys directly under `prefix` ("" = top level), for "did you mean".
 std::string known_under(const std::string& prefix) {

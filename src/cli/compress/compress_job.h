@@ -52,6 +52,9 @@ struct CompressJob {
     double max_depth_reduction = 1.0, max_width_reduction = 1.0, min_budget_use = 0.0;
     bool maximal_only = false;
     int64_t top_k = 10;
+    // search --max-active-params: parameters used per token (MoE layers count
+    // num_experts_per_tok routed experts); 0 = no limit.
+    uint64_t max_active_params = 0;
   } search;
 
   struct Rank {

@@ -42,6 +42,7 @@ SearchOptions search_options_of(const CompressJob& j) {
   so.deployment.validate();
   so.budget_bytes = parse_bytes(j.search.budget, "search.budget");
   so.top_k = j.search.top_k;
+  so.max_active_params = static_cast<double>(j.search.max_active_params);
   return so;
 }
 
@@ -69,8 +70,17 @@ CandidateSpace search_space_of(const CompressJob& j, const ModelConfig& parent) 
 }
 
 SearchResult feasibility_search(const CompressJob& j, const ModelConfig& parent) {
-  return search_architectures(parent, SearchImportance::uniform(parent), search_space_of(j, parent),
-                              search_options_of(j));
+  try {
+    return search_architectures(parent, SearchImportance::uniform(parent), search_space_of(j, parent),
+                                search_options_of(j));
+  } catch (const InputError& e) {
+    // The search names its flag; a job user sets the key.
+    std::string what = e.what();
+    const std::string flag = "--max-active-params";
+    if (const auto at = what.find(flag); at != std::string::npos)
+      what.replace(at, flag.size(), "search.max_active_params");
+    throw InputError(what);
+  }
 }
 
 namespace {
@@ -130,6 +140,16 @@ void check_data_for_stages(const CompressJob& j) {
                                    key, seq));
 }
 
+// What the stages refuse of an MoE teacher's job, before score runs:
+// `distill --shard parameters` refuses E layers (training_command.cpp);
+// drop this check when it takes them.
+void check_moe_settings(const CompressJob& j, const ModelConfig& parent) {
+  if (parent.has_moe() && j.distill.shard == "parameters")
+    throw InputError(fmt::format("distill.shard: parameters is not supported for MoE models yet ({} has {} E layers); "
+                                 "use gradients",
+                                 j.teacher, parent.count(LayerType::Moe)));
+}
+
 }  // namespace
 
 void check_stage_settings(const CompressJob& j) {
@@ -165,6 +185,7 @@ void prepare_job_directory(const CompressJob& j) {
     throw InputError(fmt::format("distill.processes: {} processes need {} CUDA devices; this machine has {}",
                                  j.distill.processes, j.distill.processes, torch::cuda::device_count()));
   check_data_for_stages(j);
+  check_moe_settings(j, parent);
   feasibility_search(j, parent);
 
   const CompressPaths p(j.out);
@@ -197,10 +218,18 @@ std::string tokens_text(double n) {
 }
 
 // Matmul FLOPs of one forward token: 2 per weight that multiplies (the
-// embedding lookup does not).
+// embedding lookup does not). A token meets only its num_experts_per_tok
+// routed experts: the active count, equal to the total without MoE layers.
 double forward_flops(const ModelConfig& c) {
   const ParamCounts pc = count_parameters(c);
-  return 2.0 * static_cast<double>(pc.total - pc.embeddings);
+  return 2.0 * static_cast<double>(pc.active - pc.embeddings);
+}
+
+// "M/*/-" counts, and "M/*/-/E" when the parent has MoE layers.
+std::string layer_counts(const ModelConfig& c, bool moe) {
+  std::string s =
+      fmt::format("{}/{}/{}", c.count(LayerType::Mamba), c.count(LayerType::Attention), c.count(LayerType::Mlp));
+  return moe ? s + fmt::format("/{}", c.count(LayerType::Moe)) : s;
 }
 
 // The sustained FLOP/s assumed when the job does not say: measured orders of
@@ -230,6 +259,7 @@ int print_dry_run(const CompressJob& job) {
   std::error_code ec;
   if (fs::exists(j.train_data + ".idx", ec) && fs::exists(j.validation_data + ".idx", ec)) check_data_for_stages(j);
   const ModelConfig parent = ModelConfig::load(j.teacher);
+  check_moe_settings(j, parent);
   const CompressPaths p(j.out);
   const SearchOptions so = search_options_of(j);
   const bool searched = fs::exists(p.candidates, ec);
@@ -237,17 +267,27 @@ int print_dry_run(const CompressJob& job) {
   const ParamCounts pp = count_parameters(parent);
   const MemoryBreakdown pm = memory_breakdown(parent, so.deployment);
 
+  const bool moe = parent.has_moe();
+  const std::string counts_head = moe ? "M/*/-/E" : "M/*/-";
   std::cout << fmt::format("compress plan (dry run): nothing is run or written\n");
-  std::cout << fmt::format("teacher {}: {} layers (M/*/- {}/{}/{}), {} parameters, {} at {} {}\n", j.teacher,
-                           parent.num_layers(), parent.count(LayerType::Mamba), parent.count(LayerType::Attention),
-                           parent.count(LayerType::Mlp), tokens_text(static_cast<double>(pp.total)), format_bytes(pm.total),
-                           j.search.precision, fmt::format("(context {}, batch {})", j.search.context, j.search.batch));
-  std::cout << fmt::format("budget {}: {} of {} candidates fit; the top {} ({}):\n", format_bytes(so.budget_bytes),
+  std::cout << fmt::format("teacher {}: {} layers ({} {}), {} parameters{}, {} at {} {}\n", j.teacher,
+                           parent.num_layers(), counts_head, layer_counts(parent, moe),
+                           tokens_text(static_cast<double>(pp.total)),
+                           moe ? fmt::format(" ({} active per token: {} of {} routed experts per E layer)",
+                                             tokens_text(static_cast<double>(pp.active)), parent.num_experts_per_tok,
+                                             parent.n_routed_experts)
+                               : "",
+                           format_bytes(pm.total), j.search.precision,
+                           fmt::format("(context {}, batch {})", j.search.context, j.search.batch));
+  std::cout << fmt::format("budget {}{}: {} of {} candidates fit; the top {} ({}):\n", format_bytes(so.budget_bytes),
+                           so.max_active_params > 0
+                               ? fmt::format(", at most {} active parameters", tokens_text(so.max_active_params))
+                               : "",
                            result.feasible, result.evaluated, result.candidates.size(),
                            searched ? "from search/candidates.json"
                                     : "memory-only search with uniform scores; the real search ranks by importance");
-  std::cout << fmt::format("  {:>4}  {:>11}  {:>9}  {:>11}  {:>7}  {:>6}  {}\n", "rank", "memory", "params", "M/*/-",
-                           "FFN", "hidden", "weights + KV + state");
+  std::cout << fmt::format("  {:>4}  {:>11}  {:>9}  {:>11}  {:>7}  {:>6}  {}{}\n", "rank", "memory", "params", counts_head,
+                           "FFN", "hidden", "weights + KV + state", moe ? "  | active, experts x FFN, shared FFN" : "");
   constexpr std::size_t kShown = 12;
   for (const Candidate& c : result.candidates) {
     if (static_cast<std::size_t>(c.rank) > kShown) {
@@ -255,12 +295,14 @@ int print_dry_run(const CompressJob& job) {
       break;
     }
     const ModelConfig& k = c.config;
-    std::cout << fmt::format("  {:>4}  {:>11}  {:>9}  {:>11}  {:>7}  {:>6}  {} + {} + {}\n", c.rank,
+    std::cout << fmt::format("  {:>4}  {:>11}  {:>9}  {:>11}  {:>7}  {:>6}  {} + {} + {}{}\n", c.rank,
                              format_bytes(c.memory.total), tokens_text(static_cast<double>(c.params.total)),
-                             fmt::format("{}/{}/{}", k.count(LayerType::Mamba), k.count(LayerType::Attention),
-                                         k.count(LayerType::Mlp)),
-                             k.intermediate_size, k.hidden_size, format_bytes(c.memory.weights),
-                             format_bytes(c.memory.kv_cache), format_bytes(c.memory.state()));
+                             layer_counts(k, moe), k.intermediate_size, k.hidden_size, format_bytes(c.memory.weights),
+                             format_bytes(c.memory.kv_cache), format_bytes(c.memory.state()),
+                             moe ? fmt::format("  | {}, {} x {}, {}", tokens_text(static_cast<double>(c.params.active)),
+                                               k.n_routed_experts, k.moe_intermediate_size,
+                                               k.moe_shared_expert_intermediate_size)
+                                 : "");
   }
 
   // What each distillation rank holds, for the largest candidate shown.

@@ -36,36 +36,51 @@ std::string count_text(double n) {
   return fmt::format("{:.1f}K", n / 1e3);
 }
 
-std::string layers_text(const std::string& pattern) {
-  int m = 0, a = 0, f = 0;
-  for (char c : pattern) m += c == 'M', a += c == '*', f += c == '-';
-  return fmt::format("{}/{}/{}", m, a, f);
+// "M/*/-" counts of a pattern; "M/*/-/E" for a job on an MoE teacher.
+std::string layers_text(const std::string& pattern, bool moe) {
+  int m = 0, a = 0, f = 0, e = 0;
+  for (char c : pattern) m += c == 'M', a += c == '*', f += c == '-', e += c == 'E';
+  return moe ? fmt::format("{}/{}/{}/{}", m, a, f, e) : fmt::format("{}/{}/{}", m, a, f);
 }
 
-// Rows of the before/after table: model, layers, params, memory, loss, acc,
-// agreement, KL (text cells).
+// An MoE teacher: the first row of compare.json has MoE layers. Those tables
+// gain the E count and the parameters a token uses (active).
+bool moe_job(const json& cmp) {
+  return cmp.at("models").at(0).at("pattern").get<std::string>().find('E') != std::string::npos;
+}
+
+// Rows of the before/after table: model, layers, params, [active,] memory,
+// loss, acc, agreement, KL (text cells).
 std::vector<std::vector<std::string>> before_after_rows(const json& cmp) {
   std::vector<std::vector<std::string>> rows;
+  const bool moe = moe_job(cmp);
   const json& models = cmp.at("models");
   const double teacher_loss = models.at(0).at("loss").get<double>();
   for (const json& m : models) {
     const double loss = m.at("loss").get<double>();
+    std::vector<std::string> row = {m.at("name").get<std::string>(), layers_text(m.at("pattern").get<std::string>(), moe),
+                                    count_text(m.at("params").get<double>())};
+    if (moe) row.push_back(count_text(m.at("active_params").get<double>()));
     // The weight format beside the memory: the export row may differ from the
     // search's precision (a compare.json from before this key has none).
     const std::string weights = m.value("weights", std::string());
-    const std::string memory =
-        format_bytes(m.at("memory_bytes").get<double>()) + (weights.empty() ? "" : " (" + weights + ")");
-    rows.push_back({m.at("name").get<std::string>(), layers_text(m.at("pattern").get<std::string>()),
-                    count_text(m.at("params").get<double>()), memory,
-                    fmt::format("{:.4f} ({:+.1f}%)", loss, 100.0 * (loss / teacher_loss - 1.0)),
-                    fmt::format("{:.4f}", m.at("accuracy").get<double>()),
-                    fmt::format("{:.4f}", m.at("agreement").get<double>()), fmt::format("{:.4f}", m.at("kl").get<double>())});
+    for (std::string cell : {format_bytes(m.at("memory_bytes").get<double>()) + (weights.empty() ? "" : " (" + weights + ")"),
+                             fmt::format("{:.4f} ({:+.1f}%)", loss, 100.0 * (loss / teacher_loss - 1.0)),
+                             fmt::format("{:.4f}", m.at("accuracy").get<double>()),
+                             fmt::format("{:.4f}", m.at("agreement").get<double>()),
+                             fmt::format("{:.4f}", m.at("kl").get<double>())})
+      row.push_back(std::move(cell));
+    rows.push_back(std::move(row));
   }
   return rows;
 }
 
-const std::vector<std::string> kBeforeAfterHead = {"model",    "layers M/*/-", "params",    "memory",
-                                                   "val loss", "accuracy",     "agreement", "KL to teacher"};
+std::vector<std::string> before_after_head(const json& cmp) {
+  if (moe_job(cmp))
+    return {"model", "layers M/*/-/E", "params", "active params", "memory", "val loss", "accuracy", "agreement",
+            "KL to teacher"};
+  return {"model", "layers M/*/-", "params", "memory", "val loss", "accuracy", "agreement", "KL to teacher"};
+}
 
 std::string md_table(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows) {
   std::string s = "|";
@@ -112,9 +127,10 @@ void print_before_after(const CompressJob& j, const CompressPaths& p) {
   const json cmp = json::parse(read_file(p.compare), nullptr, false);
   if (cmp.is_discarded()) throw std::runtime_error(p.compare.string() + ": unreadable");
   const auto rows = before_after_rows(cmp);
-  std::vector<std::size_t> width(kBeforeAfterHead.size());
+  const auto head = before_after_head(cmp);
+  std::vector<std::size_t> width(head.size());
   for (std::size_t c = 0; c < width.size(); ++c) {
-    width[c] = kBeforeAfterHead[c].size();
+    width[c] = head[c].size();
     for (const auto& r : rows) width[c] = std::max(width[c], r[c].size());
   }
   std::cout << fmt::format("\nbefore / after on {} held-out tokens of {} (memory: {})\n",
@@ -125,7 +141,7 @@ void print_before_after(const CompressJob& j, const CompressPaths& p) {
       s += c == 0 ? fmt::format("{:<{}}", cells[c], width[c]) : fmt::format("  {:>{}}", cells[c], width[c]);
     std::cout << s << "\n";
   };
-  line(kBeforeAfterHead);
+  line(head);
   for (const auto& r : rows) line(r);
   std::cout << fmt::format("\nshippable model: {}\nreport: {}\n", p.export_dir.string(), p.report.string());
 }
@@ -143,7 +159,17 @@ int report_stage(const CompressJob& j, const CompressPaths& p) {
   md << fmt::format("## Before / after\n\n{} held-out tokens of `{}` (windows of {}); loss in nats/token, "
                     "the change against the teacher in brackets.\n\n",
                     cmp.at("tokens").get<uint64_t>(), cmp.at("data").get<std::string>(), cmp.at("seq_len").get<int64_t>());
-  md << md_table(kBeforeAfterHead, before_after_rows(cmp)) << "\n";
+  md << md_table(before_after_head(cmp), before_after_rows(cmp)) << "\n";
+  const bool moe = moe_job(cmp);
+  if (moe) {
+    // Exact counts: the table's are rounded.
+    md << "Active parameters per token (each E layer runs `num_experts_per_tok` of its routed experts; "
+          "embeddings and LM head included):\n\n";
+    for (const json& m : cmp.at("models"))
+      md << fmt::format("- {}: {} active of {} parameters\n", m.at("name").get<std::string>(),
+                        m.at("active_params").get<int64_t>(), m.at("params").get<int64_t>());
+    md << "\n";
+  }
 
   // Stage times: the last "done" record of each stage.
   std::map<std::string, double> seconds;
@@ -164,9 +190,13 @@ int report_stage(const CompressJob& j, const CompressPaths& p) {
   md << "## Layer importance\n\nDrop-one metrics on the calibration windows (details: [scores/report.md](scores/report.md)).\n\n"
      << "![layer importance](scores/layer_importance.png)\n\n";
 
-  md << fmt::format("## Candidates\n\n{} architectures searched, {} fit the budget; the top {} ranked on {} "
+  md << fmt::format("## Candidates\n\n{} architectures searched, {} fit the budget{}; the top {} ranked on {} "
                     "held-out tokens by {}.\n\n",
-                    cands.evaluated, cands.feasible, cands.candidates.size(), j.rank.tokens, j.rank.by);
+                    cands.evaluated, cands.feasible,
+                    cands.max_active_params > 0
+                        ? fmt::format(" and at most {:.0f} active parameters per token", cands.max_active_params)
+                        : "",
+                    cands.candidates.size(), j.rank.tokens, j.rank.by);
   std::map<int64_t, json> short_by_rank;
   for (const json& c : pick.at("candidates")) short_by_rank[c.at("rank").get<int64_t>()] = c;
   std::vector<std::vector<std::string>> crow;
@@ -181,18 +211,27 @@ int report_stage(const CompressJob& j, const CompressPaths& p) {
       return c.measured.count(key) ? fmt::format("{:.4f}", c.measured.at(key)) : std::string("-");
     };
     const bool distilled = short_by_rank.count(c.rank) > 0;
-    crow.push_back({std::to_string(c.rank), format_bytes(c.memory.total), count_text(static_cast<double>(c.params.total)),
-                    layers_text(k.pattern), std::to_string(k.intermediate_size), std::to_string(k.hidden_size),
-                    fmt::format("{}x{}", k.mamba_num_heads, k.mamba_head_dim), std::to_string(k.num_attention_heads),
-                    fmt::format("{:.4f}", c.proxy_score), measured("agreement"), measured("loss"),
-                    distilled ? fmt::format("{:.4f}", short_by_rank[c.rank].at("loss").get<double>()) : "-"});
+    std::vector<std::string> row = {std::to_string(c.rank), format_bytes(c.memory.total),
+                                    count_text(static_cast<double>(c.params.total)), layers_text(k.pattern, moe),
+                                    std::to_string(k.intermediate_size), std::to_string(k.hidden_size),
+                                    fmt::format("{}x{}", k.mamba_num_heads, k.mamba_head_dim),
+                                    std::to_string(k.num_attention_heads)};
+    if (moe)
+      row.insert(row.end(), {count_text(static_cast<double>(c.params.active)),
+                             fmt::format("{} x {}", k.n_routed_experts, k.moe_intermediate_size),
+                             std::to_string(k.moe_shared_expert_intermediate_size)});
+    row.insert(row.end(), {fmt::format("{:.4f}", c.proxy_score), measured("agreement"), measured("loss"),
+                           distilled ? fmt::format("{:.4f}", short_by_rank[c.rank].at("loss").get<double>()) : "-"});
+    crow.push_back(std::move(row));
     const std::size_t series = c.rank == winner ? 2 : distilled ? 1 : 0;
     scatter.series[series].x.push_back(c.memory.total / (1024.0 * 1024.0));
     scatter.series[series].y.push_back(c.proxy_score);
   }
-  md << md_table({"rank", "memory", "params", "layers M/*/-", "FFN", "hidden", "Mamba heads", "attn heads", "proxy",
-                  "agreement", "loss (pruned)", "loss after short distill"},
-                 crow)
+  std::vector<std::string> chead = {"rank", "memory", "params", moe ? "layers M/*/-/E" : "layers M/*/-", "FFN",
+                                    "hidden", "Mamba heads", "attn heads"};
+  if (moe) chead.insert(chead.end(), {"active params", "experts x expert FFN", "shared FFN"});
+  chead.insert(chead.end(), {"proxy", "agreement", "loss (pruned)", "loss after short distill"});
+  md << md_table(chead, crow)
      << "\n![candidates](candidates.png)\n\n";
   plot::write_png(p.out / "candidates.png", scatter);
 

@@ -24,9 +24,13 @@ JobChange job_change(const CompressJob& job) {
     throw InputError(p.job_json.string() + ": unreadable; use a new out directory");
   JobChange change;
   const json now = job.to_json();
+  // A key added to the job format after this job started (absent from its
+  // job.json) changes nothing while it holds its default.
+  const json defaults = CompressJob{}.to_json();
   for (const auto& [key, value] : now.items()) {
     const std::optional<CompressStage> stage = first_stage_reading(key);
     if (!stage || (before.contains(key) && before[key] == value)) continue;
+    if (!before.contains(key) && defaults.contains(key) && defaults[key] == value) continue;
     change.changed.push_back(fmt::format("{} (was {}, now {})", key, before.contains(key) ? before[key].dump() : "unset",
                                          value.dump()));
     if (!change.first || *stage < *change.first) change.first = stage;

@@ -194,6 +194,9 @@ std::vector<Stage> plan_stages(const CompressJob& j) {
       "--rank-by", j.rank.by, "--dtype", j.dtype, "--device", j.device, "--out", cands};
   for (const auto& [axis, value] : j.search.axes) search.insert(search.end(), {"--axis", axis + "=" + value});
   if (j.search.maximal_only) search.push_back("--maximal-only");
+  // Only when set: a job without the limit runs the command line it always ran.
+  if (j.search.max_active_params > 0)
+    search.insert(search.end(), {"--max-active-params", std::to_string(j.search.max_active_params)});
   s.push_back({CompressStage::Search, "search", search, path_exists(p.candidates)});
   s.back().run = [p, argv = search] {
     fs::create_directories(p.search_dir);
