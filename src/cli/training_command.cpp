@@ -183,17 +183,6 @@ int run_training_command(const Args& args, bool from_scratch) {
   if (vm.count("eval-data") && vm.count("val-data")) throw InputError("give --eval-data or --val-data, not both");
 
   DistillOptions o = options_from(vm, from_scratch);
-  // ShardedParameters' gathers need every parameter to take a gradient; the
-  // router's correction bias takes none (frozen).
-  if (o.shard == ShardLevel::Parameters)
-    for (const std::string& dir : {o.student, o.teacher}) {
-      if (dir.empty()) continue;
-      const int64_t moe = ModelConfig::load(dir).count(LayerType::Moe);
-      if (moe > 0)
-        throw InputError(fmt::format("--shard parameters: not supported for MoE models yet ({} has {} E layers); "
-                                     "use --shard gradients",
-                                     dir, moe));
-    }
   if (!o.teacher.empty() && !o.teacher_cache.empty()) {  // the trainer checks them against the cache
     const CheckpointFingerprint fp = checkpoint_fingerprint(o.teacher);
     o.teacher_config_hash = fp.config_hash;

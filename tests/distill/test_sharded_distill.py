@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,20 +42,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def distill_args(work, out, steps, *extra):
+def distill_args(work, out, steps, *extra, bucket="4KiB"):
     # 4 KiB buckets: many per rank, cut inside parameters and at the ranks' ranges.
     return ["distill", "--teacher", work["teacher"], "--student", work["student"], "--data", work["data"],
             "--out", out, "--steps", steps, "--seq-len", 32, "--micro-batch", 1, "--global-batch", 4,
-            "--lr", "3e-3", "--min-lr", "3e-4", "--warmup", 1, "--eval-tokens", 64, "--bucket-size", "4KiB", *extra]
+            "--lr", "3e-3", "--min-lr", "3e-4", "--warmup", 1, "--eval-tokens", 64, "--bucket-size", bucket, *extra]
 
 
-def run_ranks(world, args, check=True, timeout=300):
+def run_ranks(world, args, check=True, timeout=300, **extra_env):
     port = free_port()
     procs = []
     for r in range(world):
         env = {k: v for k, v in os.environ.items() if not k.startswith(RANK_VARS)}
         env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", **extra_env)
         procs.append(subprocess.Popen([nt.minipuzzle_bin(), *[str(a) for a in args]], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=timeout) for p in procs]
@@ -352,6 +355,27 @@ def test_parameters_level_holds_a_shard_and_two_units(work, runs, world, dtype):
             assert abs(m[kind] - p) <= 0.10 * p if p else m[kind] == 0, (kind, m[kind], p)
 
 
+def test_parameters_level_reduces_in_buckets_of_the_bucket_size(work, runs, tmp_path):
+    """A unit's gradient reduces in fp32 buckets of at most --bucket-size, two
+    in flight: with 4 KiB buckets (every unit cut into many) each rank holds
+    exactly two buckets at once; with buckets larger than any unit, the two
+    largest neighbouring units. The planner says the same, and the weights
+    do not depend on the cut (two ranks: a + b either way, bit for bit)."""
+    small = runs(2, "parameters")
+    large = tmp_path / "large"
+    run_ranks(2, distill_args(work, large, 3, "--shard", "parameters", bucket="1MiB"))
+    su = unit_numels(weights(runs(2, "none")))
+    assert max(su) * 4 < 1 << 20 and min(su) * 4 > 2 * 4096
+    for run, bucket, held in ((small, "4KiB", 2 * 4096), (large, "1MiB", 4 * largest_pair(su))):
+        plan = json.loads(nt.run_cli("distill", "--plan", "--json", "--teacher", work["teacher"], "--student",
+                                     work["student"], "--seq-len", 32, "--micro-batch", 1, "--world-size", 2,
+                                     "--shard", "parameters", "--bucket-size", bucket).stdout)
+        assert plan["bytes"]["buckets"] == held, bucket
+        assert [m["buckets"] for m in records(run)[0]["state_bytes"]] == [held, held], bucket
+    assert [(r["loss"], r["grad_norm"]) for r in records(small)] == [(r["loss"], r["grad_norm"]) for r in records(large)]
+    assert (small / "final" / "model.safetensors").read_bytes() == (large / "final" / "model.safetensors").read_bytes()
+
+
 def weights_of(model_dir):
     from safetensors.numpy import load_file
     return load_file(str(Path(model_dir) / "model.safetensors"))
@@ -405,3 +429,35 @@ def test_parameters_level_refuses_a_damaged_checkpoint(work, tmp_path):
     weights_file.write_bytes(data)
     run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--resume"))
     assert (part / "final" / "model.safetensors").exists()
+
+
+def test_a_rank_dying_mid_checkpoint_leaves_the_previous_one_latest(work, runs, tmp_path):
+    """Rank 1 is SIGKILLed while it writes its part of step 2's checkpoint
+    (MINIPUZZLE_TEST_DIE_IN_CHECKPOINT: half its optimizer shard on disk).
+    Rank 0 fails in the next collective and exits 1 with one line, in seconds
+    (not the 10-minute collective timeout); the newest complete checkpoint is
+    step 1, its manifest naming every part with the size and CRC-32 on disk;
+    --resume from it finishes with the final weights of an uninterrupted run,
+    byte for byte, and removes the half-written staging directory."""
+    full = runs(2, "parameters", "fp32", 4)
+    part = tmp_path / "died"
+    args = distill_args(work, part, 4, "--shard", "parameters", "--save-every", 1)
+    t0 = time.monotonic()
+    codes, errs = run_ranks(2, args, check=False, timeout=120, MINIPUZZLE_TEST_DIE_IN_CHECKPOINT="1:2")
+    assert time.monotonic() - t0 < 60, errs
+    assert codes == [1, -signal.SIGKILL], (codes, errs)
+    lines = errs[0].strip().splitlines()
+    assert len(lines) == 1 and "terminate called" not in errs[0], errs[0]
+    ck = part / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir() if not p.name.startswith(".")) == ["step-00000001"]
+    assert (ck / ".step-00000002.shards").is_dir()  # where the dead rank's half part lies
+    latest = ck / "step-00000001"
+    assert json.loads((latest / "trainer_state.json").read_text())["step"] == 1
+    manifest = json.loads((latest / "optimizer_manifest.json").read_text())
+    assert manifest["step"] == 1 and manifest["world_size"] == 2 and len(manifest["files"]) == 2
+    for f in manifest["files"]:
+        data = (latest / f["file"]).read_bytes()
+        assert len(data) == f["bytes"] and zlib.crc32(data) == f["crc32"], f
+    run_ranks(2, [*args, "--resume"])
+    assert (part / "final" / "model.safetensors").read_bytes() == (full / "final" / "model.safetensors").read_bytes()
+    assert not [p.name for p in ck.iterdir() if p.name.startswith(".")]
