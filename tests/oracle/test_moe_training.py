@@ -223,24 +223,24 @@ def two_ranks(work):
     import subprocess
     cache = {}
 
-    def get(shard):
-        if shard in cache:
-            return cache[shard]
+    def get(shard, *extra):
+        if (shard, *extra) in cache:
+            return cache[(shard, *extra)]
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        out = work["root"] / f"two-{shard}"
+        out = work["root"] / "-".join(["two", shard, *extra]).replace("--", "")
         procs = []
         for r in range(2):
             env = {k: v for k, v in os.environ.items()
                    if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "SLURM_", "TORCHELASTIC"))}
             env.update(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-            procs.append(subprocess.Popen([nt.minipuzzle_bin(), *map(str, dp_args(work, out, "--shard", shard))],
+            procs.append(subprocess.Popen([nt.minipuzzle_bin(), *map(str, dp_args(work, out, "--shard", shard, *extra))],
                                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         outs = [p.communicate(timeout=300) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
-        cache[shard] = out
+        cache[(shard, *extra)] = out
         return out
     return get
 
@@ -274,20 +274,27 @@ def test_data_parallel_two_ranks_equal_one_process(work, two_ranks, tmp_path, sh
 def test_shard_parameters_equals_none_on_moe_models(work, two_ranks):
     """--shard parameters with MoE teacher and student: the routers' frozen
     correction biases are sharded and gathered like every weight but take no
-    gradient and are never stepped. Two ranks give --shard none's losses and
-    weights within 1e-6 relative (4 KiB gradient buckets: many per unit), and
-    every bias is the student's own."""
-    none, sharded = two_ranks("none"), two_ranks("parameters")
+    gradient and are never stepped. Two ranks (4 KiB gradient buckets: many
+    per unit) give --shard none's losses within 1e-6 and its weights within
+    1e-6 relative over the model; every bias is the student's own. (Per
+    element: the gradients agree to a few ulps, and Adam's first steps, about
+    lr x g / (|g| + eps), turn that into up to a few % of lr where |g| is near
+    eps (an expert few tokens chose): a handful of elements, measured.)"""
+    # parameters recomputes every block: the baseline does too (checkpointed
+    # blocks skip the frozen bias and hand unused experts no gradient).
+    none, sharded = two_ranks("none", "--activation-checkpointing"), two_ranks("parameters")
     a, b, start = weights(none / "final"), weights(sharded / "final"), weights(work["student"])
     assert set(a) == set(b)
     biases = [k for k in b if k.endswith("e_score_correction_bias")]
     assert biases
-    for k in a:
-        if k in biases:
-            assert torch.equal(b[k], start[k]), k
-            continue
-        x, y = a[k].double(), b[k].double()
-        assert (x - y).norm() <= 1e-6 * x.norm(), (k, float((x - y).norm() / x.norm()))
+    for k in biases:
+        assert torch.equal(b[k], start[k]), k
+    rest = sorted(set(a) - set(biases))
+    x = torch.cat([a[k].double().flatten() for k in rest])
+    y = torch.cat([b[k].double().flatten() for k in rest])
+    assert (x - y).norm() <= 1e-6 * x.norm(), float((x - y).norm() / x.norm())
+    d = (x - y).abs()
+    assert d.max() <= 0.1 * DP_LR and (d > 1e-7).double().mean() < 1e-3, (float(d.max()), int((d > 1e-7).sum()))
     assert np.allclose(kd_losses(none), kd_losses(sharded), rtol=1e-6, atol=0)
     assert json.loads((sharded / "checkpoints" / "step-00000002" / "optimizer_manifest.json").read_text())[
         "shard"] == "parameters"
