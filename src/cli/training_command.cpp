@@ -103,7 +103,8 @@ po::options_description training_options(bool from_scratch) {
       ("no-overlap-all-reduce", po::bool_switch(),
        "data-parallel: all-reduce the gradients after backward instead of during it (same result)")
       ("bucket-size", po::value<std::string>()->default_value("25MiB"),
-       "data-parallel: fp32 bytes per gradient bucket (one collective each), e.g. 25MiB")
+       "data-parallel: fp32 bytes per gradient bucket (one collective each; at --shard parameters a unit's "
+       "gradient is cut into buckets of at most this), e.g. 25MiB")
       ("stop-at-step", po::value<int64_t>()->default_value(0), "stop after this step as if interrupted (time-boxed runs, tests)");
   if (!from_scratch) add_plan_options(opts);
   return opts;
