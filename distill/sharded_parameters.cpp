@@ -250,7 +250,8 @@ Tensor ShardedParameters::backward_block(int64_t layer, const Tensor& saved, con
   out = Tensor();
   std::vector<Tensor> unit_grads;
   std::size_t next = 1;
-  for (std::size_t i = first; i < last; ++i) unit_grads.push_back(params_[i].requires_grad() ? grads[next++] : Tensor());
+  for (std::size_t i = first; i < last; ++i)
+    unit_grads.push_back(params_[i].requires_grad() ? grads[next++] : Tensor());
   reduce_unit(unit, unit_grads);
   release(unit);
   return grads[0];
