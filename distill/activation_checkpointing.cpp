@@ -1,6 +1,7 @@
 #include "minipuzzle/activation_checkpointing.h"
 
 #include <cstdint>
+#include <vector>
 
 namespace minipuzzle {
 
@@ -13,6 +14,16 @@ using torch::autograd::variable_list;
 const ObserverList& no_observers() {
   static const ObserverList none;
   return none;
+}
+
+// The parameters that take a gradient: a frozen one (an MoE router's
+// e_score_correction_bias) is no input of the recompute's autograd::grad,
+// which refuses a tensor that does not require grad.
+std::vector<Tensor> trained_parameters(BlockImpl& block) {
+  std::vector<Tensor> out;
+  for (auto& p : block.parameters())
+    if (p.requires_grad()) out.push_back(p);
+  return out;
 }
 
 class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
@@ -33,7 +44,7 @@ class CheckpointedBlock : public torch::autograd::Function<CheckpointedBlock> {
     const int64_t n_params = ctx->saved_data["n_params"].toInt();
     Tensor h = ctx->get_saved_variables()[0].detach().requires_grad_(true);
     variable_list inputs = {h};
-    for (auto& p : block->parameters()) inputs.push_back(p);
+    for (auto& p : trained_parameters(*block)) inputs.push_back(p);
     TORCH_CHECK(static_cast<int64_t>(inputs.size()) == n_params + 1, "block parameters changed during the step");
     Tensor out;
     {
@@ -53,7 +64,7 @@ torch::Tensor forward_hidden_checkpointed(HybridLM& model, const torch::Tensor& 
   Tensor h = model->embed(tokens);
   for (int64_t i = 0; i < model->config().num_layers(); ++i) {
     Block block = model->layer(i);
-    const std::vector<Tensor> params = block->parameters();
+    const std::vector<Tensor> params = trained_parameters(*block);
     h = CheckpointedBlock::apply(h, at::TensorList(params), block.get());
   }
   return model->final_norm(h);

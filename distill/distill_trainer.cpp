@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <cmath>
 #include <limits>
@@ -138,6 +140,23 @@ KdResult cross_entropy_loss(HybridLM& student, const torch::Tensor& normed, cons
 }
 
 std::string step_name(int64_t step) { return fmt::format("step-{:08d}", step); }
+
+// MINIPUZZLE_TEST_DIE_IN_CHECKPOINT=RANK:STEP: that rank of a sharded run
+// dies (SIGKILL, by its own hand) while it writes its part of the checkpoint
+// of that step, leaving half of its optimizer shard in the staging
+// directory. The test of a rank dying mid-checkpoint
+// (tests/distill/test_sharded_distill.py) needs the death at that moment,
+// which a kill from outside hits only by chance. Unset: never.
+std::optional<std::pair<int, int64_t>> die_in_checkpoint() {
+  const char* v = std::getenv("MINIPUZZLE_TEST_DIE_IN_CHECKPOINT");
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  int rank = -1;
+  long long step = -1;
+  char tail = 0;
+  if (std::sscanf(v, "%d:%lld%c", &rank, &step, &tail) != 2 || rank < 0 || step < 0)
+    throw InputError(fmt::format("MINIPUZZLE_TEST_DIE_IN_CHECKPOINT: expected RANK:STEP, got '{}'", v));
+  return std::make_pair(rank, static_cast<int64_t>(step));
+}
 
 // Completed checkpoints, oldest first (partial ones are hidden directories).
 std::vector<fs::path> list_checkpoints(const fs::path& dir) {
@@ -543,10 +562,15 @@ DistillSummary run_distillation_in(const DistillOptions& o,
   // write's error stops the run at the next checkpoint or at the end, with
   // the checkpoints before it intact.
   BackgroundJob checkpoint_writer;  // after everything its jobs use: destroyed (waited for) first
+  const auto die_at = die_in_checkpoint();
   // Sharded: every rank writes its optimizer shard into a staging directory
   // (now, on this thread), their sizes and checksums are summed to rank 0,
   // which moves the files into the checkpoint with the manifest before the
-  // checkpoint is renamed into place.
+  // checkpoint is renamed into place. The sum is the barrier that makes this
+  // safe: each part is written atomically (fsynced) before its rank joins
+  // it, so the manifest never names a part that is not durable, and a rank
+  // that dies before it leaves the others failing in that collective (or in
+  // the weights' gathers before it) with the previous checkpoint the latest.
   auto save_sharded_checkpoint = [&](int64_t step) {
     const fs::path target = ckpt_dir / step_name(step);
     if (fs::exists(target / "trainer_state.json")) {  // the same answer on every rank
@@ -559,6 +583,10 @@ DistillSummary run_distillation_in(const DistillOptions& o,
     const int world = dp.world_size(), rank = dp.rank();
     const fs::path mine = staging / optimizer_shard_file_name(rank, world);
     ShardedAdamW::write_state(sharded->snapshot(), sharded->layout(), rank, mine);
+    if (die_at && die_at->first == rank && die_at->second == step) {
+      fs::resize_file(mine, fs::file_size(mine) / 2);
+      std::raise(SIGKILL);
+    }
     // Sharded weights: gathered tensor by tensor, rank 0 writes them here now.
     const fs::path model_files = staging / "model";
     if (student_units) {

@@ -50,7 +50,11 @@ void start_ready(OverlappedAllReduce::State& s, DataParallel& dp) {
 
 struct AccumulatedHook : torch::autograd::PostAccumulateGradHook {
   AccumulatedHook(OverlappedAllReduce::State* s, DataParallel* dp, size_t param) : s_(s), dp_(dp), param_(param) {}
-  void operator()(const torch::autograd::Variable&) override {
+  void operator()(const torch::autograd::Variable& v) override {
+    // A checkpointed block's recompute hands an unused parameter (an expert
+    // no token chose) an undefined gradient, and the hook still fires: not
+    // accumulated (finish() gives it zeros).
+    if (!v.grad().defined()) return;
     std::lock_guard<std::mutex> lock(s_->mutex);
     if (s_->error) return;
     const size_t b = s_->bucket_of[param_];

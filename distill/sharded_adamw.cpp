@@ -61,7 +61,11 @@ ShardedAdamW::ShardedAdamW(std::vector<std::pair<std::string, torch::Tensor>> na
   torch::NoGradGuard no_grad;
   const int rank = dp.rank();
   const int64_t begin = layout_.begin(rank);
-  mine_ = layout_.pieces(begin, layout_.end(rank));
+  // A frozen parameter (an MoE router's correction bias, in the layout at
+  // `parameters` only, where every weight is sharded) is never stepped: its
+  // elements are left out of the update, whatever gradient reaches them.
+  for (const auto& piece : layout_.pieces(begin, layout_.end(rank)))
+    if (params_[piece.entry].requires_grad()) mine_.push_back(piece);
   const auto dtype = params_.empty() ? torch::kFloat32 : params_.front().scalar_type();
   const auto device = params_.empty() ? torch::Device(torch::kCPU) : params_.front().device();
   const auto fp32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);

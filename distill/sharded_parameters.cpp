@@ -109,7 +109,8 @@ ShardedParameters::ShardedParameters(HybridLM model, DataParallel& dp, bool trai
 
 ShardedParameters::~ShardedParameters() {
   if (hooked_)
-    for (const auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+    for (const auto& p : params_)
+      if (p.requires_grad()) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
   // Collectives still in flight hold their buffers; they end with the group.
   for (auto& r : reducing_)
     for (auto& part : r.parts) try {
@@ -234,7 +235,11 @@ Tensor ShardedParameters::backward_block(int64_t layer, const Tensor& saved, con
   Tensor h = saved.detach().requires_grad_(true);
   variable_list inputs = {h};
   const auto [first, last] = unit_entries_[static_cast<std::size_t>(unit)];
-  for (std::size_t i = first; i < last; ++i) inputs.push_back(params_[i]);
+  // A frozen parameter (an MoE router's correction bias) is gathered for
+  // the forward like any weight but takes no gradient: autograd refuses it
+  // as an input, and the reduce sends zeros in its place.
+  for (std::size_t i = first; i < last; ++i)
+    if (params_[i].requires_grad()) inputs.push_back(params_[i]);
   Tensor out;
   {
     torch::AutoGradMode on(true);
@@ -243,7 +248,11 @@ Tensor ShardedParameters::backward_block(int64_t layer, const Tensor& saved, con
   variable_list grads = torch::autograd::grad({out}, inputs, {grad_out}, /*retain_graph=*/false,
                                               /*create_graph=*/false, /*allow_unused=*/true);
   out = Tensor();
-  reduce_unit(unit, std::vector<Tensor>(grads.begin() + 1, grads.end()));
+  std::vector<Tensor> unit_grads;
+  std::size_t next = 1;
+  for (std::size_t i = first; i < last; ++i)
+    unit_grads.push_back(params_[i].requires_grad() ? grads[next++] : Tensor());
+  reduce_unit(unit, unit_grads);
   release(unit);
   return grads[0];
 }
@@ -254,14 +263,17 @@ void ShardedParameters::set_gradient_sink(Sink sink) {
   for (int64_t u : {int64_t{0}, head_unit()}) {
     const auto [first, last] = unit_entries_[static_cast<std::size_t>(u)];
     for (std::size_t i = first; i < last; ++i)
-      torch::autograd::impl::set_post_acc_grad_hooks(params_[i], std::make_unique<UnitGradientHook>(this, u));
+      if (params_[i].requires_grad())
+        torch::autograd::impl::set_post_acc_grad_hooks(params_[i], std::make_unique<UnitGradientHook>(this, u));
   }
   hooked_ = true;
 }
 
 void ShardedParameters::accumulated(int64_t unit) {
   const auto [first, last] = unit_entries_[static_cast<std::size_t>(unit)];
-  if (++arrived_[static_cast<std::size_t>(unit)] < static_cast<int64_t>(last - first)) return;
+  int64_t trained = 0;  // the hooks fire for parameters that take a gradient only
+  for (std::size_t i = first; i < last; ++i) trained += params_[i].requires_grad() ? 1 : 0;
+  if (++arrived_[static_cast<std::size_t>(unit)] < trained) return;
   std::vector<Tensor> grads;
   for (std::size_t i = first; i < last; ++i) grads.push_back(params_[i].grad());
   reduce_unit(unit, grads);
@@ -271,34 +283,44 @@ void ShardedParameters::accumulated(int64_t unit) {
   }
 }
 
+// The unit's gradient goes out in buckets of at most --bucket-size (fp32),
+// cut in flat order (a bucket never leaves its unit); each bucket is one
+// fp32 buffer, reduced with one reduce per owner whose range it crosses, at
+// most two buckets in flight. Each gradient is converted straight into its
+// bucket's slice: no per-tensor fp32 copy.
 void ShardedParameters::reduce_unit(int64_t unit, const std::vector<Tensor>& grads) {
   torch::NoGradGuard no_grad;
   const auto [first, last] = unit_entries_[static_cast<std::size_t>(unit)];
-  std::vector<Tensor> parts;
   int64_t grad_bytes = 0;
-  for (std::size_t i = first; i < last; ++i) {
-    const Tensor& g = grads[i - first];
+  for (const Tensor& g : grads)
     if (g.defined()) grad_bytes += static_cast<int64_t>(g.nbytes());
-    parts.push_back(g.defined() ? g.reshape({-1}).to(torch::kFloat32)
-                                : torch::zeros({params_[i].numel()}, shard_.options().dtype(torch::kFloat32)));
-  }
   unit_grad_peak_ = std::max(unit_grad_peak_, grad_bytes);
-  // At most two units in flight: the oldest completes (and frees its
-  // buffer) before this one's buffer exists.
-  while (reducing_.size() >= 2) complete_oldest_reduce();
-  Reduce r;
-  r.lo = unit_lo(unit);
-  r.flat = torch::cat(parts);
-  parts.clear();
-  for (std::size_t i = first; i < last; ++i) params_[i].mutable_grad() = Tensor();  // the hooks' .grad
-  const int64_t hi = unit_hi(unit);
-  for (int q = static_cast<int>(r.lo / layout_.shard); q < layout_.world_size && layout_.begin(q) < hi; ++q) {
-    const int64_t a = std::max(r.lo, layout_.begin(q)), b = std::min(hi, layout_.end(q));
-    if (a < b) r.parts.push_back({a, b, q, dp_.start_reduce(r.flat.narrow(0, a - r.lo, b - a), q)});
+  const int64_t lo = unit_lo(unit), hi = unit_hi(unit);
+  const int64_t bucket = std::max<int64_t>(1, dp_.bucket_bytes() / 4);
+  for (int64_t a = lo; a < hi; a += bucket) {
+    const int64_t b = std::min(hi, a + bucket);
+    // The oldest completes (and frees its buffer) before this one's exists.
+    while (reducing_.size() >= 2) complete_oldest_reduce();
+    Reduce r;
+    r.lo = a;
+    r.flat = torch::empty({b - a}, shard_.options().dtype(torch::kFloat32));
+    for (const auto& piece : layout_.pieces(a, b)) {
+      Tensor dst = r.flat.narrow(0, piece.flat - a, piece.numel);
+      const Tensor& g = grads[piece.entry - first];
+      if (g.defined())
+        dst.copy_(g.reshape({-1}).narrow(0, piece.start, piece.numel));
+      else
+        dst.zero_();  // backward did not reach it, or it is frozen: every rank sends zeros all the same
+    }
+    for (int q = static_cast<int>(a / layout_.shard); q < layout_.world_size && layout_.begin(q) < b; ++q) {
+      const int64_t x = std::max(a, layout_.begin(q)), y = std::min(b, layout_.end(q));
+      if (x < y) r.parts.push_back({x, y, q, dp_.start_reduce(r.flat.narrow(0, x - a, y - x), q)});
+    }
+    reduce_bytes_ += static_cast<int64_t>(r.flat.nbytes());
+    reduce_peak_ = std::max(reduce_peak_, reduce_bytes_);
+    reducing_.push_back(std::move(r));
   }
-  reduce_bytes_ += static_cast<int64_t>(r.flat.nbytes());
-  reduce_peak_ = std::max(reduce_peak_, reduce_bytes_);
-  reducing_.push_back(std::move(r));
+  for (std::size_t i = first; i < last; ++i) params_[i].mutable_grad() = Tensor();  // the hooks' .grad
   reduced_[static_cast<std::size_t>(unit)] = true;
 }
 

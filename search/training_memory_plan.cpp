@@ -158,6 +158,21 @@ int64_t largest_unit_pair(const ModelConfig& c) {
   return most;
 }
 
+// sharded_parameters.cpp's reduce_unit: the most fp32 elements of two
+// buckets in flight together. Backward reduces the head, the blocks from the
+// last to the first, then the embedding; each unit is cut in flat order into
+// buckets of bucket_bytes / 4 elements, the last one shorter.
+int64_t largest_reduce_bucket_pair(const ModelConfig& c, int64_t bucket_bytes) {
+  const int64_t bucket = std::max<int64_t>(1, bucket_bytes / 4);
+  const auto u = parameter_unit_numels(c);
+  std::vector<int64_t> sizes;
+  for (auto it = u.rbegin(); it != u.rend(); ++it)
+    for (int64_t a = 0; a < *it; a += bucket) sizes.push_back(std::min(bucket, *it - a));
+  int64_t most = sizes.front();
+  for (std::size_t i = 1; i < sizes.size(); ++i) most = std::max(most, sizes[i - 1] + sizes[i]);
+  return most;
+}
+
 int64_t largest_tensor(const ModelConfig& c) {
   const auto n = parameter_numels_in_order(c);
   return *std::max_element(n.begin(), n.end());
@@ -262,15 +277,10 @@ TrainingMemoryPlan plan_training_memory(const TrainingJob& job, int world_size, 
   const auto buckets = gradient_bucket_bytes(job.student, job.bucket_bytes);
   plan.largest_bucket = *std::max_element(buckets.begin(), buckets.end());
   if (shard == ShardLevel::Parameters) {
-    // Each unit's gradient reduces from one fp32 buffer of the unit's size,
-    // two units in flight (also on one rank, where the reduce is a copy);
-    // in bf16 the per-tensor fp32 copies exist while they are concatenated.
-    const double pair = 4 * static_cast<double>(largest_unit_pair(job.student));
-    b.buckets = pair;
-    if (e < 4) {
-      const auto u = parameter_unit_numels(job.student);
-      b.bucket_scratch = 4 * static_cast<double>(*std::max_element(u.begin(), u.end()));
-    }
+    // Each unit's gradient reduces in fp32 buckets of at most --bucket-size,
+    // two in flight (also on one rank, where the reduce is a copy); each
+    // gradient is converted straight into its bucket: no fp32 scratch.
+    b.buckets = 4 * static_cast<double>(largest_reduce_bucket_pair(job.student, job.bucket_bytes));
   } else if (many) {
     if (shard >= ShardLevel::Optimizer) {
       b.buckets = 2 * plan.largest_bucket;  // one reduce-scattering while the next fills

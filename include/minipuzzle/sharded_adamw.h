@@ -23,7 +23,9 @@
 //     only as this rank's range (sharded_parameters.h's shard): the update
 //     steps that range in place, no all-gather follows (the next forward
 //     gathers unit by unit), and the gradients arrive from the units'
-//     reduces (accumulate_gradient), once per micro-batch.
+//     reduces (accumulate_gradient), once per micro-batch. The layout
+//     holds every weight, frozen ones too (an MoE router's correction
+//     bias: sharded and gathered like the rest); those are never stepped.
 //
 // Clipping uses the global norm: each rank's sum of squares over its range,
 // summed over ranks in one all-reduce. Weight decay follows the parameter an

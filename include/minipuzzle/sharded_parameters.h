@@ -16,12 +16,18 @@
 // Training (trainable): each block runs as a checkpointed function that
 // keeps only its input. Its backward gathers the block again (the block
 // below is prefetched), recomputes it with grad, backprops, reduces the
-// block's gradient into the owners' ranges (one reduce per owner, in fp32,
-// at most two units in flight) and releases weights and gradients. The
+// block's gradient into the owners' ranges (in fp32 buckets of at most
+// --bucket-size cut along the unit, one reduce per owner a bucket crosses,
+// at most two buckets in flight) and releases weights and gradients. The
 // embedding and the head have no recompute: the embedding's backward needs
 // no weights, and the head stays gathered from its forward to its backward
 // (the loss's last and backward's first work); their gradients reduce from a
 // post-accumulate hook as soon as autograd has produced them.
+//
+// A frozen parameter (requires_grad false: an MoE router's
+// e_score_correction_bias) is laid out, sharded and gathered like the
+// others; it takes no gradient (zeros go into the reduce in its place) and
+// the optimizer does not step it (sharded_adamw.h).
 //
 // Every rank must run the same units in the same order (the collectives
 // pair up by order): evaluation on a rank without windows still gathers
@@ -100,8 +106,9 @@ class ShardedParameters {
   torch::Tensor gather_tensor(std::size_t entry);
 
   int64_t shard_bytes() const { return static_cast<int64_t>(shard_.nbytes()); }
-  // The most fp32 reduce-buffer bytes in flight at once, and the largest
-  // unit gradient (the model's dtype) held while it was flattened.
+  // The most fp32 reduce-bucket bytes in flight at once (two buckets of at
+  // most the data-parallel bucket size), and the largest unit gradient (the
+  // model's dtype) held while its buckets were filled.
   int64_t reduce_peak_bytes() const { return reduce_peak_; }
   int64_t unit_gradient_peak_bytes() const { return unit_grad_peak_; }
 

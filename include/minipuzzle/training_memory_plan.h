@@ -18,7 +18,8 @@
 //                 most of two neighbouring units of the student (one runs while
 //                 the next is gathered), or the teacher's two, or the teacher's
 //                 head (held for the loss) + the student's two; buckets: two
-//                 units' fp32 gradients reducing (any N, also 1)
+//                 fp32 buckets of at most bucket_bytes reducing, cut along each
+//                 unit in backward's order (any N, also 1)
 //
 // At e = 2 that is the 2T + 16S, 2T + 4S + 12S/N and (2T + 16S)/N.
 // The trainer runs every level (sharded_adamw.h, sharded_parameters.h;

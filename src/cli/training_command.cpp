@@ -103,7 +103,8 @@ po::options_description training_options(bool from_scratch) {
       ("no-overlap-all-reduce", po::bool_switch(),
        "data-parallel: all-reduce the gradients after backward instead of during it (same result)")
       ("bucket-size", po::value<std::string>()->default_value("25MiB"),
-       "data-parallel: fp32 bytes per gradient bucket (one collective each), e.g. 25MiB")
+       "data-parallel: fp32 bytes per gradient bucket (one collective each; at --shard parameters a unit's "
+       "gradient is cut into buckets of at most this), e.g. 25MiB")
       ("stop-at-step", po::value<int64_t>()->default_value(0), "stop after this step as if interrupted (time-boxed runs, tests)");
   if (!from_scratch) add_plan_options(opts);
   return opts;
@@ -183,17 +184,6 @@ int run_training_command(const Args& args, bool from_scratch) {
   if (vm.count("eval-data") && vm.count("val-data")) throw InputError("give --eval-data or --val-data, not both");
 
   DistillOptions o = options_from(vm, from_scratch);
-  // ShardedParameters' gathers need every parameter to take a gradient; the
-  // router's correction bias takes none (frozen).
-  if (o.shard == ShardLevel::Parameters)
-    for (const std::string& dir : {o.student, o.teacher}) {
-      if (dir.empty()) continue;
-      const int64_t moe = ModelConfig::load(dir).count(LayerType::Moe);
-      if (moe > 0)
-        throw InputError(fmt::format("--shard parameters: not supported for MoE models yet ({} has {} E layers); "
-                                     "use --shard gradients",
-                                     dir, moe));
-    }
   if (!o.teacher.empty() && !o.teacher_cache.empty()) {  // the trainer checks them against the cache
     const CheckpointFingerprint fp = checkpoint_fingerprint(o.teacher);
     o.teacher_config_hash = fp.config_hash;

@@ -27,9 +27,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-DataParallel one_rank_group() {
+DataParallel one_rank_group(int64_t bucket_bytes = 25 << 20) {
   DataParallelOptions o;
   o.force_group = true;
+  o.bucket_bytes = bucket_bytes;
   return DataParallel(DistEnv{}, torch::kCPU, o);
 }
 
@@ -104,6 +105,35 @@ TEST_F(ShardedParametersOneRank, UnitByUnitEqualsThePlainModel) {
   const auto plain_named = plain_->named_parameters();
   for (std::size_t i = 0; i < layout.entries.size(); ++i)
     EXPECT_TRUE(torch::equal(units.gather_tensor(i), plain_named[layout.entries[i].name])) << layout.entries[i].name;
+}
+
+// --bucket-size smaller than a tensor: each unit's gradient goes out in
+// buckets of 250 fp32 elements, cut across tensor boundaries; the reduced
+// gradient is the same bits, and two buckets are in flight at most.
+TEST_F(ShardedParametersOneRank, SmallBucketsCutTheUnitsAndGiveTheSameGradients) {
+  DataParallel dp = one_rank_group(/*bucket_bytes=*/1001);
+  ShardedParameters units(HybridLM(cfg_, torch::kFloat32, /*placeholders=*/true), dp, /*trainable=*/true,
+                          std::make_shared<GatheredBytes>());
+  units.load(CheckpointReader::open(dir_));
+  torch::Tensor reduced = torch::zeros({units.layout().shard});
+  int64_t calls = 0;
+  units.set_gradient_sink([&](int64_t lo, const torch::Tensor& mean) {
+    EXPECT_LE(mean.numel(), 250);
+    reduced.narrow(0, lo, mean.numel()).add_(mean);
+    ++calls;
+  });
+  torch::manual_seed(3);
+  const torch::Tensor tokens = torch::randint(0, cfg_.vocab_size, {2, 24}, torch::kInt64);
+  plain_->train();
+  plain_->lm_head(plain_->forward_hidden(tokens)).logsumexp(-1).mean().backward();
+  units.model()->train();
+  units.model()->lm_head(units.forward_hidden(tokens)).logsumexp(-1).mean().backward();
+  units.finish_backward();
+  std::vector<torch::Tensor> expected;
+  for (const auto& p : plain_->parameters()) expected.push_back(p.grad().reshape({-1}));
+  EXPECT_TRUE(torch::equal(reduced.narrow(0, 0, units.layout().total), torch::cat(expected)));
+  EXPECT_GT(calls, units.layout().total / 250);
+  EXPECT_EQ(units.reduce_peak_bytes(), 2 * 250 * 4);
 }
 
 TEST_F(ShardedParametersOneRank, EvaluationWithoutGradHoldsTheHeadUntilReleased) {

@@ -6,15 +6,21 @@ master and moments (state_bytes in metrics.jsonl), at `gradients` no
 full-size gradient, at `parameters` 1/N of each model's weights plus two
 gathered units; the planner's figures match those bytes within 10%;
 sharded checkpoints (one file per rank + a manifest) resume bit for bit and
-at another world size; bad input exits 2 with one line."""
+at another world size; a rank dying mid-checkpoint leaves the previous one
+the latest; --bucket-size cuts the parameters level's reduces; bad input
+exits 2 with one line. Each run is made once and shared (the `runs`
+fixture): keep new tests on the 3-step runs it already has."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,20 +45,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def distill_args(work, out, steps, *extra):
+def distill_args(work, out, steps, *extra, bucket="4KiB"):
     # 4 KiB buckets: many per rank, cut inside parameters and at the ranks' ranges.
     return ["distill", "--teacher", work["teacher"], "--student", work["student"], "--data", work["data"],
             "--out", out, "--steps", steps, "--seq-len", 32, "--micro-batch", 1, "--global-batch", 4,
-            "--lr", "3e-3", "--min-lr", "3e-4", "--warmup", 1, "--eval-tokens", 64, "--bucket-size", "4KiB", *extra]
+            "--lr", "3e-3", "--min-lr", "3e-4", "--warmup", 1, "--eval-tokens", 64, "--bucket-size", bucket, *extra]
 
 
-def run_ranks(world, args, check=True, timeout=300):
+def run_ranks(world, args, check=True, timeout=300, **extra_env):
     port = free_port()
     procs = []
     for r in range(world):
         env = {k: v for k, v in os.environ.items() if not k.startswith(RANK_VARS)}
         env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", **extra_env)
         procs.append(subprocess.Popen([nt.minipuzzle_bin(), *[str(a) for a in args]], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=timeout) for p in procs]
@@ -89,7 +95,9 @@ def runs(work):
 @pytest.mark.parametrize("world", [2, 4])
 def test_sharded_levels_match_none(runs, world):
     none = runs(world, "none")
-    for level in ("optimizer", "gradients"):
+    # At 4 ranks `gradients` alone: `optimizer` runs the same reduce into
+    # the owners (only what it keeps of the gradients differs).
+    for level in ("optimizer", "gradients") if world == 2 else ("gradients",):
         run = runs(world, level)
         a, b = records(none), records(run)
         assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
@@ -126,10 +134,10 @@ def test_gradients_level_never_holds_a_full_gradient(runs):
     `gradients` each .grad goes as soon as its buckets are copied out, so the
     most gradient bytes a rank holds at once in backward (gradients_peak, seen
     from the accumulation hooks, plus its gradient shard) stay below one
-    full-size gradient; at `optimizer` the same measure sees all of it."""
+    full-size gradient; at `optimizer` (2 ranks) the same measure sees all of it."""
     S = sum(w.size for w in weights(runs(4, "none")).values())
-    for level in ("optimizer", "gradients"):
-        for m in records(runs(4, level))[0]["state_bytes"]:
+    for level, world in (("optimizer", 2), ("gradients", 4)):
+        for m in records(runs(world, level))[0]["state_bytes"]:
             if level == "gradients":
                 assert m["gradients_peak"] < 0.75 * 4 * S, (m, S)
                 assert m["gradients"] == 4 * (-(-S // 4))  # after the step: the shard alone
@@ -144,8 +152,9 @@ def plan_bytes(work, world, level, dtype):
     return json.loads(r.stdout)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("level", ["optimizer", "gradients"])
+# fp32; bf16 adds the master (4 bytes an element, the same ShardedAdamW
+# ranges): test_parameters_level_holds_a_shard_and_two_units[2-bf16].
+@pytest.mark.parametrize("level,dtype", [("optimizer", "fp32"), ("gradients", "fp32")])
 def test_each_rank_holds_its_share(work, runs, level, dtype):
     world = 2
     run = runs(world, level, dtype)
@@ -170,46 +179,50 @@ def test_each_rank_holds_its_share(work, runs, level, dtype):
             assert abs(m[kind] - p) <= 0.10 * p if p else m[kind] == 0, (kind, m[kind], p)
 
 
-@pytest.mark.parametrize("level", ["optimizer", "gradients"])
-def test_stop_and_resume_is_bit_identical(work, runs, tmp_path, level):
-    world = 2
-    full = runs(world, level, "fp32", 4)
+def test_stop_and_resume_is_bit_identical(work, runs, tmp_path):
+    """Stopped after step 1 and resumed at the same world size: the same
+    records and final weights, byte for byte. (`optimizer` writes and reads
+    the same per-rank files; its resume is the 4 -> 2 ranks test below.)"""
+    world, level = 2, "gradients"
+    full = runs(world, level)
     part = tmp_path / "part"
-    codes, errs = run_ranks(world, distill_args(work, part, 4, "--shard", level, "--stop-at-step", 2), check=False)
+    codes, errs = run_ranks(world, distill_args(work, part, 3, "--shard", level, "--stop-at-step", 1), check=False)
     assert codes == [130] * world, errs
-    assert (part / "checkpoints" / "step-00000002" / "optimizer_manifest.json").exists()
-    run_ranks(world, distill_args(work, part, 4, "--shard", level, "--resume"))
+    assert (part / "checkpoints" / "step-00000001" / "optimizer_manifest.json").exists()
+    run_ranks(world, distill_args(work, part, 3, "--shard", level, "--resume"))
     assert [(r["step"], r["loss"], r["grad_norm"]) for r in records(part)] == \
            [(r["step"], r["loss"], r["grad_norm"]) for r in records(full)]
     assert (part / "final" / "model.safetensors").read_bytes() == (full / "final" / "model.safetensors").read_bytes()
 
 
-@pytest.mark.parametrize("before,after,level", [(4, 2, "optimizer"), (2, 4, "gradients")])
+@pytest.mark.parametrize("before,after,level", [(4, 2, "optimizer")])
 def test_resume_at_another_world_size_reshards(work, runs, tmp_path, before, after, level):
-    """Stopped after step 2 at one world size, resumed at another: each new
+    """Stopped after step 1 at one world size, resumed at another: each new
     rank reads its range out of the old ranks' files, and the run goes on as
-    an uninterrupted run at the new world size (within float summation order)."""
+    an uninterrupted run at the new world size (within float summation order).
+    (2 -> 4: test_parameters_level_resumes_at_another_world_size, which reads
+    the optimizer state with the same code.)"""
     part = tmp_path / "part"
-    codes, errs = run_ranks(before, distill_args(work, part, 4, "--shard", level, "--stop-at-step", 2), check=False)
+    codes, errs = run_ranks(before, distill_args(work, part, 3, "--shard", level, "--stop-at-step", 1), check=False)
     assert codes == [130] * before, errs
-    run_ranks(after, distill_args(work, part, 4, "--shard", level, "--resume"))
-    full = runs(after, level, "fp32", 4)
+    run_ranks(after, distill_args(work, part, 3, "--shard", level, "--resume"))
+    full = runs(after, level)
     a, b = records(full), records(part)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     for x, y in zip(a, b):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-6, abs=0), x["step"]
     wa, wb = weights(full), weights(part)
     for k in wa:
         x, y = wa[k].astype(np.float64), wb[k].astype(np.float64)
         assert np.linalg.norm(x - y) <= 1e-5 * np.linalg.norm(x), k
-    manifest = json.loads((part / "checkpoints" / "step-00000004" / "optimizer_manifest.json").read_text())
+    manifest = json.loads((part / "checkpoints" / "step-00000003" / "optimizer_manifest.json").read_text())
     assert manifest["world_size"] == after
 
 
 def copy_stopped(work, tmp_path, level="optimizer"):
-    """A 2-rank run stopped after step 2 (a sharded checkpoint there)."""
+    """A 2-rank run stopped after step 1 (a sharded checkpoint there)."""
     part = tmp_path / "stopped"
-    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", level, "--stop-at-step", 2), check=False)
+    codes, errs = run_ranks(2, distill_args(work, part, 3, "--shard", level, "--stop-at-step", 1), check=False)
     assert codes == [130, 130], errs
     return part
 
@@ -235,37 +248,33 @@ def test_bad_input(work, tmp_path):
     assert_one_line_exit_2(codes, errs, "multiple of --micro-batch 1 x 3 processes")
 
     part = copy_stopped(work, tmp_path)
-    ckpt = part / "checkpoints" / "step-00000002"
+    ckpt = part / "checkpoints" / "step-00000001"
     manifest = ckpt / "optimizer_manifest.json"
     # Another level than the checkpoint's: the run's options differ.
-    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "gradients", "--resume"), check=False)
+    codes, errs = run_ranks(2, distill_args(work, part, 3, "--shard", "gradients", "--resume"), check=False)
     assert_one_line_exit_2(codes, errs, "shard")
     # A manifest of another layout.
     original = manifest.read_text()
     m = json.loads(original)
     m["layout"]["parameters"][0][1] += 1
     manifest.write_text(json.dumps(m))
-    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"), check=False)
+    codes, errs = run_ranks(2, distill_args(work, part, 3, "--shard", "optimizer", "--resume"), check=False)
     assert_one_line_exit_2(codes, errs, "optimizer_manifest.json")
     manifest.write_text(original)
     # A truncated shard: every rank stops, naming it.
     shard = ckpt / "optimizer-00001-of-00002.safetensors"
     data = shard.read_bytes()
     shard.write_bytes(data[:-100])
-    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"), check=False)
+    codes, errs = run_ranks(2, distill_args(work, part, 3, "--shard", "optimizer", "--resume"), check=False)
     assert_one_line_exit_2(codes, errs, "optimizer-00001-of-00002.safetensors")
     # The same length, other bytes: the checksum.
     shard.write_bytes(data[:-4] + bytes(4 * [0x5A]))
-    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"), check=False)
+    codes, errs = run_ranks(2, distill_args(work, part, 3, "--shard", "optimizer", "--resume"), check=False)
     assert_one_line_exit_2(codes, errs, "optimizer-00001-of-00002.safetensors")
     # Missing.
     shard.unlink()
-    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"), check=False)
+    codes, errs = run_ranks(2, distill_args(work, part, 3, "--shard", "optimizer", "--resume"), check=False)
     assert_one_line_exit_2(codes, errs, "optimizer-00001-of-00002.safetensors")
-    # Whole again: the run finishes.
-    shard.write_bytes(data)
-    run_ranks(2, distill_args(work, part, 4, "--shard", "optimizer", "--resume"))
-    assert (part / "final" / "model.safetensors").exists()
 
 
 # --shard parameters (ZeRO-3): weights as 1/N ranges, gathered unit by unit.
@@ -352,56 +361,93 @@ def test_parameters_level_holds_a_shard_and_two_units(work, runs, world, dtype):
             assert abs(m[kind] - p) <= 0.10 * p if p else m[kind] == 0, (kind, m[kind], p)
 
 
+def test_parameters_level_reduces_in_buckets_of_the_bucket_size(work, runs, tmp_path):
+    """A unit's gradient reduces in fp32 buckets of at most --bucket-size, two
+    in flight: with 4 KiB buckets (every unit cut into many) each rank holds
+    exactly two buckets at once; with buckets larger than any unit, the two
+    largest neighbouring units. The planner says the same, and the weights
+    do not depend on the cut (two ranks: a + b either way, bit for bit)."""
+    small = runs(2, "parameters")
+    large = tmp_path / "large"
+    run_ranks(2, distill_args(work, large, 3, "--shard", "parameters", bucket="1MiB"))
+    su = unit_numels(weights(runs(2, "none")))
+    assert max(su) * 4 < 1 << 20 and min(su) * 4 > 2 * 4096
+    for run, bucket, held in ((small, "4KiB", 2 * 4096), (large, "1MiB", 4 * largest_pair(su))):
+        plan = json.loads(nt.run_cli("distill", "--plan", "--json", "--teacher", work["teacher"], "--student",
+                                     work["student"], "--seq-len", 32, "--micro-batch", 1, "--world-size", 2,
+                                     "--shard", "parameters", "--bucket-size", bucket).stdout)
+        assert plan["bytes"]["buckets"] == held, bucket
+        assert [m["buckets"] for m in records(run)[0]["state_bytes"]] == [held, held], bucket
+    assert [(r["loss"], r["grad_norm"]) for r in records(small)] == [(r["loss"], r["grad_norm"]) for r in records(large)]
+    assert (small / "final" / "model.safetensors").read_bytes() == (large / "final" / "model.safetensors").read_bytes()
+
+
 def weights_of(model_dir):
     from safetensors.numpy import load_file
     return load_file(str(Path(model_dir) / "model.safetensors"))
 
 
-def test_parameters_level_stop_and_resume_is_bit_identical(work, runs, tmp_path):
-    world = 2
-    full = runs(world, "parameters", "fp32", 4)
+def test_parameters_level_resumes_at_another_world_size(work, runs, tmp_path):
+    """Stopped after step 1 on 2 ranks, resumed on 4: each new rank reads its
+    range of the weights and of the optimizer state out of the old ranks'
+    files; the run goes on as an uninterrupted one on 4 ranks. (4 -> 2 reads
+    the same files the other way; the optimizer level's test does it.)"""
+    before, after = 2, 4
     part = tmp_path / "part"
-    codes, errs = run_ranks(world, distill_args(work, part, 4, "--shard", "parameters", "--stop-at-step", 2),
-                            check=False)
-    assert codes == [130] * world, errs
-    assert (part / "checkpoints" / "step-00000002" / "optimizer_manifest.json").exists()
-    run_ranks(world, distill_args(work, part, 4, "--shard", "parameters", "--resume"))
-    assert [(r["step"], r["loss"], r["grad_norm"]) for r in records(part)] == \
-           [(r["step"], r["loss"], r["grad_norm"]) for r in records(full)]
-    assert (part / "final" / "model.safetensors").read_bytes() == (full / "final" / "model.safetensors").read_bytes()
-
-
-@pytest.mark.parametrize("before,after", [(2, 4), (4, 2)])
-def test_parameters_level_resumes_at_another_world_size(work, runs, tmp_path, before, after):
-    part = tmp_path / "part"
-    codes, errs = run_ranks(before, distill_args(work, part, 4, "--shard", "parameters", "--stop-at-step", 2),
+    codes, errs = run_ranks(before, distill_args(work, part, 3, "--shard", "parameters", "--stop-at-step", 1),
                             check=False)
     assert codes == [130] * before, errs
-    run_ranks(after, distill_args(work, part, 4, "--shard", "parameters", "--resume"))
-    full = runs(after, "parameters", "fp32", 4)
+    run_ranks(after, distill_args(work, part, 3, "--shard", "parameters", "--resume"))
+    full = runs(after, "parameters")
     a, b = records(full), records(part)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
     for x, y in zip(a, b):
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-6, abs=0), x["step"]
     wa, wb = weights(full), weights(part)
     for k in wa:
         x, y = wa[k].astype(np.float64), wb[k].astype(np.float64)
         assert np.linalg.norm(x - y) <= 1e-5 * np.linalg.norm(x), k
-    manifest = json.loads((part / "checkpoints" / "step-00000004" / "optimizer_manifest.json").read_text())
+    manifest = json.loads((part / "checkpoints" / "step-00000003" / "optimizer_manifest.json").read_text())
     assert manifest["world_size"] == after and manifest["shard"] == "parameters"
 
 
-def test_parameters_level_refuses_a_damaged_checkpoint(work, tmp_path):
-    """Each rank reads its range of the student from the checkpoint: a
-    truncated weights file stops every rank with one line naming it."""
-    part = tmp_path / "stopped"
-    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--stop-at-step", 2), check=False)
-    assert codes == [130, 130], errs
-    weights_file = part / "checkpoints" / "step-00000002" / "model.safetensors"
+def test_a_rank_dying_mid_checkpoint_leaves_the_previous_one_latest(work, runs, tmp_path):
+    """Rank 1 is SIGKILLed while it writes its part of step 2's checkpoint
+    (MINIPUZZLE_TEST_DIE_IN_CHECKPOINT: half its optimizer shard on disk).
+    Rank 0 fails in the next collective and exits 1 with one line, in seconds
+    (not the 10-minute collective timeout); the newest complete checkpoint is
+    step 1, its manifest naming every part with the size and CRC-32 on disk;
+    --resume from it finishes with the final weights of an uninterrupted run,
+    byte for byte (the same-size resume test of this level), and removes the
+    half-written staging directory. On the way, that checkpoint with its
+    weights file truncated is refused (exit 2, one line naming it)."""
+    full = runs(2, "parameters")
+    part = tmp_path / "died"
+    args = distill_args(work, part, 3, "--shard", "parameters", "--save-every", 1)
+    t0 = time.monotonic()
+    codes, errs = run_ranks(2, args, check=False, timeout=120, MINIPUZZLE_TEST_DIE_IN_CHECKPOINT="1:2")
+    assert time.monotonic() - t0 < 60, errs
+    assert codes == [1, -signal.SIGKILL], (codes, errs)
+    lines = errs[0].strip().splitlines()
+    assert len(lines) == 1 and "terminate called" not in errs[0], errs[0]
+    ck = part / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir() if not p.name.startswith(".")) == ["step-00000001"]
+    assert (ck / ".step-00000002.shards").is_dir()  # where the dead rank's half part lies
+    latest = ck / "step-00000001"
+    assert json.loads((latest / "trainer_state.json").read_text())["step"] == 1
+    manifest = json.loads((latest / "optimizer_manifest.json").read_text())
+    assert manifest["step"] == 1 and manifest["world_size"] == 2 and len(manifest["files"]) == 2
+    for f in manifest["files"]:
+        data = (latest / f["file"]).read_bytes()
+        assert len(data) == f["bytes"] and zlib.crc32(data) == f["crc32"], f
+    # Each rank reads its range of the student out of that checkpoint: a
+    # truncated weights file stops every rank with one line naming it.
+    weights_file = latest / "model.safetensors"
     data = weights_file.read_bytes()
     weights_file.write_bytes(data[:-64])
-    codes, errs = run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--resume"), check=False)
+    codes, errs = run_ranks(2, [*args, "--resume"], check=False)
     assert_one_line_exit_2(codes, errs, "model.safetensors")
     weights_file.write_bytes(data)
-    run_ranks(2, distill_args(work, part, 4, "--shard", "parameters", "--resume"))
-    assert (part / "final" / "model.safetensors").exists()
+    run_ranks(2, [*args, "--resume"])
+    assert (part / "final" / "model.safetensors").read_bytes() == (full / "final" / "model.safetensors").read_bytes()
+    assert not [p.name for p in ck.iterdir() if p.name.startswith(".")]

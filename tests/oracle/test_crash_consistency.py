@@ -347,7 +347,8 @@ class Case:
 
 def train_args(i, out, mode, keep_last=2):
     who = ["--teacher", i["teacher"]] if mode == "distill" else []
-    return argv(mode, *who, "--student", i["student"], "--data", i["data"], "--out", out, "--steps", 5,
+    # 3 steps, a checkpoint after each, 2 kept: every kind of write and removal happens.
+    return argv(mode, *who, "--student", i["student"], "--data", i["data"], "--out", out, "--steps", 3,
                 "--seq-len", 32, "--micro-batch", 2, "--global-batch", 4, "--lr", "3e-3", "--warmup", 1,
                 "--eval-tokens", 64, "--save-every", 1, "--keep-last", keep_last)
 
@@ -456,9 +457,22 @@ def run_until(cmd: list, plan: Optional[tuple[str, float]], log: Path, watch: Pa
         return plan is not None and p.returncode == -signal.SIGKILL, p.returncode
 
 
+@pytest.fixture(scope="module")
+def references(inp, tmp_path_factory):
+    """Each case's uninterrupted reference run, made once (the distill one
+    also serves the full-disk and clean-up tests)."""
+    made: dict = {}
+
+    def get(case: Case) -> Reference:
+        if case.name not in made:
+            made[case.name] = reference_run(case, inp, tmp_path_factory.mktemp(f"reference_{case.name}") / "r")
+        return made[case.name]
+    return get
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_kill_at_random(case: Case, inp, tmp_path):
-    ref = reference_run(case, inp, tmp_path / "reference")
+def test_kill_at_random(case: Case, inp, references, tmp_path):
+    ref = references(case)
     seed = SEED + sum(map(ord, case.name))
     rng = random.Random(seed)
     attempts = tmp_path / "attempts"
@@ -651,10 +665,9 @@ class _Nothing:
 
 
 @pytest.fixture(scope="module")
-def distill_reference(inp, tmp_path_factory) -> Path:
-    ref = tmp_path_factory.mktemp("full_disk_reference") / "run"
-    subprocess.run(train_args(inp, ref, "distill", keep_last=100), check=True, env=ENV, capture_output=True)
-    return ref
+def distill_reference(references) -> Path:
+    """An uninterrupted distill run with every step's checkpoint (--keep-last 100)."""
+    return references(next(c for c in CASES if c.name == "distill")).out
 
 
 @pytest.mark.parametrize("mode", ["fsize", "tmpfs"])

@@ -109,8 +109,17 @@ TEST(TrainingPlan, ParameterShardingIs2TPlus16SOverNPlusTwoGatheredUnitsOfEach) 
   // head (6,464) waits for the loss: 6,464 + 23,436 = 29,900 is the most, bf16.
   EXPECT_DOUBLE_EQ(b.gathered_blocks, 2 * (6464.0 + 11084 + 12352));
   EXPECT_DOUBLE_EQ(b.persistent() - b.gathered_blocks, (2 * T + 16 * S) / 4);
-  // The gradients reduce from two neighbouring units' fp32 buffers.
+  // Buckets larger than any unit: each unit's gradient reduces as one fp32
+  // bucket, two neighbouring units in flight.
   EXPECT_DOUBLE_EQ(b.buckets, 4 * (11084.0 + 12352));
+  // Smaller buckets cut each unit: two full buckets in flight.
+  TrainingJob small = j;
+  small.bucket_bytes = 4096;
+  EXPECT_DOUBLE_EQ(plan_training_memory(small, 4, ShardLevel::Parameters).bytes.buckets, 2 * 4096.0);
+  // 10,000 elements: backward reduces the head (6,464) and then the last
+  // block's first bucket (10,000 of its 11,084) next to it.
+  small.bucket_bytes = 40000;
+  EXPECT_DOUBLE_EQ(plan_training_memory(small, 4, ShardLevel::Parameters).bytes.buckets, 4 * (10000.0 + 6464));
   // One rank gathers the same way (a copy of its whole range).
   EXPECT_DOUBLE_EQ(plan_training_memory(j, 1, ShardLevel::Parameters).bytes.gathered_blocks, b.gathered_blocks);
   const auto units = parameter_unit_numels(j.student);

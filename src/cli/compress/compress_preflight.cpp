@@ -140,16 +140,6 @@ void check_data_for_stages(const CompressJob& j) {
                                    key, seq));
 }
 
-// What the stages refuse of an MoE teacher's job, before score runs:
-// `distill --shard parameters` refuses E layers (training_command.cpp);
-// drop this check when it takes them.
-void check_moe_settings(const CompressJob& j, const ModelConfig& parent) {
-  if (parent.has_moe() && j.distill.shard == "parameters")
-    throw InputError(fmt::format("distill.shard: parameters is not supported for MoE models yet ({} has {} E layers); "
-                                 "use gradients",
-                                 j.teacher, parent.count(LayerType::Moe)));
-}
-
 }  // namespace
 
 void check_stage_settings(const CompressJob& j) {
@@ -185,7 +175,6 @@ void prepare_job_directory(const CompressJob& j) {
     throw InputError(fmt::format("distill.processes: {} processes need {} CUDA devices; this machine has {}",
                                  j.distill.processes, j.distill.processes, torch::cuda::device_count()));
   check_data_for_stages(j);
-  check_moe_settings(j, parent);
   feasibility_search(j, parent);
 
   const CompressPaths p(j.out);
@@ -259,7 +248,6 @@ int print_dry_run(const CompressJob& job) {
   std::error_code ec;
   if (fs::exists(j.train_data + ".idx", ec) && fs::exists(j.validation_data + ".idx", ec)) check_data_for_stages(j);
   const ModelConfig parent = ModelConfig::load(j.teacher);
-  check_moe_settings(j, parent);
   const CompressPaths p(j.out);
   const SearchOptions so = search_options_of(j);
   const bool searched = fs::exists(p.candidates, ec);
