@@ -65,6 +65,10 @@ struct ResidencyOptions {
   // Working memory beyond one batch through the model (score's logit
   // buffers), bytes.
   uint64_t extra_working_bytes = 0;
+  // fp32 logit memory of one batch: nullopt, its whole [tokens x vocab]
+  // logits and a temporary of their size (teacher-logits, score); eval
+  // holds one head slice's (eval_logit_bytes).
+  std::optional<uint64_t> logit_bytes;
 };
 
 // Streams when the weights plus one batch's working memory exceed the cap.
