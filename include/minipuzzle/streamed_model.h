@@ -106,7 +106,7 @@ class ForwardModel {
   using HiddenSink = std::function<void(size_t batch, const torch::Tensor& hidden)>;
   // Each batch's fp32 logits [b, L, V], in batch order (layer-major groups
   // when streamed; a plain forward per batch when resident). Each tensor is
-  // fresh and the sink's own: it may overwrite it (eval's log-softmax does).
+  // fresh and the sink's own: it may overwrite it.
   void forward_logits(const std::vector<torch::Tensor>& batches, const LogitsSink& sink);
   // Each batch's final hidden state (after norm_f), [b, L, D].
   void forward_hidden(const std::vector<torch::Tensor>& batches, const HiddenSink& sink);

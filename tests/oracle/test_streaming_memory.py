@@ -57,9 +57,13 @@ def peak_anon(args) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("streaming_memory")
-    for name, arch in (("model", ARCH), ("tiny", TINY)):
-        subprocess.run([sys.executable, str(ROOT / "tools/make_tiny_model.py"), "--out", str(root / name),
-                        "--dtype", "bf16", *arch], check=True, capture_output=True)
+    # Both at once: each is mostly importing transformers.
+    makers = [subprocess.Popen([sys.executable, str(ROOT / "tools/make_tiny_model.py"), "--out", str(root / name),
+                                "--dtype", "bf16", *arch], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+              for name, arch in (("model", ARCH), ("tiny", TINY))]
+    for m in makers:
+        _, err = m.communicate()
+        assert m.returncode == 0, err
     (root / "corpus.txt").write_text((ROOT / "README.md").read_text())
     nt.run_cli("data", "build", root / "corpus.txt", "--out", root / "data")
     nbytes = sum(p.stat().st_size for p in (root / "model").glob("*.safetensors"))
@@ -88,9 +92,11 @@ def resident_eval(work):
 
 @pytest.fixture(scope="module")
 def resident_score(work):
-    """Resident bf16 scores of the model, and the tiny model's peak."""
+    """Resident scores of the model, and the tiny model's peak. fp32: the
+    streamed-equals-resident proof does not depend on the dtype, and bf16
+    products are ~5x slower on a CPU (eval covers bf16)."""
     root = work["root"]
-    args = ["--data", root / "data", "--samples", "3", "--seq-len", "32", "--batch", "1", "--dtype", "bf16"]
+    args = ["--data", root / "data", "--samples", "3", "--seq-len", "32", "--batch", "1", "--dtype", "fp32"]
     _, out = peak_anon(["score", root / "model", *args, "--out", root / "score-resident"])
     own, _ = peak_anon(["score", root / "tiny", *args, "--out", root / "score-tiny"])
     return {"out": root / "score-resident", "stdout": out, "own": own, "args": args}
@@ -149,7 +155,8 @@ def test_streamed_score_matches_the_resident_scores_and_holds_its_cap(work, resi
 
     root = work["root"]
     assert resident_score["stdout"].startswith("weights resident"), resident_score["stdout"]
-    cap = int(0.6 * work["bytes"])
+    weights = 2 * work["bytes"]  # fp32 weights of the bf16 checkpoint
+    cap = int(0.6 * weights)
     peak, out = peak_anon(["score", root / "model", *resident_score["args"], "--out", root / "score-streamed",
                            "--max-device-memory", cap])
     assert out.startswith("weights streamed"), out
@@ -161,9 +168,10 @@ def test_streamed_score_matches_the_resident_scores_and_holds_its_cap(work, resi
     meta = json.loads((root / "score-streamed" / "importance.json").read_text())
     assert _find(meta, "residency") == "streamed"
     assert _find(meta, "weight_bytes_peak") <= cap
-    # Weights at most the cap, plus the drop-one states and logit buffers.
+    # Weights at most the cap, plus the drop-one states and logit buffers:
+    # less than the resident run's weights.
     own = resident_score["own"]
-    assert peak - own < work["bytes"], (peak - own, work["bytes"])
+    assert peak - own < weights, (peak - own, weights)
 
 
 def test_streamed_search_ranks_as_the_resident_search_and_holds_its_cap(work, resident_score):
@@ -178,7 +186,7 @@ def test_streamed_search_ranks_as_the_resident_search_and_holds_its_cap(work, re
     base = ["search", root / "model", "--scores", scores, "--budget", budget, "--space", "full", "--precision",
             "bf16", "--context", 64, "--max-depth-reduction", 0.5, "--max-width-reduction", 0.5, "--top-k", 3,
             "--rank-data", root / "data", "--rank-tokens", 128, "--rank-seq-len", 64, "--rank-batch", 1,
-            "--dtype", "bf16"]
+            "--dtype", "fp32"]
     resident_peak, out = peak_anon([*base, "--out", root / "ranked-resident.json"])
     assert out.startswith("weights resident"), out
     cap = int(0.9 * work["bytes"])
