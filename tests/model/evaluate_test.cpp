@@ -166,6 +166,25 @@ TEST_F(EvaluateOverHeadSlices, TiesGoToTheFirstTokenAsArgmaxPicksIt) {
   EXPECT_NEAR(r.loss, std::log(static_cast<double>(kVocab)), 1e-9);
 }
 
+TEST(EvalPlan, CountsOneHeadSliceOfLogitsNotTheBatchs) {
+  // One slice of 8192 columns for at most kEvalChunkRows tokens, and a
+  // temporary: bounded whatever the batch.
+  EXPECT_EQ(eval_logit_bytes(131072, 256), uint64_t{2} * 256 * kLmHeadSliceRows * 4);
+  EXPECT_EQ(eval_logit_bytes(131072, 1 << 20), uint64_t{2} * kEvalChunkRows * kLmHeadSliceRows * 4);
+  EXPECT_EQ(eval_logit_bytes(97, 16), uint64_t{2} * 16 * 97 * 4);  // a vocabulary narrower than a slice
+  // The plan's working memory takes it in place of the batch's logits.
+  nlohmann::json j = tiny_config("M*-").to_json();
+  j["vocab_size"] = 131072;
+  const ModelConfig c = ModelConfig::from_json(j, "tiny");
+  ResidencyOptions o;
+  o.batch = 2;
+  o.seq_len = 128;
+  const ResidencyPlan whole = plan_residency(c, torch::kFloat32, o, torch::kCPU);
+  o.logit_bytes = eval_logit_bytes(c.vocab_size, 256);
+  const ResidencyPlan sliced = plan_residency(c, torch::kFloat32, o, torch::kCPU);
+  EXPECT_EQ(whole.working_bytes - sliced.working_bytes, uint64_t{256} * 2 * 131072 * 4 - *o.logit_bytes);
+}
+
 #if MINIPUZZLE_TEST_CUDA_SYNCS
 TEST_F(Evaluate, CudaWaitsOnlyAtTheEnd) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
