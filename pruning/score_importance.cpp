@@ -8,6 +8,7 @@
 
 #include "minipuzzle/errors.h"
 #include "minipuzzle/host_to_device.h"
+#include "minipuzzle/logit_comparison.h"
 #include "minipuzzle/moe_statistics.h"
 #include "minipuzzle/token_batches.h"
 #include "minipuzzle/token_windows.h"
@@ -25,11 +26,6 @@ std::vector<uint64_t> calibration_windows(const IndexedDataset& data, const Scor
   return random_windows(data.total_tokens(), opt.seq_len, static_cast<uint64_t>(opt.samples), opt.seed);
 }
 
-uint64_t score_head_pass_bytes(const ModelConfig& cfg, torch::ScalarType dtype) {
-  const uint64_t head = static_cast<uint64_t>(cfg.vocab_size * cfg.hidden_size) * c10::elementSize(dtype);
-  return std::min<uint64_t>(head / 4, uint64_t{1} << 30);
-}
-
 ResidencyOptions score_residency_needs(const ModelConfig& cfg, const ScoreOptions& opt, torch::ScalarType dtype) {
   ResidencyOptions o;
   const bool drops = opt.layer_metrics.mse || opt.layer_metrics.needs_logits();
@@ -40,10 +36,10 @@ ResidencyOptions score_residency_needs(const ModelConfig& cfg, const ScoreOption
     const uint64_t row = static_cast<uint64_t>(cfg.vocab_size) * 4;
     const uint64_t chunk = std::min<uint64_t>(static_cast<uint64_t>(comparison_chunk_rows(cfg.vocab_size)), rows) * row;
     const uint64_t full = std::min<uint64_t>(rows * row, gib);
-    // A pass over the head gathers at most score_head_pass_bytes of logits,
+    // A pass over the head gathers at most comparison_head_pass_bytes of logits,
     // at most every dropped layer's (and the reference's) rows of a batch.
     const uint64_t pass = std::min<uint64_t>(static_cast<uint64_t>(cfg.num_layers() + 1) * 2 * rows * row,
-                                             std::max(score_head_pass_bytes(cfg, dtype), 2 * chunk));
+                                             std::max(comparison_head_pass_bytes(cfg, dtype), 2 * chunk));
     o.extra_working_bytes = 4 * chunk + full + pass;
   }
   return o;
@@ -65,7 +61,7 @@ ImportanceScores score_importance(ForwardModel& fm, const IndexedDataset& data, 
 
   WidthStatistics width(model, opt.aggregation);
   MoeStatistics moe(cfg, opt.aggregation);
-  LayerImportance layers(cfg, opt.layer_metrics, score_head_pass_bytes(cfg, model->dtype()));
+  LayerImportance layers(cfg, opt.layer_metrics, comparison_head_pass_bytes(cfg, model->dtype()));
   model->observers().add(&width);
   if (cfg.has_moe()) model->observers().add(&moe);
   const auto t0 = std::chrono::steady_clock::now();

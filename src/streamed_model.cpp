@@ -87,9 +87,11 @@ ResidencyPlan plan_residency(const ModelConfig& c, torch::ScalarType dtype, cons
   }
   // One batch through the widest projection (its output, the activations
   // the mixer derives from it, a copy in fp32 for the norms) and its fp32
-  // logits with one temporary of their size (softmax, argmax).
+  // logits with one temporary of their size (softmax, argmax), unless the
+  // command says it holds less of them.
   const int64_t widest = std::max({c.mamba_in_proj_dim(), c.intermediate_size, c.attention_q_dim(), c.hidden_size});
-  p.working_bytes = tokens * static_cast<uint64_t>(4 * widest * elem + 2 * c.vocab_size * 4) + o.extra_working_bytes;
+  const uint64_t logits = o.logit_bytes ? *o.logit_bytes : tokens * static_cast<uint64_t>(2 * c.vocab_size * 4);
+  p.working_bytes = tokens * static_cast<uint64_t>(4 * widest * elem) + logits + o.extra_working_bytes;
   p.activation_bytes_per_batch =
       tokens * static_cast<uint64_t>(c.hidden_size * elem) * static_cast<uint64_t>(std::max<int64_t>(o.states_per_batch, 1));
   uint64_t cap = o.max_device_memory.value_or(device_total_memory(device));

@@ -29,8 +29,21 @@ struct EvalResult {
   double seconds = 0;  // the scored passes, after any warm-up
 };
 
+// Tokens whose loss is taken together: one LM-head slice's fp32 logits for
+// them are 64 MiB at most (kLmHeadSliceRows columns), whatever the batch.
+constexpr int64_t kEvalChunkRows = (int64_t{1} << 24) / kLmHeadSliceRows;
+
+// fp32 logit memory evaluate() holds for a batch of `tokens`: one slice's
+// logits for at most kEvalChunkRows tokens and one temporary (for the plan's
+// working memory: a batch's logits are never whole).
+uint64_t eval_logit_bytes(int64_t vocab, int64_t tokens);
+
 // Windows: sequential_windows(total, seq_len, max_tokens / seq_len) of the
 // flat token stream; InputError when the dataset is shorter than one window.
+// The loss is summed per chunk of kEvalChunkRows tokens in batch order, each
+// token's log-sum-exp over the LM head's slices in order (never the whole
+// [tokens x vocab] logits): deterministic, and equal to cross_entropy over
+// whole rows up to fp32 rounding.
 EvalResult evaluate(HybridLM& model, const IndexedDataset& data, const EvalOptions& opt);
 // The same with the model's weights resident or streamed (streamed_model.h):
 // bit-identical results.

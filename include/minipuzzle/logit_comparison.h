@@ -126,8 +126,11 @@ LogitComparison compare_with_head_passes(ForwardModel* reference, const std::vec
                                          ForwardModel& other, const std::vector<torch::Tensor>& inputs,
                                          const std::vector<torch::Tensor>& targets, uint64_t budget_bytes);
 
-// Logits (bytes, fp32) a HeadPassComparison gathers per pass by default: a
-// quarter of the head's bytes, at most 1 GiB.
+// Logits (bytes, fp32) one pass over a streamed LM head gathers, for every
+// command that compares logits a pass at a time (a HeadPassComparison, and
+// score's drop-one kl/loss): a quarter of the head's bytes, at most 1 GiB (on
+// the CPU the products of a pass then take ~10x longer than reading the head
+// from the page cache).
 uint64_t comparison_head_pass_bytes(const ModelConfig& config, torch::ScalarType dtype);
 
 // Device memory of a streamed comparison beyond the models' forwards, at

@@ -42,10 +42,6 @@ std::vector<uint64_t> calibration_windows(const IndexedDataset& data, const Scor
 // buffers (the chunk scratch, the full model's log-probabilities and a pass
 // over the head).
 ResidencyOptions score_residency_needs(const ModelConfig& config, const ScoreOptions& opt, torch::ScalarType dtype);
-// Logits one pass over a streamed LM head gathers: a quarter of the head's
-// bytes, at most 1 GiB (on the CPU the products of a pass then take ~10x
-// longer than reading the head from the page cache).
-uint64_t score_head_pass_bytes(const ModelConfig& config, torch::ScalarType dtype);
 
 // Scores `model` (any dtype/device) on `data`. The result's hashes are left
 // empty: the caller knows which checkpoint the model came from.

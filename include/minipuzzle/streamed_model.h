@@ -65,6 +65,10 @@ struct ResidencyOptions {
   // Working memory beyond one batch through the model (score's logit
   // buffers), bytes.
   uint64_t extra_working_bytes = 0;
+  // fp32 logit memory of one batch: nullopt, its whole [tokens x vocab]
+  // logits and a temporary of their size (teacher-logits, score); eval
+  // holds one head slice's (eval_logit_bytes).
+  std::optional<uint64_t> logit_bytes;
 };
 
 // Streams when the weights plus one batch's working memory exceed the cap.
@@ -102,7 +106,7 @@ class ForwardModel {
   using HiddenSink = std::function<void(size_t batch, const torch::Tensor& hidden)>;
   // Each batch's fp32 logits [b, L, V], in batch order (layer-major groups
   // when streamed; a plain forward per batch when resident). Each tensor is
-  // fresh and the sink's own: it may overwrite it (eval's log-softmax does).
+  // fresh and the sink's own: it may overwrite it.
   void forward_logits(const std::vector<torch::Tensor>& batches, const LogitsSink& sink);
   // Each batch's final hidden state (after norm_f), [b, L, D].
   void forward_hidden(const std::vector<torch::Tensor>& batches, const HiddenSink& sink);

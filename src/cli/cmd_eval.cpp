@@ -63,8 +63,10 @@ int cmd_eval(const Args& args) {
   const int64_t windows = data                ? eval_windows(*data, eo.seq_len, eo.max_tokens)
                           : eo.max_tokens > 0 ? std::max<int64_t>(static_cast<int64_t>(eo.max_tokens) / eo.seq_len, 1)
                                               : eo.batch;
-  const ResidencyPlan plan =
-      plan_forward(vm, dir, dtype, device, eo.batch, eo.seq_len, (windows + eo.batch - 1) / std::max<int64_t>(eo.batch, 1));
+  ResidencyOptions needs;
+  needs.logit_bytes = eval_logit_bytes(ModelConfig::load(dir).vocab_size, eo.batch * eo.seq_len);
+  const ResidencyPlan plan = plan_forward(vm, dir, dtype, device, eo.batch, eo.seq_len,
+                                          (windows + eo.batch - 1) / std::max<int64_t>(eo.batch, 1), needs);
   if (dry_run) {
     std::cout << plan.describe() << "\n";
     return 0;

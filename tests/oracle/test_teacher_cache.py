@@ -7,6 +7,7 @@ bytes; user errors exit 2 with one line."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,20 @@ def work(tmp_path_factory):
             "tokens": np.concatenate(docs).astype(np.int64)}
 
 
+@pytest.fixture(scope="module")
+def full(work):
+    """The cache of the default command line, made once: tests that read it
+    share it, tests that change a cache copy it first."""
+    out = work["root"] / "full"
+    r = nt.run_cli(*cache_args(work, out))
+    return {"out": out, "stdout": r.stdout}
+
+
+def copy_of(full, dst: Path) -> Path:
+    shutil.copytree(full["out"], dst)
+    return dst
+
+
 def cache_args(work, out, *extra, **over):
     """The command line; keyword arguments replace an option (top_k=0 -> --top-k 0)."""
     opts = {"top_k": K, "seq_len": SEQ_LEN, "windows": WINDOWS, "seed": 5, "temperature": T, "batch": 3,
@@ -63,10 +78,9 @@ def read_cache(out: Path):
     return meta, {k: torch.cat(v) for k, v in parts.items()}
 
 
-def test_cache_holds_transformers_topk(work, tmp_path):
-    out = tmp_path / "cache"
-    r = nt.run_cli(*cache_args(work, out))
-    assert "40 windows" in r.stdout, r.stdout
+def test_cache_holds_transformers_topk(work, full, tmp_path):
+    out = full["out"]
+    assert "40 windows" in full["stdout"], full["stdout"]
     meta, t = read_cache(out)
     ident = meta["identity"]
     assert (ident["k"], ident["seq_len"], ident["temperature"], ident["windows"]) == (K, SEQ_LEN, T, WINDOWS)
@@ -101,9 +115,8 @@ def test_cache_holds_transformers_topk(work, tmp_path):
     assert "nothing to do" in r.stdout, r.stdout
 
 
-def test_stopped_run_resumes_to_the_same_bytes(work, tmp_path):
-    full, part = tmp_path / "full", tmp_path / "part"
-    nt.run_cli(*cache_args(work, full))
+def test_stopped_run_resumes_to_the_same_bytes(work, full, tmp_path):
+    full, part = full["out"], tmp_path / "part"
     r = nt.run_cli(*cache_args(work, part, "--stop-after-shards", 2), check=False)
     assert r.returncode == 130, r.stderr
     assert not (part / "cache.json").exists()
@@ -125,7 +138,7 @@ def expect_user_error(args, needle):
     assert needle in lines[0], lines[0]
 
 
-def test_user_errors(work, tmp_path):
+def test_user_errors(work, full, tmp_path):
     out = tmp_path / "e"
     expect_user_error(["teacher-logits", work["teacher"], "--data", work["data"], "--out", out], "top-k")
     expect_user_error(cache_args(work, out, top_k=0), "--top-k")
@@ -153,8 +166,7 @@ def test_user_errors(work, tmp_path):
         expect_user_error(cache_args(work, fresh, "--device", "cuda"), "cuda")
         assert not fresh.exists()
     # A cache (complete or not) made with other settings is not overwritten.
-    done = tmp_path / "done"
-    nt.run_cli(*cache_args(work, done))
+    done = copy_of(full, tmp_path / "done")
     expect_user_error(cache_args(work, done, top_k=K + 1), "other settings")
     partial = tmp_path / "partial"
     nt.run_cli(*cache_args(work, partial, "--stop-after-shards", 1), check=False)
@@ -165,9 +177,8 @@ def test_user_errors(work, tmp_path):
     expect_user_error(cache_args(work, done), "shard-00001")
 
 
-def test_distill_reads_the_cache_and_checks_its_teacher(work, tmp_path):
-    cache = tmp_path / "cache"
-    nt.run_cli(*cache_args(work, cache))
+def test_distill_reads_the_cache_and_checks_its_teacher(work, full, tmp_path):
+    cache = full["out"]
     student = tmp_path / "student"
     nt.run_cli("prune", work["teacher"], "--set", "drop_layers=1", "--out", student)
 
@@ -186,31 +197,45 @@ def test_distill_reads_the_cache_and_checks_its_teacher(work, tmp_path):
 
 def streaming_cap(work, tmp_path) -> str:
     """A --max-device-memory under which the teacher streams, found with
-    --dry-run: caps shrink by 5% from where everything is resident until the
-    plan streams (a tiny teacher's logits outweigh its weights, so the window
+    --dry-run. A cap below one block is refused naming the smallest cap
+    that streams (rounded to 0.1 of its unit): that, rounded up, is the
+    first guess; else bisection (on a log scale) between a refused cap and a
+    resident one (a tiny teacher's logits outweigh its weights, so the window
     between resident and too small is narrow)."""
-    cap = 64 << 20
-    while cap > 1024:
-        r = nt.run_cli(*cache_args(work, tmp_path / "dry", "--dry-run", "--max-device-memory", cap), check=False)
+    def plan(cap):
+        r = nt.run_cli(*cache_args(work, tmp_path / "dry", "--dry-run", "--max-device-memory", int(cap)), check=False)
         if r.returncode != 0:
-            break
-        if "weights streamed" in r.stdout:
-            return str(cap)
-        cap = int(cap * 0.95)
-    raise AssertionError(f"no cap streams this teacher; the last plan said: {r.stdout}{r.stderr}")
+            assert "too small to stream" in r.stderr, r.stderr
+            return "refused", r.stderr
+        assert r.stdout.startswith("weights "), r.stdout
+        return ("streamed" if r.stdout.startswith("weights streamed") else "resident"), r.stdout
+
+    lo, hi = 1024, 64 << 20
+    kind, said = plan(lo)
+    assert kind == "refused", said
+    number, unit = said.split("need at least ")[1].split()[:2]
+    scale = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit.rstrip(" (),")]
+    guess = (float(number) + 0.06) * scale
+    for _ in range(20):
+        kind, said = plan(guess)
+        if kind == "streamed":
+            return str(int(guess))
+        lo, hi = (guess, hi) if kind == "refused" else (lo, guess)
+        guess = (lo * hi) ** 0.5
+    raise AssertionError(f"no cap streams this teacher; the last plan said: {said}")
 
 
-def test_streamed_teacher_writes_the_resident_bytes(work, tmp_path):
+def test_streamed_teacher_writes_the_resident_bytes(work, full, tmp_path):
     # The weights held a block at a time, layer-major over the batches of a
     # shard: the cache must be the resident run's, byte for byte.
     cap = streaming_cap(work, tmp_path)
-    nt.run_cli(*cache_args(work, tmp_path / "resident"))
     r = nt.run_cli(*cache_args(work, tmp_path / "streamed", "--max-device-memory", cap))
     assert r.stdout.splitlines()[0].startswith("weights streamed"), r.stdout
-    names = sorted(p.name for p in (tmp_path / "resident").iterdir())
+    assert full["stdout"].splitlines()[0].startswith("weights resident"), full["stdout"]
+    names = sorted(p.name for p in full["out"].iterdir())
     assert names == sorted(p.name for p in (tmp_path / "streamed").iterdir())
     for n in names:
-        assert (tmp_path / "resident" / n).read_bytes() == (tmp_path / "streamed" / n).read_bytes(), n
+        assert (full["out"] / n).read_bytes() == (tmp_path / "streamed" / n).read_bytes(), n
 
 
 def test_a_cap_below_one_block_is_refused(work, tmp_path):
