@@ -9,6 +9,7 @@
 
 #include "minipuzzle/atomic_file.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/expert_ranking.h"
 #include "minipuzzle/safetensors.h"
 
 namespace minipuzzle {
@@ -186,8 +187,13 @@ SearchImportance ImportanceScores::to_search_importance(const ModelConfig& c) co
   s.mamba_heads = sum_normalised(mamba_heads);
   s.mamba_head_channels = combine_layers(mamba_head_channels);
   // Experts are grouped by the router (n_group): summed expert by expert,
-  // as heads; the neuron widths are shared by every expert, as FFN.
-  s.moe_experts = sum_normalised(moe_experts);
+  // as heads; the neuron widths are shared by every expert, as FFN. The
+  // experts are scored as prune ranks them (expert_ranking.h), so the proxy
+  // sees the share of the score the pruned model keeps.
+  std::vector<std::vector<float>> experts(moe_experts.size());
+  for (size_t i = 0; i < moe_experts.size(); ++i)
+    experts[i] = expert_ranking_scores(*this, static_cast<int64_t>(i), kDefaultExpertRanking);
+  s.moe_experts = sum_normalised(experts);
   s.moe_expert_neurons = combine_layers(moe_expert_neurons);
   s.moe_shared_neurons = combine_layers(moe_shared_neurons);
   return s;

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "minipuzzle/errors.h"
+#include "minipuzzle/expert_ranking.h"
 
 namespace minipuzzle {
 
@@ -318,7 +319,7 @@ std::string PrunePlan::summary(const ModelConfig& parent) const {
 }
 
 PrunePlan plan_from_scores(const ModelConfig& parent, const ImportanceScores& s, const ModelConfig& target,
-                           std::vector<int64_t> kept_layers) {
+                           std::vector<int64_t> kept_layers, ExpertRanking expert_ranking) {
   target.validate("pruned config");
   if (kept_layers.empty()) {
     for (LayerType type : kTypes) {
@@ -384,8 +385,14 @@ PrunePlan plan_from_scores(const ModelConfig& parent, const ImportanceScores& s,
         size_check(target.moe_shared_expert_intermediate_size, parent.moe_shared_expert_intermediate_size,
                    "moe_shared_expert_intermediate_size");
         check_expert_count(parent, target.n_routed_experts, where);
-        p.moe_experts[i] = top_k(layer_axis(s.moe_experts, i), parent.n_routed_experts, target.n_routed_experts,
-                                 parent.n_group, where + " routed experts");
+        if (target.n_routed_experts < parent.n_routed_experts) {
+          const auto ranked = expert_ranking_scores(s, i, expert_ranking);
+          p.moe_experts[i] = top_k(&ranked, parent.n_routed_experts, target.n_routed_experts, parent.n_group,
+                                   where + " routed experts");
+        } else {
+          p.moe_experts[i] = top_k(nullptr, parent.n_routed_experts, target.n_routed_experts, parent.n_group,
+                                   where + " routed experts");
+        }
         p.moe_expert_neurons[i] = top_k(layer_axis(s.moe_expert_neurons, i), parent.moe_intermediate_size,
                                         target.moe_intermediate_size, 1, where + " expert neurons");
         p.moe_shared_neurons[i] =
@@ -398,7 +405,8 @@ PrunePlan plan_from_scores(const ModelConfig& parent, const ImportanceScores& s,
   return p;
 }
 
-PrunePlan plan_from_set(const ModelConfig& parent, const ImportanceScores& s, const std::vector<std::string>& sets) {
+PrunePlan plan_from_set(const ModelConfig& parent, const ImportanceScores& s, const std::vector<std::string>& sets,
+                        ExpertRanking expert_ranking) {
   static const std::set<std::string> kKeys = {"hidden_size",      "intermediate_size",
                                               "num_attention_heads", "mamba_num_heads",
                                               "mamba_head_dim",   "n_routed_experts",
@@ -508,7 +516,7 @@ PrunePlan plan_from_set(const ModelConfig& parent, const ImportanceScores& s, co
   std::sort(kept.begin(), kept.end());
   if (kept.empty()) throw InputError("--set: no layer would be left; keep at least one");
   target.pattern = restricted_pattern(parent, kept);
-  return plan_from_scores(parent, s, target, kept);
+  return plan_from_scores(parent, s, target, kept, expert_ranking);
 }
 
 }  // namespace minipuzzle

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Issue 25: the experiment's MoE arm, one seed. A small MoE teacher (moe_arm.py init: 3 MoE
 # layers of 8 routed experts, 2 per token) trained by `minipuzzle train` on the demo corpus ->
-# score -> two students with 4 of the 8 experts of every MoE layer: (i) the experts `prune`
-# keeps by importance, (ii) random experts (the same prune on scores whose per-expert entries
-# are uniform noise, seeded) -> both distilled on the same tokens -> held-out loss and KL.
+# score -> students with 4 of the 8 experts of every MoE layer: the experts `prune` keeps under
+# each --expert-ranking (output_norm, frequency, contribution), and random experts (prune
+# --expert-ranking output_norm on scores whose per-expert entries are uniform noise, seeded) ->
+# all distilled on the same tokens -> held-out loss and KL.
 # usage: examples/experiment/run.sh --arm moe [WORK_DIR]   (or this script directly; default
 #        ./experiment-work-moe; results go to examples/results/moe-seed-N/ unless RESULTS_DIR is set)
 # Knobs: MINIPUZZLE, MINIPUZZLE_PYTHON, SEED (data order of every run, default 1234),
 # RANDOM_ARM_SEED (the random experts' draw, default SEED), TEACHER_STEPS, KD_STEPS, KD_LR,
-# EVAL_TOKENS.
+# EVAL_TOKENS, RANKINGS (the --expert-ranking arms, default "output_norm frequency contribution"),
+# REUSE_TEACHER=1 (keep WORK_DIR's corpus, trained teacher and scores from an earlier run).
 # Time: about 12 min on a 2-core VM (examples/results/moe-seed-*/timings.txt).
 set -euo pipefail
 export LC_ALL=C
@@ -33,11 +35,22 @@ KD_MIN_LR=$("$PY" -c "import sys; print(f'{float(sys.argv[1]) / 10:g}')" "$KD_LR
 RANDOM_ARM_SEED=${RANDOM_ARM_SEED:-$SEED}
 EVAL_TOKENS=${EVAL_TOKENS:-32768}
 KEEP_EXPERTS=4
-TIMES=$WORK/timings.txt; : > "$TIMES"
+RANKINGS=${RANKINGS:-output_norm frequency contribution}
+ARMS="$RANKINGS random"
+export REUSE_TEACHER=${REUSE_TEACHER:-0}
+TIMES=$WORK/timings.txt
+[ "$REUSE_TEACHER" = 1 ] && [ -f "$WORK/scores/importance.json" ] || REUSE_TEACHER=0
+[ "$REUSE_TEACHER" = 1 ] && grep -v -e '^distill_' -e '^total ' "$TIMES" > "$TIMES.keep" && mv "$TIMES.keep" "$TIMES" || : > "$TIMES"
 T0=$(date +%s)
 step() { printf '\n== %s\n' "$*"; }
 timed() { local name=$1; shift; local s; s=$(date +%s); "$@"; echo "$name $(( $(date +%s) - s ))" >> "$TIMES"; }
 
+TRAIN=$WORK/corpus/train
+VAL=$WORK/corpus/valsample
+TEACHER=$WORK/teacher-train/final
+if [ "$REUSE_TEACHER" = 1 ]; then
+step "1-3. reusing the corpus, teacher and scores in $WORK"
+else
 step "1. corpus (the dense arms' train split and held-out evaluation sample)"
 SITE=$("$PY" -c 'import transformers, os; print(os.path.dirname(transformers.__file__))')
 rm -rf "$WORK/corpus"
@@ -61,16 +74,21 @@ cat "$WORK/teacher.eval.json"
 step "3. importance scores (64 windows of the training split)"
 rm -rf "$WORK/scores" "$WORK/scores-random"
 timed score "$MP" score "$TEACHER" --data "$TRAIN" --samples 64 --seq-len $SEQ --batch 16 --out "$WORK/scores"
+fi
 
-step "4. prune to $KEEP_EXPERTS experts per MoE layer: by importance, and at random"
-rm -rf "$WORK/students"; mkdir -p "$WORK/students"
-"$MP" prune "$TEACHER" --scores "$WORK/scores" --set n_routed_experts=$KEEP_EXPERTS --out "$WORK/students/importance"
+step "4. prune to $KEEP_EXPERTS experts per MoE layer: by each ranking ($RANKINGS), and at random"
+rm -rf "$WORK/students" "$WORK/scores-random"; mkdir -p "$WORK/students"
+for r in $RANKINGS; do
+  "$MP" prune "$TEACHER" --scores "$WORK/scores" --set n_routed_experts=$KEEP_EXPERTS --expert-ranking "$r" \
+    --out "$WORK/students/$r"
+done
 $MOE random-experts "$WORK/scores" "$WORK/scores-random" "$RANDOM_ARM_SEED"
-"$MP" prune "$TEACHER" --scores "$WORK/scores-random" --set n_routed_experts=$KEEP_EXPERTS --out "$WORK/students/random"
+"$MP" prune "$TEACHER" --scores "$WORK/scores-random" --set n_routed_experts=$KEEP_EXPERTS --expert-ranking output_norm \
+  --out "$WORK/students/random"
 
-step "5. distill both on the same ${KD_STEPS} x ${GB} x ${SEQ} tokens"
+step "5. distill every student on the same ${KD_STEPS} x ${GB} x ${SEQ} tokens"
 rm -rf "$WORK/runs"; mkdir -p "$WORK/runs"
-for name in importance random; do
+for name in $ARMS; do
   timed "distill_$name" "$MP" distill --teacher "$TEACHER" --student "$WORK/students/$name" --out "$WORK/runs/$name" \
     --data "$TRAIN" --eval-data "$VAL" --steps "$KD_STEPS" --seq-len $SEQ --micro-batch $GB --global-batch $GB \
     --warmup 2 --schedule cosine --lr "$KD_LR" --min-lr "$KD_MIN_LR" --eval-tokens "$EVAL_TOKENS" --seed "$SEED" \
@@ -78,14 +96,14 @@ for name in importance random; do
 done
 
 step "6. summary"
-for name in importance random; do "$MP" inspect "$WORK/students/$name" --json > "$WORK/$name.inspect.json"; done
+for name in $ARMS; do "$MP" inspect "$WORK/students/$name" --json > "$WORK/$name.inspect.json"; done
 "$MP" inspect "$TEACHER" --json > "$WORK/teacher.inspect.json"
 echo "total $(( $(date +%s) - T0 ))" >> "$TIMES"
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 "$PY" - "$WORK" "$COMMIT" "$MP" "$TIMES" "$KD_STEPS" "$GB" "$SEQ" "$(( TEACHER_STEPS * TEACHER_GB * SEQ ))" \
-  "$EVAL_TOKENS" "$KD_LR" "$KD_MIN_LR" "$SEED" "$RANDOM_ARM_SEED" "$TEACHER" <<'EOF'
+  "$EVAL_TOKENS" "$KD_LR" "$KD_MIN_LR" "$SEED" "$RANDOM_ARM_SEED" "$TEACHER" "$RANKINGS" <<'EOF'
 import datetime, json, sys, os, platform
-work, commit, mp, times, steps, gb, seq, T, ev, kd_lr, kd_min_lr, seed, rseed, teacher = sys.argv[1:]
+work, commit, mp, times, steps, gb, seq, T, ev, kd_lr, kd_min_lr, seed, rseed, teacher, rankings = sys.argv[1:]
 steps, gb, seq, T, ev = map(int, (steps, gb, seq, T, ev))
 tim = {l.split()[0]: int(l.split()[1]) for l in open(times) if l.strip()}
 meta = {"date": os.environ.get("EXPERIMENT_DATE") or datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
@@ -97,10 +115,16 @@ meta = {"date": os.environ.get("EXPERIMENT_DATE") or datetime.datetime.now(datet
                  f"distill's evaluation on the first {ev:,} tokens of the held-out sample (a 512-byte slice from "
                  f"the middle of each of the 69 files under transformers/models/[x-z]*, windows of {seq}); loss in "
                  f"nats per byte, KL and agreement against the teacher"},
-        "arm_notes": [f"Random arm: `prune --set n_routed_experts=4` with the importance scores' per-expert entries "
-                      f"replaced by uniform noise (seed {rseed}); everything else as the importance arm."],
-        "arms": [{"name": "importance", "label": "4 experts by importance"},
-                 {"name": "random", "label": "4 random experts"}],
+        "arm_notes": ["Ranked arms: `prune --set n_routed_experts=4 --expert-ranking R` on the same scores "
+                      "(output_norm: mean weighted-output L2 per routed token, ModelOpt's; frequency: routing "
+                      "frequency; contribution: frequency x output_norm).",
+                      f"Random arm: `prune --set n_routed_experts=4 --expert-ranking output_norm` with the scores' "
+                      f"per-expert entries replaced by uniform noise (seed {rseed}); everything else as the ranked arms."]
+                     + ([f"Corpus, teacher and scores reused (REUSE_TEACHER=1) from an earlier run in {work}: their "
+                         f"timings are that run's; `total` counts this run's prune, distillation and summary only."]
+                        if os.environ.get("REUSE_TEACHER") == "1" else []),
+        "arms": [{"name": r, "label": f"4 experts by {r}"} for r in rankings.split()]
+                + [{"name": "random", "label": "4 random experts"}],
         "timings": tim}
 json.dump(meta, open(os.path.join(work, "meta.json"), "w"), indent=1)
 EOF

@@ -9,7 +9,7 @@
 #        go to examples/results/seed-N/ unless RESULTS_DIR is set). seeds.sh runs several seeds
 #        and writes the summary examples/results/results.md.
 #        examples/experiment/run.sh --arm moe [WORK_DIR]: the MoE arm instead (issue 25: its own
-#        MoE teacher, experts kept by importance vs at random; moe_arm.sh, results in
+#        MoE teacher, experts kept under each --expert-ranking vs at random; moe_arm.sh, results in
 #        examples/results/moe-seed-N/).
 # Knobs: MINIPUZZLE (binary), MINIPUZZLE_PYTHON, TEACHER (checkpoint dir), EXTRA=1 (below),
 # DEV_LRS / SCRATCH_LRS / KD_LR / SCRATCH_LR / RANDOM_ARM_SEED (below); for a quick smoke test

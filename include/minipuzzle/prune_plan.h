@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "minipuzzle/expert_ranking.h"
 #include "minipuzzle/importance_scores.h"
 #include "minipuzzle/model_config.h"
 
@@ -61,7 +62,8 @@ struct PrunePlan {
 // The plan that gives `target`, keeping the top-scoring units of every axis
 // (ties: the lower index; each list sorted ascending): s.hidden,
 // s.ffn[i], s.attention_heads[i] (top per kv head), s.mamba_heads[i] (top per
-// group), s.mamba_head_channels[i], s.moe_experts[i] (top per router group),
+// group), s.mamba_head_channels[i], the routed experts by
+// expert_ranking_scores(s, i, expert_ranking) (top per router group),
 // s.moe_expert_neurons[i], s.moe_shared_neurons[i]. An axis kept whole needs
 // no scores.
 // `kept_layers` empty: keep, per layer type, the target's count of the
@@ -69,7 +71,8 @@ struct PrunePlan {
 // equal the parent pattern restricted to those layers. InputError otherwise,
 // or when scores a narrowed axis needs are missing or have the wrong length.
 PrunePlan plan_from_scores(const ModelConfig& parent, const ImportanceScores& s, const ModelConfig& target,
-                           std::vector<int64_t> kept_layers = {});
+                           std::vector<int64_t> kept_layers = {},
+                           ExpertRanking expert_ranking = kDefaultExpertRanking);
 
 // The plan for `minipuzzle prune --set key=value ...`. Keys:
 //   hidden_size, intermediate_size, num_attention_heads, mamba_num_heads,
@@ -84,6 +87,7 @@ PrunePlan plan_from_scores(const ModelConfig& parent, const ImportanceScores& s,
 // a size above the parent's or below 1, heads that are not a multiple of
 // num_key_value_heads / n_groups, routed experts that are not a multiple of
 // n_group or fewer than num_experts_per_tok, or when no layer is left.
-PrunePlan plan_from_set(const ModelConfig& parent, const ImportanceScores& s, const std::vector<std::string>& sets);
+PrunePlan plan_from_set(const ModelConfig& parent, const ImportanceScores& s, const std::vector<std::string>& sets,
+                        ExpertRanking expert_ranking = kDefaultExpertRanking);
 
 }  // namespace minipuzzle

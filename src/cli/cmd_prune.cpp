@@ -1,5 +1,5 @@
 // minipuzzle prune DIR [--scores SCORES_DIR] (--candidate FILE[#RANK] | --set key=value ...) --out OUT
-//                  [--dtype fp32|bf16|fp16]
+//                  [--dtype fp32|bf16|fp16] [--expert-ranking output_norm|frequency|contribution]
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -10,6 +10,7 @@
 #include "minipuzzle/candidates_json.h"
 #include "minipuzzle/checkpoint.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/expert_ranking.h"
 #include "minipuzzle/model_folder_files.h"
 #include "minipuzzle/importance_scores.h"
 #include "minipuzzle/prune_model.h"
@@ -53,7 +54,7 @@ const char* dtype_label(torch::ScalarType t) {
 int cmd_prune(const Args& args) {
   const std::string usage =
       "minipuzzle prune DIR [--scores SCORES_DIR] (--candidate candidates.json[#RANK] | --set key=value ...) "
-      "--out OUT [--dtype fp32|bf16|fp16]";
+      "--out OUT [--dtype fp32|bf16|fp16] [--expert-ranking output_norm|frequency|contribution]";
   po::options_description opts("options");
   opts.add_options()
       ("dir", po::value<std::string>(), "parent checkpoint directory")
@@ -66,7 +67,10 @@ int cmd_prune(const Args& args) {
        "mamba_num_heads, mamba_head_dim, n_routed_experts, moe_intermediate_size, "
        "moe_shared_expert_intermediate_size, drop_layers=I,J,..., keep_mamba/keep_attention/keep_mlp/keep_moe=N")
       ("out", po::value<std::string>(), "output checkpoint directory (must not exist, or be empty)")
-      ("dtype", po::value<std::string>(), "weight dtype of the output: fp32 | bf16 | fp16 (default: the parent's)");
+      ("dtype", po::value<std::string>(), "weight dtype of the output: fp32 | bf16 | fp16 (default: the parent's)")
+      ("expert-ranking", po::value<std::string>(),
+       "which routed experts an MoE layer keeps when n_routed_experts shrinks: contribution (routing frequency x "
+       "weighted-output norm per routed token, the default) | frequency | output_norm (ModelOpt's per-token norm)");
   po::positional_options_description pos;
   pos.add("dir", 1);
   po::variables_map vm;
@@ -75,6 +79,9 @@ int cmd_prune(const Args& args) {
   require(vm, "out", usage);
   if (vm.count("candidate") == vm.count("set"))
     throw InputError("give either --candidate FILE[#RANK] or --set key=value (not both, not neither); usage: " + usage);
+  const ExpertRanking expert_ranking = vm.count("expert-ranking")
+                                           ? parse_expert_ranking(vm["expert-ranking"].as<std::string>())
+                                           : kDefaultExpertRanking;
   const std::string dir = vm["dir"].as<std::string>();
   const std::string out = vm["out"].as<std::string>();
   std::error_code ec;
@@ -104,13 +111,13 @@ int cmd_prune(const Args& args) {
       throw InputError(fmt::format("{}: no candidate of rank {} (it holds {} candidates)", file, rank,
                                    result.candidates.size()));
     try {
-      plan = plan_from_scores(parent_config, scores, chosen->config, chosen->kept_layers);
+      plan = plan_from_scores(parent_config, scores, chosen->config, chosen->kept_layers, expert_ranking);
     } catch (const InputError& e) {
       throw InputError(fmt::format("{} rank {} does not fit the model in {}: {} (a search of another model?)", file,
                                    rank, dir, e.what()));
     }
   } else {
-    plan = plan_from_set(parent_config, scores, vm["set"].as<std::vector<std::string>>());
+    plan = plan_from_set(parent_config, scores, vm["set"].as<std::vector<std::string>>(), expert_ranking);
   }
   // Keys we do not interpret (token ids, ...) carry over from the parent.
   for (auto it = parent_config.extra.begin(); it != parent_config.extra.end(); ++it)

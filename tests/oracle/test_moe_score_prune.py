@@ -195,6 +195,17 @@ def pruning(tmp_path_factory):
     return out
 
 
+# prune's default --expert-ranking (expert_ranking.h) and each ranking's
+# per-expert score, from the score files: f = routing frequency, n = mean
+# weighted-output norm per routed token.
+DEFAULT_RANKING = "contribution"
+RANKINGS = {
+    "output_norm": lambda imp, i: imp[f"layers.{i}.moe_experts"],
+    "frequency": lambda imp, i: imp[f"layers.{i}.moe_expert_frequency"],
+    "contribution": lambda imp, i: imp[f"layers.{i}.moe_expert_frequency"] * imp[f"layers.{i}.moe_experts"],
+}
+
+
 def _top_per_group(scores: torch.Tensor, keep: int, groups: int) -> list[int]:
     """The `keep` best of every one of `groups` equal groups (ties: lower index), ascending."""
     per = scores.numel() // groups
@@ -240,7 +251,7 @@ def test_prune_moe_by_importance_equals_masked_parent_in_transformers(pruning, t
     plan = {}
     for i, c in enumerate(spec.pattern):
         if c == "E":
-            plan[i] = {"experts": _top_per_group(imp[f"layers.{i}.moe_experts"], experts, spec.n_group),
+            plan[i] = {"experts": _top_per_group(RANKINGS[DEFAULT_RANKING](imp, i), experts, spec.n_group),
                        "neurons": _top_per_group(imp[f"layers.{i}.moe_expert_neurons"], neurons, 1),
                        "shared": _top_per_group(imp[f"layers.{i}.moe_shared_neurons"], shared, 1)}
     got = _read(out / "model.safetensors")
@@ -291,6 +302,7 @@ def test_prune_moe_with_hidden_and_layers_loads_in_transformers(pruning, tmp_pat
     (["n_routed_experts=3"], "at least 2 experts per group"),
     (["n_routed_experts=16"], "larger than the parent"),
     (["moe_intermediate_size=0"], "at least 1"),
+    (["n_routed_experts=6", "--expert-ranking", "norm"], "expected output_norm, frequency or contribution"),
 ])
 def test_prune_moe_bad_expert_counts_are_one_line_errors(pruning, tmp_path, sets, needle):
     out = tmp_path / "pruned"
@@ -300,6 +312,28 @@ def test_prune_moe_bad_expert_counts_are_one_line_errors(pruning, tmp_path, sets
     lines = r.stderr.strip().split("\n")
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_prune_moe_expert_ranking_picks_the_kept_experts(pruning, tmp_path):
+    """Each --expert-ranking keeps the best experts per router group by its
+    score (the router rows show which); on these scores the rankings differ."""
+    work, spec = pruning["e12_g3"], PRUNE_SPECS["e12_g3"]
+    imp = _read(work["scores"] / "importance.safetensors")
+    parent = mt.hub_state_dict(work["model"])
+    layers = [i for i, c in enumerate(spec.pattern) if c == "E"]
+    kept_by = {}
+    for ranking, score in RANKINGS.items():
+        out = tmp_path / ranking
+        nt.run_cli("prune", work["ckpt"], "--scores", work["scores"], "--out", out, "--set", "n_routed_experts=6",
+                   "--expert-ranking", ranking)
+        got = _read(out / "model.safetensors")
+        kept_by[ranking] = []
+        for i in layers:
+            want = _top_per_group(score(imp, i), 6, spec.n_group)
+            gate = f"backbone.layers.{i}.mixer.gate.weight"
+            assert torch.equal(got[gate], parent[gate][want]), (ranking, i, want)
+            kept_by[ranking].append(want)
+    assert len({json.dumps(v) for v in kept_by.values()}) > 1, f"the rankings agree here: vacuous ({kept_by})"
 
 
 def test_prune_moe_fused_layout_is_refused_with_a_way_out(tmp_path):

@@ -515,7 +515,7 @@ TEST(PrunePlan, MoeFromScoresKeepsTheBestExpertsOfEveryRouterGroup) {
   ModelConfig t = c;
   t.n_routed_experts = 6;
   t.moe_intermediate_size = 2;
-  const PrunePlan p = plan_from_scores(c, s, t);
+  const PrunePlan p = plan_from_scores(c, s, t, {}, ExpertRanking::OutputNorm);
   EXPECT_EQ(p.moe_experts[2], (std::vector<int64_t>{2, 3, 4, 7, 10, 11}));
   EXPECT_EQ(p.moe_experts[5], (std::vector<int64_t>{0, 1, 4, 5, 8, 9}));
   EXPECT_EQ(p.moe_expert_neurons[2], (std::vector<int64_t>{3, 7}));
@@ -524,7 +524,64 @@ TEST(PrunePlan, MoeFromScoresKeepsTheBestExpertsOfEveryRouterGroup) {
   // Narrowing experts without expert scores is refused.
   ImportanceScores none = s;
   none.moe_experts.assign(c.num_layers(), {});
-  EXPECT_THROW(plan_from_scores(c, none, t), InputError);
+  EXPECT_THROW(plan_from_scores(c, none, t, {}, ExpertRanking::OutputNorm), InputError);
+}
+
+// One hand-made layer where the three rankings disagree: in every router
+// group the first expert is chosen often but adds little per token, the
+// second is rare and large, the third middling on both, the fourth rare and
+// small. Per group (4 experts, keep 2):
+//   output_norm  = norm               -> 2nd, 3rd (both layers)
+//   frequency    = freq               -> 1st, 3rd (both layers)
+//   contribution = freq x norm        -> layer 2: 1st, 3rd (0.45, 0.36 beat
+//                                        the 2nd's 0.15); layer 5, where the
+//                                        2nd is chosen 4x as often: 1st, 2nd.
+TEST(PrunePlan, ExpertRankingChoosesWhichExpertsAreKept) {
+  const ModelConfig c = moe_prune_config();
+  ImportanceScores s;
+  s.layer["mse"].assign(c.num_layers(), 1.0f);
+  for (auto* v : {&s.moe_experts, &s.moe_expert_frequency, &s.moe_expert_weight}) v->assign(c.num_layers(), {});
+  for (int64_t g = 0; g < 3; ++g) {
+    for (float x : {0.5f, 3.0f, 1.2f, 0.1f}) s.moe_experts[2].push_back(x);
+    for (float x : {0.9f, 0.05f, 0.3f, 0.05f}) s.moe_expert_frequency[2].push_back(x);
+    for (float x : {0.5f, 3.0f, 1.2f, 0.1f}) s.moe_experts[5].push_back(x);
+    for (float x : {0.9f, 0.2f, 0.3f, 0.05f}) s.moe_expert_frequency[5].push_back(x);
+  }
+  ModelConfig t = c;
+  t.n_routed_experts = 6;
+  auto kept = [&](ExpertRanking r, int64_t layer) { return plan_from_scores(c, s, t, {}, r).moe_experts[layer]; };
+  EXPECT_EQ(kept(ExpertRanking::OutputNorm, 2), (std::vector<int64_t>{1, 2, 5, 6, 9, 10}));
+  EXPECT_EQ(kept(ExpertRanking::Frequency, 2), (std::vector<int64_t>{0, 2, 4, 6, 8, 10}));
+  EXPECT_EQ(kept(ExpertRanking::Contribution, 2), (std::vector<int64_t>{0, 2, 4, 6, 8, 10}));
+  EXPECT_EQ(kept(ExpertRanking::OutputNorm, 5), (std::vector<int64_t>{1, 2, 5, 6, 9, 10}));
+  EXPECT_EQ(kept(ExpertRanking::Frequency, 5), (std::vector<int64_t>{0, 2, 4, 6, 8, 10}));
+  EXPECT_EQ(kept(ExpertRanking::Contribution, 5), (std::vector<int64_t>{0, 1, 4, 5, 8, 9}));
+  // The default is the one the MoE experiment chose, and --set takes it too.
+  EXPECT_EQ(plan_from_set(c, s, {"n_routed_experts=6"}).moe_experts[2], kept(kDefaultExpertRanking, 2));
+  EXPECT_EQ(plan_from_set(c, s, {"n_routed_experts=6"}, ExpertRanking::OutputNorm).moe_experts[5],
+            kept(ExpertRanking::OutputNorm, 5));
+  // contribution is frequency x output_norm, expert by expert.
+  const auto contribution = expert_ranking_scores(s, 2, ExpertRanking::Contribution);
+  ASSERT_EQ(contribution.size(), 12u);
+  EXPECT_FLOAT_EQ(contribution[1], 0.05f * 3.0f);
+  // Rankings that need the frequency refuse scores without it; keeping every
+  // expert needs no scores at all.
+  ImportanceScores no_freq = s;
+  no_freq.moe_expert_frequency.assign(c.num_layers(), {});
+  EXPECT_THROW(plan_from_scores(c, no_freq, t, {}, ExpertRanking::Contribution), InputError);
+  EXPECT_EQ(plan_from_scores(c, no_freq, t, {}, ExpertRanking::OutputNorm).moe_experts[2],
+            kept(ExpertRanking::OutputNorm, 2));
+  EXPECT_EQ(plan_from_scores(c, ImportanceScores{}, c, {0, 1, 2, 3, 4, 5}).moe_experts[2].size(), 12u);
+  // Names round-trip; anything else is one line.
+  for (auto r : {ExpertRanking::OutputNorm, ExpertRanking::Frequency, ExpertRanking::Contribution})
+    EXPECT_EQ(parse_expert_ranking(expert_ranking_name(r)), r);
+  try {
+    parse_expert_ranking("norm");
+    ADD_FAILURE() << "accepted 'norm'";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("output_norm, frequency or contribution"), std::string::npos);
+  }
 }
 
 TEST(PrunePlan, MoeFromSetRefusesExpertCountsTheRouterCannotUse) {
