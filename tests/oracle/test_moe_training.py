@@ -150,13 +150,19 @@ def test_teacher_cache_of_an_moe_teacher_holds_transformers_topk(work, tmp_path)
 
 
 def test_streamed_moe_teacher_writes_the_resident_bytes(work, tmp_path):
-    cap = 64 << 20
-    while cap > 1024:  # as test_teacher_cache.streaming_cap: shrink until the plan streams
-        r = nt.run_cli(*cache_args(work, tmp_path / "dry", "--dry-run", "--max-device-memory", cap), check=False)
-        assert r.returncode == 0, r.stderr
-        if "weights streamed" in r.stdout:
-            break
-        cap = int(cap * 0.95)
+    # The largest cap whose plan streams, by bisection in log space (the
+    # plans are resident above it): a dozen dry runs, not a 5% walk down.
+    lo, hi, cap = 1024, 64 << 20, None
+    for _ in range(12):
+        mid = int((lo * hi) ** 0.5)
+        r = nt.run_cli(*cache_args(work, tmp_path / "dry", "--dry-run", "--max-device-memory", mid), check=False)
+        if r.returncode == 0 and "weights streamed" not in r.stdout:
+            hi = mid
+        else:  # streams, or too small to run at all
+            lo = mid
+            if r.returncode == 0:
+                cap = mid
+    assert cap is not None
     nt.run_cli(*cache_args(work, tmp_path / "resident"))
     r = nt.run_cli(*cache_args(work, tmp_path / "streamed", "--max-device-memory", cap))
     assert r.stdout.splitlines()[0].startswith("weights streamed"), r.stdout
