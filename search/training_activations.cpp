@@ -77,23 +77,23 @@ double pre_norm(const Sizes& z) { return z.n * (z.D * f + z.D * z.e + f) + z.n *
 // tensor) and the squared activation (down_proj keeps its input).
 double mlp(const Sizes& z) { return 2 * z.n * z.F * z.e; }
 
-// MoE (moe_mixer.cpp), n tokens each routed to k experts (n*k "slots"):
+// MoE (moe_mixer.cpp, moe_grouped_experts.cpp), n tokens each routed to k
+// experts (n*k "slots"):
 //   router: sigmoid keeps its fp32 scores [E]; gather its int64 indices [k];
 //     the normalisation keeps the chosen weights [k] and their sum; in bf16
 //     the router's linear keeps an fp32 copy of its input [D];
 //   latent projections: fc1's output [Din] (the experts' input), fc2's input;
-//   per slot: index_select's token index (int64), the expert's input row
-//     (a view of the gathered [n*k, Din], kept by up_proj), relu's output
-//     (square keeps the same tensor) and the square (kept by down_proj), the
-//     expert output row and its fp32 routing weight (both kept by the
-//     product); index_add keeps the token index again and its source, the
-//     weighted output row in fp32;
+//   per slot, four int64 indices (the per-token expert order, the sort by
+//     expert, the slot's token and its place in the sorted buffer) and what
+//     the one grouped-experts node keeps: the expert's pre-activation [Fe]
+//     and output [Din] in the compute dtype and the fp32 routing weight (its
+//     input is the experts' input, kept already);
 //   the shared expert as an MLP of width Fs (its input is the norm output).
 double moe(const Sizes& z) {
   double router = z.E * f + z.k * (8 + f) + f;
   if (z.e < f) router += z.D * f;
   const double latent = z.latent * 2 * z.Din * z.e;
-  const double slot = 8 + z.Din * z.e + 2 * z.Fe * z.e + z.Din * z.e + f + 8 + z.Din * f;
+  const double slot = 4 * 8 + z.Fe * z.e + z.Din * z.e + f;
   return z.n * (router + latent + z.k * slot + 2 * z.Fs * z.e);
 }
 
@@ -215,11 +215,13 @@ double block_backward_scratch_bytes(const ModelConfig& c, LayerType t, const Act
       // dtype, and the [D] gradient coming in.
       return z.n * (z.D * z.e + z.di * (4 * f - z.e));
     case LayerType::Moe:
-      // Fitted to the allocator (activation_memory_test.cpp): the fp32
-      // gradient of the summed routed output [Din] and index_add's fp32
-      // gradient of the weighted slots [k, Din] (in bf16 both again in the
-      // compute dtype); the experts' own gradients are smaller, one at a time.
-      return through + z.n * (z.k * z.Din + z.Din) * (f + (z.e < f ? z.e : 0));
+      // Fitted to the allocator (activation_memory_test.cpp): the grouped
+      // experts' node returns every routed expert's weight gradients at once
+      // (2 E Fe Din in the compute dtype; autograd adds them into .grad after
+      // it returns), plus per token two fp32 [Din] (the routed sum's
+      // gradient and the input's) and three fp32 values per slot (the
+      // routing weight's gradient on its way back to the router).
+      return through + 2 * z.E * z.Fe * z.Din * z.e + z.n * (2 * z.Din * f + 3 * z.k * f);
   }
   return 0;
 }
@@ -252,9 +254,9 @@ double block_forward_transient_bytes(const ModelConfig& c, LayerType t, const Ac
     case LayerType::Moe: {
       // Fitted to the allocator (activation_memory_test.cpp): the shared
       // expert's up_proj output beside relu's and k fp32 values per token;
-      // in bf16 one more [Fs] and the routed sum in fp32 beside its cast.
+      // in bf16 about E fp32 values per token more.
       double b = z.n * (z.Fs * z.e + z.k * f);
-      if (z.e < f) b += z.n * (z.Fs * z.e + z.Din * (f + z.e));
+      if (z.e < f) b += z.n * z.E * f;
       return b;
     }
   }

@@ -7,6 +7,7 @@
 
 #include "minipuzzle/checkpoint_reader.h"
 #include "minipuzzle/errors.h"
+#include "minipuzzle/moe_grouped_experts.h"
 
 namespace minipuzzle {
 
@@ -69,38 +70,45 @@ MoeMixerImpl::MoeMixerImpl(const ModelConfig& c, const ParameterInit& init) : cf
 torch::Tensor MoeMixerImpl::routed_experts(const torch::Tensor& x, const RouterChoice& choice, MoeRouting* observed) {
   const int64_t T = x.size(0), k = choice.indices.size(1), E = cfg_.n_routed_experts;
   if (T == 0) return torch::zeros_like(x);
-  auto flat = choice.indices.reshape({-1});  // [T*k], token-major
-  // Stable, so within an expert the tokens keep their order and the fp32
-  // sums below add each token's experts in ascending expert order, as
-  // transformers' per-expert index_add_ does.
+  // Each token's experts ascending, then the slots sorted by expert, stably:
+  // within an expert the tokens keep their order, and each token's results
+  // are added in ascending expert order, as transformers' per-expert loop.
+  auto [sorted_experts, perm] = choice.indices.sort(/*dim=*/1);
+  auto flat = sorted_experts.reshape({-1});  // [T*k], token-major
   auto order = std::get<1>(flat.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  auto token = order.div(k, "floor");
+  ExpertSlots slots;
+  slots.token = order.div(k, "floor");
+  slots.slot_of = torch::empty_like(order).scatter_(0, order, torch::arange(T * k, order.options())).view({T, k});
   auto counts = torch::bincount(flat, {}, E).to(torch::kCPU);
   const auto* n = counts.data_ptr<int64_t>();
-  // One split (its backward is one cat), not a narrow per expert (each of
-  // whose backward would zero-fill a [T*k, D] gradient: 3x the whole block).
-  const auto segments = x.index_select(0, token).split_with_sizes(std::vector<int64_t>(n, n + E));
-  std::vector<torch::Tensor> parts;
-  if (observed) observed->activations.assign(static_cast<size_t>(E), torch::Tensor());
+  auto slot_weight = choice.weights.gather(1, perm).reshape({-1}).index_select(0, order);
+  // Only the experts some token chose: the others stay out of the autograd
+  // graph, so their .grad stays undefined as before (an edge with no
+  // gradient would reach their hooks, e.g. the data-parallel all-reduce's).
+  std::vector<torch::Tensor> up, down;
   for (int64_t e = 0; e < E; ++e) {
     if (n[e] == 0) continue;
-    auto act = torch::relu(torch::linear(segments[e], experts[e]->up_proj->weight)).square();
-    if (observed) observed->activations[static_cast<size_t>(e)] = act.detach();
-    parts.push_back(torch::linear(act, experts[e]->down_proj->weight));
+    slots.counts.push_back(n[e]);
+    up.push_back(experts[static_cast<size_t>(e)]->up_proj->weight);
+    down.push_back(experts[static_cast<size_t>(e)]->down_proj->weight);
   }
-  // bf16 expert outputs times fp32 routing weights, summed in fp32, as transformers.
-  auto slot_weight = choice.weights.reshape({-1}).index_select(0, order);
-  auto y = torch::cat(parts, 0) * slot_weight.unsqueeze(1);
+  GroupedExpertsTrace trace;
+  auto out = grouped_experts(x, slots, slot_weight, up, down, observed ? &trace : nullptr);
   if (observed) {
     torch::NoGradGuard no_grad;
     observed->indices = choice.indices;
     observed->weights = choice.weights.detach();
-    observed->slot_token = token;
+    observed->slot_token = slots.token;
     observed->slot_weight = slot_weight.detach();
     observed->counts.assign(n, n + E);
-    observed->weighted_output_norm = y.detach().to(torch::kFloat32).norm(2, {1});
+    observed->activations.assign(static_cast<size_t>(E), torch::Tensor());
+    int64_t r0 = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      if (n[e] > 0) observed->activations[static_cast<size_t>(e)] = trace.activations.narrow(0, r0, n[e]);
+      r0 += n[e];
+    }
+    observed->weighted_output_norm = trace.weighted.norm(2, {1});
   }
-  auto out = torch::zeros({T, x.size(1)}, x.options().dtype(torch::kFloat32)).index_add(0, token, y);
   return out.to(x.scalar_type());
 }
 

@@ -217,21 +217,20 @@ TEST(TrainingPlan, MoeActivationsByHand) {
   const double n = 128;
   // fp32, per token: the pre-norm's 772 (as above); the router's sigmoid
   // scores 6 x 4, the gathered indices and chosen weights 2 x (8 + 4), their
-  // sum 4; per slot (2 per token) the token index 8, the gathered input
-  // 64 x 4, relu and square outputs 2 x 10 x 4, the expert output 64 x 4,
-  // its routing weight 4, index_add's index 8 and its fp32 source 64 x 4;
+  // sum 4; per slot (2 per token) four int64 indices 4 x 8, the grouped
+  // experts' pre-activation 10 x 4 and output 64 x 4, the routing weight 4;
   // the shared expert 2 x 14 x 4.
-  const double moe = 24 + 24 + 4 + 2 * (8 + 256 + 80 + 256 + 4 + 8 + 256) + 112;
+  const double moe = 24 + 24 + 4 + 2 * (32 + 40 + 256 + 4) + 112;
   EXPECT_DOUBLE_EQ(block_saved_bytes(tiny_moe("E"), LayerType::Moe, s), n * (772 + moe));
   // A latent size of 24: the experts' rows shrink to 24 values, fc1's output
   // and fc2's input (24 each) are kept.
-  const double latent = 24 + 24 + 4 + 2 * (8 + 96 + 80 + 96 + 4 + 8 + 96) + 2 * 96 + 112;
+  const double latent = 24 + 24 + 4 + 2 * (32 + 40 + 96 + 4) + 2 * 96 + 112;
   EXPECT_DOUBLE_EQ(block_saved_bytes(tiny_moe("E", 24), LayerType::Moe, s), n * (772 + latent));
   // bf16: the router's linear also keeps an fp32 copy of its input.
   ActivationSetting b = s;
   b.element_bytes = 2;
   const double pre_norm_bf16 = 64 * 4 + 64 * 2 + 4 + 64 * 2;
-  const double moe_bf16 = 24 + 24 + 4 + 256 + 2 * (8 + 128 + 40 + 128 + 4 + 8 + 256) + 56;
+  const double moe_bf16 = 24 + 24 + 4 + 256 + 2 * (32 + 20 + 128 + 4) + 56;
   EXPECT_DOUBLE_EQ(block_saved_bytes(tiny_moe("E"), LayerType::Moe, b), n * (pre_norm_bf16 + moe_bf16));
   EXPECT_GT(block_forward_transient_bytes(tiny_moe("E"), LayerType::Moe, s), 0);
   EXPECT_GT(block_backward_scratch_bytes(tiny_moe("E"), LayerType::Moe, s), 0);
