@@ -66,6 +66,27 @@ def write_byte_tokenizer(out: Path) -> None:
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
 
+def init_parameters(model, seed: int) -> None:
+    """Every parameter drawn from one seeded generator, in named_parameters()
+    order, within the ranges Mamba2's own init uses (A in [1, 16], dt in
+    [1e-3, 0.1] through the inverse softplus, D near 1, norms near 1); the
+    rest small normal. Buffers (an MoE router's correction bias) are left."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                p.copy_(torch.rand(p.shape, generator=gen) * math.log(16.0))
+            elif name.endswith("dt_bias"):
+                dt = torch.exp(torch.rand(p.shape, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+                p.copy_(dt + torch.log(-torch.expm1(-dt)))
+            elif name.endswith(".D"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif "norm" in name:
+                p.copy_(torch.rand(p.shape, generator=gen) * 0.4 + 0.8)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if "conv1d" in name else 0.02))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out")
@@ -100,20 +121,7 @@ def main() -> None:
         mamba_num_heads=a.mamba_heads, mamba_head_dim=a.mamba_head_dim, ssm_state_size=a.state,
         n_groups=a.groups, conv_kernel=4, chunk_size=a.chunk, use_mamba_kernels=False)
     model = NemotronHForCausalLM(cfg).float().eval()
-    gen = torch.Generator().manual_seed(a.seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("A_log"):
-                p.copy_(torch.rand(p.shape, generator=gen) * math.log(16.0))
-            elif name.endswith("dt_bias"):
-                dt = torch.exp(torch.rand(p.shape, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-                p.copy_(dt + torch.log(-torch.expm1(-dt)))
-            elif name.endswith(".D"):
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            elif "norm" in name:
-                p.copy_(torch.rand(p.shape, generator=gen) * 0.4 + 0.8)
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if "conv1d" in name else 0.02))
+    init_parameters(model, a.seed)
     if a.dtype == "bf16":
         model.to(torch.bfloat16)
     model.save_pretrained(a.out)

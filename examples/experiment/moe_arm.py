@@ -12,7 +12,6 @@
   moe_arm.py summarize WORK RESULTS_DIR results.json, results.md, distill_kd.png
 """
 import json
-import math
 import os
 import shutil
 import sys
@@ -35,27 +34,17 @@ def init(out: str, seed: int) -> None:
     from safetensors.torch import save_file
     from transformers import NemotronHConfig, NemotronHForCausalLM
 
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+    from make_tiny_model import init_parameters  # one init recipe for every tiny model
+
     cfg = NemotronHConfig(hybrid_override_pattern=PATTERN, num_hidden_layers=len(PATTERN), intermediate_size=4 * 96,
                           layer_norm_epsilon=1e-5, tie_word_embeddings=False, use_mamba_kernels=False,
                           **BASE, **MOE)
     torch.manual_seed(seed)
     model = NemotronHForCausalLM(cfg).float().eval()
-    gen = torch.Generator().manual_seed(seed)
-    # tools/make_tiny_model.py's recipe (every parameter drawn from one seeded generator),
-    # the routed experts and the router included; the correction bias stays 0 (a buffer).
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("A_log"):
-                p.copy_(torch.rand(p.shape, generator=gen) * math.log(16.0))
-            elif name.endswith("dt_bias"):
-                dt = torch.exp(torch.rand(p.shape, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-                p.copy_(dt + torch.log(-torch.expm1(-dt)))
-            elif name.endswith(".D"):
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
-            elif "norm" in name:
-                p.copy_(torch.rand(p.shape, generator=gen) * 0.4 + 0.8)
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if "conv1d" in name else 0.02))
+    # tools/make_tiny_model.py's recipe, the routed experts and the router
+    # included; the correction bias stays 0 (a buffer).
+    init_parameters(model, seed)
     # Hub names and one tensor per routed expert (what `prune` reads)
     sd = {}
     for k, v in model.state_dict().items():
