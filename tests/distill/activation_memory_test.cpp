@@ -69,8 +69,7 @@ struct BlockBytes {
 // norm keeps the input itself), how far the forward rose above that, and
 // how far its backward rises above it. Parameter gradients exist already, as
 // in every step after the first.
-BlockBytes measure_block(LayerType type, torch::ScalarType dtype) {
-  const ModelConfig c = measured_config(std::string(1, static_cast<char>(type)));
+BlockBytes measure_block(const ModelConfig& c, torch::ScalarType dtype) {
   HybridLM m = make_model(c, dtype, 1);
   Block block = m->layer(0);
   auto input = [&] { return torch::randn({kSequences, kSeqLen, c.hidden_size}, torch::dtype(dtype)).requires_grad_(); };
@@ -105,8 +104,8 @@ class BlockActivationMemory : public ::testing::TestWithParam<std::tuple<char, t
 TEST_P(BlockActivationMemory, MatchesThePlanner) {
   const auto type = static_cast<LayerType>(std::get<0>(GetParam()));
   const auto dtype = std::get<1>(GetParam());
-  const BlockBytes m = measure_block(type, dtype);
   const ModelConfig c = measured_config(std::string(1, static_cast<char>(type)));
+  const BlockBytes m = measure_block(c, dtype);
   const double saved = block_saved_bytes(c, type, setting(dtype));
   const double transient = block_forward_transient_bytes(c, type, setting(dtype));
   const double scratch = block_backward_scratch_bytes(c, type, setting(dtype));
@@ -137,27 +136,7 @@ ModelConfig measured_moe_config() {
   return ModelConfig::from_json(j, "measured-moe");
 }
 
-BlockBytes measure_moe_block(torch::ScalarType dtype) {
-  const ModelConfig c = measured_moe_config();
-  HybridLM m = make_model(c, dtype, 1);
-  Block block = m->layer(0);
-  auto input = [&] { return torch::randn({kSequences, kSeqLen, c.hidden_size}, torch::dtype(dtype)).requires_grad_(); };
-  block->forward(input(), no_observers()).sum().backward();
-  CpuAllocationTracker::Scope t;
-  const auto h = input();
-  const int64_t before = t->current() - static_cast<int64_t>(h.nbytes());
-  auto y = block->forward(h, no_observers());
-  BlockBytes b;
-  const double held_input = dtype == torch::kFloat32 ? 0.0 : static_cast<double>(h.nbytes());
-  b.saved = static_cast<double>(t->current() - before) - static_cast<double>(y.nbytes()) - held_input;
-  b.transient = static_cast<double>(t->peak() - before) - static_cast<double>(y.nbytes()) - held_input - b.saved;
-  const auto grad = torch::randn_like(y);
-  t->restart_peak();
-  const int64_t start = t->current();
-  y.backward(grad);
-  b.scratch = static_cast<double>(t->peak() - start) + static_cast<double>(grad.nbytes());
-  return b;
-}
+BlockBytes measure_moe_block(torch::ScalarType dtype) { return measure_block(measured_moe_config(), dtype); }
 
 TEST(MoeBlockActivationMemory, MatchesThePlanner) {
   at::set_num_threads(1);

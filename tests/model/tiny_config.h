@@ -14,11 +14,13 @@ inline ModelConfig tiny_config(const std::string& pattern = "M*-M-", int64_t gro
   return ModelConfig::from_json(j, "tiny");
 }
 
-// tiny_config plus MoE layers: 6 routed experts in 3 router groups (2
-// groups chosen per token, 2 experts per token), expert width 10, shared
-// expert width 14; `latent` > 0 adds latent projections of that width.
-inline ModelConfig tiny_moe_config(const std::string& pattern = "M*EM-E", int64_t latent = 0) {
-  nlohmann::json j = tiny_config("M*-").to_json();
+// `base` (tiny_config by default) plus MoE layers: 6 routed experts in 3
+// router groups (2 groups chosen per token, 2 experts per token), expert
+// width 10, shared expert width 14; `latent` > 0 adds latent projections of
+// that width.
+inline ModelConfig tiny_moe_config(const std::string& pattern = "M*EM-E", int64_t latent = 0,
+                                   const ModelConfig& base = tiny_config("M*-")) {
+  nlohmann::json j = base.to_json();
   j["hybrid_override_pattern"] = pattern;
   j["num_hidden_layers"] = pattern.size();
   j["n_routed_experts"] = 6;

@@ -10,6 +10,7 @@
 
 #include "minipuzzle/errors.h"
 #include "minipuzzle/training_plan_report.h"
+#include "../model/tiny_config.h"
 #include "search_test_util.h"
 
 namespace minipuzzle {
@@ -170,20 +171,9 @@ TEST(TrainingPlan, ActivationFormulasByHandOnTheTinyConfig) {
   EXPECT_DOUBLE_EQ(final_norm_saved_bytes(c, s), n * (64 * 4 + 64 * 4 + 4));
 }
 
-// The tiny config with E layers: 6 experts of width 10 in 3 groups, 2 per
-// token, a shared expert of width 14 (and a latent size when given).
+// The search tests' tiny config with tiny_moe_config's E layers.
 ModelConfig tiny_moe(const std::string& pattern, int64_t latent = 0) {
-  nlohmann::json j = tiny_config().to_json();
-  j["hybrid_override_pattern"] = pattern;
-  j["num_hidden_layers"] = pattern.size();
-  j["n_routed_experts"] = 6;
-  j["moe_intermediate_size"] = 10;
-  j["moe_shared_expert_intermediate_size"] = 14;
-  j["num_experts_per_tok"] = 2;
-  j["n_group"] = 3;
-  j["topk_group"] = 2;
-  if (latent > 0) j["moe_latent_size"] = latent;
-  return ModelConfig::from_json(j, "tiny-moe");
+  return testing::tiny_moe_config(pattern, latent, tiny_config());
 }
 
 TEST(TrainingPlan, MoeParametersInOrderWithEveryExpert) {
